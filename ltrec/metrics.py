@@ -1,0 +1,171 @@
+"""Full-ranking and sampled evaluation primitives for next-item recommendation.
+
+Conventions: items are 1..N, 0 is padding; a score matrix (B, N) has column j = item j+1.
+All ranks are 0-based and PESSIMISTIC about ties (the target loses every tie), so a model
+that outputs constant scores gets the worst rank instead of a flattering one.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+    """Rank of each target = number of OTHER items with score >= the target's score.
+
+    `seen` (B, L) holds left-padded histories whose items are set to -inf before ranking.
+    If the target itself is in the history its score becomes -inf too, so it ties with
+    every masked item and (pessimistically) ranks last: N-1. NaN scores count as -inf.
+    Works on whatever chunk of users it is given; O(B*N) compare + sum, no sort/topk.
+    """
+    # Memory traffic dominates on CPU, so the (B, N) matrix is read once by a compare + int32 sum and never
+    # copied; the history mask is applied as a correction computed on the (B, L) seen cells only.
+    if scores.isnan().any():
+        scores = torch.nan_to_num(scores, nan=float("-inf"))
+    tgt = targets.long()
+    t = scores.gather(1, (tgt - 1).unsqueeze(1))  # (B, 1)
+    rank = (scores >= t).sum(dim=1, dtype=torch.int32).long() - 1  # the target counts itself once
+    if seen is None:
+        return rank
+    items, _ = seen.long().sort(dim=1)  # (B, L); duplicates (repeat purchases) become neighbours
+    first = torch.ones_like(items, dtype=torch.bool)
+    first[:, 1:] = items[:, 1:] != items[:, :-1]
+    real = first & (items > 0)
+    beats = scores.gather(1, (items - 1).clamp(min=0)) >= t  # (B, L)
+    rank = rank - (beats & real & (items != tgt.unsqueeze(1))).sum(dim=1)
+    n_items = scores.shape[1]
+    return torch.where((real & (items == tgt.unsqueeze(1))).any(dim=1), n_items - 1, rank)
+
+
+def metrics_from_ranks(ranks: torch.Tensor, ks=(5, 10, 20)) -> dict[str, np.ndarray]:
+    """Per-user hr@K, ndcg@K (1/log2(rank+2)) and mrr@K (1/(rank+1)); 0 when rank >= K."""
+    r = torch.as_tensor(ranks).detach().cpu().numpy().astype(np.float64)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        hit = r < k
+        out[f"hr@{k}"] = hit.astype(np.float64)
+        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(r + 2.0), 0.0)
+        out[f"mrr@{k}"] = np.where(hit, 1.0 / (r + 1.0), 0.0)
+    return out
+
+
+def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """Vectorised `keys in sorted_keys`."""
+    if sorted_keys.size == 0:
+        return np.zeros(keys.shape, dtype=bool)
+    i = np.minimum(np.searchsorted(sorted_keys, keys), sorted_keys.size - 1)
+    return sorted_keys[i] == keys
+
+
+def _sorted_unique(x: np.ndarray) -> np.ndarray:
+    """Sort-based unique; numpy 2's hash-based np.unique is much slower on big int arrays."""
+    x = np.sort(x)
+    return x[np.r_[True, x[1:] != x[:-1]]] if x.size else x
+
+
+def sample_negatives(n_items: int, targets: np.ndarray, histories: np.ndarray, n: int = 100, seed: int = 0) -> np.ndarray:
+    """(B, n) int64 negatives per user, uniform over 1..N minus {target} ∪ history, no repeats.
+
+    Rejection sampling over all users at once: we draw i.i.d. uniform candidates, drop
+    excluded/duplicate ones and keep the first `n` distinct survivors in draw order, which
+    is a uniform subset. Per-user exclusions are encoded as global keys row*(N+1)+item so a
+    single sorted array + searchsorted tests membership for every user at once (no (B, N)
+    matrix, so it scales to large catalogues).
+    """
+    rng = np.random.default_rng(seed)
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    B = targets.shape[0]
+    hist = np.asarray(histories, dtype=np.int64).reshape(B, -1)
+    stride = n_items + 1
+    items = np.concatenate([targets[:, None], hist], axis=1)
+    rows = np.broadcast_to(np.arange(B)[:, None], items.shape)
+    excl = _sorted_unique((rows * stride + items)[items > 0])
+    eligible = n_items - np.bincount(excl // stride, minlength=B)
+    if B and eligible.min() < n:
+        u = int(eligible.argmin())
+        raise ValueError(f"sample_negatives: user {u} has only {int(eligible[u])} eligible items "
+                         f"(n_items={n_items}, minus target and history) but n={n} negatives were requested")
+    out = np.zeros((B, n), dtype=np.int64)
+    filled = np.zeros(B, dtype=np.int64)
+    pending = np.arange(B) if n > 0 else np.arange(0)
+    while pending.size:
+        need = n - filled[pending]
+        # Width from the worst acceptance rate among pending users, +25% and slack, capped
+        # so one round stays ~<=8M draws; a too-small round just means another iteration.
+        accept = (eligible[pending] - filled[pending]) / n_items
+        w = int(math.ceil(float((need / accept).max()) * 1.25)) + 8
+        w = max(1, min(w, 8_000_000 // pending.size))
+        cand = rng.integers(1, n_items + 1, size=(pending.size, w), dtype=np.int64)
+        keys = (pending[:, None] * stride + cand).ravel()
+        pos = np.flatnonzero(~_member(excl, keys))
+        _, first = np.unique(keys[pos], return_index=True)  # drop repeats within this round
+        pos = np.sort(pos[first])  # first occurrences, back in draw order
+        prow = pos // w  # index into `pending`; sorted, so rows come in contiguous groups
+        starts = np.searchsorted(prow, np.arange(pending.size))
+        slot = np.arange(pos.size) - starts[prow]
+        keep = slot < need[prow]
+        r, slot = pending[prow[keep]], slot[keep]
+        out[r, filled[r] + slot] = cand.ravel()[pos[keep]]
+        filled[pending] += np.minimum(np.bincount(prow, minlength=pending.size), need)
+        # Chosen keys are disjoint from excl and distinct, so a plain sort merges them.
+        excl = np.sort(np.concatenate([excl, keys[pos[keep]]]))  # no re-drawing chosen items
+        pending = pending[filled[pending] < n]
+    return out
+
+
+def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """Rank of the target among itself + its negatives (pessimistic ties), 0-based."""
+    neg = torch.as_tensor(negatives, device=scores.device).long()
+    t = scores.gather(1, (targets.long() - 1).unsqueeze(1))
+    return (scores.gather(1, neg - 1) >= t).sum(dim=1)
+
+
+def summarize(per_user: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
+    """Mean of each per-user metric over the masked users (nan if none), plus `users`."""
+    out: dict[str, float] = {}
+    for name, v in per_user.items():
+        v = np.asarray(v, dtype=np.float64)
+        sel = v if mask is None else v[np.asarray(mask, dtype=bool)]
+        # Explicit check avoids numpy's "mean of empty slice" RuntimeWarning.
+        out[name] = float(sel.mean()) if sel.size else float("nan")
+    if mask is not None:
+        out["users"] = int(np.asarray(mask, dtype=bool).sum())
+    else:
+        out["users"] = len(next(iter(per_user.values()))) if per_user else 0
+    return out
+
+
+def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0) -> dict:
+    """Paired bootstrap comparison of per-user metrics a (baseline) vs b (candidate).
+
+    Percentile bootstrap: resample users with replacement, recompute mean(b - a);
+    p = 2 * min(P(boot <= 0), P(boot >= 0)) capped at 1 (ties at 0 count on both sides,
+    so identical inputs give p = 1). p's resolution is 1/n_boot; p = 0 means < 1/n_boot.
+    Resamples are processed in chunks so memory stays ~O(chunk * n_users).
+    """
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"paired_test needs two equal-length non-empty arrays, got {a.shape} and {b.shape}")
+    d = b - a
+    m = a.size
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n_boot, dtype=np.float64)
+    chunk = max(1, 4_000_000 // m)
+    for s in range(0, n_boot, chunk):
+        e = min(n_boot, s + chunk)
+        idx = rng.integers(0, m, size=(e - s, m), dtype=np.int32 if m < 2**31 else np.int64)
+        boot[s:e] = d[idx].mean(axis=1)
+    p = min(1.0, 2.0 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    am = a.mean()
+    return {
+        "diff": float(d.mean()),
+        "rel_diff": float(b.mean() / am - 1.0) if am != 0 else float("nan"),
+        "p_value": float(p),
+        "ci95": (float(lo), float(hi)),
+        "n_users": int(m),
+        "n_boot": int(n_boot),
+    }

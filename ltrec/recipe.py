@@ -1,0 +1,311 @@
+"""The recipe language: pydantic models that are the YAML schema, and `load_recipe`.
+
+Defaults live here and nowhere else. Unknown keys are errors. This module must not import torch, so that
+`ltrec validate` and `ltrec --help` stay fast.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import UserError
+
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _column_name(name: str) -> str:
+    if not IDENTIFIER.match(name):
+        raise ValueError(
+            f"{name!r} is not a plain column name (letters, digits, _; not starting with a digit); "
+            "rename the column in the file or select it under another name with data.query"
+        )
+    return name
+
+
+ColumnName = Annotated[str, AfterValidator(_column_name)]
+
+
+class Columns(Strict):
+    """Which source columns hold the user, the item and the time of each event."""
+
+    user: ColumnName = "user_id"
+    item: ColumnName = "item_id"
+    time: ColumnName = "timestamp"
+
+
+class Data(Strict):
+    """Where the events come from. Relative paths are resolved against the current directory."""
+
+    source: str = Field(description="CSV / Parquet / JSON file or glob of files")
+    format: Literal["auto", "csv", "parquet", "json"] = "auto"
+    query: str | None = Field(
+        None, description="optional SQL over the table `source` (e.g. `SELECT * FROM source WHERE rating >= 4`)"
+    )
+    columns: Columns = Columns()
+    min_user_events: int = Field(1, ge=1, description="drop users with fewer events (one pass, before items)")
+    min_item_events: int = Field(1, ge=1, description="drop items with fewer events (one pass, on the raw counts)")
+    max_len: int = Field(50, ge=1, le=4096, description="history length the model sees")
+
+
+class Head(Strict):
+    """Head users are the most active ones, by number of *training* events. Give `fraction` or `count`."""
+
+    fraction: float | None = Field(0.2, gt=0, lt=1, description="share of users that are head (at most)")
+    count: int | None = Field(None, ge=1, description="head = users with at least this many training events")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("count") is not None and "fraction" not in value:
+            value = {**value, "fraction": None}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Head":
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of head.fraction and head.count")
+        return self
+
+
+class Split(Strict):
+    """Chronological leave-one-out: last event = test, second-to-last = validation, the rest trains."""
+
+    short_users: Literal["train", "drop"] = Field(
+        "train", description="users with < 3 events: use for training only, or drop them"
+    )
+    cold_users: float = Field(0.0, ge=0, lt=1, description="fraction of users held out of training entirely")
+    cold_from: Literal["all", "tail"] = "all"
+
+
+class GRU4RecConfig(Strict):
+    kind: Literal["gru4rec"]
+    dim: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class SASRecConfig(Strict):
+    kind: Literal["sasrec"]
+    dim: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "SASRecConfig":
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class PopConfig(Strict):
+    kind: Literal["pop"]
+
+
+Backbone = Annotated[Union[GRU4RecConfig, SASRecConfig, PopConfig], Field(discriminator="kind")]
+
+
+class GradAlign(Strict):
+    """Reptile/MER-style gradient alignment: k inner steps on different users, then θ ← θ₀ + β(θ_k − θ₀)."""
+
+    k: int = Field(5, ge=1, description="inner steps per outer step")
+    inner_lr: float = Field(1.0e-3, gt=0, description="α, the inner step size")
+    beta: float = Field(0.5, gt=0, le=1, description="β, the outer step")
+    inner_optimizer: Literal["sgd", "adam"] = "adam"
+    outer: Literal["interpolate", "adam"] = Field(
+        "interpolate", description="θ₀ + β(θ_k − θ₀), or Adam on the pseudo-gradient θ₀ − θ_k"
+    )
+    users_per_step: int = Field(64, ge=1, description="1 is the paper's faithful mode")
+    sampling: Literal["uniform", "events", "balanced"] = "uniform"
+    align_embeddings: bool = Field(True, description="also apply the outer step to the item embeddings")
+
+
+class Adversarial(Strict):
+    """A head/tail discriminator on the user state, trained through gradient reversal of weight λ."""
+
+    weight: float = Field(0.1, ge=0, description="λ, the gradient-reversal weight")
+    hidden: int = Field(64, ge=0, description="hidden units of the MLP discriminator (0 = linear)")
+    lr: float = Field(1.0e-3, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+
+
+class Transfer(Strict):
+    grad_align: GradAlign | None = None
+    adversarial: Adversarial | None = None
+
+
+class Monitor(Strict):
+    metric: str = Field("ndcg@10", pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$")
+    slice: Literal["all", "head", "tail"] = "all"
+
+
+class Train(Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1.0e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    loss: Literal["ce", "bce", "sampled"] = "ce"
+    negatives: int = Field(1, ge=1, description="negatives per position for bce / per batch for sampled")
+    patience: int = Field(5, ge=1, description="stop after this many epochs without improvement on monitor")
+    monitor: Monitor = Monitor()
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+
+
+class Eval(Strict):
+    ks: list[Annotated[int, Field(ge=1)]] = [5, 10, 20]
+    mask_seen: bool = Field(True, description="exclude the user's history items from the ranking (as RecBole)")
+    mode: Literal["full", "sampled"] = "full"
+    negatives: int = Field(100, ge=1, description="negatives per user in sampled mode")
+    batch_size: int = Field(1024, ge=1)
+
+
+class Output(Strict):
+    dir: str = Field("runs", description="runs are written to <dir>/<name>")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = 0
+    data: Data
+    split: Split = Split()
+    head: Head = Head()
+    backbone: Backbone
+    transfer: Transfer = Transfer()
+    train: Train = Train()
+    eval: Eval = Eval()
+    output: Output = Output()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Loading: YAML → dict → overrides → Recipe, with every problem reported at once.
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` → (["a", "b"], value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(IDENTIFIER.match(p) for p in parts):
+        raise UserError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise UserError(f"--set {text}: the value is not valid YAML ({exc.problem})") from None
+    return parts, value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
+    return raw
+
+
+def read_yaml(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such recipe file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the recipe ({exc})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise UserError(f"{path}: {where}invalid YAML: {what}") from None
+    if raw is None:
+        raise UserError(f"{path}: the recipe is empty (start from `ltrec init`)")
+    if not isinstance(raw, dict):
+        raise UserError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that owns the key at `loc`, to suggest close spellings of an unknown key."""
+    model: Any = Recipe
+    for part in loc[:-1]:
+        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if field is None:
+            if isinstance(part, str) and part in _BACKBONE_KINDS:
+                model = _BACKBONE_KINDS[part]
+                continue
+            return None
+        annotation = field.annotation
+        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        models = [a for a in candidates if issubclass(a, BaseModel)]
+        if not models:
+            return None
+        model = models[0]
+    return model
+
+
+def _message(err: dict) -> tuple[str, str]:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _BACKBONE_KINDS))
+    dotted = ".".join(str(p) for p in loc) or "(top level)"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        model = _model_at(err["loc"])
+        close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields) if model else [], n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        return dotted, f"unknown key{hint}"
+    if kind == "missing":
+        return dotted, "required key is missing"
+    if kind == "union_tag_invalid":
+        return dotted + ".kind", f"unknown kind; expected one of {', '.join(_BACKBONE_KINDS)}"
+    if kind == "union_tag_not_found":
+        return dotted + ".kind", f"required key is missing; expected one of {', '.join(_BACKBONE_KINDS)}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if "input" in err and not isinstance(err["input"], dict) and repr(err["input"]) not in msg:
+        msg += f" (got {err['input']!r})"
+    return dotted, msg
+
+
+_BACKBONE_KINDS = {"gru4rec": GRU4RecConfig, "sasrec": SASRecConfig, "pop": PopConfig}
+
+
+def validate_dict(raw: dict, where: str) -> Recipe:
+    try:
+        return Recipe.model_validate(raw)
+    except ValidationError as exc:
+        lines = [f"{where}: {key}: {msg}" for key, msg in (_message(e) for e in exc.errors())]
+        raise UserError("\n".join(lines)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    """Read, override and validate a recipe; raise UserError listing every problem found."""
+    path = Path(path)
+    raw = apply_overrides(read_yaml(path), overrides or [])
+    return validate_dict(raw, path.name if path.parent == Path(".") else str(path))
+
+
+def recipe_schema() -> dict:
+    schema = Recipe.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "ltrec recipe"
+    return schema
+
+
+def schema_header(schema_path: str) -> str:
+    return f"# yaml-language-server: $schema={schema_path}"
+
+
+def dump_recipe(recipe: Recipe) -> str:
+    """The resolved recipe (every default filled in), as saved first in each run directory."""
+    return yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)

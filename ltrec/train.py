@@ -1,0 +1,200 @@
+"""The training loop: seeding, device, progress, validation every epoch, early stopping, checkpoints, resume."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from . import data as data_mod
+from .errors import UserError
+from .evaluate import evaluate, format_table, write_per_user
+from .models import BACKBONES
+from .recipe import Recipe, dump_recipe, load_recipe
+from .runs import append_jsonl, atomic_write, read_jsonl
+from .transfer import make_epoch
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
+    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+
+
+def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
+    cfg = recipe.backbone.model_dump(exclude={"kind"})
+    try:
+        model = BACKBONES[recipe.backbone.kind](seqs.n_items, recipe.data.max_len, **cfg)
+    except ValueError as exc:
+        raise UserError(f"backbone: {exc}") from None
+    if recipe.backbone.kind == "pop":
+        model.fit(torch.from_numpy(seqs.item_counts()).float())
+    return model
+
+
+def fingerprint(seqs: data_mod.Sequences) -> str:
+    h = hashlib.sha256()
+    for arr in (seqs.items, seqs.offsets, seqs.role, seqs.head):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_run(run_dir: Path) -> tuple[Recipe, data_mod.Sequences]:
+    """The run's recipe and its data, checked to be the data the run was trained on."""
+    recipe = load_recipe(run_dir / "recipe.yaml")
+    seqs = data_mod.load(recipe.data, recipe.split, recipe.head, recipe.seed)
+    saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
+    if saved.get("fingerprint") not in (None, fingerprint(seqs)):
+        raise UserError(f"{run_dir}: the data at {recipe.data.source} changed since this run was trained")
+    return recipe, seqs
+
+
+def save_torch(path: Path, obj: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def load_torch(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a truncated or foreign file: say which and why, no traceback
+        raise UserError(f"{path}: not a readable ltrec checkpoint ({type(exc).__name__}: {exc})") from None
+
+
+def prepare_run_dir(recipe: Recipe, out: Path | None, overwrite: bool, resume: bool) -> Path:
+    run_dir = out or Path(recipe.output.dir) / recipe.name
+    if resume:
+        if not (run_dir / "last.pt").exists():
+            raise UserError(f"{run_dir}: nothing to resume (no last.pt); start without --resume")
+        return run_dir
+    if run_dir.exists() and any(run_dir.iterdir()):
+        if not overwrite:
+            raise UserError(f"{run_dir}: already exists; pass --overwrite to replace it or --resume to continue")
+        shutil.rmtree(run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
+    return run_dir
+
+
+def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resume: bool = False,
+          console: Console | None = None) -> Path:
+    console = console or Console(stderr=True, soft_wrap=True)
+    recipe = recipe.model_copy(deep=True)
+    recipe.data.source = str(Path(recipe.data.source).expanduser().absolute())
+    run_dir = prepare_run_dir(recipe, out, overwrite, resume)
+    if resume:
+        recipe = load_recipe(run_dir / "recipe.yaml")
+    else:
+        atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))  # first, so a crashed run is still explained
+    seqs = data_mod.load(recipe.data, recipe.split, recipe.head, recipe.seed)
+    console.print(f"data: {seqs.describe()}")
+    atomic_write(run_dir / "data.json", json.dumps({"fingerprint": fingerprint(seqs), **seqs.report,
+                                                     "head_threshold": seqs.head_threshold}, indent=2))
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    torch.manual_seed(recipe.seed)
+    device = pick_device(recipe.train.device)
+    model = build_model(recipe, seqs).to(device)
+    if recipe.backbone.kind != "pop":
+        _fit(recipe, seqs, model, run_dir, device, resume, console)
+    return finish(recipe, seqs, model, run_dir, device, console)
+
+
+def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Console) -> None:
+    cfg = recipe.train
+    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(recipe.data.max_len))
+    gen = torch.Generator().manual_seed(recipe.seed)
+    epoch_fn = make_epoch(recipe, model, seqs, inputs, targets, owner, device, gen)
+    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0}
+    if resume:
+        ckpt = load_torch(run_dir / "last.pt")
+        model.load_state_dict(ckpt["model"])
+        epoch_fn.load_state_dict(ckpt["optim"])
+        torch.set_rng_state(ckpt["rng"])
+        gen.set_state(ckpt["gen"])
+        state = {k: ckpt[k] for k in state}
+        kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= state["epoch"]]
+        atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        console.print(f"resuming {run_dir} after epoch {state['epoch']}")
+    metric, which = cfg.monitor.metric, cfg.monitor.slice
+    with _progress(console) as progress:
+        task = progress.add_task("train", total=cfg.epochs * len(inputs), completed=state["epoch"] * len(inputs),
+                                 loss=float("nan"), rate=0.0)
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            progress.update(task, description=f"epoch {epoch}/{cfg.epochs}")
+            t0, seen = time.perf_counter(), 0
+
+            def on_batch(n: int, loss: float) -> None:
+                nonlocal seen
+                seen += n
+                progress.update(task, advance=n, loss=loss, rate=seen / max(time.perf_counter() - t0, 1e-9))
+
+            stats = epoch_fn(on_batch)
+            seconds = time.perf_counter() - t0
+            if not math.isfinite(stats["loss"]):
+                raise UserError(f"training diverged at epoch {epoch} (loss {stats['loss']}); {run_dir}/last.pt "
+                                "holds the last good epoch; lower train.lr and rerun")
+            valid = evaluate(model, seqs, "valid", recipe.eval, recipe.data.max_len, device,
+                             run_dir / "negatives_valid.npy", recipe.seed).table(("all", "head", "tail"))
+            score = valid[which][metric]
+            improved = score > state["best"]
+            state.update(epoch=epoch, bad=0 if improved else state["bad"] + 1)
+            if improved:
+                state.update(best=score, best_epoch=epoch)
+                save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+            append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch, "seconds": round(seconds, 3), **stats,
+                                                     "valid": valid})
+            save_torch(run_dir / "last.pt", {"model": model.state_dict(), "optim": epoch_fn.state_dict(),
+                                             "rng": torch.get_rng_state(), "gen": gen.get_state(), **state})
+            progress.console.print(
+                f"epoch {epoch}: loss {stats['loss']:.4f}, {seconds:.1f}s, valid {metric} "
+                + ", ".join(f"{s} {valid[s][metric]:.4f}" for s in ("all", "head", "tail"))
+                + (" *" if improved else "") + _extra(stats))
+            if state["bad"] >= cfg.patience:
+                progress.console.print(f"early stop: no better valid {which} {metric} for {cfg.patience} epochs")
+                break
+
+
+def _extra(stats: dict) -> str:
+    return "".join(f", {k} {v:.3f}" for k, v in stats.items() if k not in ("loss", "skipped"))
+
+
+def finish(recipe, seqs, model, run_dir: Path, device, console: Console) -> Path:
+    if (run_dir / "best.pt").exists():
+        model.load_state_dict(load_torch(run_dir / "best.pt")["model"])
+    else:  # pop: nothing trained, but export and eval need a checkpoint all the same
+        save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": 0})
+    history = read_jsonl(run_dir / "metrics.jsonl")
+    summary = {"best_epoch": max(history, key=lambda r: r["valid"][recipe.train.monitor.slice]
+                                 [recipe.train.monitor.metric])["epoch"] if history else 0,
+               "epochs": len(history),
+               "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])) if history else 0.0}
+    for split in ("valid", "test"):
+        result = evaluate(model, seqs, split, recipe.eval, recipe.data.max_len, device,
+                          run_dir / f"negatives_{split}.npy", recipe.seed)
+        summary[split] = result.table()
+        summary["protocol"] = result.protocol
+        write_per_user(result, seqs, run_dir / f"users_{split}.csv")
+    atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
+    console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
+    console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail)")
+    return run_dir
+
+
+def _progress(console: Console) -> Progress:
+    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+               TextColumn("{task.fields[rate]:,.0f} seq/s"), TimeElapsedColumn(), TimeRemainingColumn()]
+    # not a terminal (CI, a log file): no bar, the per-epoch lines printed above are the progress
+    return Progress(*columns, console=console, disable=not console.is_terminal)

@@ -1,0 +1,156 @@
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from ltrec.metrics import (
+    metrics_from_ranks,
+    paired_test,
+    sample_negatives,
+    sampled_ranks,
+    summarize,
+    target_ranks,
+)
+
+# N = 4 items; column j is item j+1.
+SCORES = torch.tensor(
+    [
+        [0.1, 0.5, 0.5, 0.2],  # user 0, target 2 (0.5): item 3 ties at 0.5 -> pessimistic rank 1
+        [0.1, 0.2, 0.3, 0.9],  # user 1, target 4 (0.9): nothing >= 0.9 -> rank 0
+        [0.9, 0.1, 0.8, 0.2],  # user 2, target 3 (0.8): item 1 (0.9) beats it -> rank 1
+    ]
+)
+TARGETS = torch.tensor([2, 4, 3])
+
+
+def test_target_ranks_pessimistic_ties():
+    assert target_ranks(SCORES, TARGETS).tolist() == [1, 0, 1]
+    assert target_ranks(SCORES, TARGETS).dtype == torch.int64
+
+
+def test_target_ranks_all_tied_is_last():
+    # constant scores: target ties with all 3 others -> rank 3 = N-1
+    assert target_ranks(torch.zeros(1, 4), torch.tensor([1])).tolist() == [3]
+
+
+def test_target_ranks_seen_masking():
+    seen = torch.tensor(
+        [
+            [0, 0, 3],  # user 0: item 3 (the tie) masked -> rank 0
+            [0, 4, 1],  # user 1: target 4 itself seen -> -inf, ties with masked item 1 and loses to 2, 3 -> rank 3 = N-1
+            [0, 0, 2],  # user 2: item 2 masked; padding must NOT mask item 1 (0.9 > 0.8) -> still rank 1
+        ]
+    )
+    assert target_ranks(SCORES, TARGETS, seen).tolist() == [0, 3, 1]
+    # input scores are not modified in place
+    assert SCORES[0, 2].item() == pytest.approx(0.5)
+
+
+def test_metrics_from_ranks_exact():
+    m = metrics_from_ranks(torch.tensor([0, 1, 2, 3]), ks=(1, 2, 3))
+    assert set(m) == {f"{k}@{K}" for k in ("hr", "ndcg", "mrr") for K in (1, 2, 3)}
+    # hr@K = rank < K
+    np.testing.assert_allclose(m["hr@1"], [1, 0, 0, 0])
+    np.testing.assert_allclose(m["hr@2"], [1, 1, 0, 0])
+    np.testing.assert_allclose(m["hr@3"], [1, 1, 1, 0])
+    # ndcg = 1/log2(rank+2): rank0 -> 1/log2(2) = 1, rank1 -> 1/log2(3) ~ 0.6309, rank2 -> 1/log2(4) = 0.5
+    np.testing.assert_allclose(m["ndcg@1"], [1, 0, 0, 0])
+    np.testing.assert_allclose(m["ndcg@2"], [1, 1 / math.log2(3), 0, 0])
+    np.testing.assert_allclose(m["ndcg@3"], [1, 1 / math.log2(3), 0.5, 0])
+    # mrr = 1/(rank+1): 1, 1/2, 1/3
+    np.testing.assert_allclose(m["mrr@1"], [1, 0, 0, 0])
+    np.testing.assert_allclose(m["mrr@2"], [1, 0.5, 0, 0])
+    np.testing.assert_allclose(m["mrr@3"], [1, 0.5, 1 / 3, 0])
+    assert all(isinstance(v, np.ndarray) for v in m.values())
+
+
+def test_sample_negatives_excludes_and_unique():
+    n_items, n = 50, 20
+    targets = np.array([1, 25, 50])
+    hist = np.array([[0, 0, 2, 3, 4], [0, 10, 11, 25, 12], [5, 6, 7, 8, 9]])
+    neg = sample_negatives(n_items, targets, hist, n=n, seed=3)
+    assert neg.shape == (3, n) and neg.dtype == np.int64
+    for i in range(3):
+        row = set(neg[i].tolist())
+        assert len(row) == n  # no duplicates
+        assert all(1 <= x <= n_items for x in row)
+        assert targets[i] not in row
+        assert not row & set(hist[i].tolist())
+
+
+def test_sample_negatives_deterministic_per_seed():
+    targets, hist = np.array([3, 7]), np.array([[0, 1, 2], [4, 5, 6]])
+    a = sample_negatives(1000, targets, hist, n=30, seed=11)
+    b = sample_negatives(1000, targets, hist, n=30, seed=11)
+    c = sample_negatives(1000, targets, hist, n=30, seed=12)
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+
+
+def test_sample_negatives_exact_and_not_enough():
+    # N=10, history {1..5}, target 6 -> eligible {7, 8, 9, 10}: exactly 4
+    hist, targets = np.array([[1, 2, 3, 4, 5]]), np.array([6])
+    assert sorted(sample_negatives(10, targets, hist, n=4)[0].tolist()) == [7, 8, 9, 10]
+    with pytest.raises(ValueError, match="eligible"):
+        sample_negatives(10, targets, hist, n=5)
+
+
+def test_sampled_ranks_hand_example():
+    negatives = torch.tensor(
+        [
+            [3, 1],  # user 0: target 0.5 vs 0.5 (tie, loses), 0.1 -> rank 1
+            [1, 2],  # user 1: target 0.9 vs 0.1, 0.2 -> rank 0
+            [1, 4],  # user 2: target 0.8 vs 0.9 (beats), 0.2 -> rank 1
+        ]
+    )
+    assert sampled_ranks(SCORES, TARGETS, negatives).tolist() == [1, 0, 1]
+    # numpy negatives (as returned by sample_negatives) are accepted too
+    assert sampled_ranks(SCORES, TARGETS, negatives.numpy()).tolist() == [1, 0, 1]
+
+
+def test_summarize_mask_and_empty():
+    per_user = {"hr@1": np.array([1.0, 0.0, 0.0]), "mrr@2": np.array([1.0, 0.5, 0.0])}
+    s = summarize(per_user)
+    assert s["users"] == 3
+    assert s["hr@1"] == pytest.approx(1 / 3) and s["mrr@2"] == pytest.approx(0.5)  # (1+0.5+0)/3
+    s = summarize(per_user, np.array([True, True, False]))
+    assert s["users"] == 2
+    assert s["hr@1"] == pytest.approx(0.5) and s["mrr@2"] == pytest.approx(0.75)  # (1+0.5)/2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # empty mean must not warn
+        s = summarize(per_user, np.zeros(3, dtype=bool))
+    assert s["users"] == 0 and math.isnan(s["hr@1"]) and math.isnan(s["mrr@2"])
+
+
+def test_paired_test_identical():
+    a = np.random.default_rng(0).random(500)
+    r = paired_test(a, a.copy(), n_boot=2000)
+    assert r["diff"] == 0.0 and r["rel_diff"] == 0.0
+    assert r["p_value"] == pytest.approx(1.0)
+    assert r["ci95"] == (0.0, 0.0)
+
+
+def test_paired_test_clear_shift():
+    rng = np.random.default_rng(1)
+    a = rng.random(2000)
+    b = a + 0.1 + rng.normal(0, 0.2, size=2000)
+    r = paired_test(a, b, n_boot=2000, seed=5)
+    assert r["p_value"] < 0.01
+    assert r["diff"] == pytest.approx((b - a).mean())
+    assert r["rel_diff"] == pytest.approx(b.mean() / a.mean() - 1)
+    lo, hi = r["ci95"]
+    assert 0 < lo < r["diff"] < hi
+    # deterministic per seed
+    assert paired_test(a, b, n_boot=2000, seed=5) == r
+
+
+def test_paired_test_noise_and_edge_cases():
+    rng = np.random.default_rng(2)
+    a = rng.random(300)
+    r = paired_test(a, a + rng.normal(0, 0.1, size=300), n_boot=1000)
+    assert 0.0 <= r["p_value"] <= 1.0
+    assert math.isnan(paired_test(np.zeros(5), np.ones(5), n_boot=100)["rel_diff"])  # a.mean() == 0
+    with pytest.raises(ValueError):
+        paired_test(np.zeros(3), np.zeros(4))
