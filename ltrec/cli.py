@@ -168,6 +168,49 @@ def _parse_ks(text: Optional[str]) -> Optional[list[int]]:
     return ks
 
 
+@app.command()
+def export(
+    run_dir: Annotated[Optional[str], typer.Argument(help="run directory (default: the newest under ./runs)")] = None,
+    onnx: Annotated[bool, typer.Option("--onnx", help="write an ONNX bundle (the only format so far)")] = True,
+    out: Annotated[Optional[Path], typer.Option(help="bundle directory (default: RUN_DIR/bundle)")] = None,
+    k: Annotated[int, typer.Option(min=1, help="top-K computed inside the graph")] = 10,
+) -> None:
+    """Export the best checkpoint as an ONNX bundle (model.onnx + bundle.json), checked against torch."""
+    try:
+        from .export import export_bundle
+        from .runs import find_run
+
+        run = find_run(run_dir)
+        bundle = export_bundle(run, out or run / "bundle", k)
+    except UserError as exc:
+        fail(exc)
+    typer.echo(f"bundle: {bundle}  (next: ltrec predict {bundle} --input histories.csv)")
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="bundle directory written by `ltrec export`")],
+    input_: Annotated[Path, typer.Option("--input", help="events: CSV or Parquet, one row per event")],
+    output: Annotated[Path, typer.Option(help="where to write user_id,rank,item_id,score")] = Path("predictions.csv"),
+    k: Annotated[Optional[int], typer.Option(min=1, help="items per user (default: the bundle's K)")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+    user_col: Annotated[str, typer.Option(help="user column")] = "user_id",
+    item_col: Annotated[str, typer.Option(help="item column")] = "item_id",
+    time_col: Annotated[str, typer.Option(help="time column")] = "timestamp",
+    exclude_seen: Annotated[bool, typer.Option(help="never recommend an item already in the history")] = False,
+) -> None:
+    """Top-K next items for each user of an events file, with onnxruntime on CPU (no torch)."""
+    try:
+        from .predict import run_predict
+
+        summary = run_predict(bundle, input_, output, k=k, batch_size=batch_size,
+                              columns={"user": user_col, "item": item_col, "time": time_col},
+                              exclude_seen=exclude_seen)
+    except UserError as exc:
+        fail(exc)
+    typer.echo(summary)
+
+
 def main() -> None:
     try:
         app()
