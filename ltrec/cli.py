@@ -211,6 +211,25 @@ def predict(
     typer.echo(summary)
 
 
+@app.command("compare")
+def compare_runs(
+    runs: Annotated[list[str], typer.Argument(help="run dirs; join seeds with commas: runs/a-s0,runs/a-s1")],
+    split: Annotated[str, typer.Option(help="valid | test")] = "test",
+    metric: Annotated[Optional[list[str]], typer.Option(help="repeatable (default: ndcg@10 and hr@10)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """One table of slices × metrics across runs, with the difference to the first and a paired p-value."""
+    try:
+        from .compare import compare, format_comparison
+
+        if len(runs) < 2:
+            raise UserError("compare: give at least two runs (the first is the baseline)")
+        result = compare(runs, split, tuple(metric or ("ndcg@10", "hr@10")))
+    except UserError as exc:
+        fail(exc)
+    typer.echo(json.dumps(result, default=float) if as_json else format_comparison(result))
+
+
 def main() -> None:
     try:
         app()

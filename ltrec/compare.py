@@ -1,0 +1,84 @@
+"""`ltrec compare`: slices × metrics across runs, with paired per-user significance against the first run.
+
+A run argument may join several runs with commas (e.g. the same recipe at seeds 0,1,2): their per-user
+metrics are averaged per user first, so the test pairs users, not seeds.
+"""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+from .errors import UserError
+from .metrics import paired_test
+
+
+def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    path = run / f"users_{split}.csv"
+    if not path.exists():
+        raise UserError(f"{path}: missing; run `ltrec eval {run} --split {split}` first")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    header, body = rows[0], rows[1:]
+    users = np.array([r[0] for r in body])
+    slices = np.array([r[1] for r in body])
+    metrics = {name: np.array([float(r[i]) for r in body]) for i, name in enumerate(header) if i >= 3}
+    order = np.argsort(users, kind="stable")
+    return users[order], slices[order], {k: v[order] for k, v in metrics.items()}
+
+
+def _check_same(ref: tuple, other: tuple, ref_name: str, name: str) -> None:
+    if not (np.array_equal(ref[0], other[0]) and np.array_equal(ref[1], other[1])):
+        raise UserError(f"{name}: its users or slices differ from {ref_name}; compare runs on the same data and split")
+
+
+def load_group(spec: str, split: str) -> tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    runs = [Path(p) for p in spec.split(",") if p]
+    parts = [read_per_user(run, split) for run in runs]
+    for run, part in zip(runs[1:], parts[1:]):
+        _check_same(parts[0], part, str(runs[0]), str(run))
+    means = {k: np.mean([p[2][k] for p in parts], axis=0) for k in parts[0][2]}
+    label = runs[0].name if len(runs) == 1 else f"{runs[0].name} (+{len(runs) - 1})"
+    return label, parts[0][0], parts[0][1], means
+
+
+def compare(specs: list[str], split: str = "test", metrics=("ndcg@10", "hr@10"),
+            slices=("all", "head", "tail", "cold")) -> dict:
+    groups = [load_group(s, split) for s in specs]
+    for g, spec in zip(groups[1:], specs[1:]):
+        _check_same(groups[0][1:3], g[1:3], specs[0], spec)
+    base_slices = groups[0][2]
+    out = {"split": split, "runs": [g[0] for g in groups], "rows": []}
+    for name in slices:
+        mask = base_slices != "cold" if name == "all" else base_slices == name
+        if not mask.any():
+            continue
+        for metric in metrics:
+            if metric not in groups[0][3]:
+                raise UserError(f"--metric {metric}: not in the per-user file (have: {', '.join(groups[0][3])})")
+            base = groups[0][3][metric][mask]
+            row = {"slice": name, "metric": metric, "users": int(mask.sum()), "values": [float(base.mean())],
+                   "tests": []}
+            for g in groups[1:]:
+                other = g[3][metric][mask]
+                row["values"].append(float(other.mean()))
+                row["tests"].append(paired_test(base, other))
+            out["rows"].append(row)
+    return out
+
+
+def format_comparison(result: dict) -> str:
+    labels = result["runs"]
+    head = ["slice", "metric", "users", *labels] + [f"Δ% {lab} (p)" for lab in labels[1:]]
+    lines = [" | ".join(head), " | ".join("---" for _ in head)]
+    for row in result["rows"]:
+        cells = [row["slice"], row["metric"], str(row["users"]), *(f"{v:.4f}" for v in row["values"])]
+        for t in row["tests"]:
+            p = f"p<{1 / t['n_boot']:g}" if t["p_value"] == 0 else f"p={t['p_value']:.3f}"
+            cells.append(f"{100 * t['rel_diff']:+.1f}% ({p})")
+        lines.append(" | ".join(cells))
+    note = (f"\n{result['split']} split; per-user metrics averaged over the runs joined by commas; "
+            "p: two-sided paired bootstrap over users (10,000 resamples) of the difference to the first column")
+    return "\n".join("| " + line + " |" for line in lines) + note

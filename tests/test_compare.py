@@ -1,0 +1,41 @@
+"""`ltrec compare`: the table pairs users, averages seeds per user, and refuses mismatched runs."""
+
+import numpy as np
+import pytest
+
+from ltrec.compare import compare, format_comparison
+from ltrec.errors import UserError
+
+
+def write_users(run, users, slices, ndcg):
+    run.mkdir(parents=True)
+    lines = ["user_id,slice,train_events,ndcg@10,hr@10"]
+    lines += [f"{u},{s},3,{v},{float(v > 0)}" for u, s, v in zip(users, slices, ndcg)]
+    (run / "users_test.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_compare_pairs_users_and_averages_seeds(tmp_path):
+    rng = np.random.default_rng(0)
+    users = [f"u{i}" for i in range(400)]
+    slices = ["head" if i < 100 else "tail" for i in range(400)]
+    base = rng.random(400) * 0.2
+    write_users(tmp_path / "a", users, slices, base)
+    write_users(tmp_path / "b0", users[::-1], slices[::-1], (base + 0.05)[::-1])  # row order must not matter
+    write_users(tmp_path / "b1", users, slices, base + 0.15)
+    result = compare([str(tmp_path / "a"), f"{tmp_path / 'b0'},{tmp_path / 'b1'}"])
+    rows = {(r["slice"], r["metric"]): r for r in result["rows"]}
+    tail = rows[("tail", "ndcg@10")]
+    assert tail["users"] == 300
+    assert tail["values"][1] - tail["values"][0] == pytest.approx(0.1)  # seeds averaged per user: +0.05, +0.15
+    assert tail["tests"][0]["p_value"] < 0.001
+    assert "cold" not in {r["slice"] for r in result["rows"]}
+    assert "| tail | ndcg@10 | 300 |" in format_comparison(result)
+
+
+def test_compare_refuses_different_users(tmp_path):
+    write_users(tmp_path / "a", ["u1", "u2"], ["head", "tail"], [0.1, 0.2])
+    write_users(tmp_path / "b", ["u1", "u3"], ["head", "tail"], [0.1, 0.2])
+    with pytest.raises(UserError, match="users or slices differ"):
+        compare([str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(UserError, match="missing; run `ltrec eval"):
+        compare([str(tmp_path / "a"), str(tmp_path / "nope")])
