@@ -88,6 +88,23 @@ def prepare_run_dir(recipe: Recipe, out: Path | None, overwrite: bool, resume: b
     return run_dir
 
 
+RESUME_MAY_CHANGE = ("epochs", "patience", "threads", "device")
+
+
+def _resumable(given: Recipe, saved: Recipe, run_dir: Path) -> Recipe:
+    """The saved recipe, with only the train settings that do not change the experiment taken from `given`."""
+    changes = {k: getattr(given.train, k) for k in RESUME_MAY_CHANGE}
+    merged = saved.model_copy(update={"train": saved.train.model_copy(update=changes)})
+    a = given.model_dump(exclude={"train": set(RESUME_MAY_CHANGE)})
+    b = merged.model_dump(exclude={"train": set(RESUME_MAY_CHANGE)})
+    diff = sorted(f"{section}" for section in a if a[section] != b[section])
+    if diff:
+        raise UserError(f"{run_dir}: --resume continues the same experiment, but the recipe differs in "
+                        f"{', '.join(diff)} (only train.{'/'.join(RESUME_MAY_CHANGE)} may change); "
+                        "start a new run instead")
+    return merged
+
+
 def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resume: bool = False,
           console: Console | None = None) -> Path:
     console = console or Console(stderr=True, soft_wrap=True)
@@ -95,7 +112,8 @@ def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resu
     recipe.data.source = str(Path(recipe.data.source).expanduser().absolute())
     run_dir = prepare_run_dir(recipe, out, overwrite, resume)
     if resume:
-        recipe = load_recipe(run_dir / "recipe.yaml")
+        recipe = _resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
+        atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
     else:
         atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))  # first, so a crashed run is still explained
     seqs = data_mod.load(recipe.data, recipe.split, recipe.head, recipe.seed)

@@ -76,7 +76,9 @@ def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch)
     runner.invoke(app, [str(a) for a in args + ["--out", "runs/cut"]])
     assert not (tmp_path / "runs/cut/metrics.json").exists()
     monkeypatch.setattr(ltrec.train, "evaluate", real_evaluate)
-    out = ok(["train", recipe, "--out", "runs/cut", "--resume"])
+    r = runner.invoke(app, [str(a) for a in args + ["--out", "runs/cut", "--resume", "--set", "train.lr=0.5"]])
+    assert r.exit_code == 2 and "--resume continues the same experiment, but the recipe differs in train" in r.output
+    out = ok(args + ["--out", "runs/cut", "--resume"])
     assert "resuming" in out and "after epoch 2" in out
     cut = json.loads((tmp_path / "runs/cut/metrics.json").read_text())
     assert cut["test"] == full["test"] and cut["epochs"] == full["epochs"] == 4

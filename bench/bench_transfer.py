@@ -1,0 +1,65 @@
+"""Epoch time of each transfer mode relative to plain training, side by side in one process.
+
+    python bench/bench_transfer.py recipes/sasrec-music.yaml [--threads 2] [--faithful-iters 200]
+
+Modes: plain, +GA (users_per_step 64), +AT, +GA+AT, and the paper's faithful one-user-per-step GA. The
+faithful mode is timed over --faithful-iters outer iterations and scaled to a full epoch (stated as such).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import time
+
+import torch
+
+from ltrec.data import load
+from ltrec.recipe import load_recipe
+from ltrec.train import build_model
+from ltrec.transfer import make_epoch
+
+GA = {"k": 5, "beta": 0.5, "users_per_step": 64}
+MODES = {"plain": {}, "+GA": {"grad_align": GA}, "+AT": {"adversarial": {}},
+         "+GA+AT": {"grad_align": GA, "adversarial": {}},
+         "+GA faithful (1 user/step)": {"grad_align": {**GA, "users_per_step": 1}}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("recipe")
+    ap.add_argument("--threads", type=int, default=torch.get_num_threads())
+    ap.add_argument("--faithful-iters", type=int, default=200)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    base = load_recipe(args.recipe)
+    seqs = load(base.data, base.split, base.head, base.seed)
+    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(base.data.max_len))
+    rows = []
+    for name, transfer in MODES.items():
+        recipe = base.model_copy(update={"transfer": base.transfer.model_validate(transfer)})
+        torch.manual_seed(0)
+        model = build_model(recipe, seqs)
+        epoch = make_epoch(recipe, model, seqs, inputs, targets, owner, "cpu", torch.Generator().manual_seed(0))
+        scale = 1.0
+        if "faithful" in name:  # one epoch would take too long: time a slice of it and scale
+            users = len(epoch.users)
+            full_iters = math.ceil(users / recipe.transfer.grad_align.k)
+            epoch.users = epoch.users[: args.faithful_iters * recipe.transfer.grad_align.k]
+            epoch.weights = epoch.weights[: len(epoch.users)]
+            scale = full_iters / args.faithful_iters
+        t0 = time.perf_counter()
+        stats = epoch(lambda n, loss: None)
+        rows.append((name, (time.perf_counter() - t0) * scale, stats["loss"], scale != 1.0))
+    plain = rows[0][1]
+    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
+          f"{args.recipe}: {len(inputs):,} windows, {seqs.n_items:,} items")
+    print("| mode | s/epoch | × plain | loss after 1 epoch |\n|---|---|---|---|")
+    for name, sec, loss, scaled in rows:
+        note = " (scaled from a partial epoch)" if scaled else ""
+        print(f"| {name} | {sec:.1f}{note} | {sec / plain:.2f} | {loss:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
