@@ -88,6 +88,7 @@ def prepare_run_dir(recipe: Recipe, out: Path | None, overwrite: bool, resume: b
     return run_dir
 
 
+CHECKPOINT_FORMAT = 1
 RESUME_MAY_CHANGE = ("epochs", "patience", "threads", "device")
 
 
@@ -138,6 +139,9 @@ def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Cons
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0}
     if resume:
         ckpt = load_torch(run_dir / "last.pt")
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT} "
+                            "(written by another ltrec version); start a new run")
         model.load_state_dict(ckpt["model"])
         epoch_fn.load_state_dict(ckpt["optim"])
         torch.set_rng_state(ckpt["rng"])
@@ -174,7 +178,8 @@ def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Cons
                 save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
             append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch, "seconds": round(seconds, 3), **stats,
                                                      "valid": valid})
-            save_torch(run_dir / "last.pt", {"model": model.state_dict(), "optim": epoch_fn.state_dict(),
+            save_torch(run_dir / "last.pt", {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                                             "optim": epoch_fn.state_dict(),
                                              "rng": torch.get_rng_state(), "gen": gen.get_state(), **state})
             progress.console.print(
                 f"epoch {epoch}: loss {stats['loss']:.4f}, {seconds:.1f}s, valid {metric} "
