@@ -119,7 +119,7 @@ class GradAlign(Strict):
     """Reptile/MER-style gradient alignment: k inner steps on different users, then θ ← θ₀ + β(θ_k − θ₀)."""
 
     k: int = Field(5, ge=1, description="inner steps per outer step")
-    inner_lr: float = Field(1.0e-3, gt=0, description="α, the inner step size")
+    inner_lr: float = Field(2.0e-3, gt=0, description="α, the inner step size (α·β is the effective step)")
     beta: float = Field(0.5, gt=0, le=1, description="β, the outer step")
     inner_optimizer: Literal["sgd", "adam"] = "adam"
     outer: Literal["interpolate", "adam"] = Field(
