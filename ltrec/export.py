@@ -1,0 +1,222 @@
+"""ONNX bundle: `model.onnx` (history → top-K inside the graph) + `bundle.json`, checked against torch.
+
+The graph (opset 17, legacy TorchScript exporter, one file):
+  inputs   history  int64 (B, L)        left-padded item ids 1..N, 0 = padding (the training convention);
+                                        any L ≤ max_len: the backbones ignore left padding, so a batch of
+                                        short histories can be cut to its longest one (much less work)
+           exclude  int64 (B, E)        item ids never to return (0 = nothing; E may be 0), e.g. the full
+                                        history for "no already-seen items"
+  outputs  items    int64 (B, K)        item ids 1..N (index into bundle.json's vocab + 1), best first
+           scores   float32 (B, K)      the model's scores; -inf where fewer than K items were left (the
+                                        item id there means nothing)
+Top-K runs inside the graph so a client ships K ids per user, not N scores. Exclusion is an input rather
+than a flag because the caller knows more than the model's max_len window (the whole history, items out
+of stock); an empty (B, 0) input costs one pass over (B, N+1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.console import Console
+
+from . import __version__
+from .errors import UserError
+from .predict import FORMAT_VERSION, length_batches
+from .runs import atomic_write
+from .train import build_model, load_run, load_torch
+
+OPSET = 17
+TOLERANCE = 1e-4  # max |onnx - torch| score difference accepted at export
+PARITY_USERS = 2000
+
+
+class TopKScorer(nn.Module):
+    """Backbone + exclusion + top-K: (history (B, L), exclude (B, E)) → (items (B, K), scores (B, K))."""
+
+    def __init__(self, backbone: nn.Module, k: int):
+        super().__init__()
+        self.backbone, self.k = backbone, k
+        # Scores are laid out over ids 0..N, so topk's column index IS the item id; column 0 (padding)
+        # gets -inf through the bias. F.linear against the full embedding table (a Gemm) reuses the
+        # weight the input lookup already holds, where `weight[1:].T` would store a second copy.
+        bias = torch.zeros(backbone.n_items + 1)
+        bias[0] = float("-inf")
+        self.register_buffer("pad_bias", bias, persistent=False)
+
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if hasattr(self.backbone, "item_emb"):  # neural backbones: tied item embeddings
+            scores = F.linear(self.backbone.encode(history), self.backbone.item_emb.weight, self.pad_bias)
+        else:  # pop: scores do not come from a user state
+            scores = F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # (B, N+1)
+        # adding -inf (not assigning) keeps repeated ids well defined: ScatterElements with reduction=add
+        minus_inf = torch.full(exclude.shape, float("-inf"), dtype=scores.dtype)  # (B, E)
+        scores = scores.scatter_add(1, exclude, minus_inf)  # (B, N+1)
+        values, items = torch.topk(scores, self.k, dim=1)  # (B, K) each, best first
+        return items, values
+
+
+def reference_topk(backbone: nn.Module, history: torch.Tensor, exclude: torch.Tensor, k: int):
+    """Torch's answer, ties broken like ONNX TopK (lower index first), so tie order is not a difference."""
+    with torch.inference_mode():
+        scores = F.pad(backbone(history).float(), (1, 0), value=float("-inf"))  # (B, N+1), column = item id
+        scores = scores.scatter_add(1, exclude, torch.full(exclude.shape, float("-inf")))
+        values, items = torch.sort(scores, dim=1, descending=True, stable=True)
+    return scores, items[:, :k], values[:, :k]
+
+
+def to_onnx(backbone: nn.Module, k: int, max_len: int, metadata: dict[str, str]) -> bytes:
+    """Serialized, checked ONNX model (bytes) with `metadata` in its metadata_props."""
+    import onnx
+
+    wrapper = TopKScorer(backbone, k).eval()
+    # batch ≥ 2 and a non-trivial exclude, so no dimension is specialised to 1 while tracing
+    example = (torch.tensor([[0] * (max_len - 1) + [1]] * 2), torch.ones(2, 3, dtype=torch.long))
+    buf = io.BytesIO()
+    dynamic = {"history": {0: "batch", 1: "length"}, "exclude": {0: "batch", 1: "n_exclude"},
+               "items": {0: "batch"}, "scores": {0: "batch"}}
+    with warnings.catch_warnings():  # the legacy exporter's deprecation and GRU warnings are not actionable
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, example, buf, dynamo=False, opset_version=OPSET,
+                          input_names=["history", "exclude"], output_names=["items", "scores"],
+                          dynamic_axes=dynamic, do_constant_folding=True)
+    proto = onnx.load_from_string(buf.getvalue())
+    for out in proto.graph.output:  # name the K axis instead of the exporter's TopKitems_dim_1
+        out.type.tensor_type.shape.dim[1].dim_value = k
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def check_parity(model_bytes: bytes, backbone: nn.Module, history: np.ndarray, k: int) -> dict:
+    """onnxruntime vs torch on real histories: once at full width with nothing excluded, once fed as
+    `ltrec predict` feeds it (batches trimmed to their longest history, the history itself excluded)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # torch shares these cores
+    session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    hist = torch.from_numpy(history)
+    plain = session.run(["items", "scores"], {"history": history, "exclude": history[:, :0]})
+    trimmed = [np.zeros_like(a) for a in plain]
+    lengths = (history > 0).sum(axis=1)
+    for batch in length_batches(lengths, 256):
+        width = max(int(lengths[batch].max()), 1)
+        got = session.run(["items", "scores"], {"history": history[batch, -width:], "exclude": history[batch]})
+        trimmed[0][batch], trimmed[1][batch] = got
+    worst, same = 0.0, 0
+    for exclude, (got_items, got_scores) in ((hist[:, :0], plain), (hist, trimmed)):
+        scores, want_items, want_scores = (t.numpy() for t in reference_topk(backbone, hist, exclude, k))
+        at_got = np.take_along_axis(scores, got_items, axis=1)  # torch's scores for onnx's items
+        finite = np.isfinite(want_scores)
+        if not (np.isfinite(got_scores) == finite).all() or not (np.isfinite(at_got) == finite).all():
+            worst = float("inf")  # a masked item returned, or a real one lost
+        else:
+            # the scores at onnx's items and the K best scores must both agree: a tie reordered is fine,
+            # a better item missed is not
+            diff = np.maximum(np.abs(got_scores - at_got), np.abs(got_scores - want_scores))
+            worst = max(worst, float(diff[finite].max(initial=0.0)))
+        same += int((got_items == want_items).all(axis=1).sum())
+    return {"users": len(history), "max_abs_score_diff": worst, "topk_agreement": same / (2 * len(history))}
+
+
+def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
+    """Write `out/model.onnx` and `out/bundle.json` for the run's best checkpoint; returns `out`."""
+    import onnx
+    import onnxruntime
+
+    console = Console(stderr=True, soft_wrap=True)
+    run_dir, out = Path(run_dir), Path(out)
+    recipe, seqs = load_run(run_dir)
+    if not 1 <= k <= seqs.n_items:
+        raise UserError(f"--k {k}: expected 1..{seqs.n_items} (the number of items the model knows)")
+    backbone = build_model(recipe, seqs)
+    if not (run_dir / "best.pt").exists():
+        raise UserError(f"{run_dir}: no best.pt (training did not finish an epoch); train it first")
+    backbone.load_state_dict(load_torch(run_dir / "best.pt")["model"])
+    backbone.eval()
+    max_len = recipe.data.max_len
+    metadata = {"ltrec.format_version": str(FORMAT_VERSION), "ltrec.n_items": str(seqs.n_items),
+                "ltrec.max_len": str(max_len), "ltrec.k": str(k), "ltrec.backbone": recipe.backbone.kind}
+    try:
+        model_bytes = to_onnx(backbone, k, max_len, metadata)
+    except Exception as exc:  # an exporter or checker failure is a bug to report, but say where
+        raise UserError(f"{run_dir}: ONNX export failed ({type(exc).__name__}: {exc})") from None
+
+    _, history, _ = seqs.eval_inputs("test", max_len)
+    pick = np.linspace(0, len(history) - 1, min(PARITY_USERS, len(history))).round().astype(int)
+    parity = check_parity(model_bytes, backbone, history[pick], k)
+    console.print(f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
+                  f"trimmed with seen items excluded, as predict runs it): max |score diff| "
+                  f"{parity['max_abs_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}")
+    if not parity["max_abs_score_diff"] <= TOLERANCE:
+        raise UserError(f"{run_dir}: onnxruntime and torch disagree (max |score diff| "
+                        f"{parity['max_abs_score_diff']:.3g} > {TOLERANCE}); nothing was written")
+
+    metrics_path = run_dir / "metrics.json"
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "model": "model.onnx",
+        "backbone": recipe.backbone.kind,
+        "run": recipe.name,
+        "recipe_sha256": hashlib.sha256((run_dir / "recipe.yaml").read_bytes()).hexdigest(),
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "max_len": max_len,
+        "pad_id": 0,
+        "k": k,
+        "n_items": seqs.n_items,
+        "inputs": {"history": "int64 (batch, L ≤ max_len): item ids 1..n_items, left-padded with 0, newest last",
+                   "exclude": "int64 (batch, any): item ids never to return, 0 = none; width 0 allowed"},
+        "outputs": {"items": "int64 (batch, k): item ids 1..n_items, best first; vocab[id - 1] is the original id",
+                    "scores": "float32 (batch, k): model scores; -inf when fewer than k items remain"},
+        "parity": parity,
+        "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else None,
+        "versions": {"ltrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+        "popularity": seqs.item_counts().tolist(),  # training counts, index i = item i+1: predict's fallback
+        "vocab": seqs.vocab.tolist(),  # original item ids as strings, index i = item i+1
+    }
+    _write_bundle(out, model_bytes, json.dumps(meta, indent=1))
+    return out
+
+
+def _write_bundle(out: Path, model_bytes: bytes, meta_json: str) -> None:
+    """Both files appear together or not at all: build a sibling temp folder, then swap it in."""
+    if out.exists() and (not out.is_dir() or set(os.listdir(out)) - {"model.onnx", "bundle.json"}):
+        raise UserError(f"{out}: exists and is not a bundle folder; choose another --out")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write here ({exc.strerror})") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp make private 0700/0600 files: a bundle is for sharing
+    old = out.parent / f"{tmp.name}.old"
+    try:
+        atomic_write(tmp / "model.onnx", model_bytes)
+        atomic_write(tmp / "bundle.json", meta_json)
+        for name in ("model.onnx", "bundle.json"):
+            os.chmod(tmp / name, 0o666 & ~umask)
+        if out.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside
+            os.replace(out, old)
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot write the bundle ({exc.strerror})") from None
+    finally:  # on any failure (Ctrl-C included) put the previous bundle back, and leave no temp folder
+        if old.exists() and not out.exists():
+            os.replace(old, out)
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)

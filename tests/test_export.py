@@ -1,0 +1,159 @@
+"""ONNX bundles: parity with torch for every backbone, bundle.json, the exclude input, no half bundles.
+
+Tiny models are trained through the real CLI once per module (about a second each).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import ltrec.export
+from ltrec.cli import app
+from ltrec.train import build_model, load_run, load_torch
+
+runner = CliRunner()
+MUSIC = Path("/work/shared/data/amazon-music/interactions.csv")
+MAX_LEN = 50
+
+
+def write_events(path: Path, users: int = 200, items: int = 100, seed: int = 0) -> Path:
+    """Zipf-like lengths (3..40, so eval's max_len window holds every history) and Zipf-like item popularity;
+    users mostly walk item → item + 1. Item ids are strings ("i7") so vocab order is not id order."""
+    rng = np.random.default_rng(seed)
+    pop = 1.0 / np.arange(1, items + 1) ** 0.8
+    pop /= pop.sum()
+    rows = ["user_id,item_id,timestamp"]
+    for u in range(users):
+        item = int(rng.choice(items, p=pop)) + 1
+        for t in range(min(2 + int(rng.zipf(1.5)), 40)):
+            rows.append(f"u{u},i{item},{1000 + t}")
+            item = item % items + 1 if rng.random() < 0.7 else int(rng.choice(items, p=pop)) + 1
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def ok(args) -> str:
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def train_run(folder: Path, csv: Path, kind: str, epochs: int = 2, dim: int = 16, max_len: int = MAX_LEN) -> Path:
+    recipe = folder / f"{kind}.yaml"
+    dims = f", dim: {dim}" if kind != "pop" else ""
+    recipe.write_text(f"name: tiny-{kind}\ndata: {{source: {csv}, max_len: {max_len}}}\n"
+                      f"backbone: {{kind: {kind}{dims}}}\ntrain: {{epochs: {epochs}, batch_size: 64}}\n")
+    ok(["train", recipe, "--out", folder / kind])
+    return folder / kind
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("runs")
+    csv = write_events(folder / "events.csv")
+    return {kind: train_run(folder, csv, kind) for kind in ("gru4rec", "sasrec", "pop")}
+
+
+def n_items(run: Path) -> int:
+    return load_run(run)[1].n_items
+
+
+def session(bundle: Path):
+    import onnxruntime as ort
+
+    return ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop"])
+def test_export_parity_and_bundle_json(runs, kind, tmp_path):
+    import onnx
+
+    run, bundle = runs[kind], tmp_path / "bundle"
+    out = ok(["export", run, "--out", bundle, "--k", 10])
+    assert "parity on 200 test histories" in out and "identical top-10 lists" in out
+    assert sorted(os.listdir(bundle)) == ["bundle.json", "model.onnx"]  # one file, no external data
+    assert [p.name for p in tmp_path.iterdir()] == ["bundle"]  # no temp folder left next to it
+    onnx.checker.check_model(str(bundle / "model.onnx"), full_check=True)
+
+    meta = json.loads((bundle / "bundle.json").read_text())
+    recipe, seqs = load_run(run)
+    assert meta["format_version"] == 1 and meta["pad_id"] == 0 and meta["k"] == 10
+    assert meta["max_len"] == MAX_LEN and meta["backbone"] == kind and meta["n_items"] == seqs.n_items
+    assert meta["vocab"] == seqs.vocab.tolist() and meta["vocab"][:2] == ["i1", "i10"]
+    assert meta["popularity"] == seqs.item_counts().tolist()
+    assert meta["recipe_sha256"] == hashlib.sha256((run / "recipe.yaml").read_bytes()).hexdigest()
+    assert meta["metrics"] == json.loads((run / "metrics.json").read_text())
+    assert set(meta["versions"]) >= {"ltrec", "torch", "onnx", "onnxruntime"}
+    assert meta["parity"]["topk_agreement"] >= 0.999 and meta["parity"]["max_abs_score_diff"] <= 1e-4
+
+    # independent check on every test user: onnxruntime vs the torch backbone, ties broken by lower id
+    model = build_model(recipe, seqs)
+    model.load_state_dict(load_torch(run / "best.pt")["model"])
+    model.eval()
+    _, history, _ = seqs.eval_inputs("test", MAX_LEN)
+    items, scores = session(bundle).run(None, {"history": history, "exclude": np.zeros((len(history), 0), np.int64)})
+    with torch.no_grad():
+        full = model(torch.from_numpy(history)).numpy()  # (B, N), column j = item j + 1
+    want = np.argsort(-full, axis=1, kind="stable")[:, :10] + 1
+    assert items.dtype == np.int64 and scores.dtype == np.float32 and items.shape == (len(history), 10)
+    assert (items == want).all(axis=1).mean() >= 0.999
+    np.testing.assert_allclose(scores, np.take_along_axis(full, items - 1, axis=1), atol=1e-4, rtol=0)
+
+
+def test_exclude_input(runs, tmp_path):
+    bundle = tmp_path / "b"
+    ok(["export", runs["sasrec"], "--out", bundle, "--k", 5])
+    sess = session(bundle)
+    history = np.zeros((3, MAX_LEN), np.int64)
+    history[0, -3:], history[1, -1] = [4, 9, 9], 7  # row 2: all padding still gives finite scores
+    free, _ = sess.run(None, {"history": history, "exclude": np.zeros((3, 0), np.int64)})
+    # excluding a row's own top items (repeats and 0 padding included) removes exactly those
+    exclude = np.concatenate([free[:, :2], free[:, :1], np.zeros((3, 2), np.int64)], axis=1)  # (3, 5)
+    items, scores = sess.run(None, {"history": history, "exclude": exclude})
+    assert (items[:, :3] == free[:, 2:]).all()
+    n = n_items(runs["sasrec"])
+    assert np.isfinite(scores).all() and (items >= 1).all() and (items <= n).all()
+    # excluding all but three items: the rest of the top-5 is -inf
+    everything = np.tile(np.arange(4, n + 1), (3, 1))
+    items, scores = sess.run(None, {"history": history, "exclude": everything})
+    assert (np.sort(items[:, :3], axis=1) == [1, 2, 3]).all() and np.isneginf(scores[:, 3:]).all()
+
+
+def test_export_errors_leave_nothing(runs, tmp_path, monkeypatch):
+    n = n_items(runs["pop"])
+    r = runner.invoke(app, ["export", str(runs["pop"]), "--out", str(tmp_path / "b"), "--k", str(n + 1)])
+    assert r.exit_code == 2 and f"--k {n + 1}: expected 1..{n}" in r.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    r = runner.invoke(app, ["export", str(runs["pop"]), "--out", str(tmp_path / "other")])
+    assert r.exit_code == 2 and "not a bundle folder" in r.output
+    # a failed parity check writes nothing, and keeps an existing bundle as it was
+    ok(["export", runs["sasrec"], "--out", tmp_path / "b", "--k", 3])
+    before = (tmp_path / "b" / "bundle.json").read_bytes()
+    monkeypatch.setattr(ltrec.export, "TOLERANCE", -1.0)
+    r = runner.invoke(app, ["export", str(runs["sasrec"]), "--out", str(tmp_path / "b"), "--k", "4"])
+    assert r.exit_code == 2 and "onnxruntime and torch disagree" in r.output and "nothing was written" in r.output
+    assert (tmp_path / "b" / "bundle.json").read_bytes() == before
+    monkeypatch.undo()
+    ok(["export", runs["sasrec"], "--out", tmp_path / "b", "--k", 4])  # replaces the old bundle
+    assert json.loads((tmp_path / "b" / "bundle.json").read_text())["k"] == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "other"]
+
+
+@pytest.mark.slow
+def test_amazon_music_parity(tmp_path):
+    if not MUSIC.exists():
+        pytest.skip(f"{MUSIC} is absent")
+    run = train_run(tmp_path, MUSIC, "sasrec", epochs=1, dim=32)
+    ok(["export", run, "--out", tmp_path / "bundle", "--k", 10])
+    parity = json.loads((tmp_path / "bundle" / "bundle.json").read_text())["parity"]
+    assert parity["users"] == 2000 and parity["topk_agreement"] >= 0.999
+    assert parity["max_abs_score_diff"] <= 1e-4
