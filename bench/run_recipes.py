@@ -39,11 +39,20 @@ def run_one(recipe: str, seed: int, out: Path, sets: list[str], threads: int) ->
     return run_dir
 
 
+def evaluated(run_dir: Path) -> dict:
+    """metrics.json (epochs, timing) with the test table as `ltrec eval` computes it today."""
+    summary = json.loads((run_dir / "metrics.json").read_text())
+    out = subprocess.run([sys.executable, "-m", "ltrec", "eval", str(run_dir), "--json"], capture_output=True,
+                         text=True, check=True).stdout
+    summary["test"] = json.loads(out)["slices"]
+    return summary
+
+
 def table(run_dirs: list[Path], metrics=("ndcg@10", "hr@10"), slices=("all", "head", "tail")) -> str:
     groups: dict[str, list[dict]] = {}
     for d in run_dirs:
         if (d / "metrics.json").exists():
-            groups.setdefault(d.name.rsplit("-s", 1)[0], []).append(json.loads((d / "metrics.json").read_text()))
+            groups.setdefault(d.name.rsplit("-s", 1)[0], []).append(evaluated(d))
     cols = [f"{m} {s}" for s in slices for m in metrics]
     lines = ["| run | seeds | " + " | ".join(cols) + " | epochs | s/epoch |", "|---" * (len(cols) + 4) + "|"]
     for name, runs in groups.items():

@@ -84,6 +84,12 @@ class Sequences:
         history = self._gather(end, self.offsets[users], max_len)
         return users, history, self.items[end]
 
+    def seen_items(self, users: np.ndarray, split: str) -> np.ndarray:
+        """(B, W) every item each user had before the `split` target (left-padded; W = longest such history)."""
+        end = self.offsets[users] + self.lengths[users] - (2 if split == "valid" else 1)
+        start = self.offsets[users]
+        return self._gather(end, start, max(int((end - start).max(initial=1)), 1))
+
     def _gather(self, end: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
         idx = end[:, None] - width + np.arange(width)  # (B, width)
         return np.where(idx >= start[:, None], self.items[np.maximum(idx, 0)], 0).astype(np.int64)

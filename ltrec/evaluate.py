@@ -1,7 +1,7 @@
 """Full-ranking evaluation by user slice (all / head / tail / cold), plus the sampled-negative mode.
 
 Protocol (printed with every table): chronological leave-one-out; the target is ranked against every item
-(padding excluded), the user's history items masked when `eval.mask_seen`; ties are pessimistic (the target
+(padding excluded), every item of the user's history (not only the last max_len) masked when `eval.mask_seen`; ties are pessimistic (the target
 loses them). Sampled mode ranks the target against `eval.negatives` negatives drawn once with the recipe's
 seed and stored in the run, so reruns compare like with like.
 """
@@ -64,7 +64,8 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
         tgt = torch.from_numpy(targets[lo:lo + cfg.batch_size]).to(device)
         scores = model(hist).float()  # (B, N)
         if negs is None:
-            ranks.append(target_ranks(scores, tgt, hist if cfg.mask_seen else None).cpu())
+            seen = torch.from_numpy(seqs.seen_items(users[lo:lo + cfg.batch_size], split)) if cfg.mask_seen else None
+            ranks.append(target_ranks(scores, tgt, seen).cpu())
         else:
             ranks.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[lo:lo + cfg.batch_size]).to(device)).cpu())
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)

@@ -72,6 +72,13 @@ def test_long_user_windows_cover_every_target_once(tmp_path):
     assert inputs.tolist()[:3] == [[6, 7, 8, 9], [2, 3, 4, 5], [0, 0, 0, 1]]
 
 
+def test_seen_items_cover_the_whole_history(tmp_path):
+    rows = "".join(f"u,{i},{i}\n" for i in range(1, 13))
+    s = load_csv(tmp_path, "user_id,item_id,timestamp\n" + rows)
+    assert s.seen_items(np.array([0]), "test").tolist() == [list(range(1, 12))]  # not just the last max_len
+    assert s.seen_items(np.array([0]), "valid").tolist() == [list(range(1, 11))]
+
+
 def test_drop_short_users_and_min_counts(tmp_path):
     s = load_csv(tmp_path, split=Split(short_users="drop"))
     assert list(s.users) == ["a", "b", "d"] and s.report["short_dropped"] == 1
