@@ -154,6 +154,7 @@ def evaluate(
         typer.echo(json.dumps({"run": str(run), "split": split, "protocol": result.protocol, "slices": table}))
     else:
         typer.echo(format_table(table, result.protocol, split, cuts or recipe.eval.ks))
+        typer.echo(f"pictures: ltrec report {run}")
 
 
 def _parse_ks(text: Optional[str]) -> Optional[list[int]]:
@@ -228,6 +229,21 @@ def compare_runs(
     except UserError as exc:
         fail(exc)
     typer.echo(json.dumps(result, default=float) if as_json else format_comparison(result))
+
+
+@app.command()
+def report(
+    runs: Annotated[list[str], typer.Argument(help="run directories; the first is the baseline")],
+    out: Annotated[Path, typer.Option(help="the HTML file to write")] = Path("report.html"),
+) -> None:
+    """One self-contained HTML page: long-tail curve, slice table with significance, training curves."""
+    try:
+        from .report import write_report
+
+        path = write_report([Path(r) for r in runs], out)
+    except UserError as exc:
+        fail(exc)
+    typer.echo(f"wrote {path}")
 
 
 def main() -> None:

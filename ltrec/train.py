@@ -212,7 +212,7 @@ def finish(recipe, seqs, model, run_dir: Path, device, console: Console) -> Path
         write_per_user(result, seqs, run_dir / f"users_{split}.csv")
     atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
     console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
-    console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail)")
+    console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail; pictures: ltrec report {run_dir})")
     return run_dir
 
 
