@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from .errors import UserError
 
@@ -20,7 +20,26 @@ IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # strict: `epochs: true` or `epochs: "3"` is an error, not 1 or 3; numbers must be finite
+    model_config = ConfigDict(extra="forbid", validate_default=True, strict=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers_from_strings(cls, value: Any) -> Any:
+        """PyYAML reads `1e-3` (no dot) as a string: a number key takes it as the number it spells."""
+        if isinstance(value, dict):
+            numbers = {n for n, f in cls.model_fields.items() if f.annotation in (float, float | None)}
+            value = {k: _as_number(v) if k in numbers else v for k, v in value.items()}
+        return value
+
+
+def _as_number(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    return value
 
 
 def _column_name(name: str) -> str:
@@ -163,7 +182,7 @@ class Train(Strict):
 
 
 class Eval(Strict):
-    ks: list[Annotated[int, Field(ge=1)]] = [5, 10, 20]
+    ks: list[Annotated[int, Field(ge=1)]] = Field([5, 10, 20], min_length=1)
     mask_seen: bool = Field(True, description="exclude the user's history items from the ranking (as RecBole)")
     mode: Literal["full", "sampled"] = "full"
     negatives: int = Field(100, ge=1, description="negatives per user in sampled mode")
@@ -176,7 +195,7 @@ class Output(Strict):
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     data: Data
     split: Split = Split()
     head: Head = Head()
@@ -185,10 +204,50 @@ class Recipe(Strict):
     train: Train = Train()
     eval: Eval = Eval()
     output: Output = Output()
+    _file: str | None = PrivateAttr(None)  # the file it was loaded from, to name it in later errors
+
+    @model_validator(mode="after")
+    def _monitor_is_evaluated(self) -> "Recipe":
+        k = int(self.train.monitor.metric.split("@")[1])
+        if k not in self.eval.ks:
+            raise ValueError(f"train.monitor.metric: {self.train.monitor.metric} needs {k} in eval.ks "
+                             f"(which is {self.eval.ks}); add it there or monitor another cut-off")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------------------
 # Loading: YAML → dict → overrides → Recipe, with every problem reported at once.
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.safe_load's loader (plain data only, no Python objects), except that a key given twice in one
+    mapping is an error: PyYAML would silently keep the last one."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
+                                                            key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """Plain data from YAML text; raises ValueError("line N: invalid YAML: problem") on any bad input."""
+    try:
+        return yaml.load(text, Loader=_Loader)  # a SafeLoader: !!python/... tags are errors
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}: " if mark else ""
+        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ValueError(f"{where}invalid YAML: {what}") from None
+    except RecursionError:
+        raise ValueError("invalid YAML: nested too deeply") from None
+    except (ValueError, TypeError, OverflowError) as exc:  # e.g. a date like 2020-13-45 that PyYAML parses
+        raise ValueError(f"invalid YAML: {str(exc)[:200]}") from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -198,9 +257,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if not sep or not all(IDENTIFIER.match(p) for p in parts):
         raise UserError(f"--set {text}: expected KEY=VALUE with a dotted key, e.g. --set train.epochs=5")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError as exc:
-        raise UserError(f"--set {text}: the value is not valid YAML ({exc.problem})") from None
+        value = parse_yaml(raw) if raw.strip() else ""
+    except ValueError as exc:
+        raise UserError(f"--set {text}: the value is not valid YAML ({exc})") from None
     return parts, value
 
 
@@ -224,12 +283,9 @@ def read_yaml(path: Path) -> dict:
     except (OSError, UnicodeDecodeError) as exc:
         raise UserError(f"{path}: cannot read the recipe ({exc})") from None
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}: " if mark else ""
-        what = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise UserError(f"{path}: {where}invalid YAML: {what}") from None
+        raw = parse_yaml(text)
+    except ValueError as exc:
+        raise UserError(f"{path}: {exc}") from None
     if raw is None:
         raise UserError(f"{path}: the recipe is empty (start from `ltrec init`)")
     if not isinstance(raw, dict):
@@ -272,8 +328,14 @@ def _message(err: dict) -> tuple[str, str]:
     if kind == "union_tag_not_found":
         return dotted + ".kind", f"required key is missing; expected one of {', '.join(_BACKBONE_KINDS)}"
     msg = err["msg"].removeprefix("Value error, ")
-    if "input" in err and not isinstance(err["input"], dict) and repr(err["input"]) not in msg:
-        msg += f" (got {err['input']!r})"
+    if not loc and re.match(r"^[a-z_.]+: ", msg):  # a check across sections names its own key
+        return tuple(msg.split(": ", 1))
+    value = err.get("input")
+    if isinstance(value, (list, set, tuple)):  # never print a whole structure (YAML aliases can make it huge)
+        msg += f" (got a {type(value).__name__})"
+    elif not isinstance(value, dict) and "input" in err and repr(value)[:80] not in msg:
+        text = repr(value)
+        msg += f" (got {text if len(text) <= 80 else text[:77] + '...'})"
     return dotted, msg
 
 
@@ -292,7 +354,9 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     """Read, override and validate a recipe; raise UserError listing every problem found."""
     path = Path(path)
     raw = apply_overrides(read_yaml(path), overrides or [])
-    return validate_dict(raw, path.name if path.parent == Path(".") else str(path))
+    recipe = validate_dict(raw, path.name if path.parent == Path(".") else str(path))
+    recipe._file = str(path)
+    return recipe
 
 
 def recipe_schema() -> dict:
