@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import glob
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,9 @@ EVAL, TRAIN_ONLY, COLD = 0, 1, 2  # user roles
 READERS = {"csv": "read_csv", "parquet": "read_parquet", "json": "read_json"}
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
            "UBIGINT", "FLOAT", "DOUBLE", "DECIMAL")
+TIMESTAMPS = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS")
+RESERVED = ("rowid", "__row")  # ltrec orders ties by DuckDB's rowid; a column of that name would shadow it
+MAX_LINE_BYTES = 2_000_000  # DuckDB's read_csv max_line_size
 
 
 @dataclass
@@ -100,7 +104,9 @@ class Sequences:
         return (
             f"{r['events']:,} events, {len(self.users):,} users, {self.n_items:,} items "
             f"(dropped: {r['null_rows']:,} rows with empty ids/time, {r['dropped_users']:,} users and "
-            f"{r['dropped_items']:,} items under the minimum counts, {r['short_dropped']:,} users too short); "
+            f"{r['dropped_items']:,} items under the minimum counts, {r['short_dropped']:,} users too short"
+            + (f"; kept: {r['duplicate_rows']:,} repeated (user, item, time) rows" if r.get("duplicate_rows") else "")
+            + "); "
             f"evaluated users {n_eval:,} (head {int((self.head & (self.role == EVAL)).sum()):,}, "
             f"head = ≥{self.head_threshold} training events), train-only {int((self.role == TRAIN_ONLY).sum()):,}, "
             f"cold {int((self.role == COLD).sum()):,}"
@@ -133,55 +139,117 @@ def connect(files: list[str], fmt: str, source: str) -> duckdb.DuckDBPyConnectio
     """An in-memory DuckDB holding the table `source`, then locked: later SQL cannot touch the file system."""
     if fmt == "mixed":
         raise UserError(f"data.source: {source!r} matches files of different formats; set data.format")
+    if fmt != "parquet" and all(os.path.getsize(f) == 0 for f in files):
+        raise UserError(f"data.source: {source}: the file is empty (expected a header and one row per event)")
+    if fmt == "csv":
+        for f in files:
+            _check_line_lengths(f)
     con = duckdb.connect(":memory:")
+    # nothing is fetched from the network: csv, parquet and json are built in
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
     try:
         con.execute(f"CREATE TABLE source AS SELECT * FROM {READERS[fmt]}(?)", [files])  # reader name is ours
     except duckdb.Error as exc:
         con.close()
-        first = str(exc).strip().splitlines()[0]
-        raise UserError(f"data.source: {source}: cannot read as {fmt.upper()}: {first}") from None
+        raise UserError(f"data.source: {source}: cannot read as {fmt.upper()}: {reason(exc)}") from None
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def reason(exc: Exception) -> str:
+    """DuckDB's first line and the line that says why: its messages run to dozens of lines, and some quote a
+    whole row (which may be megabytes long)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    why = [line for line in lines[1:] if not line.startswith(("Original Line", "Possible", "file =", "LINE ", "^"))][:1]
+    text = ": ".join(line[:200] for line in lines[:1] + why) or type(exc).__name__
+    if "utf-8" in text.lower() or "unicode" in text.lower():
+        text += " (convert the file to UTF-8, e.g. iconv -f latin1 -t utf-8 in.csv > out.csv)"
+    return text
+
+
+@contextmanager
+def duckdb_errors(where: str):
+    """Any DuckDB failure left (out of memory, an odd type) as a UserError naming `where`."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        raise UserError(f"{where}: {reason(exc)}") from None
+
+
+def _check_line_lengths(path: str, rows: int = 20_480) -> None:
+    """Fail fast on a huge line among the rows DuckDB's CSV sniffer samples: the sniffer takes about half a
+    second per megabyte of one such line before it gives up (minutes for a 1 GB line)."""
+    seen, carry = 0, 0  # lines ended so far; bytes of the line still open
+    with open(path, "rb") as f:
+        while seen <= rows:
+            chunk = f.read(1 << 22)
+            if not chunk:
+                return
+            ends = np.flatnonzero(np.frombuffer(chunk, np.uint8) == 10)  # newline positions
+            lengths = np.diff(ends, prepend=-1 - carry) - 1  # the lines ending in this chunk
+            carry = len(chunk) - 1 - ends[-1] if len(ends) else carry + len(chunk)
+            too_long = np.flatnonzero(lengths > MAX_LINE_BYTES)
+            if len(too_long) or carry > MAX_LINE_BYTES:
+                line = seen + 1 + (int(too_long[0]) if len(too_long) else len(ends))
+                raise UserError(f"data.source: {path}: line {line:,} is longer than {MAX_LINE_BYTES:,} bytes; "
+                                "an events file has short lines (the wrong file, or a quote left open?)")
+            seen += len(ends)
 
 
 def read_events(data: Data, con: duckdb.DuckDBPyConnection, source: str) -> None:
     """Creates table `events(u, i, t, r)`: user and item ids (original values), time, and source row order."""
     if data.query:
         try:
-            con.sql(data.query).create("picked")
+            rel = con.sql(data.query)
+            if rel is None:
+                raise UserError("data.query: the query returned no table; write a SELECT over `source`")
+            rel.create("picked")
         except duckdb.Error as exc:
-            first = str(exc).strip().splitlines()[0]
-            raise UserError(f"data.query: the query failed: {first}") from None
+            raise UserError(f"data.query: the query failed: {reason(exc)}") from None
+        from_ = "picked"
     else:
+        from_ = "source"
+    described = {row[0]: row[1] for row in con.execute(f"DESCRIBE {from_}").fetchall()}
+    for name in RESERVED:
+        if name in described:
+            raise UserError(f"data.source: {source}: a column is named {name!r}, which ltrec needs for the row "
+                            f"order; drop or rename it (in the file, or with data.query: SELECT * EXCLUDE ({name}) "
+                            "FROM source)")
+    if not data.query:
         con.execute("CREATE VIEW picked AS SELECT *, rowid AS __row FROM source")
-    described = {row[0]: row[1] for row in con.execute("DESCRIBE picked").fetchall()}
     cols = data.columns
     for key in ("user", "item", "time"):
         name = getattr(cols, key)
         if name not in described:
-            available = ", ".join(c for c in described if c != "__row")
-            raise UserError(
-                f"data.columns.{key}: {source}: no column {name!r} (columns: {available}); "
-                f"set data.columns.{key} to the right name"
-            )
+            raise UserError(f"data.columns.{key}: {source}: no column {name!r} (columns: {', '.join(described)})"
+                            f"{_columns_hint(list(described))}; set data.columns.{key} to the right name")
+    for key in ("user", "item"):
+        kind = described[getattr(cols, key)]
+        if kind.endswith("]") or kind.startswith(("STRUCT", "MAP", "UNION")):
+            raise UserError(f"data.columns.{key}: {source}: column {getattr(cols, key)!r} holds nested values "
+                            f"({kind}); expected plain ids (text or numbers)")
     u, i, t = (f'"{getattr(cols, k)}"' for k in ("user", "item", "time"))  # validated identifiers, quoted
-    row = "__row" if "__row" in described else "rowid"
+    row = "__row" if not data.query else "rowid"
     ttype = described[cols.time].split("(")[0]
-    if ttype in ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"):
+    if ttype in TIMESTAMPS:
         tsql = f"epoch({t})::DOUBLE"
     elif ttype in NUMERIC:
         tsql = f"{t}::DOUBLE"
-    else:
+    elif ttype == "VARCHAR":
         bad = con.execute(
             f"SELECT {t} FROM picked WHERE {t} IS NOT NULL AND TRY_CAST({t} AS DOUBLE) IS NULL LIMIT 1"
         ).fetchone()
         if bad is not None:
             raise UserError(
-                f"data.columns.time: {source}: column {cols.time!r} holds non-numeric values such as {bad[0]!r}; "
+                f"data.columns.time: {source}: column {cols.time!r} holds non-numeric values such as {bad[0][:80]!r}; "
                 "expected unix times or timestamps (convert it with data.query, e.g. epoch(strptime(...)))"
             )
         tsql = f"TRY_CAST({t} AS DOUBLE)"
+    else:
+        raise UserError(f"data.columns.time: {source}: column {cols.time!r} has type {described[cols.time]}; "
+                        "expected unix times (numbers) or dates/timestamps")
     con.execute(
         f"""CREATE TABLE events AS SELECT
               NULLIF(TRIM({u}::VARCHAR), '') AS u, {i} AS i_raw, NULLIF(TRIM({i}::VARCHAR), '') AS i,
@@ -191,6 +259,19 @@ def read_events(data: Data, con: duckdb.DuckDBPyConnection, source: str) -> None
     nan = con.execute("SELECT count(*) FROM events WHERE isnan(t) OR isinf(t)").fetchone()[0]
     if nan:
         raise UserError(f"data.columns.time: {source}: column {cols.time!r} has {nan:,} NaN or infinite values")
+    nul = con.execute("SELECT count(*) FROM events WHERE contains(u, chr(0)) OR contains(i, chr(0))").fetchone()[0]
+    if nul:
+        raise UserError(f"data.source: {source}: {nul:,} user or item ids contain a NUL character (a binary file?); "
+                        "clean the ids")
+
+
+def _columns_hint(names: list[str]) -> str:
+    if names and all(n.startswith("column") and n[6:].isdigit() for n in names):
+        return "; the file seems to have no header row: add one"
+    if len(names) == 1 and any(c in names[0] for c in ",;\t|"):
+        return ("; every row was read as one column: some rows have a different number of fields, "
+                "or a quote is left open")
+    return ""
 
 
 def load(data: Data, split: Split, head: Head, seed: int = 0) -> Sequences:
@@ -199,8 +280,9 @@ def load(data: Data, split: Split, head: Head, seed: int = 0) -> Sequences:
     fmt = fmt if data.format == "auto" else data.format
     con = connect(files, fmt, data.source)
     try:
-        read_events(data, con, data.source)
-        return _to_sequences(con, data, split, head, seed)
+        with duckdb_errors(f"data.source: {data.source}"):
+            read_events(data, con, data.source)
+            return _to_sequences(con, data, split, head, seed)
     finally:
         con.close()
 
@@ -221,6 +303,9 @@ def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Seque
         "SELECT count(*), count(DISTINCT u), count(DISTINCT i) FROM events WHERE u IS NOT NULL AND i IS NOT NULL "
         "AND t IS NOT NULL"
     ).fetchone()
+    if clean == 0:
+        raise UserError(f"data: {data.source}: all {total:,} rows have an empty user, item or time "
+                        f"(columns {data.columns.user}, {data.columns.item}, {data.columns.time})")
     kept = con.execute("SELECT count(*) FROM kept").fetchone()[0]
     if kept == 0:
         raise UserError(
@@ -230,6 +315,11 @@ def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Seque
     vocab = con.execute("SELECT i FROM kept GROUP BY i, i_raw ORDER BY i_raw, i").fetchnumpy()["i"]
     if len(np.unique(vocab)) != len(vocab):  # e.g. 1 and '1' in a mixed-type JSON column
         raise UserError(f"data.columns.item: {data.source}: item ids differ in type but not in text; unify them")
+    if len(vocab) < 2:
+        raise UserError(f"data.columns.item: {data.source}: only {len(vocab)} distinct item; a recommender needs "
+                        "at least 2 (check data.columns.item and the minimum counts)")
+    repeated = con.execute("SELECT (SELECT count(*) FROM kept) - count(*) FROM (SELECT DISTINCT u, i, t FROM kept)"
+                           ).fetchone()[0]
     cols = con.execute(
         """WITH item_ids AS (SELECT i, row_number() OVER (ORDER BY i_raw, i) AS item
                              FROM (SELECT DISTINCT i, i_raw FROM kept))
@@ -242,6 +332,7 @@ def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Seque
     report = {
         "events": int(kept), "rows": int(total), "null_rows": int(total - clean),
         "dropped_users": int(users_before - len(users)), "dropped_items": int(items_before - len(vocab)),
+        "duplicate_rows": int(repeated),  # kept: a repeat of the same item at the same time is still an event
     }
     return _assign_roles(items, offsets, users, np.asarray(vocab).astype(str), split, head, seed, report)
 
@@ -289,6 +380,7 @@ def check_source(data: Data) -> None:
     fmt = fmt if data.format == "auto" else data.format
     con = connect(files, fmt, data.source)
     try:
-        read_events(data, con, data.source)
+        with duckdb_errors(f"data.source: {data.source}"):
+            read_events(data, con, data.source)
     finally:
         con.close()

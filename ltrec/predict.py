@@ -8,6 +8,7 @@ The bundle format is described in ltrec/export.py.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,7 +22,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .data import connect, read_events, source_files
+from .data import connect, duckdb_errors, read_events, source_files
 from .errors import UserError
 from .recipe import Columns, Data
 
@@ -63,6 +64,10 @@ def load_bundle(path: Path) -> Bundle:
                         f"(this ltrec reads {FORMAT_VERSION}); re-export with this version")
     if len(meta["popularity"]) != len(meta["vocab"]):
         raise UserError(f"{meta_path}: popularity has {len(meta['popularity'])} entries, vocab {len(meta['vocab'])}")
+    if not all(isinstance(v, str) for v in meta["vocab"]):
+        raise UserError(f"{meta_path}: vocab: expected a list of item ids as strings")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in meta["popularity"]):
+        raise UserError(f"{meta_path}: popularity: expected a list of numbers")
     opts = ort.SessionOptions()
     # a spinning thread pool burns the cores other work (or a torch in the same process) needs
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -72,6 +77,10 @@ def load_bundle(path: Path) -> Bundle:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{model_path}: not a loadable ONNX model ({first[:300]})") from None
     length = _check_model(session, meta, model_path)
+    digest = hashlib.sha256(model_path.read_bytes()).hexdigest()
+    if meta.get("model_sha256", digest) != digest:  # same shapes, other weights: another export, or an edit
+        raise UserError(f"{path}: model.onnx does not match bundle.json (its sha256 differs from model_sha256); "
+                        "the two files come from different exports or were modified (re-run `ltrec export`)")
     return Bundle(meta, session, np.asarray(meta["vocab"], dtype=object), length if isinstance(length, int) else None)
 
 
@@ -116,12 +125,11 @@ def read_histories(input_path: Path, columns: dict, vocab: np.ndarray) -> Histor
     source = str(input_path)
     try:
         files, fmt = source_files(source)
-        if all(os.path.getsize(f) == 0 for f in files):
-            raise UserError(f"--input: {source}: the file is empty (expected a header and one row per event)")
         con = connect(files, fmt, source)
         try:
-            read_events(data, con, source)
-            return _histories(con, vocab, source)
+            with duckdb_errors(f"--input: {source}"):
+                read_events(data, con, source)
+                return _histories(con, vocab, source)
         finally:
             con.close()
     except UserError as exc:  # the shared reader speaks recipe keys; here they are command-line flags
