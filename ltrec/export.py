@@ -35,7 +35,7 @@ from . import __version__
 from .errors import UserError
 from .predict import FORMAT_VERSION, length_batches
 from .runs import atomic_write
-from .train import build_model, load_run, load_torch
+from .train import build_model, load_run, load_weights
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |onnx - torch| score difference accepted at export
@@ -145,7 +145,7 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
     backbone = build_model(recipe, seqs)
     if not (run_dir / "best.pt").exists():
         raise UserError(f"{run_dir}: no best.pt (training did not finish an epoch); train it first")
-    backbone.load_state_dict(load_torch(run_dir / "best.pt")["model"])
+    load_weights(backbone, run_dir / "best.pt")
     backbone.eval()
     max_len = recipe.data.max_len
     metadata = {"ltrec.format_version": str(FORMAT_VERSION), "ltrec.n_items": str(seqs.n_items),

@@ -32,22 +32,31 @@ def atomic_write(path: Path, data: str | bytes) -> None:
 
 
 def append_jsonl(path: Path, record: dict) -> None:
-    """One line per record; a torn last line (crash mid-write) is skipped by read_jsonl."""
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    """One line per record, written as a whole new file (one line per epoch: small), so a crash leaves the
+    old file or the new one, never a torn line."""
+    old = path.read_bytes() if path.exists() else b""
+    atomic_write(path, old + (json.dumps(record) + "\n").encode())
+
+
+def remove_stale_temps(folder: Path) -> list[str]:
+    """Delete the temp files a killed process left behind (atomic_write's `.NAME.XXXX.tmp`); returns their names."""
+    stale = sorted(p.name for p in Path(folder).glob(".*.tmp") if p.is_file())
+    for name in stale:
+        (Path(folder) / name).unlink(missing_ok=True)
+    return stale
 
 
 def read_jsonl(path: Path) -> list[dict]:
     if not path.exists():
         return []
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
-            records.append(json.loads(line))
+            record = json.loads(line)
         except json.JSONDecodeError:
             continue
+        if isinstance(record, dict):
+            records.append(record)
     return records
 
 

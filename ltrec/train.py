@@ -20,7 +20,7 @@ from .errors import UserError
 from .evaluate import evaluate, format_table, write_per_user
 from .models import BACKBONES
 from .recipe import Recipe, dump_recipe, load_recipe
-from .runs import append_jsonl, atomic_write, read_jsonl
+from .runs import append_jsonl, atomic_write, read_jsonl, remove_stale_temps
 from .transfer import make_epoch
 
 
@@ -51,11 +51,50 @@ def fingerprint(seqs: data_mod.Sequences) -> str:
 def load_run(run_dir: Path) -> tuple[Recipe, data_mod.Sequences]:
     """The run's recipe and its data, checked to be the data the run was trained on."""
     recipe = load_recipe(run_dir / "recipe.yaml")
-    seqs = data_mod.load(recipe.data, recipe.split, recipe.head, recipe.seed)
-    saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
+    seqs = load_data(recipe)
+    try:
+        saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(f"{run_dir}/data.json: not the JSON object `ltrec train` writes; retrain the run")
     if saved.get("fingerprint") not in (None, fingerprint(seqs)):
         raise UserError(f"{run_dir}: the data at {recipe.data.source} changed since this run was trained")
     return recipe, seqs
+
+
+def load_data(recipe: Recipe) -> data_mod.Sequences:
+    """The recipe's data; errors also name the recipe file (a data problem is fixed there)."""
+    try:
+        return data_mod.load(recipe.data, recipe.split, recipe.head, recipe.seed)
+    except UserError as exc:
+        where = recipe._file
+        raise UserError(f"{where}: {exc}" if where and not str(exc).startswith(where) else str(exc)) from None
+
+
+def check_eval(recipe: Recipe, seqs: data_mod.Sequences) -> None:
+    """Fail before training, not after: the monitored slice must have users, and sampled evaluation needs
+    eval.negatives items outside each user's target and history."""
+    which = recipe.train.monitor.slice
+    evaluated = seqs.role == data_mod.EVAL
+    users = {"all": evaluated, "head": evaluated & seqs.head, "tail": evaluated & ~seqs.head}[which]
+    if recipe.backbone.kind != "pop" and not users.any():
+        raise UserError(f"train.monitor.slice: no evaluated user is {which} (head = at least "
+                        f"{seqs.head_threshold} training events), so no epoch could be picked; monitor another "
+                        "slice or change head.fraction / head.count")
+    if recipe.eval.mode != "sampled":
+        return
+    for split in ("valid", "test"):
+        for cold in (False, True):
+            _, history, target = seqs.eval_inputs(split, recipe.data.max_len, cold)
+            items = np.sort(np.concatenate([target[:, None], history], axis=1), axis=1)  # (B, L + 1)
+            new = np.ones(items.shape, bool)
+            new[:, 1:] = items[:, 1:] != items[:, :-1]
+            eligible = seqs.n_items - (new & (items > 0)).sum(axis=1)  # (B,)
+            if len(eligible) and eligible.min() < recipe.eval.negatives:
+                raise UserError(f"eval.negatives: {recipe.eval.negatives} negatives per user, but some user has "
+                                f"only {eligible.min()} items besides the target and history ({seqs.n_items} "
+                                "items in all); lower eval.negatives")
 
 
 def save_torch(path: Path, obj: dict) -> None:
@@ -68,24 +107,49 @@ def load_torch(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file: say which and why, no traceback
-        raise UserError(f"{path}: not a readable ltrec checkpoint ({type(exc).__name__}: {exc})") from None
+        raise UserError(f"{path}: not a readable ltrec checkpoint ({type(exc).__name__}: "
+                        f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ''})") from None
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> dict:
+    """Load a checkpoint's model weights into `model`; a checkpoint of another model is a clear error."""
+    ckpt = load_torch(path)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        raise UserError(f"{path}: does not hold this run's model ({type(exc).__name__}: {first}); "
+                        "was it copied from another run?") from None
+    return ckpt
 
 
 def prepare_run_dir(recipe: Recipe, out: Path | None, overwrite: bool, resume: bool) -> Path:
     run_dir = out or Path(recipe.output.dir) / recipe.name
-    if resume:
-        if not (run_dir / "last.pt").exists():
-            raise UserError(f"{run_dir}: nothing to resume (no last.pt); start without --resume")
-        return run_dir
-    if run_dir.exists() and any(run_dir.iterdir()):
-        if not overwrite:
-            raise UserError(f"{run_dir}: already exists; pass --overwrite to replace it or --resume to continue")
-        shutil.rmtree(run_dir)
     try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"{run_dir}: exists and is not a directory; choose another --out")
+        if resume:
+            if not (run_dir / "last.pt").exists():
+                raise UserError(f"{run_dir}: nothing to resume (no last.pt); start without --resume")
+            remove_stale_temps(run_dir)  # a killed run's half-written temp files; the real files are whole
+            return run_dir
+        if run_dir.exists() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise UserError(f"{run_dir}: already exists; pass --overwrite to replace it or --resume to continue")
+            if not _is_run(run_dir):  # --overwrite deletes the folder: only ever a run
+                raise UserError(f"{run_dir}: not an ltrec run (no recipe.yaml), so --overwrite will not delete it; "
+                                "choose another --out or output.dir")
+            shutil.rmtree(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{run_dir}: cannot create the run directory ({exc.strerror})") from None
+        raise UserError(f"{run_dir}: cannot prepare the run directory ({exc.strerror or exc})") from None
     return run_dir
+
+
+def _is_run(folder: Path) -> bool:
+    """A run (its recipe.yaml is written first), or what a run killed at once left: atomic_write's temp files."""
+    return (folder / "recipe.yaml").is_file() or all(p.name.startswith(".") and p.name.endswith(".tmp")
+                                                     for p in folder.iterdir())
 
 
 CHECKPOINT_FORMAT = 1
@@ -117,7 +181,8 @@ def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resu
         atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
     else:
         atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))  # first, so a crashed run is still explained
-    seqs = data_mod.load(recipe.data, recipe.split, recipe.head, recipe.seed)
+    seqs = load_data(recipe)
+    check_eval(recipe, seqs)
     console.print(f"data: {seqs.describe()}")
     atomic_write(run_dir / "data.json", json.dumps({"fingerprint": fingerprint(seqs), **seqs.report,
                                                      "head_threshold": seqs.head_threshold}, indent=2))
@@ -142,11 +207,15 @@ def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Cons
         if ckpt.get("format") != CHECKPOINT_FORMAT:
             raise UserError(f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT} "
                             "(written by another ltrec version); start a new run")
-        model.load_state_dict(ckpt["model"])
-        epoch_fn.load_state_dict(ckpt["optim"])
-        torch.set_rng_state(ckpt["rng"])
-        gen.set_state(ckpt["gen"])
-        state = {k: ckpt[k] for k in state}
+        try:
+            model.load_state_dict(ckpt["model"])
+            epoch_fn.load_state_dict(ckpt["optim"])
+            torch.set_rng_state(ckpt["rng"])
+            gen.set_state(ckpt["gen"])
+            state = {k: ckpt[k] for k in state}
+        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+            raise UserError(f"{run_dir}/last.pt: does not match this run ({type(exc).__name__}); "
+                            "start a new run") from None
         kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= state["epoch"]]
         atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         console.print(f"resuming {run_dir} after epoch {state['epoch']}")
@@ -165,9 +234,16 @@ def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Cons
 
             stats = epoch_fn(on_batch)
             seconds = time.perf_counter() - t0
-            if not math.isfinite(stats["loss"]):
-                raise UserError(f"training diverged at epoch {epoch} (loss {stats['loss']}); {run_dir}/last.pt "
-                                "holds the last good epoch; lower train.lr and rerun")
+            finite = all(bool(torch.isfinite(p).all()) for p in epoch_fn.step.parameters())
+            if not math.isfinite(stats["loss"]) or not finite:  # last.pt is not overwritten: it stays good
+                kept = (f"{run_dir}/last.pt holds epoch {state['epoch']}, the last good one" if state["epoch"]
+                        else "no checkpoint was written")
+                raise UserError(f"training diverged at epoch {epoch} (loss {stats['loss']:.4g}, "
+                                f"{'finite' if finite else 'non-finite'} weights, {stats['skipped']} batches "
+                                f"skipped for a non-finite loss); {kept}; lower train.lr and rerun with --overwrite")
+            adv = recipe.transfer.adversarial
+            if adv is not None:  # a discriminator that is always right: the states still tell head from tail
+                stats["disc_wins"] = epoch > adv.warmup_epochs and stats["disc_acc"] >= DISC_WINS
             valid = evaluate(model, seqs, "valid", recipe.eval, recipe.data.max_len, device,
                              run_dir / "negatives_valid.npy", recipe.seed).table(("all", "head", "tail"))
             score = valid[which][metric]
@@ -184,19 +260,28 @@ def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Cons
             progress.console.print(
                 f"epoch {epoch}: loss {stats['loss']:.4f}, {seconds:.1f}s, valid {metric} "
                 + ", ".join(f"{s} {valid[s][metric]:.4f}" for s in ("all", "head", "tail"))
-                + (" *" if improved else "") + _extra(stats))
+                + (" *" if improved else "") + _extra(stats)
+                + (f", skipped {stats['skipped']} batches with a non-finite loss" if stats["skipped"] else ""))
+            if stats.get("disc_wins"):
+                progress.console.print(
+                    f"warning: epoch {epoch}: the discriminator separates head from tail users almost perfectly "
+                    f"(balanced accuracy {stats['disc_acc']:.3f} ≥ {DISC_WINS}), so the adversarial term no longer "
+                    "makes user states frequency-agnostic; try another transfer.adversarial.weight (λ) or lr")
             if state["bad"] >= cfg.patience:
                 progress.console.print(f"early stop: no better valid {which} {metric} for {cfg.patience} epochs")
                 break
 
 
+DISC_WINS = 0.99  # balanced accuracy from which the discriminator is said to win (0.5 = chance)
+
+
 def _extra(stats: dict) -> str:
-    return "".join(f", {k} {v:.3f}" for k, v in stats.items() if k not in ("loss", "skipped"))
+    return "".join(f", {k} {v:.3f}" for k, v in stats.items() if k not in ("loss", "skipped", "disc_wins"))
 
 
 def finish(recipe, seqs, model, run_dir: Path, device, console: Console) -> Path:
     if (run_dir / "best.pt").exists():
-        model.load_state_dict(load_torch(run_dir / "best.pt")["model"])
+        load_weights(model, run_dir / "best.pt")
     else:  # pop: nothing trained, but export and eval need a checkpoint all the same
         save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": 0})
     history = read_jsonl(run_dir / "metrics.jsonl")
