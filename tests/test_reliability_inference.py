@@ -1,0 +1,182 @@
+"""Bad inference inputs for `ltrec predict`: tampered or mismatched bundles and bad events files are clear
+errors (exit 2, nothing written); odd but valid inputs are handled and reported.
+
+tests/test_predict.py already covers: unknown items and fallback users, a 10,000-event user, a missing
+column, --k above the bundle's K, header-only/empty/missing input, bundle.json max_len/k/vocab that disagree
+with model.onnx, bundle.json not JSON or missing, a truncated or non-ONNX model.onnx. None is repeated here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from ltrec.cli import app
+from test_export import ok, train_run, write_events
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("inference")
+    events = write_events(folder / "events.csv", users=60)
+    run = train_run(folder, events, "gru4rec", epochs=1, dim=8)
+    ok(["export", run, "--out", folder / "k10", "--k", 10])
+    ok(["export", run, "--out", folder / "k5", "--k", 5])
+    return {"k10": folder / "k10", "k5": folder / "k5", "events": events}
+
+
+def copy_bundle(bundles, tmp_path, edit=None) -> Path:
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundles["k10"], bundle)
+    if edit:
+        edit(bundle, bundles)
+    return bundle
+
+
+def predict(bundle, events, out, *extra):
+    return runner.invoke(app, ["predict", str(bundle), "--input", str(events), "--output", str(out), *map(str, extra)])
+
+
+def edit_meta(**changes):
+    def edit(bundle: Path, _) -> None:
+        meta = json.loads((bundle / "bundle.json").read_text())
+        for key, value in changes.items():
+            if value is None:
+                del meta[key]
+            else:
+                meta[key] = value(meta[key]) if callable(value) else value
+        (bundle / "bundle.json").write_text(json.dumps(meta))
+    return edit
+
+
+def write(name: str, data: bytes):
+    def edit(bundle: Path, _) -> None:
+        (bundle / name).write_bytes(data)
+    return edit
+
+
+def foreign_onnx(bundle: Path, _) -> None:
+    """A valid ONNX model that is not ltrec's: y = x."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(bundle / "model.onnx"))
+
+
+def tampered_weights(bundle: Path, _) -> None:
+    """Same graph, shapes and metadata; one weight changed (as an edit, or a retrain exported elsewhere)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(bundle / "model.onnx"))
+    init = max(model.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    array = numpy_helper.to_array(init).copy()
+    array.flat[0] += 1.0
+    init.CopyFrom(numpy_helper.from_array(array, init.name))
+    onnx.save(model, str(bundle / "model.onnx"))
+
+
+def other_k(bundle: Path, bundles) -> None:
+    shutil.copy(bundles["k5"] / "model.onnx", bundle / "model.onnx")
+
+
+BAD_BUNDLES = [
+    ("max-len-missing", edit_meta(max_len=None), "bundle.json: max_len: missing or not an int"),
+    ("max-len-text", edit_meta(max_len="50"), "bundle.json: max_len: missing or not an int"),
+    ("meta-is-a-list", write("bundle.json", b"[1, 2]"), "bundle.json: format_version: missing or not an int"),
+    ("format-version-2", edit_meta(format_version=2), "bundle.json: format_version 2 is not supported"),
+    ("popularity-short", edit_meta(popularity=lambda p: p[:-1]), "popularity has"),
+    ("vocab-numbers", edit_meta(vocab=lambda v: list(range(len(v)))), "vocab: expected a list of item ids as strings"),
+    ("popularity-text", edit_meta(popularity=lambda p: ["many"] * len(p)), "popularity: expected a list of numbers"),
+    ("meta-not-utf8", write("bundle.json", b'{"k": "\xff"}'), "bundle.json: not valid JSON"),
+    ("model-missing", lambda b, _: (b / "model.onnx").unlink(), "no model.onnx; pass a bundle folder"),
+    ("model-empty", write("model.onnx", b""), "model.onnx: not a loadable ONNX model"),
+    ("model-foreign", foreign_onnx, "expected inputs history, exclude and outputs items, scores"),
+    ("model-of-other-k", other_k, "bundle.json says k 10 but model.onnx has 5"),
+    ("model-tampered", tampered_weights, "model.onnx does not match bundle.json (its sha256 differs"),
+]
+
+
+@pytest.mark.parametrize("edit, message", [c[1:] for c in BAD_BUNDLES], ids=[c[0] for c in BAD_BUNDLES])
+def test_bad_bundle(bundles, tmp_path, edit, message):
+    bundle = copy_bundle(bundles, tmp_path, edit)
+    r = predict(bundle, bundles["events"], tmp_path / "p.csv")
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and not (tmp_path / "p.csv").exists()
+
+
+def test_bundle_path_is_a_file(bundles, tmp_path):
+    r = predict(bundles["events"], bundles["events"], tmp_path / "p.csv")
+    assert r.exit_code == 2 and "no bundle.json; pass a bundle folder written by `ltrec export`" in r.output
+
+
+def events_file(tmp_path, body: bytes, name="e.csv") -> Path:
+    (tmp_path / name).write_bytes(body)
+    return tmp_path / name
+
+
+HEADER = b"user_id,item_id,timestamp\n"
+BAD_INPUTS = [  # (id, file name, content, extra flags, message)
+    ("user-col-missing", "e.csv", HEADER + b"a,i3,1\n", ["--user-col", "customer"],
+     "--user-col: {f}: no column 'customer'"),
+    ("time-col-text", "e.csv", b"user_id,item_id,timestamp,day\na,i3,1,monday\n", ["--time-col", "day"],
+     "--time-col: {f}: column 'day' holds non-numeric values such as 'monday'"),
+    ("time-col-not-identifier", "e.csv", HEADER + b"a,i3,1\n", ["--time-col", "event time"],
+     "--time-col 'event time': 'event time' is not a plain column name"),
+    ("nan-time", "e.csv", HEADER + b"a,i3,1\na,i4,nan\n", [], "--time-col: {f}: column 'timestamp' has 1 NaN"),
+    ("not-utf8", "e.csv", HEADER + b"a,i3,1\n" + "Zoë,i4,2\n".encode("latin-1"), [],
+     "--input: {f}: cannot read as CSV: Invalid Input Error"),
+    ("random-bytes", "e.csv", np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes(), [],
+     "--input: {f}: cannot read as CSV"),
+    ("fifty-mb-line", "e.csv", HEADER + b"a,i3,1\nb," + b"x" * 50_000_000 + b",2\n", [],
+     "--input: {f}: line 3 is longer than 2,000,000 bytes"),
+    ("rowid-column", "e.csv", b"user_id,item_id,timestamp,rowid\na,i3,1,7\n", [],
+     "--input: {f}: a column is named 'rowid'"),
+    ("nested-item-parquet", "e.parquet", None, [], "--item-col: {f}: column 'item_id' holds nested values"),
+]
+
+
+@pytest.mark.parametrize("name, body, extra, message", [c[1:] for c in BAD_INPUTS], ids=[c[0] for c in BAD_INPUTS])
+def test_bad_events_file(bundles, tmp_path, name, body, extra, message):
+    if body is None:
+        import duckdb
+
+        path = tmp_path / name
+        duckdb.connect().execute(f"COPY (SELECT 'a' AS user_id, [i] AS item_id, i AS timestamp FROM range(3) t(i)) "
+                                 f"TO '{path}' (FORMAT parquet)")
+    else:
+        path = events_file(tmp_path, body, name)
+    r = predict(bundles["k10"], path, tmp_path / "p.csv", *extra)
+    assert r.exit_code == 2 and message.format(f=path) in r.output and "Traceback" not in r.output, r.output
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_output_folder_missing(bundles, tmp_path):
+    r = predict(bundles["k10"], bundles["events"], tmp_path / "nowhere" / "p.csv")
+    assert r.exit_code == 2 and "--output: " in r.output and "cannot write here (No such file or directory)" in r.output
+
+
+def test_empty_histories_are_reported_not_guessed(bundles, tmp_path):
+    """A user whose rows all lack an item has no history at all: no row is invented for them, and the rows
+    are counted; a user with only unknown items gets the popularity fallback, flagged."""
+    path = events_file(tmp_path, HEADER + b"a,i3,1\na,i4,2\nghost,,1\nghost,,2\nstranger,nope,1\n")
+    r = predict(bundles["k10"], path, tmp_path / "p.csv", "--k", 3)
+    assert r.exit_code == 0, r.output
+    assert "2 users, 6 rows written" in r.output and "2 rows with an empty user, item or time ignored" in r.output
+    rows = (tmp_path / "p.csv").read_text().splitlines()[1:]
+    assert {row.split(",")[0] for row in rows} == {"a", "stranger"}
+    assert all(row.endswith(",true") for row in rows if row.startswith("stranger,"))
+
+
+def test_catalogue_sizes():
+    assert len(BAD_BUNDLES) + 1 >= 10 and len(BAD_INPUTS) >= 8
