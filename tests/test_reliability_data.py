@@ -172,7 +172,7 @@ def test_single_user_trains_end_to_end(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "events.csv").write_text(HEADER + "".join(f"solo,{i % 7 + 1},{i}\n" for i in range(30)))
     (tmp_path / "r.yaml").write_text("name: solo\ndata: {source: events.csv, max_len: 8}\n"
-                                     "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1, threads: 1}\n")
+                                     "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1}\n")
     r = CliRunner().invoke(app, ["train", "r.yaml"])
     assert r.exit_code == 0, r.output
     assert "1 users, 7 items" in r.output and "evaluated users 1 (head 0" in r.output
