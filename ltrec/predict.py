@@ -89,7 +89,8 @@ def _check_model(session, meta: dict, model_path: Path):
     input's length (an int if fixed, else its symbolic name)."""
     inputs = {i.name: i.shape for i in session.get_inputs()}
     outputs = {o.name: o.shape for o in session.get_outputs()}
-    if set(inputs) != {"history", "exclude"} or not {"items", "scores"} <= set(outputs):
+    ranks = [len(inputs.get("history") or ()), len(outputs.get("items") or ())]
+    if set(inputs) != {"history", "exclude"} or not {"items", "scores"} <= set(outputs) or ranks != [2, 2]:
         raise UserError(f"{model_path}: inputs {sorted(inputs)}, outputs {sorted(outputs)}; expected inputs "
                         "history, exclude and outputs items, scores (a model written by `ltrec export`)")
     stamped = session.get_modelmeta().custom_metadata_map  # written by export; the length axis is dynamic
