@@ -62,15 +62,18 @@ def write(name: str, data: bytes):
     return edit
 
 
-def foreign_onnx(bundle: Path, _) -> None:
-    """A valid ONNX model that is not ltrec's: y = x."""
-    import onnx
-    from onnx import TensorProto, helper
+def foreign_onnx(inputs=("x",), outputs=("y",)):
+    """A valid ONNX model that is not ltrec's: outputs = inputs, rank 1."""
+    def edit(bundle: Path, _) -> None:
+        import onnx
+        from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-    onnx.save(helper.make_model(graph), str(bundle / "model.onnx"))
+        graph = helper.make_graph(
+            [helper.make_node("Identity", [i], [o]) for i, o in zip(inputs, outputs)], "g",
+            [helper.make_tensor_value_info(i, TensorProto.INT64, [3]) for i in inputs],
+            [helper.make_tensor_value_info(o, TensorProto.INT64, [3]) for o in outputs])
+        onnx.save(helper.make_model(graph), str(bundle / "model.onnx"))
+    return edit
 
 
 def tampered_weights(bundle: Path, _) -> None:
@@ -101,7 +104,9 @@ BAD_BUNDLES = [
     ("meta-not-utf8", write("bundle.json", b'{"k": "\xff"}'), "bundle.json: not valid JSON"),
     ("model-missing", lambda b, _: (b / "model.onnx").unlink(), "no model.onnx; pass a bundle folder"),
     ("model-empty", write("model.onnx", b""), "model.onnx: not a loadable ONNX model"),
-    ("model-foreign", foreign_onnx, "expected inputs history, exclude and outputs items, scores"),
+    ("model-foreign", foreign_onnx(), "expected inputs history, exclude and outputs items, scores"),
+    ("model-foreign-same-names", foreign_onnx(("history", "exclude"), ("items", "scores")),
+     "expected inputs history, exclude and outputs items, scores"),
     ("model-of-other-k", other_k, "bundle.json says k 10 but model.onnx has 5"),
     ("model-tampered", tampered_weights, "model.onnx does not match bundle.json (its sha256 differs"),
 ]

@@ -97,6 +97,29 @@ def test_an_evil_best_pt_through_the_cli(tmp_path, monkeypatch):
     assert not marker.exists() and not (tmp_path / "b").exists()
 
 
+def test_tampered_checkpoints_are_clear_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "events.csv").write_text(EVENTS)
+    (tmp_path / "r.yaml").write_text("name: t\ndata: {source: events.csv}\nbackbone: {kind: gru4rec, dim: 4}\n"
+                                     "train: {epochs: 1}\n")
+    assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
+    run = tmp_path / "runs/t"
+    good = (run / "best.pt").read_bytes()
+    torch.save({"model": {"item_emb.weight": torch.zeros(3, 3)}, "epoch": 1}, run / "best.pt")  # another model
+    r = runner.invoke(app, ["export", "runs/t", "--out", "b", "--k", "2"])
+    assert r.exit_code == 2 and "best.pt: does not hold this run's model (RuntimeError: " in r.output, r.output
+    (run / "best.pt").write_bytes(good[: len(good) // 2])  # truncated
+    r = runner.invoke(app, ["export", "runs/t", "--out", "b", "--k", "2"])
+    assert r.exit_code == 2 and "best.pt: not a readable ltrec checkpoint" in r.output, r.output
+    last = torch.load(run / "last.pt", weights_only=True)
+    torch.save({**last, "model": {"item_emb.weight": torch.zeros(3, 3)}}, run / "last.pt")
+    r = runner.invoke(app, ["train", "r.yaml", "--resume", "--set", "train.epochs=2"])
+    assert r.exit_code == 2 and "last.pt: does not match this run (RuntimeError)" in r.output, r.output
+    (run / "data.json").write_text("[1, 2")
+    r = runner.invoke(app, ["export", "runs/t", "--out", "b", "--k", "2"])
+    assert r.exit_code == 2 and "data.json: not the JSON object `ltrec train` writes" in r.output, r.output
+
+
 def test_yaml_tags_that_run_code_are_refused_not_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     for i, tag in enumerate(["!!python/object/apply:os.system ['touch pwned']",
