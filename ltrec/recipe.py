@@ -315,7 +315,7 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
 def _message(err: dict) -> tuple[str, str]:
     loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in _BACKBONE_KINDS))
     # a key that is not a plain name (a line break, a quote) is quoted, so each problem stays one line
-    dotted = ".".join(p if isinstance(p, int) or IDENTIFIER.match(p) else repr(p) for p in loc) or "(top level)"
+    dotted = ".".join(str(p) if isinstance(p, int) or IDENTIFIER.match(p) else repr(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
         model = _model_at(err["loc"])

@@ -11,12 +11,12 @@ import csv
 import io
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ltrec.errors import UserError
@@ -31,7 +31,6 @@ def fuzz(examples: int):
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
-FOLDER = Path(tempfile.mkdtemp(prefix="ltrec-fuzz-"))
 KEYS = ["name", "seed", "data", "source", "format", "query", "columns", "user", "item", "time", "min_user_events",
         "max_len", "split", "short_users", "cold_users", "head", "fraction", "count", "backbone", "kind", "dim",
         "layers", "heads", "dropout", "transfer", "grad_align", "k", "beta", "adversarial", "weight", "train",
@@ -46,8 +45,13 @@ YAMLISH = st.text(alphabet=st.sampled_from(list("abcdekmnrst01239.-_:,[]{}!&*#|>
                   max_size=300)
 
 
-def loads_or_user_error(text: bytes) -> None:
-    path = FOLDER / "recipe.yaml"
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+def loads_or_user_error(folder: Path, text: bytes) -> None:
+    path = folder / "recipe.yaml"
     path.write_bytes(text)
     try:
         assert isinstance(load_recipe(path), Recipe)
@@ -58,20 +62,21 @@ def loads_or_user_error(text: bytes) -> None:
 
 @fuzz(200)
 @given(st.binary(max_size=2000))
-def test_recipe_loader_random_bytes(data):
-    loads_or_user_error(data)
+def test_recipe_loader_random_bytes(folder, data):
+    loads_or_user_error(folder, data)
 
 
 @fuzz(300)
 @given(YAMLISH)
-def test_recipe_loader_yaml_like_text(text):
-    loads_or_user_error(text.encode("utf-8", "surrogatepass"))
+def test_recipe_loader_yaml_like_text(folder, text):
+    loads_or_user_error(folder, text.encode("utf-8", "surrogatepass"))
 
 
-@fuzz(150)
+@fuzz(100)
 @given(st.dictionaries(st.sampled_from(KEYS), GARBAGE, max_size=8))
-def test_recipe_loader_structured_garbage(raw):
-    loads_or_user_error(yaml.safe_dump(raw, allow_unicode=True).encode("utf-8", "surrogatepass"))
+@example({"eval": {"ks": [5, "x"]}, "split": {"\r": None}})  # list positions and odd keys in error locations
+def test_recipe_loader_structured_garbage(folder, raw):
+    loads_or_user_error(folder, yaml.safe_dump(raw, allow_unicode=True).encode("utf-8", "surrogatepass"))
 
 
 BASE = {"name": "t", "data": {"source": "events.csv"}, "backbone": {"kind": "sasrec"}}
@@ -97,8 +102,8 @@ VOCAB = np.array(["i1", "i2", "i3", "x,y"], dtype=object)
 COLUMNS = {"user": "user_id", "item": "item_id", "time": "timestamp"}
 
 
-def reads_or_user_error(data: bytes, name: str = "events.csv") -> None:
-    path = FOLDER / name
+def reads_or_user_error(folder: Path, data: bytes, name: str = "events.csv") -> None:
+    path = folder / name
     path.write_bytes(data)
     try:
         h = read_histories(path, COLUMNS, VOCAB)
@@ -111,10 +116,10 @@ def reads_or_user_error(data: bytes, name: str = "events.csv") -> None:
     assert h.offsets[-1] == len(h.items) and (np.diff(h.offsets) >= 0).all()
 
 
-@fuzz(40)
+@fuzz(25)
 @given(st.binary(max_size=1500))
-def test_predict_reader_random_bytes(data):
-    reads_or_user_error(data)
+def test_predict_reader_random_bytes(folder, data):
+    reads_or_user_error(folder, data)
 
 
 FIELD = (st.sampled_from(["i1", "i2", "i3", "x,y", "", " ", "nan", "inf", "-1", "1e308", "NULL", '"', "a\nb"])
@@ -123,12 +128,12 @@ HEADERS = st.sampled_from([["user_id", "item_id", "timestamp"], ["user_id", "ite
                            ["timestamp", "user_id", "item_id", "extra"], ["user_id", "item_id", "timestamp", "rowid"]])
 
 
-@fuzz(40)
+@fuzz(25)
 @given(HEADERS, st.lists(st.lists(FIELD, min_size=1, max_size=5), max_size=12), st.booleans())
-def test_predict_reader_structured_csv(header, rows, crlf):
+def test_predict_reader_structured_csv(folder, header, rows, crlf):
     out = io.StringIO()
     csv.writer(out, lineterminator="\r\n" if crlf else "\n").writerows([header, *rows])
-    reads_or_user_error(out.getvalue().encode("utf-8", "surrogatepass"))
+    reads_or_user_error(folder, out.getvalue().encode("utf-8", "surrogatepass"))
 
 
 def test_floats_in_recipes_are_finite():
