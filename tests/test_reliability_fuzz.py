@@ -60,13 +60,13 @@ def loads_or_user_error(folder: Path, text: bytes) -> None:
         assert lines and all(line.startswith(f"{path}: ") for line in lines), lines
 
 
-@fuzz(200)
+@fuzz(150)
 @given(st.binary(max_size=2000))
 def test_recipe_loader_random_bytes(folder, data):
     loads_or_user_error(folder, data)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(YAMLISH)
 def test_recipe_loader_yaml_like_text(folder, text):
     loads_or_user_error(folder, text.encode("utf-8", "surrogatepass"))
@@ -83,7 +83,7 @@ BASE = {"name": "t", "data": {"source": "events.csv"}, "backbone": {"kind": "sas
 DOTTED = st.lists(st.sampled_from(KEYS), min_size=1, max_size=3).map(".".join)
 
 
-@fuzz(300)
+@fuzz(200)
 @given(st.text(max_size=80) | st.tuples(DOTTED, YAMLISH).map("=".join))
 def test_set_parsing(text):
     try:
