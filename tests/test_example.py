@@ -18,7 +18,7 @@ import pytest
 from ltrec import example
 from ltrec.errors import UserError
 
-SHARED_CSV = Path("/work/shared/data/movielens-100k/interactions.csv")
+SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k" / "interactions.csv"
 
 
 def _no_network(msg: str) -> bool:

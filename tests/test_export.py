@@ -20,7 +20,7 @@ from ltrec.cli import app
 from ltrec.train import build_model, load_run, load_torch
 
 runner = CliRunner()
-MUSIC = Path("/work/shared/data/amazon-music/interactions.csv")
+MUSIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-music" / "interactions.csv"
 MAX_LEN = 50
 
 
@@ -46,20 +46,26 @@ def ok(args) -> str:
     return result.output
 
 
-def train_run(folder: Path, csv: Path, kind: str, epochs: int = 2, dim: int = 16, max_len: int = MAX_LEN) -> Path:
-    recipe = folder / f"{kind}.yaml"
+def train_run(folder: Path, csv: Path, kind: str, epochs: int = 2, dim: int = 16, max_len: int = MAX_LEN,
+              transfer: str = "") -> Path:
+    name = kind + ("-transfer" if transfer else "")
+    recipe = folder / f"{name}.yaml"
     dims = f", dim: {dim}" if kind != "pop" else ""
     recipe.write_text(f"name: tiny-{kind}\ndata: {{source: {csv}, max_len: {max_len}}}\n"
-                      f"backbone: {{kind: {kind}{dims}}}\ntrain: {{epochs: {epochs}, batch_size: 64}}\n")
-    ok(["train", recipe, "--out", folder / kind])
-    return folder / kind
+                      f"backbone: {{kind: {kind}{dims}}}\ntrain: {{epochs: {epochs}, batch_size: 64}}\n"
+                      + (f"transfer: {transfer}\n" if transfer else ""))
+    ok(["train", recipe, "--out", folder / name])
+    return folder / name
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("runs")
     csv = write_events(folder / "events.csv")
-    return {kind: train_run(folder, csv, kind) for kind in ("gru4rec", "sasrec", "pop")}
+    runs = {kind: train_run(folder, csv, kind) for kind in ("gru4rec", "sasrec", "pop")}
+    both = "{grad_align: {k: 2, users_per_step: 8}, adversarial: {weight: 0.1}}"  # the exported model is the backbone
+    runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both) for kind in ("gru4rec", "sasrec")})
+    return runs
 
 
 def n_items(run: Path) -> int:
@@ -72,7 +78,7 @@ def session(bundle: Path):
     return ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop"])
+@pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", "gru4rec-transfer", "sasrec-transfer"])
 def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     import onnx
 
@@ -86,7 +92,7 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     meta = json.loads((bundle / "bundle.json").read_text())
     recipe, seqs = load_run(run)
     assert meta["format_version"] == 1 and meta["pad_id"] == 0 and meta["k"] == 10
-    assert meta["max_len"] == MAX_LEN and meta["backbone"] == kind and meta["n_items"] == seqs.n_items
+    assert meta["max_len"] == MAX_LEN and meta["backbone"] == kind.split("-")[0] and meta["n_items"] == seqs.n_items
     assert meta["vocab"] == seqs.vocab.tolist() and meta["vocab"][:2] == ["i1", "i10"]
     assert meta["popularity"] == seqs.item_counts().tolist()
     assert meta["recipe_sha256"] == hashlib.sha256((run / "recipe.yaml").read_bytes()).hexdigest()
