@@ -263,3 +263,32 @@ def test_overwrite_only_ever_deletes_a_run(tiny):
     r = runner.invoke(app, ["train", "r.yaml", "--out", "mine", "--overwrite"])
     assert r.exit_code == 2 and "mine: not an ltrec run (no recipe.yaml), so --overwrite will not delete it" in r.output
     assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+@pytest.mark.slow
+def test_kill_9_during_export(tmp_path, monkeypatch):
+    """Re-exporting over a bundle, killed at random moments: the bundle is always the old one or the new one,
+    whole (predict loads it), never a mix."""
+    from ltrec.predict import load_bundle
+
+    monkeypatch.chdir(tmp_path)
+    write_long_tailed(tmp_path / "events.csv", users=60)
+    (tmp_path / "r.yaml").write_text("name: t\ndata: {source: events.csv}\nbackbone: {kind: gru4rec, dim: 8}\n"
+                                     "train: {epochs: 1}\n")
+    assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
+
+    def export(k: int) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "ltrec", "export", "runs/t", "--out", "b", "--k", str(k)],
+                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    t0 = time.perf_counter()
+    assert export(3).wait() == 0
+    seconds, rng, ks = time.perf_counter() - t0, random.Random(3), []
+    for kill in range(6):
+        proc = export(4 + kill)
+        time.sleep(rng.uniform(0.5, 1.0) * seconds)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ks.append(load_bundle(tmp_path / "b").meta["k"])  # whole: both files, and they match
+    assert len(set(ks)) > 1  # some kills came after the swap
+    print(f"\n6 kill -9 points of ltrec export: the bundle had K = {ks}")
