@@ -138,12 +138,12 @@ def evaluate(
                             else f"--split {split}: expected valid or test")
         cuts = _parse_ks(ks)
         from .evaluate import evaluate as run_eval, format_table, write_per_user
-        from .train import build_model, load_run, load_torch
+        from .train import build_model, load_run, load_weights
 
         run = find_run(run_dir)
         recipe, seqs = load_run(run)
         model = build_model(recipe, seqs)
-        model.load_state_dict(load_torch(run / "best.pt")["model"])
+        load_weights(model, run / "best.pt")
         result = run_eval(model, seqs, split, recipe.eval, recipe.data.max_len, "cpu",
                           run / f"negatives_{split}.npy", recipe.seed, cuts)
         write_per_user(result, seqs, run / f"users_{split}.csv")

@@ -38,7 +38,7 @@ transfer:              # the paper's components; null turns one off
 train:
   epochs: {epochs}
   batch_size: 256
-  lr: 1.0e-3           # write floats with a dot: YAML reads 1e-3 as a string
+  lr: 1.0e-3
   patience: 5          # early stopping on validation ndcg@10, all users
   device: auto
 eval:

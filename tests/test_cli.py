@@ -87,3 +87,14 @@ def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch)
 def test_pop_baseline(recipe):
     out = ok(["train", recipe, "--set", "backbone={kind: pop}"])
     assert "tail" in out and "epoch 1" not in out
+
+
+def test_run_files_follow_the_umask(recipe, tmp_path):
+    import os
+
+    old = os.umask(0o022)
+    try:
+        ok(["train", recipe, "--set", "backbone={kind: pop}"])
+    finally:
+        os.umask(old)
+    assert (tmp_path / "runs/my-sasrec/metrics.json").stat().st_mode & 0o777 == 0o644
