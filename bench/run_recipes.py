@@ -78,11 +78,15 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[])
     ap.add_argument("--out", type=Path, default=Path("runs/bench"))
     ap.add_argument("--table", type=Path, help="also write the table to this file")
+    ap.add_argument("--table-only", action="store_true", help="train nothing; tabulate the finished runs")
     args = ap.parse_args()
     threads = 1 if args.jobs > 1 else 0
     jobs = [(r, s) for s in args.seeds for r in args.recipes]
-    with ThreadPoolExecutor(args.jobs) as pool:
-        dirs = list(pool.map(lambda job: run_one(job[0], job[1], args.out, args.sets, threads), jobs))
+    if args.table_only:
+        dirs = [args.out / f"{yaml.safe_load(Path(r).read_text())['name']}-s{s}" for r, s in jobs]
+    else:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            dirs = list(pool.map(lambda job: run_one(job[0], job[1], args.out, args.sets, threads), jobs))
     text = table(dirs)
     print(text)
     if args.table:
