@@ -274,17 +274,24 @@ def _columns_hint(names: list[str]) -> str:
     return ""
 
 
-def load(data: Data, split: Split, head: Head, seed: int = 0) -> Sequences:
-    """Read the recipe's data source into Sequences (see the module docstring for the conventions)."""
+@contextmanager
+def opened_events(data: Data):
+    """A locked DuckDB connection holding the table `events` of the recipe's source, closed afterwards."""
     files, fmt = source_files(data.source)
     fmt = fmt if data.format == "auto" else data.format
     con = connect(files, fmt, data.source)
     try:
         with duckdb_errors(f"data.source: {data.source}"):
             read_events(data, con, data.source)
-            return _to_sequences(con, data, split, head, seed)
+            yield con
     finally:
         con.close()
+
+
+def load(data: Data, split: Split, head: Head, seed: int = 0) -> Sequences:
+    """Read the recipe's data source into Sequences (see the module docstring for the conventions)."""
+    with opened_events(data) as con:
+        return _to_sequences(con, data, split, head, seed)
 
 
 def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Sequences:
@@ -376,11 +383,5 @@ def _threshold(train_lengths: np.ndarray, head: Head) -> int:
 
 def check_source(data: Data) -> None:
     """Cheap check for `ltrec validate`: the source is readable and has the mapped columns."""
-    files, fmt = source_files(data.source)
-    fmt = fmt if data.format == "auto" else data.format
-    con = connect(files, fmt, data.source)
-    try:
-        with duckdb_errors(f"data.source: {data.source}"):
-            read_events(data, con, data.source)
-    finally:
-        con.close()
+    with opened_events(data):
+        pass
