@@ -361,7 +361,7 @@ def _assign_roles(items, offsets, users, vocab, split: Split, head: Head, seed: 
         if split.cold_from == "tail":
             pool = pool[seqs.train_lengths[pool] < _threshold(seqs.train_lengths[role != COLD], head)]
         take = int(round(split.cold_users * len(pool)))
-        cold = np.random.default_rng(seed).choice(pool, size=take, replace=False)
+        cold = np.random.default_rng(seed if split.seed is None else split.seed).choice(pool, size=take, replace=False)
         seqs.role[cold] = COLD
         if not (seqs.role == EVAL).any():
             raise UserError("split.cold_users: no evaluated user left outside the cold set; lower the fraction")

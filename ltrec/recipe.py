@@ -104,6 +104,10 @@ class Split(Strict):
     )
     cold_users: float = Field(0.0, ge=0, lt=1, description="fraction of users held out of training entirely")
     cold_from: Literal["all", "tail"] = "all"
+    seed: int | None = Field(
+        None, description="seed of the cold hold-out; default: the recipe's seed. Fix it so runs at "
+        "different seeds hold out the same users and can be compared user by user"
+    )
 
 
 class GRU4RecConfig(Strict):

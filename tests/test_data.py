@@ -106,6 +106,18 @@ def test_cold_users_never_train(tmp_path):
     assert set(users.tolist()) == set(cold.tolist())
 
 
+def test_split_seed_fixes_the_cold_users_across_run_seeds(tmp_path):
+    rows = "".join(f"u{u},{(u * 7 + j) % 30},{j}\n" for u in range(40) for j in range(3 + u % 5))
+    text = "user_id,item_id,timestamp\n" + rows
+
+    def cold(seed, split_seed):
+        src = Data(source=csv_file(tmp_path, text))
+        return set(np.flatnonzero(load(src, Split(cold_users=0.25, seed=split_seed), Head(count=2), seed).role == COLD))
+
+    assert cold(0, None) != cold(1, None)  # default: the run's seed picks them
+    assert cold(0, 7) == cold(1, 7) == cold(5, 7)
+
+
 def test_query_parquet_and_json(tmp_path):
     path = csv_file(tmp_path)
     con = duckdb.connect()
