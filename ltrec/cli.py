@@ -121,10 +121,13 @@ def train(
 @app.command("eval")
 def evaluate(
     run_dir: Annotated[Optional[str], typer.Argument(help="run directory (default: the newest under ./runs)")] = None,
-    slice_: Annotated[Optional[list[str]], typer.Option("--slice", help="all | head | tail | cold; repeatable")] = None,
+    slice_: Annotated[Optional[list[str]], typer.Option(
+        "--slice", help="all | head | tail | cold | cold-adapted; repeatable")] = None,
     split: Annotated[str, typer.Option(help="valid | test")] = "test",
     ks: Annotated[Optional[str], typer.Option(help="cut-offs, e.g. 5,10,20 (default: the recipe's)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override an eval key of the run's recipe: --set eval.adapt.steps=5")] = None,
 ) -> None:
     """Evaluate a trained run's best checkpoint by user slice (full ranking unless the recipe says sampled)."""
     try:
@@ -141,7 +144,7 @@ def evaluate(
         from .train import build_model, load_run, load_weights
 
         run = find_run(run_dir)
-        recipe, seqs = load_run(run)
+        recipe, seqs = load_run(run, _eval_overrides(set_ or []))
         model = build_model(recipe, seqs)
         load_weights(model, run / "best.pt")
         result = run_eval(model, seqs, split, recipe.eval, recipe.data.max_len, "cpu",
@@ -155,6 +158,16 @@ def evaluate(
     else:
         typer.echo(format_table(table, result.protocol, split, cuts or recipe.eval.ks))
         typer.echo(f"pictures: ltrec report {run}")
+
+
+def _eval_overrides(sets: list[str]) -> list[str]:
+    """Only evaluation settings may change after training: anything else would not match the weights."""
+    for text in sets:
+        key = text.split("=", 1)[0].strip()
+        if not key.startswith("eval."):
+            raise UserError(f"--set {key}: ltrec eval can only change eval.* keys (the run was trained with the "
+                            "rest); train a new run to change it")
+    return sets
 
 
 def _parse_ks(text: Optional[str]) -> Optional[list[int]]:

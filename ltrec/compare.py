@@ -45,14 +45,14 @@ def load_group(spec: str, split: str) -> tuple[str, np.ndarray, np.ndarray, dict
 
 
 def compare(specs: list[str], split: str = "test", metrics=("ndcg@10", "hr@10"),
-            slices=("all", "head", "tail", "cold")) -> dict:
+            slices=("all", "head", "tail", "cold", "cold-adapted")) -> dict:
     groups = [load_group(s, split) for s in specs]
     for g, spec in zip(groups[1:], specs[1:]):
         _check_same(groups[0][1:3], g[1:3], specs[0], spec)
     base_slices = groups[0][2]
     out = {"split": split, "runs": [g[0] for g in groups], "rows": []}
     for name in slices:
-        mask = base_slices != "cold" if name == "all" else base_slices == name
+        mask = np.isin(base_slices, ("head", "tail")) if name == "all" else base_slices == name
         if not mask.any():
             continue
         for metric in metrics:

@@ -1,9 +1,10 @@
-"""Full-ranking evaluation by user slice (all / head / tail / cold), plus the sampled-negative mode.
+"""Full-ranking evaluation by user slice (all / head / tail / cold / cold-adapted), plus the sampled mode.
 
 Protocol (printed with every table): chronological leave-one-out; the target is ranked against every item
 (padding excluded), every item of the user's history (not only the last max_len) masked when `eval.mask_seen`; ties are pessimistic (the target
 loses them). Sampled mode ranks the target against `eval.negatives` negatives drawn once with the recipe's
-seed and stored in the run, so reruns compare like with like.
+seed and stored in the run, so reruns compare like with like. With `eval.adapt`, cold users are ranked a
+second time after a few SGD steps on their own history (slice `cold-adapted`, the same users as `cold`).
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .adapt import adapted_scores
 from .data import Sequences
 from .metrics import metrics_from_ranks, sample_negatives, sampled_ranks, summarize, target_ranks
 from .recipe import Eval
 from .runs import atomic_write
 
-SLICES = ("all", "head", "tail", "cold")
+SLICES = ("all", "head", "tail", "cold", "cold-adapted")
+WARM = ("head", "tail")  # `all` = the evaluated users who trained; cold users are reported apart
 
 
 @dataclass
@@ -29,14 +32,14 @@ class Result:
     split: str
     protocol: str
     users: np.ndarray  # (B,) user index into Sequences
-    slice_of: np.ndarray  # (B,) "head" | "tail" | "cold"
+    slice_of: np.ndarray  # (B,) "head" | "tail" | "cold" | "cold-adapted" (a cold user's second row)
     per_user: dict[str, np.ndarray]  # metric → (B,)
 
     def mask(self, name: str) -> np.ndarray:
-        return self.slice_of != "cold" if name == "all" else self.slice_of == name
+        return np.isin(self.slice_of, WARM) if name == "all" else self.slice_of == name
 
     def table(self, slices=SLICES) -> dict[str, dict[str, float]]:
-        return {s: summarize(self.per_user, self.mask(s)) for s in slices if self.mask(s).any() or s != "cold"}
+        return {s: summarize(self.per_user, self.mask(s)) for s in slices if self.mask(s).any() or s in ("all", *WARM)}
 
 
 def protocol(cfg: Eval) -> str:
@@ -52,17 +55,25 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
     """Rank each evaluated (and cold) user's `split` target; returns per-user metrics."""
     model.eval()
     parts = [seqs.eval_inputs(split, max_len, cold=c) for c in (False, True)]
+    if cfg.adapt is not None and len(parts[1][0]):
+        parts.append(parts[1])  # the cold users again, ranked after adaptation
     users = np.concatenate([p[0] for p in parts])
     history = np.concatenate([p[1] for p in parts])
     targets = np.concatenate([p[2] for p in parts])
     slice_of = np.where(seqs.head[users], "head", "tail").astype(object)
-    slice_of[len(parts[0][0]):] = "cold"
+    n_warm, n_cold = len(parts[0][0]), len(parts[1][0])
+    slice_of[n_warm:n_warm + n_cold] = "cold"
+    slice_of[n_warm + n_cold:] = "cold-adapted"
     negs = _negatives(seqs, history, targets, cfg, negatives_path, seed) if cfg.mode == "sampled" else None
     ranks = []
     for lo in range(0, len(users), cfg.batch_size):
         hist = torch.from_numpy(history[lo:lo + cfg.batch_size]).to(device)
         tgt = torch.from_numpy(targets[lo:lo + cfg.batch_size]).to(device)
+        adapt_from = max(n_warm + n_cold - lo, 0)  # rows of this batch past it are cold users to adapt
         scores = model(hist).float()  # (B, N)
+        if adapt_from < len(hist):
+            scores[adapt_from:] = adapted_scores(model, history[lo + adapt_from:lo + cfg.batch_size],
+                                                 cfg.adapt.steps, cfg.adapt.lr, device)
         if negs is None:
             seen = torch.from_numpy(seqs.seen_items(users[lo:lo + cfg.batch_size], split)) if cfg.mask_seen else None
             ranks.append(target_ranks(scores, tgt, seen).cpu())
@@ -96,7 +107,7 @@ def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:
     train_len = seqs.train_lengths
     n = seqs.lengths
     for j, u in enumerate(result.users):
-        events = n[u] - 2 if result.slice_of[j] == "cold" else train_len[u]
+        events = train_len[u] if result.slice_of[j] in WARM else n[u] - 2
         w.writerow([seqs.users[u], result.slice_of[j], int(events),
                     *(f"{result.per_user[k][j]:.6g}" for k in keys)])
     atomic_write(path, out.getvalue())

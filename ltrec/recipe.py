@@ -185,12 +185,21 @@ class Train(Strict):
     threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
 
 
+class Adapt(Strict):
+    """Few-step adaptation of cold users: `steps` SGD steps on the user's own history before scoring."""
+
+    steps: int = Field(3, ge=1, le=1000)
+    lr: float = Field(1.0e-2, gt=0, description="SGD learning rate of the adaptation steps")
+
+
 class Eval(Strict):
     ks: list[Annotated[int, Field(ge=1)]] = Field([5, 10, 20], min_length=1)
     mask_seen: bool = Field(True, description="exclude the user's history items from the ranking (as RecBole)")
     mode: Literal["full", "sampled"] = "full"
     negatives: int = Field(100, ge=1, description="negatives per user in sampled mode")
     batch_size: int = Field(1024, ge=1)
+    adapt: Adapt | None = Field(None, description="also rank cold users after a few SGD steps on their own "
+                                "history (slice cold-adapted); null = zero-shot only")
 
 
 class Output(Strict):

@@ -86,7 +86,7 @@ def bucket_label(lo: int, hi: int | None) -> str:
 
 def long_tail(run: dict, bounds) -> list[dict]:
     """Per activity bucket (evaluated non-cold users): users and mean NDCG@K / HR@K."""
-    warm = run["slices"] != "cold"
+    warm = np.isin(run["slices"], ("head", "tail"))
     rows = []
     for lo, hi in bounds:
         mask = warm & (run["events"] >= lo) & (run["events"] < (hi or np.inf))
@@ -104,7 +104,7 @@ def png(fig) -> str:
 def histogram_png(run: dict) -> str:
     from matplotlib.figure import Figure
 
-    events = run["events"][run["slices"] != "cold"]
+    events = run["events"][np.isin(run["slices"], ("head", "tail"))]
     edges = np.unique(np.round(np.geomspace(1, events.max() + 1, 40))) - 0.5  # log-spaced, whole numbers
     fig = Figure(figsize=(11, 3.2), layout="constrained")
     ax = fig.subplots()

@@ -48,9 +48,9 @@ def fingerprint(seqs: data_mod.Sequences) -> str:
     return h.hexdigest()[:16]
 
 
-def load_run(run_dir: Path) -> tuple[Recipe, data_mod.Sequences]:
-    """The run's recipe and its data, checked to be the data the run was trained on."""
-    recipe = load_recipe(run_dir / "recipe.yaml")
+def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[Recipe, data_mod.Sequences]:
+    """The run's recipe (with `overrides`) and its data, checked to be the data the run was trained on."""
+    recipe = load_recipe(run_dir / "recipe.yaml", overrides)
     seqs = load_data(recipe)
     try:
         saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
