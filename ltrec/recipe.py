@@ -151,6 +151,8 @@ class GradAlign(Strict):
     users_per_step: int = Field(64, ge=1, description="1 is the paper's faithful mode")
     sampling: Literal["uniform", "events", "balanced"] = "uniform"
     align_embeddings: bool = Field(True, description="also apply the outer step to the item embeddings")
+    chains: int = Field(1, ge=1, description="Reptile chains run side by side (torch.func.vmap), each on its "
+                        "own users, outer step toward their mean; 1 = one chain")
 
 
 class Adversarial(Strict):
@@ -218,6 +220,14 @@ class Recipe(Strict):
     eval: Eval = Eval()
     output: Output = Output()
     _file: str | None = PrivateAttr(None)  # the file it was loaded from, to name it in later errors
+
+    @model_validator(mode="after")
+    def _chains_use_full_softmax(self) -> "Recipe":
+        ga = self.transfer.grad_align
+        if ga is not None and ga.chains > 1 and self.train.loss != "ce":
+            raise ValueError(f"transfer.grad_align.chains: {ga.chains} chains train with train.loss ce only "
+                             f"(got {self.train.loss}); set chains: 1 or loss: ce")
+        return self
 
     @model_validator(mode="after")
     def _monitor_is_evaluated(self) -> "Recipe":

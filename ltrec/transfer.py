@@ -255,6 +255,10 @@ class GradAlignEpoch(PlainEpoch):
 def make_epoch(recipe, model, seqs, inputs, targets, owner, device, gen: torch.Generator):
     user_head = torch.from_numpy(seqs.head)
     step = Step(recipe, model, inputs, targets, user_head[owner], device, gen)
+    if recipe.transfer.grad_align is not None and recipe.transfer.grad_align.chains > 1:
+        from .chains import ChainsEpoch  # torch.func is only imported where it is used
+
+        return ChainsEpoch(recipe, step, owner, user_head)
     if recipe.transfer.grad_align is not None:
         return GradAlignEpoch(recipe, step, owner, user_head)
     return PlainEpoch(recipe, step)

@@ -1,9 +1,16 @@
 """Shared fixtures: a small synthetic long-tailed log with learnable sequential structure."""
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+# Test models are tiny: one thread is as fast, and it avoids OpenMP spin-waiting, which on a shared 2-core
+# machine makes every test several times slower. Subprocesses (CLI runs, torchrun) inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 
 def write_long_tailed(path: Path, users: int = 150, items: int = 60, seed: int = 0) -> Path:

@@ -1,0 +1,119 @@
+"""`grad_align.chains`: vmapped Reptile chains equal a per-chain loop, and each piece equals its reference."""
+
+import pytest
+import torch
+
+from ltrec.chains import ChainsEpoch
+from ltrec.data import load
+from ltrec.models import GRU4Rec, SASRec
+from ltrec.recipe import Recipe
+from ltrec.transfer import Step, make_epoch
+
+from test_transfer import recipe_for
+
+
+def build(path, kind="gru4rec", vectorized=True, adversarial=None, **ga):
+    ga = {"k": 2, "users_per_step": 4, "chains": 3, **ga}
+    recipe = recipe_for(path, grad_align=ga, **({"adversarial": adversarial} if adversarial else {}))
+    seqs = load(recipe.data, recipe.split, recipe.head)
+    torch.manual_seed(0)
+    model = (GRU4Rec(seqs.n_items, 10, dim=8, dropout=0.0) if kind == "gru4rec"
+             else SASRec(seqs.n_items, 10, dim=8, layers=1, heads=2, dropout=0.0))
+    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(10))
+    gen = torch.Generator().manual_seed(0)
+    step = Step(recipe, model, inputs, targets, torch.from_numpy(seqs.head)[owner], "cpu", gen)
+    return ChainsEpoch(recipe, step, owner, torch.from_numpy(seqs.head), vectorized=vectorized)
+
+
+# not sasrec + adam: attention's key bias has an exactly-zero gradient (softmax ignores a shift), so Adam
+# turns float noise of either sign into full-size steps and the two orders of summation part ways
+@pytest.mark.parametrize("kind, inner", [("gru4rec", "sgd"), ("gru4rec", "adam"), ("sasrec", "sgd")])
+def test_vmapped_chains_match_a_loop(tiny_csv, kind, inner):
+    runs = []
+    for vectorized in (True, False):
+        torch.manual_seed(0)
+        epoch = build(tiny_csv, kind, vectorized, adversarial={"weight": 0.2}, inner_optimizer=inner,
+                      inner_lr=0.05)
+        stats = epoch(lambda n, loss: None)
+        runs.append((epoch, stats))
+    (a, sa), (b, sb) = runs
+    for p, q in zip(a.step.parameters(), b.step.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+    assert sa["loss"] == pytest.approx(sb["loss"], rel=1e-5)
+    assert sa["disc_acc"] == pytest.approx(sb["disc_acc"])
+    fresh = build(tiny_csv, kind, adversarial={"weight": 0.2})
+    assert any(not torch.equal(p, q) for p, q in zip(a.step.parameters(), fresh.step.parameters()))  # it trained
+
+
+def test_objective_equals_step_loss(tiny_csv):
+    """The padded, pure-function loss is Step.loss (next-item CE + balanced BCE) on the same windows."""
+    epoch = build(tiny_csv, "sasrec", adversarial={"weight": 0.3})
+    step = epoch.step
+    step.model.eval()
+    groups = [epoch.users.new_tensor([0, 1, 2]), epoch.users.new_tensor([3, 4]), epoch.users.new_tensor([5])]
+    gen_state = step.gen.get_state()
+    batch, _ = epoch._batch(groups)
+    step.gen.set_state(gen_state)
+    for c, g in enumerate(groups):
+        idx = epoch._draw(g)
+        params = dict(epoch.objective.named_parameters())
+        loss, _ = epoch._loss(params, *(t[c] for t in batch))
+        torch.testing.assert_close(loss, step.loss(idx), rtol=1e-5, atol=1e-6)
+
+
+def test_inner_adam_equals_torch_adam(tiny_csv):
+    epoch = build(tiny_csv, inner_optimizer="adam", inner_lr=0.01)
+    p = torch.randn(3, 5)  # three chains of one parameter
+    ref = [torch.nn.Parameter(p[c].clone()) for c in range(3)]
+    opts = [torch.optim.Adam([r], lr=0.01) for r in ref]
+    epoch.moments = {"m": [torch.zeros(3, 5)], "v": [torch.zeros(3, 5)], "t": torch.zeros(3)}
+    params = {"x": p}
+    for _ in range(4):
+        g = torch.randn(3, 5)
+        epoch._inner_update(params, {"x": g}, torch.zeros(3), torch.ones(3, dtype=torch.bool))
+        for c in range(3):
+            ref[c].grad = g[c].clone()
+            opts[c].step()
+    torch.testing.assert_close(params["x"], torch.stack([r.detach() for r in ref]), rtol=1e-5, atol=1e-6)
+
+
+def test_outer_step_moves_toward_the_chains_mean(tiny_csv):
+    """With β = 1 and one iteration covering every user, the result is the mean of the chains' θ_k."""
+    epoch = build(tiny_csv, beta=0.4, inner_optimizer="sgd", inner_lr=0.1)
+    theta0 = [p.detach().clone() for p in epoch.aligned]
+    captured = {}
+    real = epoch._inner_update
+
+    def spy(params, grads, loss, active):
+        real(params, grads, loss, active)
+        captured["params"] = {n: p.clone() for n, p in params.items()}
+    epoch._inner_update = spy
+    epoch.users = epoch.users[: 3 * 2 * 4]  # exactly one iteration: 3 chains × k 2 × 4 users
+    epoch.weights = epoch.weights[: len(epoch.users)]
+    epoch(lambda n, loss: None)
+    for (name, p), p0 in zip(epoch.objective.named_parameters(), theta0):
+        expected = p0 + 0.4 * (captured["params"][name].mean(0) - p0)
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_chains_draw_distinct_users_per_step(tiny_csv):
+    epoch = build(tiny_csv)
+    owners = []
+    real = epoch._batch
+    epoch._batch = lambda groups: owners.append([epoch.users[g].tolist() for g in groups]) or real(groups)
+    epoch.users, epoch.weights = epoch.users[:24], epoch.weights[:24]
+    epoch(lambda n, loss: None)
+    flat = [u for step in owners for chain in step for u in chain]
+    assert len(flat) == len(set(flat)) == 24
+
+
+def test_make_epoch_and_recipe_rules(tiny_csv):
+    recipe = recipe_for(tiny_csv, grad_align={"chains": 2, "users_per_step": 4})
+    seqs = load(recipe.data, recipe.split, recipe.head)
+    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(10))
+    model = GRU4Rec(seqs.n_items, 10, dim=8)
+    assert isinstance(make_epoch(recipe, model, seqs, inputs, targets, owner, "cpu", torch.Generator()), ChainsEpoch)
+    raw = recipe.model_dump()
+    raw["train"]["loss"] = "bce"
+    with pytest.raises(ValueError, match="chains train with train.loss ce only"):
+        Recipe.model_validate(raw)
