@@ -73,7 +73,7 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
         scores = model(hist).float()  # (B, N)
         if adapt_from < len(hist):
             scores[adapt_from:] = adapted_scores(model, history[lo + adapt_from:lo + cfg.batch_size],
-                                                 cfg.adapt.steps, cfg.adapt.lr, device)
+                                                 cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
         if negs is None:
             seen = torch.from_numpy(seqs.seen_items(users[lo:lo + cfg.batch_size], split)) if cfg.mask_seen else None
             ranks.append(target_ranks(scores, tgt, seen).cpu())

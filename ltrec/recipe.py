@@ -192,6 +192,8 @@ class Adapt(Strict):
 
     steps: int = Field(3, ge=1, le=1000)
     lr: float = Field(1.0e-2, gt=0, description="SGD learning rate of the adaptation steps")
+    params: Literal["encoder", "all"] = Field(
+        "encoder", description="what each user adapts: the encoder (item table shared) or every parameter")
 
 
 class Eval(Strict):
