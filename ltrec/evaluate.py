@@ -4,6 +4,9 @@ Protocol (printed with every table): chronological leave-one-out; the target is 
 (padding excluded), every item of the user's history (not only the last max_len) masked when `eval.mask_seen`; ties are pessimistic (the target
 loses them). Sampled mode ranks the target against `eval.negatives` negatives drawn once with the recipe's
 seed and stored in the run, so reruns compare like with like.
+
+Under torchrun the batches are dealt to the ranks (batch b to rank b mod world) and the ranks' integer ranks
+gathered; each batch is the batch one process would score, so the metrics are those of one process.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import numpy as np
 import torch
 
 from .data import Sequences
+from .distributed import LOCAL, Dist
 from .metrics import metrics_from_ranks, sample_negatives, sampled_ranks, summarize, target_ranks
 from .recipe import Eval
 from .runs import atomic_write
@@ -48,8 +52,8 @@ def protocol(cfg: Eval) -> str:
 
 @torch.no_grad()
 def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device="cpu",
-             negatives_path: Path | None = None, seed: int = 0, ks=None) -> Result:
-    """Rank each evaluated (and cold) user's `split` target; returns per-user metrics."""
+             negatives_path: Path | None = None, seed: int = 0, ks=None, dist: Dist = LOCAL) -> Result:
+    """Rank each evaluated (and cold) user's `split` target; returns per-user metrics (on every rank)."""
     model.eval()
     parts = [seqs.eval_inputs(split, max_len, cold=c) for c in (False, True)]
     users = np.concatenate([p[0] for p in parts])
@@ -59,7 +63,9 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
     slice_of[len(parts[0][0]):] = "cold"
     negs = _negatives(seqs, history, targets, cfg, negatives_path, seed) if cfg.mode == "sampled" else None
     ranks = []
-    for lo in range(0, len(users), cfg.batch_size):
+    for b, lo in enumerate(range(0, len(users), cfg.batch_size)):
+        if b % dist.world != dist.rank:
+            continue
         hist = torch.from_numpy(history[lo:lo + cfg.batch_size]).to(device)
         tgt = torch.from_numpy(targets[lo:lo + cfg.batch_size]).to(device)
         scores = model(hist).float()  # (B, N)
@@ -68,6 +74,9 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
             ranks.append(target_ranks(scores, tgt, seen).cpu())
         else:
             ranks.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[lo:lo + cfg.batch_size]).to(device)).cpu())
+    if dist.world > 1:  # rank r holds batches r, r + world, ...: interleave them back into batch order
+        parts = dist.all_gather(ranks)
+        ranks = [parts[b % dist.world][b // dist.world] for b in range(sum(len(p) for p in parts))]
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     per_user = metrics_from_ranks(rank, ks or cfg.ks)
     per_user["rank"] = rank.numpy().astype(np.float64)
