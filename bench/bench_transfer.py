@@ -2,7 +2,8 @@
 
     python bench/bench_transfer.py recipes/sasrec-music.yaml [--threads 1] [--fraction 0.25] [--rounds 2]
 
-Modes: plain, +GA (users_per_step 64), +AT, +GA+AT, and the paper's faithful one-user-per-step GA. Each
+Modes: plain, +GA (users_per_step 64), +AT, +GA+AT, the same with 4 vmapped chains, and the paper's
+faithful one-user-per-step GA. Each
 mode trains on the same first `fraction` of the training windows (whole users), scaled to a full epoch;
 the modes run in turn for `rounds` rounds and the fastest round counts, which damps a shared machine's
 noise. The faithful mode is timed over --faithful-iters outer iterations and scaled (stated as such).
@@ -25,6 +26,8 @@ from ltrec.transfer import make_epoch
 GA = {"k": 5, "beta": 0.5, "users_per_step": 64}
 MODES = {"plain": {}, "+GA": {"grad_align": GA}, "+AT": {"adversarial": {}},
          "+GA+AT": {"grad_align": GA, "adversarial": {}},
+         "+GA 4 chains (vmap)": {"grad_align": {**GA, "chains": 4}},
+         "+GA+AT 4 chains (vmap)": {"grad_align": {**GA, "chains": 4}, "adversarial": {}},
          "+GA faithful (1 user/step)": {"grad_align": {**GA, "users_per_step": 1}}}
 
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
+from .distributed import LOCAL
 from .transfer import GradAlignEpoch
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which the one-chain inner optimiser uses
@@ -52,8 +53,9 @@ class _Objective(nn.Module):
 
 
 class ChainsEpoch(GradAlignEpoch):
-    def __init__(self, recipe, step, owner: torch.Tensor, user_head: torch.Tensor, vectorized: bool = True):
-        super().__init__(recipe, step, owner, user_head)
+    def __init__(self, recipe, step, owner: torch.Tensor, user_head: torch.Tensor, dist=LOCAL,
+                 vectorized: bool = True):
+        super().__init__(recipe, step, owner, user_head, dist)
         self.chains, self.vectorized = self.ga.chains, vectorized
         self.objective = _Objective(step.model, step.disc)
         self.names = [n for n, _ in self.objective.named_parameters()]
@@ -114,11 +116,15 @@ class ChainsEpoch(GradAlignEpoch):
         step.model.train()
         step.reset_stats()
         per_iter = self.chains * ga.k * ga.users_per_step
-        for _ in range(math.ceil(len(self.users) / per_iter)):
+        world = self.dist.world  # under torchrun each rank runs C chains on its own users; deltas are averaged
+        for _ in range(math.ceil(self.all_users / (per_iter * world))):  # the same count on every rank
+            theta0 = [p.detach().clone() for p in (self.params if world > 1 else self.aligned)]
+            if not len(self.users):  # a rank without users only joins the all-reduce, with weight 0
+                self._outer_step_distributed(theta0, 0.0)
+                continue
             chosen = torch.multinomial(self.weights, min(per_iter, len(self.users)), replacement=False,
                                        generator=step.gen)
             groups = list(chosen.split(ga.users_per_step))
-            theta0 = [p.detach().clone() for p in self.aligned]
             params = {n: p.detach().unsqueeze(0).repeat(self.chains, *[1] * p.dim()) for n, p in self.live.items()}
             for s in range(0, len(groups), self.chains):
                 chunk = groups[s:s + self.chains]
@@ -130,7 +136,12 @@ class ChainsEpoch(GradAlignEpoch):
             with torch.no_grad():
                 for n, p in self.live.items():
                     p.copy_(params[n].mean(0))  # the chains' mean result; the outer step starts from here
-            self._outer_step(theta0)
+            if world > 1:
+                self._outer_step_distributed(theta0, 1.0)
+            else:
+                self._outer_step(theta0)
+        if world > 1:
+            self.dist.sum_stats(step.sums)
         return step.stats()
 
     @torch.no_grad()
@@ -169,13 +180,25 @@ class ChainsEpoch(GradAlignEpoch):
         on_batch(n, float(loss[ok].mean()) if ok.any() else float("nan"))
 
     def state_dict(self) -> dict:
-        state = super().state_dict()
-        state["chains"] = {"m": self.moments["m"], "v": self.moments["v"], "t": self.moments["t"]}
-        return state
+        return {**super().state_dict(), "chains": self._moments()}
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
+        self._load_moments(state["chains"])
+
+    def rank_state(self) -> dict:  # under torchrun each rank's chains keep their own moments
+        return {**super().rank_state(), "chains": self._moments()}
+
+    def load_rank_state(self, state: dict) -> None:
+        super().load_rank_state(state)
+        self._load_moments(state["chains"])
+
+    def _moments(self) -> dict:
+        return {"m": self.moments["m"], "v": self.moments["v"], "t": self.moments["t"]}
+
+    @torch.no_grad()
+    def _load_moments(self, saved: dict) -> None:
         for key in ("m", "v"):
-            for mine, saved in zip(self.moments[key], state["chains"][key]):
-                mine.copy_(saved)
-        self.moments["t"].copy_(state["chains"]["t"])
+            for mine, theirs in zip(self.moments[key], saved[key]):
+                mine.copy_(theirs)
+        self.moments["t"].copy_(saved["t"])

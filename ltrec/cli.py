@@ -18,7 +18,8 @@ Sets = Annotated[Optional[list[str]], typer.Option("--set", help="override a rec
 
 
 def fail(exc: UserError) -> None:
-    typer.echo(str(exc), err=True)
+    if exc.echo:
+        typer.echo(str(exc), err=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -106,14 +107,19 @@ def train(
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
 ) -> None:
-    """Train a recipe: progress, validation every epoch, early stopping, checkpoints, a test table by slice."""
+    """Train a recipe: progress, validation every epoch, early stopping, checkpoints, a test table by slice.
+
+    Data-parallel on N processes: torchrun --nproc_per_node=N -m ltrec train RECIPE."""
     from .recipe import load_recipe
 
     try:
-        loaded = load_recipe(recipe, set_ or [])
+        from .distributed import session
         from .train import train as run_training
 
-        run_training(loaded, out, overwrite, resume)
+        with session() as dist:  # a process group only under torchrun (WORLD_SIZE > 1)
+            with dist.together():
+                loaded = load_recipe(recipe, set_ or [])
+            run_training(loaded, out, overwrite, resume, dist=dist)
     except UserError as exc:
         fail(exc)
 

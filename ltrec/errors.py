@@ -9,3 +9,4 @@ class UserError(Exception):
     """
 
     exit_code = 2
+    echo = True  # False on the ranks of a distributed run whose error rank 0 already prints

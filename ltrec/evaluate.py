@@ -5,6 +5,9 @@ Protocol (printed with every table): chronological leave-one-out; the target is 
 loses them). Sampled mode ranks the target against `eval.negatives` negatives drawn once with the recipe's
 seed and stored in the run, so reruns compare like with like. With `eval.adapt`, cold users are ranked a
 second time after a few SGD steps on their own history (slice `cold-adapted`, the same users as `cold`).
+
+Under torchrun the batches are dealt to the ranks (batch b to rank b mod world) and the ranks' integer ranks
+gathered; each batch is the batch one process would score, so the metrics are those of one process.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch
 
 from .adapt import adapted_scores
 from .data import Sequences
+from .distributed import LOCAL, Dist
 from .metrics import metrics_from_ranks, sample_negatives, sampled_ranks, summarize, target_ranks
 from .recipe import Eval
 from .runs import atomic_write
@@ -51,8 +55,8 @@ def protocol(cfg: Eval) -> str:
 
 @torch.no_grad()
 def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device="cpu",
-             negatives_path: Path | None = None, seed: int = 0, ks=None) -> Result:
-    """Rank each evaluated (and cold) user's `split` target; returns per-user metrics."""
+             negatives_path: Path | None = None, seed: int = 0, ks=None, dist: Dist = LOCAL) -> Result:
+    """Rank each evaluated (and cold) user's `split` target; returns per-user metrics (on every rank)."""
     model.eval()
     parts = [seqs.eval_inputs(split, max_len, cold=c) for c in (False, True)]
     if cfg.adapt is not None and len(parts[1][0]):
@@ -66,7 +70,9 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
     slice_of[n_warm + n_cold:] = "cold-adapted"
     negs = _negatives(seqs, history, targets, cfg, negatives_path, seed) if cfg.mode == "sampled" else None
     ranks = []
-    for lo in range(0, len(users), cfg.batch_size):
+    for b, lo in enumerate(range(0, len(users), cfg.batch_size)):
+        if b % dist.world != dist.rank:
+            continue
         hist = torch.from_numpy(history[lo:lo + cfg.batch_size]).to(device)
         tgt = torch.from_numpy(targets[lo:lo + cfg.batch_size]).to(device)
         adapt_from = max(n_warm + n_cold - lo, 0)  # rows of this batch past it are cold users to adapt
@@ -79,6 +85,9 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
             ranks.append(target_ranks(scores, tgt, seen).cpu())
         else:
             ranks.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[lo:lo + cfg.batch_size]).to(device)).cpu())
+    if dist.world > 1:  # rank r holds batches r, r + world, ...: interleave them back into batch order
+        parts = dist.all_gather(ranks)
+        ranks = [parts[b % dist.world][b // dist.world] for b in range(sum(len(p) for p in parts))]
     rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
     per_user = metrics_from_ranks(rank, ks or cfg.ks)
     per_user["rank"] = rank.numpy().astype(np.float64)

@@ -183,8 +183,11 @@ class Train(Strict):
     negatives: int = Field(1, ge=1, description="negatives per position for bce / per batch for sampled")
     patience: int = Field(5, ge=1, description="stop after this many epochs without improvement on monitor")
     monitor: Monitor = Monitor()
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = Field(0, ge=0, description="torch CPU threads; 0 = torch's default")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when torch sees a GPU (under torchrun, the LOCAL_RANK's), else CPU")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast of the training forward pass, CUDA only; evaluation stays fp32")
+    threads: int = Field(0, ge=0, description="torch CPU threads per process; 0 = torch's default")
 
 
 class Adapt(Strict):

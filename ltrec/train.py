@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import data as data_mod
+from .distributed import LOCAL, Dist, rank_seed, shard_users, to_cpu
 from .errors import UserError
 from .evaluate import evaluate, format_table, write_per_user
 from .models import BACKBONES
@@ -24,10 +25,19 @@ from .runs import append_jsonl, atomic_write, read_jsonl, remove_stale_temps
 from .transfer import make_epoch
 
 
-def pick_device(name: str) -> torch.device:
+def pick_device(name: str, dist: Dist = LOCAL) -> torch.device:
+    """auto: CUDA when torch sees a GPU (under torchrun, the GPU of this process's LOCAL_RANK), else CPU."""
     if name == "cuda" and not torch.cuda.is_available():
         raise UserError("train.device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
-    return torch.device("cuda" if name != "cpu" and torch.cuda.is_available() else "cpu")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank % torch.cuda.device_count()) if dist.world > 1 else torch.device("cuda")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "bf16" and device.type != "cuda":
+        raise UserError("train.precision: bf16 autocast runs on CUDA only, and this run trains on the CPU "
+                        "(no CUDA device, or train.device: cpu); use precision: fp32")
 
 
 def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
@@ -153,7 +163,7 @@ def _is_run(folder: Path) -> bool:
 
 
 CHECKPOINT_FORMAT = 1
-RESUME_MAY_CHANGE = ("epochs", "patience", "threads", "device")
+RESUME_MAY_CHANGE = ("epochs", "patience", "threads", "device", "precision")
 
 
 def _resumable(given: Recipe, saved: Recipe, run_dir: Path) -> Recipe:
@@ -171,54 +181,104 @@ def _resumable(given: Recipe, saved: Recipe, run_dir: Path) -> Recipe:
 
 
 def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resume: bool = False,
-          console: Console | None = None) -> Path:
+          console: Console | None = None, dist: Dist = LOCAL) -> Path:
+    """Train a recipe into a run directory. Under torchrun (`dist.world > 1`) every rank calls this: rank 0
+    alone writes the run directory and prints; the others train on their shard and evaluate theirs."""
     console = console or Console(stderr=True, soft_wrap=True)
+    if not dist.main:
+        console = Console(stderr=True, quiet=True)
     recipe = recipe.model_copy(deep=True)
     recipe.data.source = str(Path(recipe.data.source).expanduser().absolute())
-    run_dir = prepare_run_dir(recipe, out, overwrite, resume)
-    if resume:
-        recipe = _resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
-        atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
-    else:
-        atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))  # first, so a crashed run is still explained
-    seqs = load_data(recipe)
-    check_eval(recipe, seqs)
+    device = pick_device(recipe.train.device, dist)  # before anything is written: a wrong device is a recipe error
+    check_precision(recipe.train.precision, device)
+    run_dir = None
+    with dist.together():
+        if dist.main:
+            run_dir = prepare_run_dir(recipe, out, overwrite, resume)
+            if resume:
+                recipe = _resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
+                atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
+            else:
+                atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))  # first: a crashed run is still explained
+    run_dir, recipe = dist.broadcast((run_dir, recipe))
+    with dist.together():
+        seqs = load_data(recipe)
+        check_eval(recipe, seqs)
     console.print(f"data: {seqs.describe()}")
-    atomic_write(run_dir / "data.json", json.dumps({"fingerprint": fingerprint(seqs), **seqs.report,
-                                                     "head_threshold": seqs.head_threshold}, indent=2))
+    with dist.together():
+        if dist.main:
+            atomic_write(run_dir / "data.json", json.dumps({"fingerprint": fingerprint(seqs), **seqs.report,
+                                                             "head_threshold": seqs.head_threshold}, indent=2))
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     torch.manual_seed(recipe.seed)
-    device = pick_device(recipe.train.device)
-    model = build_model(recipe, seqs).to(device)
+    with dist.together():
+        model = build_model(recipe, seqs).to(device)
     if recipe.backbone.kind != "pop":
-        _fit(recipe, seqs, model, run_dir, device, resume, console)
-    return finish(recipe, seqs, model, run_dir, device, console)
+        _fit(recipe, seqs, model, run_dir, device, resume, console, dist)
+    return finish(recipe, seqs, model, run_dir, device, console, dist)
 
 
-def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Console) -> None:
+def _everywhere(message: str, dist: Dist) -> UserError:
+    """An error every rank raises at the same point (from synchronised values): printed once, by rank 0."""
+    exc = UserError(message)
+    exc.echo = dist.main
+    return exc
+
+
+def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Console, dist: Dist = LOCAL) -> None:
     cfg = recipe.train
-    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(recipe.data.max_len))
-    gen = torch.Generator().manual_seed(recipe.seed)
-    epoch_fn = make_epoch(recipe, model, seqs, inputs, targets, owner, device, gen)
+    windows = seqs.train_windows(recipe.data.max_len)
+    if dist.world > 1:  # each rank trains on its own users' windows
+        mine = shard_users(windows[2], dist.rank, dist.world, recipe.seed)
+        windows = tuple(a[mine] for a in windows)
+    inputs, targets, owner = (torch.from_numpy(a) for a in windows)
+    gen = torch.Generator().manual_seed(rank_seed(recipe.seed, dist.rank))
+    epoch_fn = make_epoch(recipe, model, seqs, inputs, targets, owner, device, gen, dist)
+    if dist.world > 1:
+        dist.broadcast_params_(epoch_fn.step.parameters())  # one start for all (the seed makes it so already)
+        if dist.rank > 0:  # dropout masks of different ranks must differ
+            torch.manual_seed(rank_seed(recipe.seed, dist.rank))
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad": 0}
     if resume:
-        ckpt = load_torch(run_dir / "last.pt")
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')} is not {CHECKPOINT_FORMAT} "
-                            "(written by another ltrec version); start a new run")
-        try:
-            model.load_state_dict(ckpt["model"])
-            epoch_fn.load_state_dict(ckpt["optim"])
-            torch.set_rng_state(ckpt["rng"])
-            gen.set_state(ckpt["gen"])
-            state = {k: ckpt[k] for k in state}
-        except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise UserError(f"{run_dir}/last.pt: does not match this run ({type(exc).__name__}); "
-                            "start a new run") from None
-        kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= state["epoch"]]
-        atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+        ckpt = None
+        with dist.together():
+            if dist.main:
+                ckpt = load_torch(run_dir / "last.pt")
+                if ckpt.get("format") != CHECKPOINT_FORMAT:
+                    raise UserError(f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')} is not "
+                                    f"{CHECKPOINT_FORMAT} (written by another ltrec version); start a new run")
+        ckpt = dist.broadcast(ckpt)  # rank 0's file: other machines need not see the run directory
+        saved_world = ckpt.get("world", 1) if isinstance(ckpt, dict) else 1
+        with dist.together():
+            try:
+                model.load_state_dict(ckpt["model"])
+                epoch_fn.load_state_dict(ckpt["optim"])
+                if saved_world != dist.world:  # other shards: no way to continue the old streams; reseed
+                    reseed = rank_seed(recipe.seed + 1 + int(ckpt["epoch"]), dist.rank)
+                    torch.manual_seed(reseed)
+                    gen.manual_seed(reseed)
+                elif dist.world == 1:
+                    torch.set_rng_state(ckpt["rng"])
+                    gen.set_state(ckpt["gen"])
+                else:  # each rank continues its own random streams and inner optimiser
+                    mine = ckpt["ranks"][dist.rank]
+                    torch.set_rng_state(mine["rng"])
+                    gen.set_state(mine["gen"])
+                    epoch_fn.load_rank_state(mine["state"])
+                state = {k: ckpt[k] for k in state}
+            except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+                raise UserError(f"{run_dir}/last.pt: does not match this run ({type(exc).__name__}); "
+                                "start a new run") from None
+        with dist.together():
+            if dist.main:
+                kept = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["epoch"] <= state["epoch"]]
+                atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
         console.print(f"resuming {run_dir} after epoch {state['epoch']}")
+        if saved_world != dist.world:
+            console.print(f"note: the run was trained by {saved_world} process(es) and continues with {dist.world}: "
+                          "users are re-sharded and random streams reseeded, so it will not end with exactly "
+                          "the numbers of an uninterrupted run")
     metric, which = cfg.monitor.metric, cfg.monitor.slice
     with _progress(console) as progress:
         task = progress.add_task("train", total=cfg.epochs * len(inputs), completed=state["epoch"] * len(inputs),
@@ -238,25 +298,37 @@ def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Cons
             if not math.isfinite(stats["loss"]) or not finite:  # last.pt is not overwritten: it stays good
                 kept = (f"{run_dir}/last.pt holds epoch {state['epoch']}, the last good one" if state["epoch"]
                         else "no checkpoint was written")
-                raise UserError(f"training diverged at epoch {epoch} (loss {stats['loss']:.4g}, "
-                                f"{'finite' if finite else 'non-finite'} weights, {stats['skipped']} batches "
-                                f"skipped for a non-finite loss); {kept}; lower train.lr and rerun with --overwrite")
+                # loss and weights are the same on every rank (summed stats, averaged updates): all stop here
+                raise _everywhere(f"training diverged at epoch {epoch} (loss {stats['loss']:.4g}, "
+                                  f"{'finite' if finite else 'non-finite'} weights, {stats['skipped']} batches "
+                                  f"skipped for a non-finite loss); {kept}; lower train.lr and rerun with "
+                                  "--overwrite", dist)
             adv = recipe.transfer.adversarial
             if adv is not None:  # a discriminator that is always right: the states still tell head from tail
                 stats["disc_wins"] = epoch > adv.warmup_epochs and stats["disc_acc"] >= DISC_WINS
             valid = evaluate(model, seqs, "valid", recipe.eval, recipe.data.max_len, device,
-                             run_dir / "negatives_valid.npy", recipe.seed).table(("all", "head", "tail"))
-            score = valid[which][metric]
+                             run_dir / "negatives_valid.npy" if dist.main else None, recipe.seed,
+                             dist=dist).table(("all", "head", "tail"))
+            score = valid[which][metric]  # gathered: the same on every rank, so is every decision below
             improved = score > state["best"]
             state.update(epoch=epoch, bad=0 if improved else state["bad"] + 1)
             if improved:
                 state.update(best=score, best_epoch=epoch)
-                save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
-            append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch, "seconds": round(seconds, 3), **stats,
-                                                     "valid": valid})
-            save_torch(run_dir / "last.pt", {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
-                                             "optim": epoch_fn.state_dict(),
-                                             "rng": torch.get_rng_state(), "gen": gen.get_state(), **state})
+            ranks = None
+            if dist.world > 1:  # every rank's random streams (and GA's inner optimiser), for an exact resume
+                ranks = dist.gather(to_cpu({"rng": torch.get_rng_state(), "gen": gen.get_state(),
+                                            "state": epoch_fn.rank_state()}))
+            with dist.together():
+                if dist.main:
+                    if improved:
+                        save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
+                    append_jsonl(run_dir / "metrics.jsonl", {"epoch": epoch, "seconds": round(seconds, 3), **stats,
+                                                             "valid": valid})
+                    extra = {"world": dist.world, "ranks": ranks} if dist.world > 1 else {}
+                    save_torch(run_dir / "last.pt", {"format": CHECKPOINT_FORMAT, "model": model.state_dict(),
+                                                     "optim": epoch_fn.state_dict(),
+                                                     "rng": torch.get_rng_state(), "gen": gen.get_state(),
+                                                     **state, **extra})
             progress.console.print(
                 f"epoch {epoch}: loss {stats['loss']:.4f}, {seconds:.1f}s, valid {metric} "
                 + ", ".join(f"{s} {valid[s][metric]:.4f}" for s in ("all", "head", "tail"))
@@ -279,23 +351,32 @@ def _extra(stats: dict) -> str:
     return "".join(f", {k} {v:.3f}" for k, v in stats.items() if k not in ("loss", "skipped", "disc_wins"))
 
 
-def finish(recipe, seqs, model, run_dir: Path, device, console: Console) -> Path:
-    if (run_dir / "best.pt").exists():
-        load_weights(model, run_dir / "best.pt")
-    else:  # pop: nothing trained, but export and eval need a checkpoint all the same
-        save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": 0})
-    history = read_jsonl(run_dir / "metrics.jsonl")
+def finish(recipe, seqs, model, run_dir: Path, device, console: Console, dist: Dist = LOCAL) -> Path:
+    history = []
+    with dist.together():
+        if dist.main:
+            if (run_dir / "best.pt").exists():
+                load_weights(model, run_dir / "best.pt")
+            else:  # pop: nothing trained, but export and eval need a checkpoint all the same
+                save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": 0})
+            history = read_jsonl(run_dir / "metrics.jsonl")
+    if dist.world > 1:  # rank 0 read best.pt; the others get its weights
+        model.load_state_dict(dist.broadcast(to_cpu(model.state_dict()) if dist.main else None))
     summary = {"best_epoch": max(history, key=lambda r: r["valid"][recipe.train.monitor.slice]
                                  [recipe.train.monitor.metric])["epoch"] if history else 0,
                "epochs": len(history),
                "seconds_per_epoch": float(np.mean([r["seconds"] for r in history])) if history else 0.0}
     for split in ("valid", "test"):
         result = evaluate(model, seqs, split, recipe.eval, recipe.data.max_len, device,
-                          run_dir / f"negatives_{split}.npy", recipe.seed)
+                          run_dir / f"negatives_{split}.npy" if dist.main else None, recipe.seed, dist=dist)
         summary[split] = result.table()
         summary["protocol"] = result.protocol
-        write_per_user(result, seqs, run_dir / f"users_{split}.csv")
-    atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
+        with dist.together():
+            if dist.main:
+                write_per_user(result, seqs, run_dir / f"users_{split}.csv")
+    with dist.together():
+        if dist.main:
+            atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
     console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
     console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail; pictures: ltrec report {run_dir})")
     return run_dir

@@ -10,6 +10,12 @@
 
 `make_epoch` returns an object that runs one epoch when called and carries its optimiser state, so the
 trainer (checkpoints, resume) does not need to know which kind of training runs.
+
+Under torchrun (`dist.world > 1`) each rank holds only its own users' windows (see `distributed.shard_users`):
+plain training splits `train.batch_size` across the ranks and averages their gradients before every step, so
+one step still sees `batch_size` windows; gradient alignment runs each rank's k inner steps on its own users
+without any communication and averages the ranks' deltas θ_k − θ₀ before the outer step. Every rank takes
+the same number of steps per epoch (the largest rank's count; shorter ranks repeat batches), so none waits.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .distributed import LOCAL, Dist
 from .models import loss_from_states
 
 
@@ -68,6 +75,8 @@ class Step:
         self.adv = adv
         self.disc = Discriminator(model.dim, adv.hidden).to(device) if adv else None
         self.weight = adv.weight if adv else 0.0
+        # bf16 autocast for the forward pass (weights, optimiser state and evaluation stay fp32); CUDA only
+        self.bf16 = getattr(recipe.train, "precision", "fp32") == "bf16" and torch.device(device).type == "cuda"
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -77,6 +86,10 @@ class Step:
     def loss(self, idx: torch.Tensor) -> torch.Tensor | None:
         width = int(self.lengths[idx].max())  # drop leading all-pad columns: backbones are pad-invariant
         inputs = self.inputs[idx, -width:].to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            return self._loss(idx, inputs, width)
+
+    def _loss(self, idx: torch.Tensor, inputs: torch.Tensor, width: int) -> torch.Tensor | None:
         states = self.model.encode_all(inputs)  # (B, W, D)
         loss = loss_from_states(self.model, states, self.targets[idx, -width:].to(self.device),
                                 self.cfg.loss, self.cfg.negatives, self.gen)
@@ -144,12 +157,14 @@ def _adam(params, lr, recipe, extra=None):
 class PlainEpoch:
     """Shuffled mini-batches of training windows, Adam, next-item loss at every position."""
 
-    def __init__(self, recipe, step: Step):
-        self.step, self.batch_size, self.epoch = step, recipe.train.batch_size, 0
+    def __init__(self, recipe, step: Step, dist: Dist = LOCAL):
+        self.step, self.batch_size, self.epoch, self.dist = step, recipe.train.batch_size, 0, dist
         disc = {"params": list(step.disc.parameters()), "lr": recipe.transfer.adversarial.lr} if step.disc else None
         self.opt = _adam(list(step.model.parameters()), recipe.train.lr, recipe, disc)
 
     def __call__(self, on_batch) -> dict:
+        if self.dist.world > 1:
+            return self._distributed(on_batch)
         self.epoch += 1
         self.step.set_epoch(self.epoch)
         self.step.model.train()
@@ -162,6 +177,42 @@ class PlainEpoch:
                 self.opt.step()
                 on_batch(len(idx), loss.item())
         return self.step.stats()
+
+    def _distributed(self, on_batch) -> dict:
+        """Each rank: batch_size / world of its own windows per step; gradients averaged before every step."""
+        self.epoch += 1
+        step, dist = self.step, self.dist
+        step.set_epoch(self.epoch)
+        step.model.train()
+        step.reset_stats()
+        batches = length_batches(step.lengths, math.ceil(self.batch_size / dist.world), step.gen)
+        n = dist.sum_ints([len(batches)], "max")[0]  # a common count: no rank waits for another's all-reduce
+        if batches:  # a short shard repeats its (shuffled) batches; an empty one only joins the all-reduces
+            batches = (batches * math.ceil(n / len(batches)))[:n]
+        params = step.parameters()
+        for i in range(n):
+            idx = batches[i] if batches else None
+            loss = step.loss(idx) if idx is not None else None
+            self.opt.zero_grad(set_to_none=True)
+            if loss is not None:
+                loss.backward()
+            grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+            total, had = dist.mean_(grads, 1.0 if loss is not None else 0.0, [p.grad is not None for p in params])
+            if total > 0:  # some rank had a finite loss: every rank takes the same step
+                for p, g, h in zip(params, grads, had):
+                    p.grad = g if h else None
+                self.opt.step()
+            if loss is not None:
+                on_batch(len(idx), loss.item())
+        dist.sum_stats(step.sums)
+        return step.stats()
+
+    def rank_state(self) -> dict:
+        """What differs between ranks besides the random streams (plain: nothing, the optimiser is in sync)."""
+        return {}
+
+    def load_rank_state(self, state: dict) -> None:
+        pass
 
     def state_dict(self) -> dict:
         return {"opt": self.opt.state_dict(), "epoch": self.epoch,
@@ -177,8 +228,8 @@ class PlainEpoch:
 class GradAlignEpoch(PlainEpoch):
     """Reptile/MER outer loop over inner steps that each see different users (see the module docstring)."""
 
-    def __init__(self, recipe, step: Step, owner: torch.Tensor, user_head: torch.Tensor):
-        self.ga, self.step, self.epoch = recipe.transfer.grad_align, step, 0
+    def __init__(self, recipe, step: Step, owner: torch.Tensor, user_head: torch.Tensor, dist: Dist = LOCAL):
+        self.ga, self.step, self.epoch, self.dist = recipe.transfer.grad_align, step, 0, dist
         ga = self.ga
         self.params = step.parameters()
         skip = set() if ga.align_embeddings else {id(step.model.item_emb.weight)}
@@ -198,6 +249,7 @@ class GradAlignEpoch(PlainEpoch):
         else:  # balanced: head and tail users drawn equally often in total
             self.weights = torch.where(head, 1.0 / head.sum().clamp(min=1), 1.0 / (~head).sum().clamp(min=1))
         self.per_user = max(1, recipe.train.batch_size // ga.users_per_step)
+        self.all_users = dist.sum_ints([len(users)])[0]  # over all ranks
 
     def _windows(self, chosen: torch.Tensor) -> torch.Tensor:
         """Up to `per_user` random windows of each chosen user (index into the window arrays)."""
@@ -206,6 +258,8 @@ class GradAlignEpoch(PlainEpoch):
         return torch.unique(self.starts[chosen, None] + offset)
 
     def __call__(self, on_batch) -> dict:
+        if self.dist.world > 1:
+            return self._distributed(on_batch)
         self.epoch += 1
         ga, step = self.ga, self.step
         step.set_epoch(self.epoch)
@@ -228,6 +282,66 @@ class GradAlignEpoch(PlainEpoch):
                 on_batch(len(idx), loss.item())
             self._outer_step(theta0)
         return step.stats()
+
+    def _distributed(self, on_batch) -> dict:
+        """Each rank runs its own k inner steps on its own users; the ranks' deltas are averaged for the outer
+        step. An outer step thus moves along the mean of `world` Reptile chains, and an epoch, which still
+        visits about every user once, has `world` times fewer outer steps."""
+        self.epoch += 1
+        ga, step, dist = self.ga, self.step, self.dist
+        step.set_epoch(self.epoch)
+        step.model.train()
+        step.reset_stats()
+        per_iter = ga.k * ga.users_per_step
+        iterations = math.ceil(self.all_users / (per_iter * dist.world))  # the same on every rank
+        for _ in range(iterations):
+            theta0 = [p.detach().clone() for p in self.params]
+            moved = 0.0
+            if len(self.users):  # a rank without users only joins the all-reduce, with weight 0
+                chosen = torch.multinomial(self.weights, min(per_iter, len(self.users)), replacement=False,
+                                           generator=step.gen)
+                for group in chosen.split(ga.users_per_step):
+                    idx = self._windows(group)
+                    loss = step.loss(idx)
+                    if loss is None:
+                        continue
+                    self.opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.opt.step()
+                    moved = 1.0
+                    on_batch(len(idx), loss.item())
+            self._outer_step_distributed(theta0, moved)
+        dist.sum_stats(step.sums)
+        return step.stats()
+
+    @torch.no_grad()
+    def _outer_step_distributed(self, theta0: list[torch.Tensor], weight: float) -> None:
+        """Δ = mean over ranks of θ_k − θ₀ (one all-reduce, model and discriminator together); then
+        θ ← θ₀ + βΔ (or Adam on −Δ) for aligned parameters and θ ← θ₀ + Δ for the others (embeddings when
+        align_embeddings is off: one process keeps their θ_k, the ranks keep the mean of theirs)."""
+        deltas = [p - p0 for p, p0 in zip(self.params, theta0)]
+        total, _ = self.dist.mean_(deltas, weight)
+        aligned = {id(p) for p in self.aligned}
+        for p, p0, d in zip(self.params, theta0, deltas):
+            if total == 0:
+                p.copy_(p0)
+            elif id(p) not in aligned:
+                p.copy_(p0 + d)
+            elif self.outer is None:
+                p.copy_(p0 + self.ga.beta * d)
+            else:
+                p.grad = -d
+                p.copy_(p0)
+        if self.outer is not None and total > 0:
+            self.outer.step()
+            self.outer.zero_grad(set_to_none=True)
+
+    def rank_state(self) -> dict:
+        """The inner optimiser's state: each rank's inner steps see other users, so it differs per rank."""
+        return {"inner": self.opt.state_dict()}
+
+    def load_rank_state(self, state: dict) -> None:
+        self.opt.load_state_dict(state["inner"])
 
     @torch.no_grad()
     def _outer_step(self, theta0: list[torch.Tensor]) -> None:
@@ -252,13 +366,13 @@ class GradAlignEpoch(PlainEpoch):
             self.outer.load_state_dict(state["outer"])
 
 
-def make_epoch(recipe, model, seqs, inputs, targets, owner, device, gen: torch.Generator):
+def make_epoch(recipe, model, seqs, inputs, targets, owner, device, gen: torch.Generator, dist: Dist = LOCAL):
     user_head = torch.from_numpy(seqs.head)
     step = Step(recipe, model, inputs, targets, user_head[owner], device, gen)
     if recipe.transfer.grad_align is not None and recipe.transfer.grad_align.chains > 1:
         from .chains import ChainsEpoch  # torch.func is only imported where it is used
 
-        return ChainsEpoch(recipe, step, owner, user_head)
+        return ChainsEpoch(recipe, step, owner, user_head, dist)
     if recipe.transfer.grad_align is not None:
-        return GradAlignEpoch(recipe, step, owner, user_head)
-    return PlainEpoch(recipe, step)
+        return GradAlignEpoch(recipe, step, owner, user_head, dist)
+    return PlainEpoch(recipe, step, dist)

@@ -90,6 +90,7 @@ def test_outer_step_moves_toward_the_chains_mean(tiny_csv):
     epoch._inner_update = spy
     epoch.users = epoch.users[: 3 * 2 * 4]  # exactly one iteration: 3 chains × k 2 × 4 users
     epoch.weights = epoch.weights[: len(epoch.users)]
+    epoch.all_users = len(epoch.users)
     epoch(lambda n, loss: None)
     for (name, p), p0 in zip(epoch.objective.named_parameters(), theta0):
         expected = p0 + 0.4 * (captured["params"][name].mean(0) - p0)
@@ -101,7 +102,7 @@ def test_chains_draw_distinct_users_per_step(tiny_csv):
     owners = []
     real = epoch._batch
     epoch._batch = lambda groups: owners.append([epoch.users[g].tolist() for g in groups]) or real(groups)
-    epoch.users, epoch.weights = epoch.users[:24], epoch.weights[:24]
+    epoch.users, epoch.weights, epoch.all_users = epoch.users[:24], epoch.weights[:24], 24
     epoch(lambda n, loss: None)
     flat = [u for step in owners for chain in step for u in chain]
     assert len(flat) == len(set(flat)) == 24
