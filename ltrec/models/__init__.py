@@ -6,17 +6,21 @@ Conventions shared by every backbone:
 - no user-id embeddings, so unseen (cold, long-tail) users work out of the box;
 - item embeddings are tied: scores = state @ item_emb.weight[1:].T, score column j is item j+1;
 - `training_loss(inputs, targets, ...)` → (loss, user state): next-item loss at every position by default,
-  a backbone may override it with its own objective; the trainer and the transfer components only call this.
+  BERT4Rec's own cloze objective; the trainer and the transfer components only call this.
 
 `BACKBONES` maps the recipe's `backbone.kind` tags to the classes (a test checks they are the same set).
 """
 
 from .base import _Backbone
+from .bert4rec import BERT4Rec
+from .caser import Caser
 from .gru4rec import GRU4Rec
 from .losses import LOSSES, loss_from_states, next_item_loss
+from .narm import NARM
 from .pop import Pop
 from .sasrec import SASRec, _Block
 
-BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop}
+BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop, "caser": Caser, "narm": NARM, "bert4rec": BERT4Rec}
 
-__all__ = ["BACKBONES", "GRU4Rec", "LOSSES", "Pop", "SASRec", "_Backbone", "_Block", "loss_from_states", "next_item_loss"]
+__all__ = ["BACKBONES", "BERT4Rec", "Caser", "GRU4Rec", "LOSSES", "NARM", "Pop", "SASRec", "_Backbone", "_Block",
+           "loss_from_states", "next_item_loss"]
