@@ -27,7 +27,7 @@ split:
 head:
   fraction: 0.2        # the most active 20% of users, by training events, are "head"
 backbone:
-  kind: sasrec         # sasrec | gru4rec | pop
+  kind: sasrec         # sasrec | gru4rec | caser | narm | bert4rec | pop
   dim: 64
   layers: 2
   heads: 2

@@ -135,7 +135,48 @@ class PopConfig(Strict):
     kind: Literal["pop"]
 
 
-Backbone = Annotated[Union[GRU4RecConfig, SASRecConfig, PopConfig], Field(discriminator="kind")]
+class CaserConfig(Strict):
+    """Caser: horizontal (heights 1..window) and vertical convolutions over the last `window` items."""
+
+    kind: Literal["caser"]
+    dim: int = Field(64, ge=1)
+    window: int = Field(5, ge=1, le=64, description="how many of the newest items the convolutions see (L')")
+    n_h: int = Field(16, ge=1, description="horizontal filters per height h = 1..window")
+    n_v: int = Field(4, ge=1, description="vertical filters")
+    dropout: float = Field(0.4, ge=0, lt=1)
+
+
+class NARMConfig(Strict):
+    """NARM: a GRU (global encoder) plus attention over its outputs (local encoder), bilinear decoder."""
+
+    kind: Literal["narm"]
+    dim: int = Field(64, ge=1)
+    layers: int = Field(1, ge=1)
+    dropout: float = Field(0.25, ge=0, lt=1)
+
+
+class BERT4RecConfig(Strict):
+    """BERT4Rec: a bidirectional transformer trained on masked items (cloze); train.loss applies at the
+    masked positions."""
+
+    kind: Literal["bert4rec"]
+    dim: int = Field(64, ge=1)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0, lt=1)
+    mask_prob: float = Field(0.2, gt=0, le=1, description="chance that each item of a training window is masked")
+    last_only: float = Field(0.1, ge=0, le=1, description="share of windows in which only the newest item is "
+                             "masked (what inference looks like)")
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self) -> "BERT4RecConfig":
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
+
+
+Backbone = Annotated[Union[GRU4RecConfig, SASRecConfig, PopConfig, CaserConfig, NARMConfig, BERT4RecConfig],
+                     Field(discriminator="kind")]
 
 
 class GradAlign(Strict):
@@ -232,6 +273,13 @@ class Recipe(Strict):
         if ga is not None and ga.chains > 1 and self.train.loss != "ce":
             raise ValueError(f"transfer.grad_align.chains: {ga.chains} chains train with train.loss ce only "
                              f"(got {self.train.loss}); set chains: 1 or loss: ce")
+        # both use the next-item objective, which a bidirectional encoder would answer by looking ahead
+        if ga is not None and ga.chains > 1 and self.backbone.kind == "bert4rec":
+            raise ValueError("transfer.grad_align.chains: bert4rec trains with its cloze objective, which "
+                             "chains do not implement; set chains: 1")
+        if self.eval.adapt is not None and self.backbone.kind == "bert4rec":
+            raise ValueError("eval.adapt: adaptation takes next-item steps, which a bidirectional bert4rec "
+                             "would answer by looking ahead; set eval.adapt: null for bert4rec")
         return self
 
     @model_validator(mode="after")
@@ -240,6 +288,13 @@ class Recipe(Strict):
         if k not in self.eval.ks:
             raise ValueError(f"train.monitor.metric: {self.train.monitor.metric} needs {k} in eval.ks "
                              f"(which is {self.eval.ks}); add it there or monitor another cut-off")
+        return self
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> "Recipe":
+        if self.backbone.kind == "caser" and self.backbone.window > self.data.max_len:
+            raise ValueError(f"backbone.window: {self.backbone.window} is longer than data.max_len "
+                             f"({self.data.max_len}), the most items the model ever sees; lower it")
         return self
 
 
@@ -368,7 +423,8 @@ def _message(err: dict) -> tuple[str, str]:
     return dotted, msg
 
 
-_BACKBONE_KINDS = {"gru4rec": GRU4RecConfig, "sasrec": SASRecConfig, "pop": PopConfig}
+_BACKBONE_KINDS = {"gru4rec": GRU4RecConfig, "sasrec": SASRecConfig, "pop": PopConfig, "caser": CaserConfig,
+                   "narm": NARMConfig, "bert4rec": BERT4RecConfig}
 
 
 def validate_dict(raw: dict, where: str) -> Recipe:

@@ -27,7 +27,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .distributed import LOCAL, Dist
-from .models import loss_from_states
 
 
 class GradReverse(torch.autograd.Function):
@@ -65,7 +64,7 @@ def balanced_bce(logits: torch.Tensor, is_head: torch.Tensor) -> torch.Tensor:
 
 
 class Step:
-    """The loss of one batch of windows: next-item loss, plus the adversarial term when enabled."""
+    """The loss of one batch of windows: the backbone's training loss, plus the adversarial term when enabled."""
 
     def __init__(self, recipe, model, inputs, targets, owner_head, device, gen):
         self.cfg, self.model, self.device, self.gen = recipe.train, model, device, gen
@@ -90,12 +89,12 @@ class Step:
             return self._loss(idx, inputs, width)
 
     def _loss(self, idx: torch.Tensor, inputs: torch.Tensor, width: int) -> torch.Tensor | None:
-        states = self.model.encode_all(inputs)  # (B, W, D)
-        loss = loss_from_states(self.model, states, self.targets[idx, -width:].to(self.device),
-                                self.cfg.loss, self.cfg.negatives, self.gen)
+        # the backbone's own objective: next-item at every position by default, BERT4Rec's cloze
+        loss, state = self.model.training_loss(inputs, self.targets[idx, -width:].to(self.device),
+                                               self.cfg.loss, self.cfg.negatives, self.gen)
         if self.disc is not None:
             is_head = self.owner_head[idx].to(self.device)  # (B,)
-            logits = self.disc(GradReverse.apply(states[:, -1], self.weight))  # the window's user state
+            logits = self.disc(GradReverse.apply(state, self.weight))  # the window's user state (B, D)
             adv_loss = balanced_bce(logits, is_head)
             loss = loss + adv_loss
             with torch.no_grad():
@@ -155,7 +154,7 @@ def _adam(params, lr, recipe, extra=None):
 
 
 class PlainEpoch:
-    """Shuffled mini-batches of training windows, Adam, next-item loss at every position."""
+    """Shuffled mini-batches of training windows, Adam, the backbone's training loss."""
 
     def __init__(self, recipe, step: Step, dist: Dist = LOCAL):
         self.step, self.batch_size, self.epoch, self.dist = step, recipe.train.batch_size, 0, dist

@@ -22,6 +22,7 @@ from ltrec.train import build_model, load_run, load_torch
 runner = CliRunner()
 MUSIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-music" / "interactions.csv"
 MAX_LEN = 50
+NEW = ("caser", "narm", "bert4rec")  # issue #11's backbones: each also goes train → eval → export → predict below
 
 
 def write_events(path: Path, users: int = 200, items: int = 100, seed: int = 0) -> Path:
@@ -62,9 +63,10 @@ def train_run(folder: Path, csv: Path, kind: str, epochs: int = 2, dim: int = 16
 def runs(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("runs")
     csv = write_events(folder / "events.csv")
-    runs = {kind: train_run(folder, csv, kind) for kind in ("gru4rec", "sasrec", "pop")}
+    runs = {kind: train_run(folder, csv, kind) for kind in ("gru4rec", "sasrec", "pop", *NEW)}
     both = "{grad_align: {k: 2, users_per_step: 8}, adversarial: {weight: 0.1}}"  # the exported model is the backbone
-    runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both) for kind in ("gru4rec", "sasrec")})
+    runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both)
+                 for kind in ("gru4rec", "sasrec", "bert4rec")})  # bert4rec: its cloze loss under both components
     return runs
 
 
@@ -78,7 +80,8 @@ def session(bundle: Path):
     return ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", "gru4rec-transfer", "sasrec-transfer"])
+@pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", *NEW, "gru4rec-transfer", "sasrec-transfer",
+                                  "bert4rec-transfer"])
 def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     import onnx
 
@@ -112,6 +115,31 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     assert items.dtype == np.int64 and scores.dtype == np.float32 and items.shape == (len(history), 10)
     assert (items == want).all(axis=1).mean() >= 0.999
     np.testing.assert_allclose(scores, np.take_along_axis(full, items - 1, axis=1), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", NEW)
+def test_new_backbone_train_eval_export_predict(runs, kind, tmp_path):
+    """The whole CLI per new backbone: `predict` (onnxruntime) reproduces `eval`'s test NDCG@10 from each
+    user's history (eval masks the history, so predict excludes it). Quality is not judged here (2 epochs of
+    a tiny model); the real-data figures are in the README."""
+    run = runs[kind]
+    result = json.loads(ok(["eval", run, "--json", "--ks", "10"]))["slices"]["all"]
+    assert result["ndcg@10"] > 0.01
+    ok(["export", run, "--out", tmp_path / "bundle", "--k", 10])
+    events = (run.parent / "events.csv").read_text().splitlines()
+    users = [line.split(",")[0] for line in events[1:]]
+    last = {u: j for j, u in enumerate(users)}
+    (tmp_path / "hist.csv").write_text("\n".join([events[0], *(line for j, line in enumerate(events[1:])
+                                                              if last[users[j]] != j)]) + "\n")
+    targets = {u: events[1 + j].split(",")[1] for u, j in last.items()}
+    ok(["predict", tmp_path / "bundle", "--input", tmp_path / "hist.csv", "--output", tmp_path / "pred.csv",
+        "--exclude-seen"])
+    ndcg = dict.fromkeys(targets, 0.0)
+    for row in (tmp_path / "pred.csv").read_text().splitlines()[1:]:
+        user, rank, item = row.split(",")[:3]
+        if item == targets[user]:
+            ndcg[user] = 1.0 / np.log2(int(rank) + 1)
+    assert abs(np.mean(list(ndcg.values())) - result["ndcg@10"]) < 1e-6
 
 
 def test_exclude_input(runs, tmp_path):

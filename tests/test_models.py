@@ -3,16 +3,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltrec.models import BACKBONES, SASRec, Pop, loss_from_states, next_item_loss
+from ltrec.models import BACKBONES, BERT4Rec, SASRec, Pop, loss_from_states, next_item_loss
+from ltrec.recipe import _BACKBONE_KINDS, Backbone
 
 N, MAX_LEN, DIM = 20, 12, 16
-NEURAL = ("gru4rec", "sasrec")
+NEURAL = tuple(k for k in BACKBONES if k != "pop")  # every backbone with a user state, new ones included
 
 
 def make(name, **kw):
     torch.manual_seed(0)
     kw = {"dim": DIM, **kw}
-    if name == "gru4rec":
+    if name in ("gru4rec", "narm"):
         kw.setdefault("layers", 2)  # two layers also checks that zeros propagate between layers
     return BACKBONES[name](N, MAX_LEN, **kw).eval()
 
@@ -39,8 +40,10 @@ def test_padding_invariance(name):
             torch.testing.assert_close(m.encode(left_pad([s], len(s)))[0], short[i], atol=1e-5, rtol=0)
 
 
-def test_sasrec_causal():
-    m = make("sasrec")
+@pytest.mark.parametrize("name", ["sasrec", "caser", "narm"])
+def test_causal(name):
+    """Per-position states (what the next-item loss trains) never see later items."""
+    m = make(name)
     x = left_pad([[1, 2, 3, 4, 5, 6]], 8)
     y = x.clone()
     t = 5
@@ -75,7 +78,7 @@ def test_all_padding_row_no_nan(name):
         assert torch.isfinite(m.encode_all(x)).all()
         assert torch.isfinite(m(x)).all()
     m.train()
-    loss = next_item_loss(m, x, left_pad([[], [2, 3]], 6))
+    loss, _ = m.training_loss(x, left_pad([[], [2, 3]], 6))
     loss.backward()
     assert all(torch.isfinite(p.grad).all() for p in m.parameters() if p.grad is not None)
 
@@ -113,7 +116,7 @@ def test_losses_overfit(name, loss):
     losses = []
     for _ in range(30):
         opt.zero_grad()
-        value = next_item_loss(m, inputs, targets, loss=loss, negatives=5, generator=g)
+        value, _ = m.training_loss(inputs, targets, loss=loss, negatives=5, generator=g)  # next-item but BERT4Rec
         assert torch.isfinite(value)
         value.backward()
         opt.step()
@@ -159,3 +162,105 @@ def test_onnx_export(name, tmp_path):
         want = m(other).numpy()
     assert got.shape == (6, N)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+
+
+def test_backbones_are_the_recipe_kinds():
+    kinds = [c.model_fields["kind"].annotation.__args__[0] for c in Backbone.__origin__.__args__]
+    assert list(BACKBONES) == kinds == list(_BACKBONE_KINDS)  # the error messages list the kinds from there
+
+
+@pytest.mark.parametrize("name", [k for k in NEURAL if k != "bert4rec"])  # BERT4Rec's cloze: tested below
+def test_default_objective_is_next_item(name):
+    """Every backbone but BERT4Rec trains on the next-item loss at every position, bit for bit."""
+    m = make(name)
+    inputs, targets = left_pad([[1, 2, 3], [4, 5]], 4), left_pad([[2, 3, 4], [5, 6]], 4)
+    with torch.no_grad():
+        loss, state = m.training_loss(inputs, targets)
+        assert torch.equal(loss, next_item_loss(m, inputs, targets))
+        assert torch.equal(state, m.encode_all(inputs)[:, -1])
+
+
+@pytest.mark.parametrize("name", ["caser", "narm"])
+def test_encode_is_the_last_position(name):
+    """Caser and NARM compute `encode` more cheaply than encode_all; the numbers must be the same."""
+    m = make(name)
+    with torch.no_grad():
+        x = left_pad(SEQS, 10)
+        torch.testing.assert_close(m.encode(x), m.encode_all(x)[:, -1], atol=1e-6, rtol=0)
+
+
+def test_caser_sees_only_its_window():
+    m = make("caser", window=3)
+    x = left_pad([[1, 2, 3, 4, 5, 6]], 8)
+    y = x.clone()
+    y[0, 4] = 17  # the 4th newest item: outside the last position's window of 3
+    with torch.no_grad():
+        torch.testing.assert_close(m.encode(x), m.encode(y), atol=0, rtol=0)
+        y[0, 5] = 17  # the 3rd newest: inside
+        assert not torch.allclose(m.encode(x), m.encode(y))
+
+
+def test_narm_pads_get_no_attention():
+    """Whatever the pad positions' GRU outputs were, the state would not change: their weight is exactly 0."""
+    m = make("narm")
+    x = left_pad([[3, 7, 1]], 6)
+    with torch.no_grad():
+        h = m._hidden(x)
+        noisy = h + 100 * torch.randn_like(h) * (x == 0).unsqueeze(-1)
+        valid = (x > 0).unsqueeze(1)
+        torch.testing.assert_close(m._attend(noisy, h[:, -1:], valid), m._attend(h, h[:, -1:], valid))
+
+
+def capture_cloze(m, inputs, targets, seed=0):
+    """Run BERT4Rec's training loss, returning (loss, the ids it encoded, the window it masked)."""
+    seen = []
+    real = m.encode_all
+    m.encode_all = lambda ids: seen.append(ids.clone()) or real(ids)
+    try:
+        loss, state = m.training_loss(inputs, targets, generator=torch.Generator().manual_seed(seed))
+    finally:
+        del m.encode_all
+    seq = torch.cat([inputs, targets[:, -1:]], dim=1)[:, 1:]  # the window's newest L items
+    return loss, state, seen[0], seq
+
+
+def test_bert4rec_masking_hides_the_targets():
+    m = make("bert4rec", mask_prob=0.4, last_only=0.0)
+    seqs = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [7, 8, 9, 10], [11, 12], [5, 6, 7, 8, 9, 10, 11, 12, 13]]
+    inputs, targets = left_pad([s[:-1] for s in seqs], 8), left_pad([s[1:] for s in seqs], 8)
+    with torch.no_grad():
+        loss, state, ids, seq = capture_cloze(m, inputs, targets)
+        masked = ids == m.mask_id
+        assert masked.any(dim=1).all()  # every window has a target
+        assert torch.equal(ids[~masked], seq[~masked])  # unmasked items are left alone
+        assert (seq[masked] > 0).all()  # pads are never masked
+        # the loss is CE over the N items (never the mask token) at the masked positions only
+        states = m.encode_all(ids)
+        logits = m.score(states)  # (B, L, N): N columns, the mask id N+1 has none
+        assert logits.shape[-1] == N and m.item_emb.num_embeddings == N + 1
+        torch.testing.assert_close(loss, F.cross_entropy(logits[masked], seq[masked] - 1))
+        torch.testing.assert_close(state, states[:, -1])
+        # the hidden items themselves cannot change the loss: only their positions do
+        other = seq.masked_fill(masked, 17)
+        inputs2, targets2 = torch.cat([inputs[:, :1], other[:, :-1]], 1), targets.clone()
+        targets2[:, -1] = other[:, -1]
+        _, _, ids2, _ = capture_cloze(m, inputs2, targets2)
+        assert torch.equal(ids2, ids)
+        # last_only = 1: only the newest item is masked, as at inference
+        m.last_only = 1.0
+        _, _, ids, _ = capture_cloze(m, inputs, targets)
+        assert (ids[:, -1] == m.mask_id).all() and not (ids[:, :-1] == m.mask_id).any()
+
+
+def test_bert4rec_encode_appends_a_mask():
+    m = make("bert4rec")
+    full = torch.randint(1, N + 1, (3, MAX_LEN))  # at max_len: the oldest item drops out for the [MASK]
+    short = left_pad(SEQS[:3], 8)
+    with torch.no_grad():
+        for x in (full, short):
+            ids = torch.cat([x, torch.full_like(x[:, :1], N + 1)], 1)[:, -MAX_LEN:]
+            torch.testing.assert_close(m.encode(x), m.encode_all(ids)[:, -1])
+        older = full.clone()
+        older[:, 0] = 1 + full[:, 0] % N  # the dropped-out oldest item changes nothing
+        torch.testing.assert_close(m.encode(full), m.encode(older), atol=0, rtol=0)
+    assert isinstance(m, BERT4Rec) and m.mask_id == N + 1

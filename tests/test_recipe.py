@@ -14,6 +14,7 @@ from ltrec.recipe import load_recipe, parse_override, recipe_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"name": "t", "data": {"source": "events.csv"}, "backbone": {"kind": "sasrec"}}
+KINDS = "gru4rec, sasrec, pop, caser, narm, bert4rec"
 
 
 def write(tmp_path, body) -> Path:
@@ -32,9 +33,15 @@ def patch(**sections):
 BAD = [
     (patch(backbone={"kind": "sasrec", "dimm": 64}), "backbone.dimm: unknown key (did you mean 'dim'?)"),
     (patch(trian={}), "trian: unknown key (did you mean 'train'?)"),
-    (patch(backbone={"kind": "bert"}), "backbone.kind: unknown kind; expected one of gru4rec, sasrec, pop"),
-    ({**BASE, "backbone": {"dim": 64}}, "backbone.kind: required key is missing; expected one of gru4rec, sasrec, pop"),
+    (patch(backbone={"kind": "bert"}), f"backbone.kind: unknown kind; expected one of {KINDS}"),
+    ({**BASE, "backbone": {"dim": 64}}, f"backbone.kind: required key is missing; expected one of {KINDS}"),
     (patch(backbone={"kind": "sasrec", "dim": 63, "heads": 2}), "backbone: dim (63) must be divisible by heads (2)"),
+    (patch(backbone={"kind": "bert4rec", "dim": 63, "heads": 2}), "backbone: dim (63) must be divisible by heads (2)"),
+    (patch(backbone={"kind": "bert4rec", "mask_prob": 0}), "backbone.mask_prob: Input should be greater than 0"),
+    (patch(backbone={"kind": "caser", "window": 0}), "backbone.window: Input should be greater than or equal to 1"),
+    (patch(backbone={"kind": "caser", "window": 8}, data={"source": "x.csv", "max_len": 5}),
+     "backbone.window: 8 is longer than data.max_len (5), the most items the model ever sees; lower it"),
+    (patch(backbone={"kind": "narm", "heads": 2}), "backbone.heads: unknown key"),
     (patch(train={"epochs": 0}), "train.epochs: Input should be greater than or equal to 1 (got 0)"),
     (patch(train={"lr": "fast"}), "train.lr: Input should be a valid number (got 'fast')"),
     (patch(head={"fraction": 1.5}), "head.fraction: Input should be less than 1 (got 1.5)"),

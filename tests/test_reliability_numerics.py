@@ -8,6 +8,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import ltrec.models.base
 import ltrec.transfer
 from conftest import write_long_tailed
 from ltrec.cli import app
@@ -29,7 +30,7 @@ def tiny(tmp_path, monkeypatch):
 
 def sabotage(monkeypatch, when, how):
     """Replace the next-item loss of the batches for which when(epoch, call) holds by how(loss, model)."""
-    real, seen = ltrec.transfer.loss_from_states, {"epoch": 0, "calls": 0}
+    real, seen = ltrec.models.base.loss_from_states, {"epoch": 0, "calls": 0}
     real_set_epoch = ltrec.transfer.Step.set_epoch
 
     def set_epoch(self, epoch):
@@ -42,7 +43,7 @@ def sabotage(monkeypatch, when, how):
         return how(value, model) if when(seen["epoch"], seen["calls"]) else value
 
     monkeypatch.setattr(ltrec.transfer.Step, "set_epoch", set_epoch)
-    monkeypatch.setattr(ltrec.transfer, "loss_from_states", loss)
+    monkeypatch.setattr(ltrec.models.base, "loss_from_states", loss)
 
 
 def nan(value, model):

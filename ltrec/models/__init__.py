@@ -1,0 +1,26 @@
+"""Sequential recommender backbones and their losses, one file per backbone.
+
+Conventions shared by every backbone:
+- item ids are 1..N, 0 is padding; histories are LEFT-padded int64 tensors (B, L),
+  so the user state is always the last position, and extra left pads never change it (tested per backbone);
+- no user-id embeddings, so unseen (cold, long-tail) users work out of the box;
+- item embeddings are tied: scores = state @ item_emb.weight[1:].T, score column j is item j+1;
+- `training_loss(inputs, targets, ...)` → (loss, user state): next-item loss at every position by default,
+  BERT4Rec's own cloze objective; the trainer and the transfer components only call this.
+
+`BACKBONES` maps the recipe's `backbone.kind` tags to the classes (a test checks they are the same set).
+"""
+
+from .base import _Backbone
+from .bert4rec import BERT4Rec
+from .caser import Caser
+from .gru4rec import GRU4Rec
+from .losses import LOSSES, loss_from_states, next_item_loss
+from .narm import NARM
+from .pop import Pop
+from .sasrec import SASRec, _Block
+
+BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop, "caser": Caser, "narm": NARM, "bert4rec": BERT4Rec}
+
+__all__ = ["BACKBONES", "BERT4Rec", "Caser", "GRU4Rec", "LOSSES", "NARM", "Pop", "SASRec", "_Backbone", "_Block",
+           "loss_from_states", "next_item_loss"]

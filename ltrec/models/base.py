@@ -1,0 +1,39 @@
+"""What every neural backbone shares: tied item scoring, the (B, L) → (B, D) API, the default objective."""
+
+import torch
+import torch.nn as nn
+
+from .losses import loss_from_states
+
+
+class _Backbone(nn.Module):
+    """Shared API: encode_all (B, L, D) -> encode (B, D) -> score (..., N) -> forward (B, N)."""
+
+    def _init_items(self) -> None:
+        # nn.Embedding's N(0, 1) makes tied logits of size ~sqrt(D): softmax starts saturated and the loss
+        # far above log N. A small init (as SASRec/RecBole) starts near uniform scores.
+        nn.init.normal_(self.item_emb.weight, std=0.02)
+        with torch.no_grad():
+            self.item_emb.weight[0].zero_()
+
+    def encode_all(self, history: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        return self.encode_all(history)[:, -1]  # (B, D): left padding puts the newest item last
+
+    def score(self, h: torch.Tensor) -> torch.Tensor:
+        return h @ self.item_emb.weight[1:].T  # (..., N), row 0 is padding and never scored
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor:
+        return self.score(self.encode(history))  # (B, N); this is what gets exported to ONNX
+
+    def training_loss(self, inputs, targets, loss="ce", negatives=1, generator=None):
+        """The training objective on windows inputs/targets (B, L) → (scalar loss, user state (B, D)).
+
+        Default: the next-item loss at every position (targets[:, t] follows inputs[:, t]). A backbone with
+        another objective (BERT4Rec's cloze) overrides this; the trainer and both transfer components only
+        see the returned loss and the state that the adversarial discriminator reads.
+        """
+        states = self.encode_all(inputs)  # (B, L, D)
+        return loss_from_states(self, states, targets, loss, negatives, generator), states[:, -1]

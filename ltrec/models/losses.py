@@ -1,0 +1,45 @@
+"""Next-item losses over tied item embeddings, from per-position states."""
+
+import torch
+import torch.nn.functional as F
+
+LOSSES = ("ce", "bce", "sampled")
+
+
+def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=None) -> torch.Tensor:
+    """Next-item loss from precomputed states (B, L, D) and targets (B, L); target 0 = no target.
+
+    ce: full softmax over all N items. bce: SASRec-style binary CE, `negatives` uniform negatives per
+    position (summed). sampled: softmax over the positive plus `negatives` uniform negatives shared by
+    the batch. All are means over positions with a target (0 if there are none).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"unknown loss {loss!r} (expected one of {', '.join(LOSSES)})")
+    mask = targets > 0  # (B, L)
+    h = states[mask]  # (M, D): only positions with a target, so logits are never (B, L, N)
+    pos = targets[mask]  # (M,), item ids 1..N
+    if h.shape[0] == 0:
+        return states.sum() * 0.0  # keeps the graph (and the device) and avoids 0/0
+    n_items = model.n_items
+    if loss == "ce":
+        return F.cross_entropy(model.score(h), pos - 1)  # (M, N) logits, class j is item j+1
+
+    W = model.item_emb.weight  # (N+1, D), tied with score()
+    dev = generator.device if generator is not None else h.device
+    pos_logit = (h * W[pos]).sum(-1)  # (M,)
+    if loss == "bce":
+        neg = torch.randint(1, n_items + 1, (h.shape[0], negatives), generator=generator, device=dev).to(h.device)
+        neg_logit = (h.unsqueeze(1) * W[neg]).sum(-1)  # (M, K)
+        # -log sigmoid(pos) - sum_k log(1 - sigmoid(neg_k)), written with softplus for stability
+        return (F.softplus(-pos_logit) + F.softplus(neg_logit).sum(-1)).mean()
+    neg = torch.randint(1, n_items + 1, (negatives,), generator=generator, device=dev).to(h.device)
+    neg_logit = h @ W[neg].T  # (M, K)
+    # a sampled "negative" that is the positive itself would fight the positive: drop those hits
+    neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == pos.unsqueeze(1), float("-inf"))  # (M, K)
+    logits = torch.cat([pos_logit.unsqueeze(1), neg_logit], dim=1)  # (M, 1+K), positive is class 0
+    return F.cross_entropy(logits, torch.zeros_like(pos))
+
+
+def next_item_loss(model, inputs, targets, loss="ce", negatives=1, generator=None) -> torch.Tensor:
+    """inputs/targets (B, L); targets[:, t] is the item after inputs[:, t] (0 = ignored)."""
+    return loss_from_states(model, model.encode_all(inputs), targets, loss, negatives, generator)

@@ -1,0 +1,71 @@
+"""SASRec (Kang & McAuley 2018): a causal transformer; `_Block` is shared with BERT4Rec."""
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import _Backbone
+
+
+class _Block(nn.Module):
+    """Pre-LN transformer block with hand-written attention (explicit matmul exports cleanly to ONNX)."""
+
+    def __init__(self, dim: int, heads: int, dropout: float):
+        super().__init__()
+        self.heads = heads
+        self.scale = 1.0 / math.sqrt(dim // heads)  # a Python constant, so tracing bakes in no tensor math
+        self.ln1 = nn.LayerNorm(dim)
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.attn_drop = nn.Dropout(dropout)
+        self.resid_drop = nn.Dropout(dropout)
+        self.ln2 = nn.LayerNorm(dim)
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)  # 3 x (B, L, D)
+        q = q.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
+        k = k.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
+        v = v.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
+        att = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, L, L)
+        att = att.masked_fill(~allowed, float("-inf"))  # every row keeps its diagonal, so never all -inf
+        att = self.attn_drop(F.softmax(att, dim=-1))  # (B, H, L, L)
+        y = (att @ v).transpose(1, 2).reshape(B, L, D)  # (B, L, D)
+        x = x + self.resid_drop(self.proj(y))  # (B, L, D)
+        return x + self.ffn(self.ln2(x))  # (B, L, D)
+
+
+class SASRec(_Backbone):
+    def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"SASRec: dim={dim} must be divisible by heads={heads}")
+        self.n_items, self.max_len, self.dim, self.heads = n_items, max_len, dim, heads
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        # positions are counted from the right (newest item = 0), so extra left pads never shift real items
+        self.pos_emb = nn.Embedding(max_len, dim)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+        self._init_items()
+
+    def encode_all(self, history: torch.Tensor) -> torch.Tensor:
+        L = history.shape[1]
+        valid = history > 0  # (B, L)
+        keep = valid.unsqueeze(-1).to(self.item_emb.weight.dtype)  # (B, L, 1)
+        t = torch.arange(L, device=history.device)  # (L,)
+        # items older than max_len share the oldest position (only pads should ever get there)
+        pos = (L - 1 - t).clamp(max=self.max_len - 1)  # (L,)
+        x = self.item_emb(history) * math.sqrt(self.dim) + self.pos_emb(pos)  # (B, L, D)
+        x = self.drop(x) * keep  # (B, L, D), pads zeroed
+        # query i may see key j if j <= i (causal) and j is a real item; the diagonal is always allowed
+        # so a pad query has one visible key: an all-masked row would give NaN, and 0 * NaN poisons later layers
+        causal = t.unsqueeze(1) >= t.unsqueeze(0)  # (L, L), [query, key]
+        diag = t.unsqueeze(1) == t.unsqueeze(0)  # (L, L)
+        allowed = (causal & valid[:, None, None, :]) | diag  # (B, 1, L, L), broadcast over heads
+        for block in self.blocks:
+            x = block(x, allowed) * keep  # (B, L, D); zero pads so they stay inert
+        return self.ln_f(x) * keep  # (B, L, D)
