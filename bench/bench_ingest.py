@@ -70,17 +70,20 @@ def generate(n: int, out: Path) -> dict[str, Path]:
     for fmt, path in paths.items():
         if not path.exists():
             opts = "HEADER" if fmt == "csv" else "FORMAT parquet"
-            con.execute(GENERATE.format(path=path, fmt=opts), params)
+            part = path.with_name(path.name + ".part")  # renamed when complete: a killed run leaves no half file
+            con.execute(GENERATE.format(path=part, fmt=opts), params)
+            part.rename(path)
     con.close()
     return paths
 
 
 def measure(path: Path, tree: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree)}
-    out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, env=env)
+    # cwd = the tree: `python -c` puts the cwd first on sys.path, ahead of PYTHONPATH
+    out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, env=env, cwd=tree)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
-    return json.loads(out.stdout)
+    return json.loads(out.stdout[out.stdout.rindex('{"'):])  # an older ltrec's DuckDB may draw a progress bar first
 
 
 def machine() -> str:

@@ -156,6 +156,7 @@ def connect(files: list[str], fmt: str, source: str) -> duckdb.DuckDBPyConnectio
     # nothing is fetched from the network: csv, parquet and json are built in
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_progress_bar = false")  # on big files DuckDB would draw one into ltrec's stdout
     try:
         con.execute(f"CREATE TABLE source AS SELECT * FROM {READERS[fmt]}(?)", [files])  # reader name is ours
     except duckdb.Error as exc:
