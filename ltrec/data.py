@@ -29,6 +29,7 @@ NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "U
 TIMESTAMPS = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS")
 RESERVED = ("rowid", "__row")  # ltrec orders ties by DuckDB's rowid; a column of that name would shadow it
 MAX_LINE_BYTES = 2_000_000  # DuckDB's read_csv max_line_size
+TEXT = "NULLIF(TRIM({}::VARCHAR), '')"  # an id as ltrec sees it: its text, trimmed; empty = missing
 
 
 @dataclass
@@ -95,8 +96,15 @@ class Sequences:
         return self._gather(end, start, max(int((end - start).max(initial=1)), 1))
 
     def _gather(self, end: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
-        idx = end[:, None] - width + np.arange(width)  # (B, width)
-        return np.where(idx >= start[:, None], self.items[np.maximum(idx, 0)], 0).astype(np.int64)
+        # (B, width) tensors of a long-tailed log are mostly padding and can run to gigabytes: one index matrix
+        # (int32 where it fits), one output, masked in place; no further full-size temporaries
+        dtype = np.int32 if len(self.items) < 2**31 else np.int64
+        idx = (end - width).astype(dtype)[:, None] + np.arange(width, dtype=dtype)  # (B, width)
+        pad = idx < start.astype(dtype)[:, None]  # (B, width)
+        np.putmask(idx, pad, 0)
+        out = self.items.astype(np.int64, copy=False).take(idx)  # (B, width)
+        np.putmask(out, pad, 0)
+        return out
 
     def describe(self) -> str:
         r = self.report
@@ -148,6 +156,7 @@ def connect(files: list[str], fmt: str, source: str) -> duckdb.DuckDBPyConnectio
     # nothing is fetched from the network: csv, parquet and json are built in
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_progress_bar = false")  # on big files DuckDB would draw one into ltrec's stdout
     try:
         con.execute(f"CREATE TABLE source AS SELECT * FROM {READERS[fmt]}(?)", [files])  # reader name is ours
     except duckdb.Error as exc:
@@ -250,16 +259,19 @@ def read_events(data: Data, con: duckdb.DuckDBPyConnection, source: str) -> None
     else:
         raise UserError(f"data.columns.time: {source}: column {cols.time!r} has type {described[cols.time]}; "
                         "expected unix times (numbers) or dates/timestamps")
+    # A view, not a copy: DuckDB computes only the columns a query reads, so load() never turns every event's
+    # ids into text (it maps the distinct raw ids instead), while predict reads the text columns directly.
     con.execute(
-        f"""CREATE TABLE events AS SELECT
-              NULLIF(TRIM({u}::VARCHAR), '') AS u, {i} AS i_raw, NULLIF(TRIM({i}::VARCHAR), '') AS i,
-              {tsql} AS t, {row} AS r
+        f"""CREATE VIEW events AS SELECT
+              {u} AS u_raw, {TEXT.format(u)} AS u, {i} AS i_raw, {TEXT.format(i)} AS i, {tsql} AS t, {row} AS r
             FROM picked"""
     )
     nan = con.execute("SELECT count(*) FROM events WHERE isnan(t) OR isinf(t)").fetchone()[0]
     if nan:
         raise UserError(f"data.columns.time: {source}: column {cols.time!r} has {nan:,} NaN or infinite values")
-    nul = con.execute("SELECT count(*) FROM events WHERE contains(u, chr(0)) OR contains(i, chr(0))").fetchone()[0]
+    numeric_ids = all(described[getattr(cols, k)].split("(")[0] in NUMERIC for k in ("user", "item"))
+    nul = 0 if numeric_ids else con.execute(  # the text of a number holds no NUL: skip a scan of every id
+        "SELECT count(*) FROM events WHERE contains(u, chr(0)) OR contains(i, chr(0))").fetchone()[0]
     if nul:
         raise UserError(f"data.source: {source}: {nul:,} user or item ids contain a NUL character (a binary file?); "
                         "clean the ids")
@@ -298,50 +310,74 @@ def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Seque
     total = con.execute("SELECT count(*) FROM events").fetchone()[0]
     if total == 0:
         raise UserError(f"data.source: {data.source}: no events (the file or query returned no rows)")
-    con.execute(
-        f"""CREATE TABLE kept AS
-            WITH clean AS (SELECT * FROM events WHERE u IS NOT NULL AND i IS NOT NULL AND t IS NOT NULL),
-                 counted AS (SELECT *, count(*) OVER (PARTITION BY u) AS nu, count(*) OVER (PARTITION BY i) AS ni
-                             FROM clean)
-            SELECT u, i_raw, i, t, r FROM counted WHERE nu >= {int(data.min_user_events)}
-                                                   AND ni >= {int(data.min_item_events)}"""
-    )
-    clean, users_before, items_before = con.execute(
-        "SELECT count(*), count(DISTINCT u), count(DISTINCT i) FROM events WHERE u IS NOT NULL AND i IS NOT NULL "
-        "AND t IS NOT NULL"
-    ).fetchone()
+    # The text of each *distinct* raw id and a dense key in text order (users are ordered by it; item ids
+    # follow the raw order, below): one text conversion per id instead of per event, and integer joins.
+    for key, raw in (("uk", "u_raw"), ("ik", "i_raw")):
+        con.execute(f"""CREATE TABLE {key}s AS SELECT {raw}, txt, dense_rank() OVER (ORDER BY txt) AS {key}
+                        FROM (SELECT {raw}, {TEXT.format(raw)} AS txt FROM (SELECT DISTINCT {raw} FROM events))
+                        WHERE txt IS NOT NULL""")
+    # Every clean event (user, item and time present) as two integer keys, in the final order: by user text,
+    # then time, then source row. Only this sort touches every event; the rest is numpy on these arrays.
+    ev = con.execute("""SELECT uk::INTEGER AS uk, ik::INTEGER AS ik, t FROM events JOIN uks USING (u_raw)
+                        JOIN iks USING (i_raw) WHERE t IS NOT NULL ORDER BY uk, t, r""").fetchnumpy()
+    uk, ik, t = (np.asarray(ev[c]) for c in ("uk", "ik", "t"))
+    del ev
+    clean = len(uk)
     if clean == 0:
         raise UserError(f"data: {data.source}: all {total:,} rows have an empty user, item or time "
                         f"(columns {data.columns.user}, {data.columns.item}, {data.columns.time})")
-    kept = con.execute("SELECT count(*) FROM kept").fetchone()[0]
+    n_uk, n_ik = (con.execute(f"SELECT count(*) FROM {k}s").fetchone()[0] + 1 for k in ("uk", "ik"))
+    per_user, per_item = np.bincount(uk, minlength=n_uk), np.bincount(ik, minlength=n_ik)  # keys start at 1
+    users_before, items_before = int((per_user > 0).sum()), int((per_item > 0).sum())
+    if data.min_user_events > 1 or data.min_item_events > 1:  # one pass, both on the raw counts
+        keep = (per_user[uk] >= data.min_user_events) & (per_item[ik] >= data.min_item_events)
+        uk, ik, t = uk[keep], ik[keep], t[keep]
+    kept = len(uk)
     if kept == 0:
         raise UserError(
             f"data: no events left after min_user_events={data.min_user_events} and "
             f"min_item_events={data.min_item_events} ({clean:,} before); lower the thresholds"
         )
-    vocab = con.execute("SELECT i FROM kept GROUP BY i, i_raw ORDER BY i_raw, i").fetchnumpy()["i"]
-    if len(np.unique(vocab)) != len(vocab):  # e.g. 1 and '1' in a mixed-type JSON column
+    # item ids 1..N in the order of the raw ids (then text), over the items left
+    pairs = con.execute("SELECT ik, txt FROM iks ORDER BY i_raw, txt").fetchnumpy()
+    present = np.bincount(ik, minlength=n_ik) > 0
+    pair_kept = present[pairs["ik"]]
+    vocab = np.asarray(pairs["txt"])[pair_kept]
+    if len(vocab) != int(present.sum()):  # two raw ids with one text, e.g. 1 and '1' in a mixed-type JSON column
         raise UserError(f"data.columns.item: {data.source}: item ids differ in type but not in text; unify them")
     if len(vocab) < 2:
         raise UserError(f"data.columns.item: {data.source}: only {len(vocab)} distinct item; a recommender needs "
                         "at least 2 (check data.columns.item and the minimum counts)")
-    repeated = con.execute("SELECT (SELECT count(*) FROM kept) - count(*) FROM (SELECT DISTINCT u, i, t FROM kept)"
-                           ).fetchone()[0]
-    cols = con.execute(
-        """WITH item_ids AS (SELECT i, row_number() OVER (ORDER BY i_raw, i) AS item
-                             FROM (SELECT DISTINCT i, i_raw FROM kept))
-           SELECT kept.u, item_ids.item FROM kept JOIN item_ids USING (i) ORDER BY kept.u, kept.t, kept.r"""
-    ).fetchnumpy()
-    user_col, items = cols["u"], cols["item"].astype(np.int64)
-    change = np.flatnonzero(user_col[1:] != user_col[:-1]) + 1
+    item_of = np.zeros(n_ik, np.int64)
+    item_of[np.asarray(pairs["ik"])[pair_kept]] = np.arange(1, len(vocab) + 1)
+    items = item_of[ik]
+    del ik
+    change = np.flatnonzero(uk[1:] != uk[:-1]) + 1
     offsets = np.concatenate([[0], change, [len(items)]]).astype(np.int64)
-    users = np.asarray(user_col[offsets[:-1]]).astype(str)
+    names = con.execute("SELECT uk, txt FROM uks").fetchnumpy()
+    text_of = np.empty(n_uk, dtype=object)
+    text_of[np.asarray(names["uk"])] = np.asarray(names["txt"])
+    users = text_of[uk[offsets[:-1]]].astype(str)
     report = {
         "events": int(kept), "rows": int(total), "null_rows": int(total - clean),
         "dropped_users": int(users_before - len(users)), "dropped_items": int(items_before - len(vocab)),
-        "duplicate_rows": int(repeated),  # kept: a repeat of the same item at the same time is still an event
+        "duplicate_rows": _repeats(uk, items, t),  # kept: a repeat of the same item at the same time is still an event
     }
-    return _assign_roles(items, offsets, users, np.asarray(vocab).astype(str), split, head, seed, report)
+    return _assign_roles(items, offsets, users, vocab.astype(str), split, head, seed, report)
+
+
+def _repeats(uk: np.ndarray, items: np.ndarray, t: np.ndarray) -> int:
+    """Events that repeat an earlier (user, item, time). Events are sorted by user and time, so a repeat lies in
+    a run of equal (user, time); only events in such runs (few, outside day-resolution logs) are sorted."""
+    tie = np.zeros(len(uk), bool)
+    tie[1:] = (uk[1:] == uk[:-1]) & (t[1:] == t[:-1])
+    if not tie.any():
+        return 0
+    in_run = tie.copy()
+    in_run[:-1] |= tie[1:]  # the first event of each run too
+    run = np.cumsum(~tie)[in_run]  # (M,) run number of each event in a run
+    key = np.sort(run * (int(items.max()) + 1) + items[in_run])
+    return int((key[1:] == key[:-1]).sum())
 
 
 def _assign_roles(items, offsets, users, vocab, split: Split, head: Head, seed: int, report: dict) -> Sequences:

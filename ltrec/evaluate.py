@@ -69,26 +69,33 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
     slice_of[n_warm:n_warm + n_cold] = "cold"
     slice_of[n_warm + n_cold:] = "cold-adapted"
     negs = _negatives(seqs, history, targets, cfg, negatives_path, seed) if cfg.mode == "sampled" else None
-    ranks = []
-    for b, lo in enumerate(range(0, len(users), cfg.batch_size)):
-        if b % dist.world != dist.rank:
+    # Users in order of history length, so each batch is only as wide as its longest history: most users are
+    # short (the long tail) and every backbone ignores left padding (a tested property), so the encoder
+    # skips the all-pad columns; seen_items' width likewise follows the batch's longest full history.
+    lengths = (history > 0).sum(axis=1)
+    order = np.argsort(seqs.lengths[users], kind="stable")
+    batches = [order[lo:lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
+    mine = []
+    for b, sel in enumerate(batches):
+        if b % dist.world != dist.rank:  # under torchrun batch b is rank b mod world's
             continue
-        hist = torch.from_numpy(history[lo:lo + cfg.batch_size]).to(device)
-        tgt = torch.from_numpy(targets[lo:lo + cfg.batch_size]).to(device)
-        adapt_from = max(n_warm + n_cold - lo, 0)  # rows of this batch past it are cold users to adapt
+        width = max(int(lengths[sel].max()), 1)
+        hist = torch.from_numpy(np.ascontiguousarray(history[sel, -width:])).to(device)  # (B, width)
+        tgt = torch.from_numpy(targets[sel]).to(device)
         scores = model(hist).float()  # (B, N)
-        if adapt_from < len(hist):
-            scores[adapt_from:] = adapted_scores(model, history[lo + adapt_from:lo + cfg.batch_size],
-                                                 cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
+        adapt = torch.from_numpy(sel >= n_warm + n_cold)  # the cold users' second rows: adapt, then rank
+        if adapt.any():
+            scores[adapt.to(device)] = adapted_scores(model, history[sel[adapt.numpy()]], cfg.adapt.steps,
+                                                      cfg.adapt.lr, device, cfg.adapt.params)
         if negs is None:
-            seen = torch.from_numpy(seqs.seen_items(users[lo:lo + cfg.batch_size], split)) if cfg.mask_seen else None
-            ranks.append(target_ranks(scores, tgt, seen).cpu())
+            seen = torch.from_numpy(seqs.seen_items(users[sel], split)) if cfg.mask_seen else None
+            mine.append(target_ranks(scores, tgt, seen).cpu())
         else:
-            ranks.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[lo:lo + cfg.batch_size]).to(device)).cpu())
-    if dist.world > 1:  # rank r holds batches r, r + world, ...: interleave them back into batch order
-        parts = dist.all_gather(ranks)
-        ranks = [parts[b % dist.world][b // dist.world] for b in range(sum(len(p) for p in parts))]
-    rank = torch.cat(ranks) if ranks else torch.zeros(0, dtype=torch.long)
+            mine.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[sel]).to(device)).cpu())
+    parts = dist.all_gather(mine) if dist.world > 1 else [mine]  # rank r holds batches r, r + world, ...
+    rank = torch.zeros(len(users), dtype=torch.long)
+    for b, sel in enumerate(batches):
+        rank[torch.from_numpy(sel)] = parts[b % dist.world][b // dist.world]
     per_user = metrics_from_ranks(rank, ks or cfg.ks)
     per_user["rank"] = rank.numpy().astype(np.float64)
     return Result(split, protocol(cfg), users, slice_of.astype(str), per_user)

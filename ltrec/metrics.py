@@ -22,21 +22,22 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor
     """
     # Memory traffic dominates on CPU, so the (B, N) matrix is read once by a compare + int32 sum and never
     # copied; the history mask is applied as a correction computed on the (B, L) seen cells only.
-    if scores.isnan().any():
-        scores = torch.nan_to_num(scores, nan=float("-inf"))
     tgt = targets.long()
     t = scores.gather(1, (tgt - 1).unsqueeze(1))  # (B, 1)
-    rank = (scores >= t).sum(dim=1, dtype=torch.int32).long() - 1  # the target counts itself once
-    if seen is None:
-        return rank
-    items, _ = seen.long().sort(dim=1)  # (B, L); duplicates (repeat purchases) become neighbours
-    first = torch.ones_like(items, dtype=torch.bool)
-    first[:, 1:] = items[:, 1:] != items[:, :-1]
-    real = first & (items > 0)
-    beats = scores.gather(1, (items - 1).clamp(min=0)) >= t  # (B, L)
-    rank = rank - (beats & real & (items != tgt.unsqueeze(1))).sum(dim=1)
     n_items = scores.shape[1]
-    return torch.where((real & (items == tgt.unsqueeze(1))).any(dim=1), n_items - 1, rank)
+    # A NaN score compares false, exactly as -inf does against any target above -inf, so NaNs need no pass of
+    # their own; a target at NaN or -inf is tied with or beaten by every other item, masked ones included.
+    last = ~(t.squeeze(1) > float("-inf"))  # (B,)
+    rank = (scores >= t).sum(dim=1, dtype=torch.int32).long() - 1  # the target counts itself once
+    if seen is not None:
+        items, _ = seen.long().sort(dim=1)  # (B, L); duplicates (repeat purchases) become neighbours
+        first = torch.ones_like(items, dtype=torch.bool)
+        first[:, 1:] = items[:, 1:] != items[:, :-1]
+        real = first & (items > 0)
+        beats = scores.gather(1, (items - 1).clamp(min=0)) >= t  # (B, L)
+        rank = rank - (beats & real & (items != tgt.unsqueeze(1))).sum(dim=1)
+        last |= (real & (items == tgt.unsqueeze(1))).any(dim=1)
+    return torch.where(last, n_items - 1, rank)
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks=(5, 10, 20)) -> dict[str, np.ndarray]:

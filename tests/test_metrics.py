@@ -154,3 +154,35 @@ def test_paired_test_noise_and_edge_cases():
     assert math.isnan(paired_test(np.zeros(5), np.ones(5), n_boot=100)["rel_diff"])  # a.mean() == 0
     with pytest.raises(ValueError):
         paired_test(np.zeros(3), np.zeros(4))
+
+
+def _naive_ranks(scores, targets, seen=None):
+    """Reference: mask the history in a copy, NaN as -inf, then count the other items scoring >= the target."""
+    s = torch.where(scores.isnan(), float("-inf"), scores)  # (nan_to_num would also clip ±inf to finite)
+    if seen is not None:
+        for b in range(len(s)):
+            for item in seen[b].tolist():
+                if item > 0:
+                    s[b, item - 1] = float("-inf")
+    out = []
+    for b in range(len(s)):
+        t = int(targets[b]) - 1
+        out.append(sum(1 for j in range(s.shape[1]) if j != t and s[b, j] >= s[b, t]))
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_target_ranks_match_naive_reference(seed):
+    # coarse scores force ties; NaN, +-inf and repeated / target items in the history cover the special cases
+    g = torch.Generator().manual_seed(seed)
+    B, N = 40, 12
+    scores = torch.randint(-3, 4, (B, N), generator=g).float()
+    special = torch.tensor([float("nan"), float("inf"), float("-inf")])
+    hits = torch.rand(B, N, generator=g) < 0.15
+    scores[hits] = special[torch.randint(0, 3, (int(hits.sum()),), generator=g)]
+    targets = torch.randint(1, N + 1, (B,), generator=g)
+    seen = torch.randint(0, N + 1, (B, 6), generator=g)  # 0 = padding, repeats allowed, may hold the target
+    before = scores.clone()
+    assert target_ranks(scores, targets).tolist() == _naive_ranks(scores, targets)
+    assert target_ranks(scores, targets, seen).tolist() == _naive_ranks(scores, targets, seen)
+    assert torch.equal(scores.isnan(), before.isnan()) and torch.equal(scores.nan_to_num(), before.nan_to_num())

@@ -1,0 +1,170 @@
+"""Training speed and quality against RecBole 1.2.1: same data, split, model sizes, loss, batch and epochs.
+
+    bash bench/recbole_env.sh && python bench/bench_recbole.py [--epochs 5] [--models sasrec gru4rec]
+
+Each model is trained by ltrec (`python -m ltrec train recipes/<model>-music.yaml`) and then by RecBole
+(in the venv bench/recbole_env.sh builds), one after the other, each in its own process with one thread
+(OMP_NUM_THREADS=1 and torch.set_num_threads(1)); peak RSS is that process's own (os.wait4).
+
+What is the same: Amazon Music, no k-core filtering, each user's events ordered by time with ties in file
+order (RecBole's sort is stable), leave-one-out (last event = test, second-to-last = validation), d=64,
+SASRec 2 layers × 2 heads with a d→d feed-forward (RecBole `inner_size: 64`), GRU4Rec 1 layer, dropout
+0.2, full-softmax CE over all items, Adam lr 1e-3, batch 256, max_len 50, the epoch with the best
+validation NDCG@10 is tested, full ranking over all items. RecBole does NOT mask a sequential user's
+history at evaluation, so ltrec runs with `eval.mask_seen=false` here (its default masks it).
+
+What differs: an epoch trains the same next-item targets in both (every training event after a user's
+first), but RecBole feeds each target as its own prefix sequence ("data augmentation", one forward pass
+per target), while ltrec cuts each user's history into windows of max_len and trains every position of a
+window at once; so RecBole makes more, smaller-context forward passes and more optimizer steps per epoch.
+Users with exactly 3 events: ltrec uses event 2 as their validation target and trains nothing on them;
+RecBole's leave-one-out on the augmented rows puts event 2 into training and gives them no validation row.
+Users with 2 events train in both and 1 event in neither. Test users and targets are the same.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.bench_ingest import machine  # noqa: E402
+
+RECBOLE_CHILD = r"""
+import json, sys, time
+import torch
+torch.set_num_threads(1)
+_load = torch.load  # RecBole 1.2.1 reloads its own best checkpoint (a pickled Config): torch >= 2.6 needs this
+torch.load = lambda *a, **k: _load(*a, **{"weights_only": False, **k})
+from recbole.config import Config
+from recbole.data import create_dataset, data_preparation
+from recbole.model.sequential_recommender import GRU4Rec, SASRec
+from recbole.trainer import Trainer
+from recbole.utils import init_seed
+
+model_name, data_path, epochs, workdir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+common = {
+    "data_path": data_path, "dataset": "music", "checkpoint_dir": workdir + "/saved",
+    "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
+    "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
+    "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
+    "MAX_ITEM_LIST_LENGTH": 50, "train_neg_sample_args": None, "loss_type": "CE",
+    "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
+    "topk": [10], "metrics": ["NDCG", "Hit"], "valid_metric": "NDCG@10",
+    "epochs": epochs, "stopping_step": 1000, "eval_step": 1, "train_batch_size": 256, "eval_batch_size": 4096,
+    "learning_rate": 1e-3, "weight_decay": 0.0, "seed": 0, "reproducibility": True, "show_progress": False,
+    "use_gpu": False, "gpu_id": "", "worker": 0, "save_dataset": False, "save_dataloaders": False,
+}
+sizes = {"SASRec": {"hidden_size": 64, "inner_size": 64, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.2,
+                    "attn_dropout_prob": 0.2, "hidden_act": "gelu"},
+         "GRU4Rec": {"embedding_size": 64, "hidden_size": 64, "num_layers": 1, "dropout_prob": 0.2}}[model_name]
+config = Config(model=model_name, dataset="music", config_dict={**common, **sizes})
+init_seed(config["seed"], config["reproducibility"])
+dataset = create_dataset(config)
+train_data, valid_data, test_data = data_preparation(config, dataset)
+init_seed(config["seed"], config["reproducibility"])
+model = {"SASRec": SASRec, "GRU4Rec": GRU4Rec}[model_name](config, train_data.dataset)
+trainer = Trainer(config, model)
+seconds = []
+inner = trainer._train_epoch
+def timed(*a, **k):  # training time only, as ltrec's seconds per epoch (validation excluded)
+    t0 = time.perf_counter()
+    out = inner(*a, **k)
+    seconds.append(time.perf_counter() - t0)
+    return out
+trainer._train_epoch = timed
+trainer.fit(train_data, valid_data, saved=True, show_progress=False)
+test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
+print(json.dumps({"seconds": seconds, "train_sequences": len(train_data.dataset), "test_users": len(test_data.dataset),
+                  "valid_users": len(valid_data.dataset), "ndcg@10": float(test["ndcg@10"]),
+                  "hr@10": float(test["hit@10"]), "params": sum(p.numel() for p in model.parameters())}))
+"""
+
+
+def run(cmd: list[str], env: dict, cwd: Path, log: Path) -> tuple[str, float, float, int]:
+    """(stdout, wall seconds, peak RSS MB of the process, exit code); stderr goes to `log`."""
+    t0 = time.perf_counter()
+    with open(log, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=cwd)
+        out = proc.stdout.read()
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return out, time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
+
+
+def to_atomic(csv_path: Path, out_dir: Path) -> Path:
+    """The events as RecBole's atomic file music.inter (tab-separated, typed header), rows in file order."""
+    inter = out_dir / "music" / "music.inter"
+    inter.parent.mkdir(parents=True, exist_ok=True)
+    with open(csv_path, newline="") as f, open(inter, "w") as g:
+        rows = csv.DictReader(f)
+        g.write("user_id:token\titem_id:token\ttimestamp:float\n")
+        g.writelines(f"{r['user_id']}\t{r['item_id']}\t{r['timestamp']}\n" for r in rows)
+    return out_dir
+
+
+def ltrec_targets(recipe: str) -> dict:
+    from ltrec.data import load
+    from ltrec.recipe import load_recipe
+    r = load_recipe(recipe)
+    inputs, targets, _ = load(r.data, r.split, r.head, r.seed).train_windows(r.data.max_len)
+    return {"sequences": len(inputs), "targets": int((targets > 0).sum())}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"])
+    ap.add_argument("--data", default="../shared/data/amazon-music/interactions.csv")
+    ap.add_argument("--venv", type=Path, default=Path("/tmp/ltrec-bench/recbole-venv"))
+    ap.add_argument("--work", type=Path, default=Path("/tmp/ltrec-bench/recbole"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    data_path = to_atomic(Path(args.data), args.work / "data")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    rows = []
+    for model in args.models:
+        recipe = f"recipes/{model}-music.yaml"
+        run_dir = args.work / f"ltrec-{model}"
+        cmd = [sys.executable, "-m", "ltrec", "train", recipe, "--set", f"train.epochs={args.epochs}",
+               "--set", "train.patience=1000", "--set", "train.threads=1", "--set", "eval.mask_seen=false",
+               "--set", f"data.source={args.data}", "--out", str(run_dir), "--overwrite"]
+        _, wall, rss, rc = run(cmd, env, ROOT, args.work / f"ltrec-{model}.log")
+        if rc:
+            sys.exit(f"ltrec {model} failed, see {args.work}/ltrec-{model}.log")
+        m = json.loads((run_dir / "metrics.json").read_text())
+        n = ltrec_targets(recipe)
+        rows.append(("ltrec", model, m["seconds_per_epoch"], n["sequences"], n["targets"], m["test"]["all"]["ndcg@10"],
+                     m["test"]["all"]["hr@10"], rss, wall, m["best_epoch"]))
+        name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model]
+        cmd = [str(args.venv / "bin/python"), "-c", RECBOLE_CHILD, name, str(data_path), str(args.epochs), str(args.work)]
+        out, wall, rss, rc = run(cmd, env, args.work, args.work / f"recbole-{model}.log")
+        if rc:
+            sys.exit(f"RecBole {model} failed, see {args.work}/recbole-{model}.log")
+        r = json.loads(out.strip().splitlines()[-1])
+        per_epoch = sum(r["seconds"]) / len(r["seconds"])
+        rows.append(("RecBole 1.2.1", model, per_epoch, r["train_sequences"], r["train_sequences"], r["ndcg@10"],
+                     r["hr@10"], rss, wall, None))
+        print(f"<!-- {rows[-2]} / {rows[-1]} -->", file=sys.stderr, flush=True)
+    print(f"**Machine**: {machine()}\n\n**Command**: `python {' '.join(sys.argv)}` (one thread per framework; "
+          f"{args.epochs} epochs, no early stopping)\n")
+    print("| framework | model | s/epoch (train) | sequences/epoch | targets/epoch | test NDCG@10 | test HR@10 "
+          "| peak RSS (MB) | process wall (s) |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for fw, model, sec, seqs, targets, ndcg, hr, rss, wall, _ in rows:
+        print(f"| {fw} | {model} | {sec:.1f} | {seqs:,} | {targets:,} | {ndcg:.4f} | {hr:.4f} | {rss:,.0f} | {wall:.0f} |")
+    for model in args.models:
+        a, b = [r for r in rows if r[1] == model]
+        print(f"\n{model}: ltrec {b[2] / a[2]:.2f}× faster per epoch; NDCG@10 {a[5]:.4f} vs {b[5]:.4f} "
+              f"(ltrec {'≥' if a[5] >= b[5] else '<'} RecBole)")
+
+
+if __name__ == "__main__":
+    main()
