@@ -24,17 +24,9 @@ from pathlib import Path
 
 import torch
 
+from machine import cpu_model  # bench/ is on sys.path when a script runs
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def run(cmd: list[str], out: Path) -> dict:

@@ -25,6 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ltrec.export import TopKScorer, to_onnx  # noqa: E402
 from ltrec.models import GRU4Rec, SASRec  # noqa: E402
 
+from machine import cpu_model  # bench/ is on sys.path when a script runs
+
 
 def timings(fn, min_seconds: float, min_reps: int = 20, warmup: int = 5) -> np.ndarray:
     for _ in range(warmup):
@@ -35,16 +37,6 @@ def timings(fn, min_seconds: float, min_reps: int = 20, warmup: int = 5) -> np.n
         fn()
         out.append(time.perf_counter() - t)
     return np.asarray(out) * 1e3  # ms
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

@@ -177,6 +177,21 @@ class PlainEpoch:
                 on_batch(len(idx), loss.item())
         return self.step.stats()
 
+    def _inner_steps(self, chosen: torch.Tensor, on_batch) -> bool:
+        """One inner step per group of `users_per_step` chosen users; whether any step was taken."""
+        moved = False
+        for group in chosen.split(self.ga.users_per_step):
+            idx = self._windows(group)
+            loss = self.step.loss(idx)
+            if loss is None:
+                continue
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            moved = True
+            on_batch(len(idx), loss.item())
+        return moved
+
     def _distributed(self, on_batch) -> dict:
         """Each rank: batch_size / world of its own windows per step; gradients averaged before every step."""
         self.epoch += 1
@@ -270,17 +285,24 @@ class GradAlignEpoch(PlainEpoch):
             chosen = torch.multinomial(self.weights, min(per_iter, len(self.users)), replacement=False,
                                        generator=step.gen)  # all distinct: no two inner steps share a user
             theta0 = [p.detach().clone() for p in self.aligned]
-            for group in chosen.split(ga.users_per_step):
-                idx = self._windows(group)
-                loss = step.loss(idx)
-                if loss is None:
-                    continue
-                self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                self.opt.step()
-                on_batch(len(idx), loss.item())
+            self._inner_steps(chosen, on_batch)
             self._outer_step(theta0)
         return step.stats()
+
+    def _inner_steps(self, chosen: torch.Tensor, on_batch) -> bool:
+        """One inner step per group of `users_per_step` chosen users; whether any step was taken."""
+        moved = False
+        for group in chosen.split(self.ga.users_per_step):
+            idx = self._windows(group)
+            loss = self.step.loss(idx)
+            if loss is None:
+                continue
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            moved = True
+            on_batch(len(idx), loss.item())
+        return moved
 
     def _distributed(self, on_batch) -> dict:
         """Each rank runs its own k inner steps on its own users; the ranks' deltas are averaged for the outer
@@ -299,16 +321,7 @@ class GradAlignEpoch(PlainEpoch):
             if len(self.users):  # a rank without users only joins the all-reduce, with weight 0
                 chosen = torch.multinomial(self.weights, min(per_iter, len(self.users)), replacement=False,
                                            generator=step.gen)
-                for group in chosen.split(ga.users_per_step):
-                    idx = self._windows(group)
-                    loss = step.loss(idx)
-                    if loss is None:
-                        continue
-                    self.opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.opt.step()
-                    moved = 1.0
-                    on_batch(len(idx), loss.item())
+                moved = 1.0 if self._inner_steps(chosen, on_batch) else 0.0
             self._outer_step_distributed(theta0, moved)
         dist.sum_stats(step.sums)
         return step.stats()
