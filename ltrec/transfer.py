@@ -177,21 +177,6 @@ class PlainEpoch:
                 on_batch(len(idx), loss.item())
         return self.step.stats()
 
-    def _inner_steps(self, chosen: torch.Tensor, on_batch) -> bool:
-        """One inner step per group of `users_per_step` chosen users; whether any step was taken."""
-        moved = False
-        for group in chosen.split(self.ga.users_per_step):
-            idx = self._windows(group)
-            loss = self.step.loss(idx)
-            if loss is None:
-                continue
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.opt.step()
-            moved = True
-            on_batch(len(idx), loss.item())
-        return moved
-
     def _distributed(self, on_batch) -> dict:
         """Each rank: batch_size / world of its own windows per step; gradients averaged before every step."""
         self.epoch += 1
