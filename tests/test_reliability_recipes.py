@@ -115,6 +115,11 @@ CASES = [
     ("monitor-not-evaluated", patch(train={"monitor": {"metric": "ndcg@50"}}),
      "train.monitor.metric: ndcg@50 needs 50 in eval.ks (which is [5, 10, 20])"),
     ("cold-all", patch(split={"cold_users": 1.0}), "split.cold_users: Input should be less than 1 (got 1.0)"),
+    ("chains-bert4rec", patch(backbone={"kind": "bert4rec", "dim": 8}, transfer={"grad_align": {"chains": 2}}),
+     "transfer.grad_align.chains: bert4rec trains with its cloze objective"),
+    ("adapt-bert4rec", patch(backbone={"kind": "bert4rec", "dim": 8}, eval={"adapt": {"steps": 1}}),
+     "eval.adapt: adaptation takes next-item steps"),
+    ("adapt-zero-steps", patch(eval={"adapt": {"steps": 0}}), "eval.adapt.steps: Input should be greater than"),
     ("name-path", patch(name="../elsewhere"), "name: String should match pattern"),
     # the data source
     # (train makes the source absolute; validate shows it as written)
