@@ -58,7 +58,6 @@ class ChainsEpoch(GradAlignEpoch):
         super().__init__(recipe, step, owner, user_head, dist)
         self.chains, self.vectorized = self.ga.chains, vectorized
         self.objective = _Objective(step.model, step.disc)
-        self.names = [n for n, _ in self.objective.named_parameters()]
         self.live = dict(self.objective.named_parameters())
         stacked = [p.detach().unsqueeze(0).expand(self.chains, *p.shape) for p in self.live.values()]
         self.moments = {"m": [torch.zeros_like(s) for s in stacked], "v": [torch.zeros_like(s) for s in stacked],
