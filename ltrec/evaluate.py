@@ -23,7 +23,8 @@ import torch
 from .adapt import adapted_scores
 from .data import Sequences
 from .distributed import LOCAL, Dist
-from .metrics import metrics_from_ranks, sample_negatives, sampled_ranks, summarize, target_ranks
+from .metrics import metrics_from_ranks, sample_negatives, sampled_ranks, state_ranks, summarize, target_ranks
+from .models.base import _Backbone
 from .recipe import Eval
 from .runs import atomic_write
 
@@ -82,13 +83,18 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
         width = max(int(lengths[sel].max()), 1)
         hist = torch.from_numpy(np.ascontiguousarray(history[sel, -width:])).to(device)  # (B, width)
         tgt = torch.from_numpy(targets[sel]).to(device)
+        adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
+        if negs is None and _tied(model) and not adapt.any():
+            seen = torch.from_numpy(seqs.seen_items(users[sel], split)).to(device) if cfg.mask_seen else None
+            h = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
+            mine.append(state_ranks(h, model.item_emb.weight[1:].float(), tgt, seen).cpu())
+            continue
         scores = model(hist).float()  # (B, N)
-        adapt = torch.from_numpy(sel >= n_warm + n_cold)  # the cold users' second rows: adapt, then rank
         if adapt.any():
-            scores[adapt.to(device)] = adapted_scores(model, history[sel[adapt.numpy()]], cfg.adapt.steps,
-                                                      cfg.adapt.lr, device, cfg.adapt.params)
+            scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
+                model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
         if negs is None:
-            seen = torch.from_numpy(seqs.seen_items(users[sel], split)) if cfg.mask_seen else None
+            seen = torch.from_numpy(seqs.seen_items(users[sel], split)).to(device) if cfg.mask_seen else None
             mine.append(target_ranks(scores, tgt, seen).cpu())
         else:
             mine.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[sel]).to(device)).cpu())
@@ -99,6 +105,11 @@ def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device
     per_user = metrics_from_ranks(rank, ks or cfg.ks)
     per_user["rank"] = rank.numpy().astype(np.float64)
     return Result(split, protocol(cfg), users, slice_of.astype(str), per_user)
+
+
+def _tied(model) -> bool:
+    """Scores are the state times the item table (every neural backbone), so they can be ranked in blocks."""
+    return isinstance(model, _Backbone) and type(model).score is _Backbone.score
 
 
 def _negatives(seqs, history, targets, cfg: Eval, path: Path | None, seed: int) -> np.ndarray:

@@ -30,14 +30,62 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor
     last = ~(t.squeeze(1) > float("-inf"))  # (B,)
     rank = (scores >= t).sum(dim=1, dtype=torch.int32).long() - 1  # the target counts itself once
     if seen is not None:
-        items, _ = seen.long().sort(dim=1)  # (B, L); duplicates (repeat purchases) become neighbours
-        first = torch.ones_like(items, dtype=torch.bool)
-        first[:, 1:] = items[:, 1:] != items[:, :-1]
-        real = first & (items > 0)
+        items, other, has_target = _seen_once(seen, tgt)
         beats = scores.gather(1, (items - 1).clamp(min=0)) >= t  # (B, L)
-        rank = rank - (beats & real & (items != tgt.unsqueeze(1))).sum(dim=1)
-        last |= (real & (items == tgt.unsqueeze(1))).any(dim=1)
+        rank = rank - (beats & other).sum(dim=1)
+        last |= has_target
     return torch.where(last, n_items - 1, rank)
+
+
+def _seen_once(seen: torch.Tensor, targets: torch.Tensor):
+    """Sorted history items (B, L), a mask of those seen once that are real and not the target, and
+    whether the target is in the history (it is then masked too and ranks last)."""
+    items, _ = seen.long().sort(dim=1)  # duplicates (repeat purchases) become neighbours
+    first = torch.ones_like(items, dtype=torch.bool)
+    first[:, 1:] = items[:, 1:] != items[:, :-1]
+    real = first & (items > 0)
+    is_target = items == targets.unsqueeze(1)
+    return items, real & ~is_target, (real & is_target).any(dim=1)
+
+
+def state_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
+                seen: torch.Tensor | None = None, block_bytes: int = 1 << 21) -> torch.Tensor:
+    """target_ranks(states @ table.T, targets, seen) without ever holding the (B, N) score matrix.
+
+    Scores are made one block of items at a time, small enough to stay in cache, and compared and counted
+    while still there: on CPU, writing and re-reading a 20k-column matrix cost more than the matmul itself.
+    The target's score is one dot product; every other item's score is the one its block computed, so
+    the target (and each seen item) is excluded by looking up the block's own verdict, not recomputed.
+    """
+    B, N = states.shape[0], table.shape[0]
+    tgt = targets.long().to(states.device) - 1  # (B,) column of the target
+    t = (states * table[tgt]).sum(dim=1, keepdim=True)  # (B, 1)
+    width = max(64, block_bytes // (4 * max(B, 1)))
+    buf = states.new_empty(B * min(width, N))
+    hit = torch.empty(B * min(width, N), dtype=torch.bool, device=states.device)
+    count = torch.zeros(B, dtype=torch.int32, device=states.device)
+    self_hit = torch.zeros(B, dtype=torch.bool, device=states.device)
+    if seen is not None:
+        items, other, has_target = _seen_once(seen.to(states.device), tgt + 1)
+        seen_hit = torch.zeros_like(items, dtype=torch.bool)
+    for lo in range(0, N, width):
+        w = min(width, N - lo)
+        s = buf[:B * w].view(B, w)  # contiguous, so mm and ge write in place
+        m = hit[:B * w].view(B, w)
+        torch.mm(states, table[lo:lo + w].T, out=s)
+        torch.ge(s, t, out=m)
+        count += m.sum(dim=1, dtype=torch.int32)
+        col = tgt - lo
+        self_hit |= m.gather(1, col.clamp(0, w - 1).unsqueeze(1)).squeeze(1) & (col >= 0) & (col < w)
+        if seen is not None:
+            col = items - 1 - lo
+            seen_hit |= m.gather(1, col.clamp(0, w - 1)) & (col >= 0) & (col < w)
+    rank = count.long() - self_hit.long()
+    last = ~(t.squeeze(1) > float("-inf"))  # a NaN or -inf target loses to everything
+    if seen is not None:
+        rank = rank - (seen_hit & other).sum(dim=1)
+        last |= has_target
+    return torch.where(last, N - 1, rank)
 
 
 def metrics_from_ranks(ranks: torch.Tensor, ks=(5, 10, 20)) -> dict[str, np.ndarray]:

@@ -10,6 +10,7 @@ from ltrec.metrics import (
     paired_test,
     sample_negatives,
     sampled_ranks,
+    state_ranks,
     summarize,
     target_ranks,
 )
@@ -186,3 +187,39 @@ def test_target_ranks_match_naive_reference(seed):
     assert target_ranks(scores, targets).tolist() == _naive_ranks(scores, targets)
     assert target_ranks(scores, targets, seen).tolist() == _naive_ranks(scores, targets, seen)
     assert torch.equal(scores.isnan(), before.isnan()) and torch.equal(scores.nan_to_num(), before.nan_to_num())
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_state_ranks_equal_target_ranks_on_the_full_matrix(seed):
+    # integer-valued states and items: every dot product is exact in float32 whatever the summation order, so
+    # the block-by-block ranking must match the full matrix rank for rank, ties and ±inf/NaN items included
+    g = torch.Generator().manual_seed(seed)
+    B, N, D = 30, 37, 4
+    states = torch.randint(-2, 3, (B, D), generator=g).float()
+    table = torch.randint(-2, 3, (N, D), generator=g).float()
+    table[3] = float("inf")
+    table[5, 0] = float("nan")
+    states[2] = float("nan")  # a user whose every score is NaN ranks last
+    targets = torch.randint(1, N + 1, (B,), generator=g)
+    seen = torch.randint(0, N + 1, (B, 7), generator=g)
+    scores = states @ table.T
+    for block_bytes in (1, 4 * B * 8, 1 << 21):  # 64-column blocks with a partial last one, and a single block
+        assert state_ranks(states, table, targets, None, block_bytes).tolist() == target_ranks(scores, targets).tolist()
+        assert state_ranks(states, table, targets, seen, block_bytes).tolist() == _naive_ranks(scores, targets, seen)
+
+
+def test_evaluate_ranks_block_by_block_as_on_the_full_matrix(tiny_csv, monkeypatch):
+    # the evaluation's fast path (encode, then state_ranks) against model(hist) + target_ranks on a real model
+    import ltrec.evaluate as ev
+    from ltrec.data import load
+    from ltrec.models import BACKBONES
+    from ltrec.recipe import Data, Eval, Head, Split
+
+    seqs = load(Data(source=str(tiny_csv)), Split(), Head())
+    torch.manual_seed(0)
+    model = BACKBONES["sasrec"](seqs.n_items, 20, dim=16, layers=1, heads=1)
+    cfg = Eval(batch_size=32)
+    fast = ev.evaluate(model, seqs, "test", cfg, 20)
+    monkeypatch.setattr(ev, "_tied", lambda model: False)
+    full = ev.evaluate(model, seqs, "test", cfg, 20)
+    assert len(fast.users) > 50 and np.array_equal(fast.per_user["rank"], full.per_user["rank"])
