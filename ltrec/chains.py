@@ -72,8 +72,9 @@ class ChainsEpoch(GradAlignEpoch):
 
     def _draw(self, group: torch.Tensor) -> torch.Tensor:
         """Exactly `per_user` windows of each user of the group, drawn with replacement."""
-        draws = torch.rand(len(group), self.per_user, generator=self.step.gen)
-        return (self.starts[group, None] + (draws * self.counts[group, None]).long()).reshape(-1)
+        us = self.sampler
+        draws = torch.rand(len(group), us.per_user, generator=self.step.gen)
+        return (us.starts[group, None] + (draws * us.counts[group, None]).long()).reshape(-1)
 
     def _batch(self, groups: list[torch.Tensor]):
         """The chains' windows for one inner step, padded to common shapes; padding weighs nothing."""
@@ -118,11 +119,10 @@ class ChainsEpoch(GradAlignEpoch):
         world = self.dist.world  # under torchrun each rank runs C chains on its own users; deltas are averaged
         for _ in range(math.ceil(self.all_users / (per_iter * world))):  # the same count on every rank
             theta0 = [p.detach().clone() for p in (self.params if world > 1 else self.aligned)]
-            if not len(self.users):  # a rank without users only joins the all-reduce, with weight 0
+            if not len(self.sampler.users):  # a rank without users only joins the all-reduce, with weight 0
                 self._outer_step_distributed(theta0, 0.0)
                 continue
-            chosen = torch.multinomial(self.weights, min(per_iter, len(self.users)), replacement=False,
-                                       generator=step.gen)
+            chosen = self.sampler.draw(per_iter)
             groups = list(chosen.split(ga.users_per_step))
             params = {n: p.detach().unsqueeze(0).repeat(self.chains, *[1] * p.dim()) for n, p in self.live.items()}
             for s in range(0, len(groups), self.chains):

@@ -220,6 +220,11 @@ class Train(Strict):
     batch_size: int = Field(256, ge=1)
     lr: float = Field(1.0e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    sampling: Literal["windows", "users"] = Field(
+        "windows", description="windows: every training window once per epoch, shuffled; users: each step "
+        "draws users_per_step users uniformly (up to batch_size / users_per_step windows of each), so tail "
+        "users get as many steps as head users")
+    users_per_step: int = Field(64, ge=1, description="with sampling: users, the users of one step")
     loss: Literal["ce", "bce", "sampled"] = "ce"
     negatives: int = Field(1, ge=1, description="negatives per position for bce / per batch for sampled")
     patience: int = Field(5, ge=1, description="stop after this many epochs without improvement on monitor")
@@ -277,6 +282,9 @@ class Recipe(Strict):
         if ga is not None and ga.chains > 1 and self.backbone.kind == "bert4rec":
             raise ValueError("transfer.grad_align.chains: bert4rec trains with its cloze objective, which "
                              "chains do not implement; set chains: 1")
+        if ga is not None and self.train.sampling == "users":
+            raise ValueError("train.sampling: users applies to plain training; gradient alignment draws its own "
+                             "users (transfer.grad_align.sampling, users_per_step); set train.sampling: windows")
         if self.eval.adapt is not None and self.backbone.kind == "bert4rec":
             raise ValueError("eval.adapt: adaptation takes next-item steps, which a bidirectional bert4rec "
                              "would answer by looking ahead; set eval.adapt: null for bert4rec")

@@ -27,6 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .distributed import LOCAL, Dist
+from .sampling import UserSampler, length_batches
 
 
 class GradReverse(torch.autograd.Function):
@@ -128,24 +129,6 @@ class Step:
         self.weight = 0.0 if self.adv is None or epoch <= self.adv.warmup_epochs else self.adv.weight
 
 
-def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 50) -> list:
-    """Shuffled batches of indices whose windows have similar lengths.
-
-    Long-tailed logs are mostly short windows; a batch of similar lengths can drop its leading all-pad
-    columns, which changes nothing (every backbone is invariant to left padding, a tested property) and
-    saves most of the encoder's work. Sorting happens only within pools of `pool` batches, so batches stay
-    random samples of the data.
-    """
-    perm = torch.randperm(len(lengths), generator=gen)
-    batches = []
-    for lo in range(0, len(perm), batch_size * pool):
-        chunk = perm[lo:lo + batch_size * pool]
-        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
-        batches += list(chunk.split(batch_size))
-    order = torch.randperm(len(batches), generator=gen)
-    return [batches[i] for i in order]
-
-
 def _adam(params, lr, recipe, extra=None):
     groups = [{"params": params, "lr": lr}]
     if extra:
@@ -156,10 +139,19 @@ def _adam(params, lr, recipe, extra=None):
 class PlainEpoch:
     """Shuffled mini-batches of training windows, Adam, the backbone's training loss."""
 
-    def __init__(self, recipe, step: Step, dist: Dist = LOCAL):
+    def __init__(self, recipe, step: Step, dist: Dist = LOCAL, sampler: UserSampler | None = None):
         self.step, self.batch_size, self.epoch, self.dist = step, recipe.train.batch_size, 0, dist
         disc = {"params": list(step.disc.parameters()), "lr": recipe.transfer.adversarial.lr} if step.disc else None
         self.opt = _adam(list(step.model.parameters()), recipe.train.lr, recipe, disc)
+        # train.sampling: users — each step draws users_per_step users, an epoch as many steps as visit each once
+        self.sampler, self.users_per_step = sampler, recipe.train.users_per_step
+        self.all_users = dist.sum_ints([len(sampler.users)])[0] if sampler else 0  # over all ranks
+
+    def _batches(self, world: int = 1):
+        if self.sampler is None:
+            return length_batches(self.step.lengths, math.ceil(self.batch_size / world), self.step.gen)
+        steps = math.ceil(self.all_users / self.users_per_step)
+        return self.sampler.batches(math.ceil(self.users_per_step / world), steps)
 
     def __call__(self, on_batch) -> dict:
         if self.dist.world > 1:
@@ -168,7 +160,7 @@ class PlainEpoch:
         self.step.set_epoch(self.epoch)
         self.step.model.train()
         self.step.reset_stats()
-        for idx in length_batches(self.step.lengths, self.batch_size, self.step.gen):
+        for idx in self._batches():
             loss = self.step.loss(idx)
             if loss is not None:
                 self.opt.zero_grad(set_to_none=True)
@@ -184,7 +176,7 @@ class PlainEpoch:
         step.set_epoch(self.epoch)
         step.model.train()
         step.reset_stats()
-        batches = length_batches(step.lengths, math.ceil(self.batch_size / dist.world), step.gen)
+        batches = list(self._batches(dist.world))
         n = dist.sum_ints([len(batches)], "max")[0]  # a common count: no rank waits for another's all-reduce
         if batches:  # a short shard repeats its (shuffled) batches; an empty one only joins the all-reduces
             batches = (batches * math.ceil(n / len(batches)))[:n]
@@ -236,25 +228,9 @@ class GradAlignEpoch(PlainEpoch):
         inner = torch.optim.SGD if ga.inner_optimizer == "sgd" else torch.optim.Adam
         self.opt = inner(self.params, lr=ga.inner_lr)
         self.outer = torch.optim.Adam(self.aligned, lr=recipe.train.lr) if ga.outer == "adam" else None
-        # windows are grouped by owner (train_windows emits them user by user): user u owns [start, start + count)
-        users, counts = torch.unique_consecutive(owner, return_counts=True)
-        self.users, self.counts = users, counts
-        self.starts = torch.cumsum(counts, 0) - counts
-        head = user_head[users]
-        if ga.sampling == "uniform":
-            self.weights = torch.ones(len(users))
-        elif ga.sampling == "events":
-            self.weights = counts.double()
-        else:  # balanced: head and tail users drawn equally often in total
-            self.weights = torch.where(head, 1.0 / head.sum().clamp(min=1), 1.0 / (~head).sum().clamp(min=1))
-        self.per_user = max(1, recipe.train.batch_size // ga.users_per_step)
-        self.all_users = dist.sum_ints([len(users)])[0]  # over all ranks
-
-    def _windows(self, chosen: torch.Tensor) -> torch.Tensor:
-        """Up to `per_user` random windows of each chosen user (index into the window arrays)."""
-        draws = torch.rand(len(chosen), self.per_user, generator=self.step.gen)  # (m, c)
-        offset = (draws * self.counts[chosen, None]).long()  # (m, c), < count
-        return torch.unique(self.starts[chosen, None] + offset)
+        self.sampler = UserSampler(owner, user_head, ga.sampling, max(1, recipe.train.batch_size // ga.users_per_step),
+                                   step.gen)
+        self.all_users = dist.sum_ints([len(self.sampler.users)])[0]  # over all ranks
 
     def __call__(self, on_batch) -> dict:
         if self.dist.world > 1:
@@ -265,10 +241,9 @@ class GradAlignEpoch(PlainEpoch):
         step.model.train()
         step.reset_stats()
         per_iter = ga.k * ga.users_per_step
-        iterations = math.ceil(len(self.users) / per_iter)
+        iterations = math.ceil(self.all_users / per_iter)
         for _ in range(iterations):
-            chosen = torch.multinomial(self.weights, min(per_iter, len(self.users)), replacement=False,
-                                       generator=step.gen)  # all distinct: no two inner steps share a user
+            chosen = self.sampler.draw(per_iter)  # all distinct: no two inner steps share a user
             theta0 = [p.detach().clone() for p in self.aligned]
             self._inner_steps(chosen, on_batch)
             self._outer_step(theta0)
@@ -278,7 +253,7 @@ class GradAlignEpoch(PlainEpoch):
         """One inner step per group of `users_per_step` chosen users; whether any step was taken."""
         moved = False
         for group in chosen.split(self.ga.users_per_step):
-            idx = self._windows(group)
+            idx = self.sampler.windows(group)
             loss = self.step.loss(idx)
             if loss is None:
                 continue
@@ -303,9 +278,8 @@ class GradAlignEpoch(PlainEpoch):
         for _ in range(iterations):
             theta0 = [p.detach().clone() for p in self.params]
             moved = 0.0
-            if len(self.users):  # a rank without users only joins the all-reduce, with weight 0
-                chosen = torch.multinomial(self.weights, min(per_iter, len(self.users)), replacement=False,
-                                           generator=step.gen)
+            if len(self.sampler.users):  # a rank without users only joins the all-reduce, with weight 0
+                chosen = self.sampler.draw(per_iter)
                 moved = 1.0 if self._inner_steps(chosen, on_batch) else 0.0
             self._outer_step_distributed(theta0, moved)
         dist.sum_stats(step.sums)
@@ -372,4 +346,6 @@ def make_epoch(recipe, model, seqs, inputs, targets, owner, device, gen: torch.G
         return ChainsEpoch(recipe, step, owner, user_head, dist)
     if recipe.transfer.grad_align is not None:
         return GradAlignEpoch(recipe, step, owner, user_head, dist)
-    return PlainEpoch(recipe, step, dist)
+    users = recipe.train.sampling == "users"
+    per_user = max(1, recipe.train.batch_size // recipe.train.users_per_step)
+    return PlainEpoch(recipe, step, dist, UserSampler(owner, user_head, "uniform", per_user, gen) if users else None)

@@ -50,7 +50,7 @@ def test_objective_equals_step_loss(tiny_csv):
     epoch = build(tiny_csv, "sasrec", adversarial={"weight": 0.3})
     step = epoch.step
     step.model.eval()
-    groups = [epoch.users.new_tensor([0, 1, 2]), epoch.users.new_tensor([3, 4]), epoch.users.new_tensor([5])]
+    groups = [epoch.sampler.users.new_tensor([0, 1, 2]), epoch.sampler.users.new_tensor([3, 4]), epoch.sampler.users.new_tensor([5])]
     gen_state = step.gen.get_state()
     batch, _ = epoch._batch(groups)
     step.gen.set_state(gen_state)
@@ -88,9 +88,10 @@ def test_outer_step_moves_toward_the_chains_mean(tiny_csv):
         real(params, grads, loss, active)
         captured["params"] = {n: p.clone() for n, p in params.items()}
     epoch._inner_update = spy
-    epoch.users = epoch.users[: 3 * 2 * 4]  # exactly one iteration: 3 chains × k 2 × 4 users
-    epoch.weights = epoch.weights[: len(epoch.users)]
-    epoch.all_users = len(epoch.users)
+    us = epoch.sampler
+    us.users = us.users[: 3 * 2 * 4]  # exactly one iteration: 3 chains × k 2 × 4 users
+    us.weights = us.weights[: len(us.users)]
+    epoch.all_users = len(us.users)
     epoch(lambda n, loss: None)
     for (name, p), p0 in zip(epoch.objective.named_parameters(), theta0):
         expected = p0 + 0.4 * (captured["params"][name].mean(0) - p0)
@@ -101,8 +102,9 @@ def test_chains_draw_distinct_users_per_step(tiny_csv):
     epoch = build(tiny_csv)
     owners = []
     real = epoch._batch
-    epoch._batch = lambda groups: owners.append([epoch.users[g].tolist() for g in groups]) or real(groups)
-    epoch.users, epoch.weights, epoch.all_users = epoch.users[:24], epoch.weights[:24], 24
+    us = epoch.sampler
+    epoch._batch = lambda groups: owners.append([us.users[g].tolist() for g in groups]) or real(groups)
+    us.users, us.weights, epoch.all_users = us.users[:24], us.weights[:24], 24
     epoch(lambda n, loss: None)
     flat = [u for step in owners for chain in step for u in chain]
     assert len(flat) == len(set(flat)) == 24

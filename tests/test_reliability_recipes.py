@@ -119,6 +119,9 @@ CASES = [
      "transfer.grad_align.chains: bert4rec trains with its cloze objective"),
     ("adapt-bert4rec", patch(backbone={"kind": "bert4rec", "dim": 8}, eval={"adapt": {"steps": 1}}),
      "eval.adapt: adaptation takes next-item steps"),
+    ("users-sampling-with-ga", patch(train={"sampling": "users"}, transfer={"grad_align": {}}),
+     "train.sampling: users applies to plain training"),
+    ("users-sampling-typo", patch(train={"sampling": "user"}), "train.sampling: Input should be 'windows' or 'users'"),
     ("adapt-zero-steps", patch(eval={"adapt": {"steps": 0}}), "eval.adapt.steps: Input should be greater than"),
     ("name-path", patch(name="../elsewhere"), "name: String should match pattern"),
     # the data source

@@ -34,8 +34,8 @@ def test_k1_beta1_sgd_is_plain_sgd(tiny_csv):
     recipe, seqs, model, epoch, (inputs, targets) = setup(tiny_csv, grad_align=ga)
     reference = copy.deepcopy(model)
     seen = []
-    real_windows = epoch._windows
-    epoch._windows = lambda chosen: seen.append(real_windows(chosen)) or seen[-1]
+    real_windows = epoch.sampler.windows
+    epoch.sampler.windows = lambda chosen: seen.append(real_windows(chosen)) or seen[-1]
     epoch(lambda n, loss: None)
     sgd = torch.optim.SGD(reference.parameters(), lr=0.1)
     for idx in seen:  # replay the same batches with a plain SGD loop
@@ -66,8 +66,8 @@ def test_inner_steps_use_distinct_users(tiny_csv):
     recipe, seqs, model, epoch, (inputs, targets) = setup(tiny_csv, grad_align=ga)
     owner = torch.from_numpy(seqs.train_windows(10)[2])
     groups = []
-    real_windows = epoch._windows
-    epoch._windows = lambda chosen: groups.append(set(owner[real_windows(chosen)].tolist())) or real_windows(chosen)
+    real_windows = epoch.sampler.windows
+    epoch.sampler.windows = lambda chosen: groups.append(set(owner[real_windows(chosen)].tolist())) or real_windows(chosen)
     epoch(lambda n, loss: None)
     for i in range(0, len(groups) - 3, 4):  # within one outer iteration no user appears in two inner steps
         it = groups[i:i + 4]

@@ -1,0 +1,66 @@
+"""Which training windows each step sees: every window once per epoch, or users drawn first.
+
+A long-tailed log gives its head users most of the windows, so batches of shuffled windows are mostly head
+users' windows. `UserSampler` draws users instead (uniformly, by events, or head/tail balanced) and then a few
+random windows of each: gradient alignment's inner steps use it, and so does plain training with
+`train.sampling: users` — on Amazon Music that sampling, not the Reptile step, gave gradient alignment's gain
+(RESULTS.md, "Which part does it?").
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 50) -> list:
+    """Shuffled batches of indices whose windows have similar lengths.
+
+    Long-tailed logs are mostly short windows; a batch of similar lengths can drop its leading all-pad
+    columns, which changes nothing (every backbone is invariant to left padding, a tested property) and
+    saves most of the encoder's work. Sorting happens only within pools of `pool` batches, so batches stay
+    random samples of the data.
+    """
+    perm = torch.randperm(len(lengths), generator=gen)
+    batches = []
+    for lo in range(0, len(perm), batch_size * pool):
+        chunk = perm[lo:lo + batch_size * pool]
+        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
+        batches += list(chunk.split(batch_size))
+    order = torch.randperm(len(batches), generator=gen)
+    return [batches[i] for i in order]
+
+
+class UserSampler:
+    """Draws distinct users, then up to `per_user` random windows of each (indices into the window arrays)."""
+
+    def __init__(self, owner: torch.Tensor, user_head: torch.Tensor, sampling: str, per_user: int,
+                 gen: torch.Generator):
+        # windows are grouped by owner (train_windows emits them user by user): user u owns [start, start + count)
+        self.users, self.counts = torch.unique_consecutive(owner, return_counts=True)
+        self.starts = torch.cumsum(self.counts, 0) - self.counts
+        self.per_user, self.gen = per_user, gen
+        head = user_head[self.users]
+        if sampling == "uniform":
+            self.weights = torch.ones(len(self.users))
+        elif sampling == "events":
+            self.weights = self.counts.double()
+        else:  # balanced: head and tail users drawn equally often in total
+            self.weights = torch.where(head, 1.0 / head.sum().clamp(min=1), 1.0 / (~head).sum().clamp(min=1))
+
+    def draw(self, n: int) -> torch.Tensor:
+        """Up to n distinct users (positions in self.users)."""
+        return torch.multinomial(self.weights, min(n, len(self.users)), replacement=False, generator=self.gen)
+
+    def windows(self, chosen: torch.Tensor) -> torch.Tensor:
+        """Up to `per_user` random windows of each chosen user, without repeats."""
+        draws = torch.rand(len(chosen), self.per_user, generator=self.gen)  # (m, c)
+        offset = (draws * self.counts[chosen, None]).long()  # (m, c), < count
+        return torch.unique(self.starts[chosen, None] + offset)
+
+    def batches(self, users_per_step: int, steps: int):
+        """`steps` batches, each the windows of `users_per_step` freshly drawn users; drawn lazily, so the
+        random stream is consumed in the same order as gradient alignment's inner steps with k = 1."""
+        if not len(self.users):
+            return
+        for _ in range(steps):
+            yield self.windows(self.draw(users_per_step))

@@ -1,0 +1,68 @@
+"""train.sampling: users — plain training on user-uniform batches, which is gradient alignment with k = 1, β = 1."""
+
+import math
+
+import torch
+
+from ltrec.data import load
+from ltrec.models import GRU4Rec
+from ltrec.recipe import Recipe
+from ltrec.transfer import PlainEpoch, make_epoch
+
+
+def build(path, train=None, transfer=None):
+    recipe = Recipe.model_validate({"name": "t", "data": {"source": str(path), "max_len": 10},
+                                    "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0},
+                                    "head": {"count": 4}, "transfer": transfer or {},
+                                    "train": {"batch_size": 16, "lr": 1.0e-2, **(train or {})}})
+    seqs = load(recipe.data, recipe.split, recipe.head)
+    torch.manual_seed(0)
+    model = GRU4Rec(seqs.n_items, 10, dim=8, dropout=0.0)
+    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(10))
+    epoch = make_epoch(recipe, model, seqs, inputs, targets, owner, "cpu", torch.Generator().manual_seed(0))
+    return seqs, model, epoch, owner
+
+
+def record(epoch) -> list[torch.Tensor]:
+    seen = []
+    real = epoch.step.loss
+    epoch.step.loss = lambda idx: seen.append(idx) or real(idx)
+    epoch(lambda n, loss: None)
+    return seen
+
+
+def test_users_sampling_equals_grad_align_with_k1_beta1_adam(tiny_csv):
+    # the sampling-only control of RESULTS.md ("Which part does it?") ran as grad_align k 1, β 1; the option
+    # must be that very algorithm: the same batches and, up to the outer step's rounding, the same weights
+    _, plain, users, _ = build(tiny_csv, train={"sampling": "users", "users_per_step": 4})
+    _, ga_model, ga, _ = build(tiny_csv, transfer={"grad_align": {"k": 1, "beta": 1.0, "inner_optimizer": "adam",
+                                                                  "inner_lr": 1.0e-2, "users_per_step": 4}})
+    assert isinstance(users, PlainEpoch) and users.sampler is not None
+    a, b = record(users), record(ga)
+    assert len(a) == len(b) > 3 and all(torch.equal(x, y) for x, y in zip(a, b))
+    for p, q in zip(plain.parameters(), ga_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_users_sampling_steps_hold_distinct_users_and_favour_the_tail(tiny_csv):
+    seqs, _, users, owner = build(tiny_csv, train={"sampling": "users", "users_per_step": 4})
+    batches = record(users)
+    n_users = len(torch.unique(owner))
+    assert len(batches) == math.ceil(n_users / 4)
+    for idx in batches:
+        who, count = torch.unique(owner[idx], return_counts=True)
+        assert len(who) == 4 and count.max() <= 16 // 4  # users_per_step users, ≤ batch_size / users_per_step each
+    # the point of the option: a head user's windows no longer crowd the steps
+    head = torch.from_numpy(seqs.head)[owner]
+    _, _, windows, _ = build(tiny_csv)
+    share = lambda bs: float(torch.cat([head[i] for i in bs]).float().mean())  # noqa: E731
+    assert share(batches) < share(record(windows))
+
+
+def test_users_sampling_splits_each_step_across_ranks(tiny_csv):
+    # under torchrun each rank draws ceil(users_per_step / world) of its own users per step, with the same
+    # number of steps everywhere (no rank waits in an all-reduce); here: one process asked for world 2
+    _, _, users, owner = build(tiny_csv, train={"sampling": "users", "users_per_step": 4})
+    batches = list(users._batches(world=2))
+    assert len(batches) == math.ceil(len(torch.unique(owner)) / 4)
+    assert all(len(torch.unique(owner[idx])) == 2 for idx in batches)
