@@ -2,33 +2,44 @@
 
     python bench/bench_transfer.py recipes/sasrec-music.yaml [--threads 1] [--fraction 0.25] [--rounds 2]
 
-Modes: plain, +GA (users_per_step 64), +AT, +GA+AT, the same with 4 vmapped chains, and the paper's
-faithful one-user-per-step GA. Each
-mode trains on the same first `fraction` of the training windows (whole users), scaled to a full epoch;
-the modes run in turn for `rounds` rounds and the fastest round counts, which damps a shared machine's
-noise. The faithful mode is timed over --faithful-iters outer iterations and scaled (stated as such).
+Modes: plain (batch 256 and the step-matched batch 64), plain with `train.sampling: users`, +GA
+(users_per_step 64), +AT, +GA+AT, GA with 4 vmapped chains, and the paper's faithful one-user-per-step GA
+(`--modes` picks some by name prefix). Each mode trains on the same first `fraction` of the training windows
+(whole users), scaled to a full epoch; the modes run in turn for `rounds` rounds and the fastest round counts,
+which damps a shared machine's noise. Beside wall seconds it reports the process's CPU seconds, which other
+jobs on a shared machine disturb far less. The faithful mode is timed over --faithful-iters outer iterations
+and scaled (stated as such).
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import platform
+import sys
 import time
+from pathlib import Path
 
 import torch
 
-from ltrec.data import load
-from ltrec.recipe import load_recipe
-from ltrec.train import build_model
-from ltrec.transfer import make_epoch
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_ingest import machine  # noqa: E402
+
+from ltrec.data import load  # noqa: E402
+from ltrec.recipe import load_recipe  # noqa: E402
+from ltrec.train import build_model  # noqa: E402
+from ltrec.transfer import make_epoch  # noqa: E402
 
 GA = {"k": 5, "beta": 0.5, "users_per_step": 64}
-MODES = {"plain": {}, "+GA": {"grad_align": GA}, "+AT": {"adversarial": {}},
-         "+GA+AT": {"grad_align": GA, "adversarial": {}},
-         "+GA 4 chains (vmap)": {"grad_align": {**GA, "chains": 4}},
-         "+GA+AT 4 chains (vmap)": {"grad_align": {**GA, "chains": 4}, "adversarial": {}},
-         "+GA faithful (1 user/step)": {"grad_align": {**GA, "users_per_step": 1}}}
+MODES = {  # name: (transfer, train overrides)
+    "plain (batch 256)": ({}, {"batch_size": 256}),
+    "plain (batch 64)": ({}, {"batch_size": 64}),
+    "plain, sampling: users (64 users/step)": ({}, {"batch_size": 256, "sampling": "users"}),
+    "+GA (k 5, 64 users/step)": ({"grad_align": GA}, {"batch_size": 256}),
+    "+AT (λ 0.1)": ({"adversarial": {}}, {"batch_size": 256}),
+    "+GA+AT": ({"grad_align": GA, "adversarial": {}}, {"batch_size": 256}),
+    "+GA 4 chains (vmap)": ({"grad_align": {**GA, "chains": 4}}, {"batch_size": 256}),
+    "+GA faithful (1 user/step)": ({"grad_align": {**GA, "users_per_step": 1}}, {"batch_size": 256}),
+}
 
 
 def main() -> None:
@@ -38,41 +49,48 @@ def main() -> None:
     ap.add_argument("--faithful-iters", type=int, default=50)
     ap.add_argument("--fraction", type=float, default=0.25)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--modes", nargs="+", help="time only the modes whose names start with one of these")
     args = ap.parse_args()
+    modes = {k: v for k, v in MODES.items() if not args.modes or any(k.startswith(m) for m in args.modes)}
     torch.set_num_threads(args.threads)
     base = load_recipe(args.recipe)
     seqs = load(base.data, base.split, base.head, base.seed)
     inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(base.data.max_len))
     n = int(len(inputs) * args.fraction)
     sub = (inputs[:n], targets[:n], owner[:n])  # windows are grouped by user: a prefix is whole users
-    best: dict[str, tuple[float, float, bool]] = {}
+    best: dict[str, tuple[float, float, float, bool]] = {}
     for _ in range(args.rounds):
-        for name, transfer in MODES.items():
-            recipe = base.model_copy(update={"transfer": base.transfer.model_validate(transfer)})
+        for name, (transfer, train) in modes.items():
+            recipe = base.model_copy(update={"transfer": base.transfer.model_validate(transfer),
+                                             "train": base.train.model_copy(update=train)})
             torch.manual_seed(0)
             model = build_model(recipe, seqs)
             epoch = make_epoch(recipe, model, seqs, *sub, "cpu", torch.Generator().manual_seed(0))
             scale = 1.0 / args.fraction
             if "faithful" in name:  # even a fraction of an epoch takes long: time a few iterations
-                full_iters = math.ceil(len(epoch.users) / recipe.transfer.grad_align.k)
-                epoch.users = epoch.users[: args.faithful_iters * recipe.transfer.grad_align.k]
-                epoch.weights = epoch.weights[: len(epoch.users)]
+                us, k = epoch.sampler, recipe.transfer.grad_align.k
+                full_iters = math.ceil(len(us.users) / k)
+                us.users = us.users[: args.faithful_iters * k]
+                us.weights = us.weights[: len(us.users)]
+                epoch.all_users = len(us.users)
                 scale *= full_iters / args.faithful_iters
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             stats = epoch(lambda n, loss: None)
-            sec = (time.perf_counter() - t0) * scale
+            sec, cpu = (time.perf_counter() - t0) * scale, (time.process_time() - c0) * scale
             if name not in best or sec < best[name][0]:
-                best[name] = (sec, stats["loss"], "faithful" in name)
-    rows = [(name, *best[name]) for name in MODES]
-    plain = rows[0][1]
-    print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {args.threads} threads, "
-          f"{args.recipe}: {len(inputs):,} windows, {seqs.n_items:,} items")
-    print(f"{args.fraction:.0%} of the windows per timing, fastest of {args.rounds} rounds, scaled to an epoch")
-    print("| mode | s/epoch | × plain | training loss on the timed part |\n|---|---|---|---|")
-    for name, sec, loss, scaled in rows:
+                best[name] = (sec, min(cpu, best.get(name, (0, cpu))[1]), stats["loss"], "faithful" in name)
+            else:
+                best[name] = (best[name][0], min(cpu, best[name][1]), *best[name][2:])
+    rows = [(name, *best[name]) for name in modes]
+    plain, plain_cpu = rows[0][1], rows[0][2]
+    print(f"{machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` — "
+          f"{args.recipe}: {len(inputs):,} windows, {seqs.n_items:,} items; {args.fraction:.0%} of the windows "
+          f"per timing, fastest of {args.rounds} rounds, scaled to an epoch\n")
+    print(f"| mode | s/epoch (wall) | × {rows[0][0]} | CPU s/epoch | × (CPU) | training loss on the timed part |\n"
+          "|---|---|---|---|---|---|")
+    for name, sec, cpu, loss, scaled in rows:
         note = f" (from {args.faithful_iters} outer iterations)" if scaled else ""
-        print(f"| {name} | {sec:.1f}{note} | {sec / plain:.2f} | {loss:.3f} |")
-
+        print(f"| {name} | {sec:.1f}{note} | {sec / plain:.2f} | {cpu:.1f} | {cpu / plain_cpu:.2f} | {loss:.3f} |")
 
 if __name__ == "__main__":
     main()
