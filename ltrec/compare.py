@@ -76,7 +76,8 @@ def format_comparison(result: dict) -> str:
     for row in result["rows"]:
         cells = [row["slice"], row["metric"], str(row["users"]), *(f"{v:.4f}" for v in row["values"])]
         for t in row["tests"]:
-            p = f"p<{1 / t['n_boot']:g}" if t["p_value"] == 0 else f"p={t['p_value']:.3f}"
+            pv = t["p_value"]  # under 0.001 one significant digit, so 0.0003 does not print as 0.000
+            p = f"p<{1 / t['n_boot']:g}" if pv == 0 else f"p={pv:.3f}" if pv >= 1e-3 else f"p={pv:.1g}"
             cells.append(f"{100 * t['rel_diff']:+.1f}% ({p})")
         lines.append(" | ".join(cells))
     note = (f"\n{result['split']} split; per-user metrics averaged over the runs joined by commas; "
