@@ -72,9 +72,7 @@ class ChainsEpoch(GradAlignEpoch):
 
     def _draw(self, group: torch.Tensor) -> torch.Tensor:
         """Exactly `per_user` windows of each user of the group, drawn with replacement."""
-        us = self.sampler
-        draws = torch.rand(len(group), us.per_user, generator=self.step.gen)
-        return (us.starts[group, None] + (draws * us.counts[group, None]).long()).reshape(-1)
+        return self.sampler.draws(group).reshape(-1)  # fixed shapes: every chain's batch has the same size
 
     def _batch(self, groups: list[torch.Tensor]):
         """The chains' windows for one inner step, padded to common shapes; padding weighs nothing."""

@@ -3,8 +3,8 @@
 A long-tailed log gives its head users most of the windows, so batches of shuffled windows are mostly head
 users' windows. `UserSampler` draws users instead (uniformly, by events, or head/tail balanced) and then a few
 random windows of each: gradient alignment's inner steps use it, and so does plain training with
-`train.sampling: users` — on Amazon Music that sampling, not the Reptile step, gave gradient alignment's gain
-(RESULTS.md, "Which part does it?").
+`train.sampling: users` — on Amazon Music that sampling gave most of gradient alignment's gain, the Reptile
+step a small tail-only increment (RESULTS.md, "Which part does it?").
 """
 
 from __future__ import annotations
@@ -51,11 +51,14 @@ class UserSampler:
         """Up to n distinct users (positions in self.users)."""
         return torch.multinomial(self.weights, min(n, len(self.users)), replacement=False, generator=self.gen)
 
+    def draws(self, chosen: torch.Tensor) -> torch.Tensor:
+        """Exactly `per_user` random windows of each chosen user, with replacement: (m, per_user)."""
+        u = torch.rand(len(chosen), self.per_user, generator=self.gen)  # (m, c)
+        return self.starts[chosen, None] + (u * self.counts[chosen, None]).long()  # offsets < count
+
     def windows(self, chosen: torch.Tensor) -> torch.Tensor:
         """Up to `per_user` random windows of each chosen user, without repeats."""
-        draws = torch.rand(len(chosen), self.per_user, generator=self.gen)  # (m, c)
-        offset = (draws * self.counts[chosen, None]).long()  # (m, c), < count
-        return torch.unique(self.starts[chosen, None] + offset)
+        return torch.unique(self.draws(chosen))
 
     def batches(self, users_per_step: int, steps: int):
         """`steps` batches, each the windows of `users_per_step` freshly drawn users; drawn lazily, so the
