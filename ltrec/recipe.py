@@ -123,6 +123,10 @@ class SASRecConfig(Strict):
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
+    input_norm: bool = Field(
+        False, description="LayerNorm on item + position embedding before the first block, position "
+        "embeddings initialised small (as RecBole's SASRec); without it rarely seen items barely register"
+    )
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "SASRecConfig":

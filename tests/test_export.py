@@ -48,10 +48,10 @@ def ok(args) -> str:
 
 
 def train_run(folder: Path, csv: Path, kind: str, epochs: int = 2, dim: int = 16, max_len: int = MAX_LEN,
-              transfer: str = "") -> Path:
-    name = kind + ("-transfer" if transfer else "")
+              transfer: str = "", extra: str = "", name: str = "") -> Path:
+    name = name or kind + ("-transfer" if transfer else "")
     recipe = folder / f"{name}.yaml"
-    dims = f", dim: {dim}" if kind != "pop" else ""
+    dims = (f", dim: {dim}" if kind != "pop" else "") + extra
     recipe.write_text(f"name: tiny-{kind}\ndata: {{source: {csv}, max_len: {max_len}}}\n"
                       f"backbone: {{kind: {kind}{dims}}}\ntrain: {{epochs: {epochs}, batch_size: 64}}\n"
                       + (f"transfer: {transfer}\n" if transfer else ""))
@@ -67,6 +67,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     both = "{grad_align: {k: 2, users_per_step: 8}, adversarial: {weight: 0.1}}"  # the exported model is the backbone
     runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both)
                  for kind in ("gru4rec", "sasrec", "bert4rec")})  # bert4rec: its cloze loss under both components
+    runs["sasrec-norm"] = train_run(folder, csv, "sasrec", extra=", input_norm: true", name="sasrec-norm")
     return runs
 
 
@@ -81,7 +82,7 @@ def session(bundle: Path):
 
 
 @pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", *NEW, "gru4rec-transfer", "sasrec-transfer",
-                                  "bert4rec-transfer"])
+                                  "bert4rec-transfer", "sasrec-norm"])
 def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     import onnx
 

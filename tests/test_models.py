@@ -7,11 +7,13 @@ from ltrec.models import BACKBONES, BERT4Rec, SASRec, Pop, loss_from_states, nex
 from ltrec.recipe import _BACKBONE_KINDS, Backbone
 
 N, MAX_LEN, DIM = 20, 12, 16
-NEURAL = tuple(k for k in BACKBONES if k != "pop")  # every backbone with a user state, new ones included
+NEURAL = (*(k for k in BACKBONES if k != "pop"), "sasrec+norm")  # every backbone with a user state, new ones included
 
 
 def make(name, **kw):
     torch.manual_seed(0)
+    if name == "sasrec+norm":
+        name, kw = "sasrec", {"input_norm": True, **kw}
     kw = {"dim": DIM, **kw}
     if name in ("gru4rec", "narm"):
         kw.setdefault("layers", 2)  # two layers also checks that zeros propagate between layers
@@ -40,7 +42,7 @@ def test_padding_invariance(name):
             torch.testing.assert_close(m.encode(left_pad([s], len(s)))[0], short[i], atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("name", ["sasrec", "caser", "narm"])
+@pytest.mark.parametrize("name", ["sasrec", "sasrec+norm", "caser", "narm"])
 def test_causal(name):
     """Per-position states (what the next-item loss trains) never see later items."""
     m = make(name)
@@ -264,3 +266,19 @@ def test_bert4rec_encode_appends_a_mask():
         older[:, 0] = 1 + full[:, 0] % N  # the dropped-out oldest item changes nothing
         torch.testing.assert_close(m.encode(full), m.encode(older), atol=0, rtol=0)
     assert isinstance(m, BERT4Rec) and m.mask_id == N + 1
+
+
+def test_sasrec_input_norm_makes_the_input_scale_free():
+    """With input_norm the first block sees LayerNorm(item + position): scaling both embeddings changes no
+    state (the item embeddings' small init then cannot drown rare items); without it, it does."""
+    for norm in (True, False):
+        m = make("sasrec", input_norm=norm)
+        x = left_pad(SEQS, 8)
+        with torch.no_grad():
+            before = m.encode_all(x)
+            m.item_emb.weight.mul_(10.0)
+            m.pos_emb.weight.mul_(10.0)
+            after = m.encode_all(x)
+        assert torch.allclose(before, after, atol=1e-2) == norm  # LayerNorm's eps: not exactly scale-free
+    assert make("sasrec", input_norm=True).pos_emb.weight.std() < 0.05  # small, like the items
+    assert make("sasrec").pos_emb.weight.std() > 0.5  # the default N(0, 1): unchanged, so old runs reproduce
