@@ -1,6 +1,6 @@
 """Training speed and quality against RecBole 1.2.1: same data, split, model sizes, loss, batch and epochs.
 
-    bash bench/recbole_env.sh && python bench/bench_recbole.py [--epochs 5] [--models sasrec gru4rec]
+    bash bench/recbole_env.sh && python bench/bench_recbole.py [--epochs 5] [--models sasrec gru4rec] [--ltrec-set K=V ...]
 
 Each model is trained by ltrec (`python -m ltrec train recipes/<model>-music.yaml`) and then by RecBole
 (in the venv bench/recbole_env.sh builds), one after the other, each in its own process with one thread
@@ -125,6 +125,8 @@ def main() -> None:
     ap.add_argument("--data", default="../shared/data/amazon-music/interactions.csv")
     ap.add_argument("--venv", type=Path, default=Path("/tmp/ltrec-bench/recbole-venv"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/ltrec-bench/recbole"))
+    ap.add_argument("--ltrec-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="extra recipe override for the ltrec runs, e.g. backbone.input_norm=true (repeatable)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data_path = to_atomic(Path(args.data), args.work / "data")
@@ -135,7 +137,8 @@ def main() -> None:
         run_dir = args.work / f"ltrec-{model}"
         cmd = [sys.executable, "-m", "ltrec", "train", recipe, "--set", f"train.epochs={args.epochs}",
                "--set", "train.patience=1000", "--set", "train.threads=1", "--set", "eval.mask_seen=false",
-               "--set", f"data.source={args.data}", "--out", str(run_dir), "--overwrite"]
+               "--set", f"data.source={args.data}", "--out", str(run_dir), "--overwrite",
+               *[a for kv in args.ltrec_set for a in ("--set", kv)]]
         _, wall, rss, rc = run(cmd, env, ROOT, args.work / f"ltrec-{model}.log")
         if rc:
             sys.exit(f"ltrec {model} failed, see {args.work}/ltrec-{model}.log")
