@@ -229,6 +229,10 @@ class Train(Strict):
         "draws users_per_step users uniformly (up to batch_size / users_per_step windows of each), so tail "
         "users get as many steps as head users")
     users_per_step: int = Field(64, ge=1, description="with sampling: users, the users of one step")
+    length_buckets: bool = Field(
+        False, description="with sampling: windows, batch windows of similar length (faster on long-tailed logs, "
+        "but each step then holds only short-history or only long-history users, which trains far worse: "
+        "RESULTS.md); off: every batch is a uniform random sample of the windows")
     loss: Literal["ce", "bce", "sampled"] = "ce"
     negatives: int = Field(1, ge=1, description="negatives per position for bce / per batch for sampled")
     patience: int = Field(5, ge=1, description="stop after this many epochs without improvement on monitor")

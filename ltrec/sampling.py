@@ -13,12 +13,14 @@ import torch
 
 
 def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 50) -> list:
-    """Shuffled batches of indices whose windows have similar lengths.
+    """Shuffled batches of indices; with pool > 1, batches of windows with similar lengths.
 
     Long-tailed logs are mostly short windows; a batch of similar lengths can drop its leading all-pad
     columns, which changes nothing (every backbone is invariant to left padding, a tested property) and
-    saves most of the encoder's work. Sorting happens only within pools of `pool` batches, so batches stay
-    random samples of the data.
+    saves much of the encoder's work. But the windows are sorted within pools of `pool` batches, so a batch
+    is no random sample: on Amazon Music one pool of 50 holds nearly every window, and a step then sees only
+    short-history (tail) or only long-history (head) users. That trained much worse (RESULTS.md), so plain
+    training uses pool 1 (random batches) unless `train.length_buckets` asks for the speed.
     """
     perm = torch.randperm(len(lengths), generator=gen)
     batches = []

@@ -145,11 +145,12 @@ class PlainEpoch:
         self.opt = _adam(list(step.model.parameters()), recipe.train.lr, recipe, disc)
         # train.sampling: users — each step draws users_per_step users, an epoch as many steps as visit each once
         self.sampler, self.users_per_step = sampler, recipe.train.users_per_step
+        self.pool = 50 if recipe.train.length_buckets else 1  # pool 1: sorted only inside each random batch
         self.all_users = dist.sum_ints([len(sampler.users)])[0] if sampler else 0  # over all ranks
 
     def _batches(self, world: int = 1):
         if self.sampler is None:
-            return length_batches(self.step.lengths, math.ceil(self.batch_size / world), self.step.gen)
+            return length_batches(self.step.lengths, math.ceil(self.batch_size / world), self.step.gen, self.pool)
         steps = math.ceil(self.all_users / self.users_per_step)
         return self.sampler.batches(math.ceil(self.users_per_step / world), steps)
 

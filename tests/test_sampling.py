@@ -66,3 +66,19 @@ def test_users_sampling_splits_each_step_across_ranks(tiny_csv):
     batches = list(users._batches(world=2))
     assert len(batches) == math.ceil(len(torch.unique(owner)) / 4)
     assert all(len(torch.unique(owner[idx])) == 2 for idx in batches)
+
+
+def test_window_batches_are_random_samples_unless_length_buckets(tiny_csv):
+    # length buckets made each step all-short or all-long windows (tail-only or head-only users), which
+    # trained far worse than random batches (RESULTS.md); the default must mix lengths in every batch
+    def spread(train):
+        _, _, epoch, _ = build(tiny_csv, train=train)
+        lengths = epoch.step.lengths
+        batches = record(epoch)
+        assert sorted(torch.cat(batches).tolist()) == list(range(len(lengths)))  # every window once
+        means = torch.stack([lengths[i].float().mean() for i in batches[:-1]])  # the last may be short
+        return float(means.std()), float(lengths.float().std() / math.sqrt(16))
+
+    random_sd, sampling_sd = spread(None)
+    bucket_sd, _ = spread({"length_buckets": True})
+    assert random_sd < 1.5 * sampling_sd < bucket_sd  # random batches: batch means vary as samples do
