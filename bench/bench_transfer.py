@@ -2,7 +2,7 @@
 
     python bench/bench_transfer.py recipes/sasrec-music.yaml [--threads 1] [--fraction 0.25] [--rounds 2]
 
-Modes: plain (batch 256 and the step-matched batch 64), plain with `train.sampling: users`, +GA
+Modes: plain (batch 256 and the step-matched batch 64, random or length-bucketed batches), plain with `train.sampling: users`, +GA
 (users_per_step 64), +AT, +GA+AT, GA with 4 vmapped chains, and the paper's faithful one-user-per-step GA
 (`--modes` picks some by name prefix). Each mode trains on the same first `fraction` of the training windows
 (whole users), scaled to a full epoch; the modes run in turn for `rounds` rounds and the fastest round counts,
@@ -33,6 +33,8 @@ GA = {"k": 5, "beta": 0.5, "users_per_step": 64}
 MODES = {  # name: (transfer, train overrides)
     "plain (batch 256)": ({}, {"batch_size": 256}),
     "plain (batch 64)": ({}, {"batch_size": 64}),
+    "plain (batch 256, length buckets)": ({}, {"batch_size": 256, "length_buckets": True}),
+    "plain (batch 64, length buckets)": ({}, {"batch_size": 64, "length_buckets": True}),
     "plain, sampling: users (64 users/step)": ({}, {"batch_size": 256, "sampling": "users"}),
     "+GA (k 5, 64 users/step)": ({"grad_align": GA}, {"batch_size": 256}),
     "+AT (λ 0.1)": ({"adversarial": {}}, {"batch_size": 256}),
