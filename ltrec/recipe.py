@@ -124,7 +124,7 @@ class SASRecConfig(Strict):
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.2, ge=0, lt=1)
     input_norm: bool = Field(
-        False, description="LayerNorm on item + position embedding before the first block, position "
+        True, description="LayerNorm on item + position embedding before the first block, position "
         "embeddings initialised small (as RecBole's SASRec); without it rarely seen items barely register"
     )
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
@@ -58,9 +59,27 @@ def fingerprint(seqs: data_mod.Sequences) -> str:
     return h.hexdigest()[:16]
 
 
+# Keys added after runs were already saved, with the value that those runs used (their recipe.yaml, written
+# resolved, simply lacks the key): an old run must load the model it was trained as.
+LEGACY = {("backbone", "input_norm", "sasrec"): "false", ("train", "length_buckets", None): "true"}
+
+
+def _legacy_overrides(path: Path) -> list[str]:
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return []  # load_recipe reports the problem
+    out = []
+    for (section, key, kind), value in LEGACY.items():
+        part = raw.get(section) if isinstance(raw, dict) else None
+        if isinstance(part, dict) and key not in part and (kind is None or part.get("kind") == kind):
+            out.append(f"{section}.{key}={value}")
+    return out
+
+
 def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[Recipe, data_mod.Sequences]:
     """The run's recipe (with `overrides`) and its data, checked to be the data the run was trained on."""
-    recipe = load_recipe(run_dir / "recipe.yaml", overrides)
+    recipe = load_recipe(run_dir / "recipe.yaml", _legacy_overrides(run_dir / "recipe.yaml") + list(overrides or []))
     seqs = load_data(recipe)
     try:
         saved = json.loads((run_dir / "data.json").read_text()) if (run_dir / "data.json").exists() else {}
@@ -196,7 +215,8 @@ def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resu
         if dist.main:
             run_dir = prepare_run_dir(recipe, out, overwrite, resume)
             if resume:
-                recipe = _resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
+                saved = run_dir / "recipe.yaml"
+                recipe = _resumable(recipe, load_recipe(saved, _legacy_overrides(saved)), run_dir)
                 atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
             else:
                 atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))  # first: a crashed run is still explained

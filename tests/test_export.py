@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     both = "{grad_align: {k: 2, users_per_step: 8}, adversarial: {weight: 0.1}}"  # the exported model is the backbone
     runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both)
                  for kind in ("gru4rec", "sasrec", "bert4rec")})  # bert4rec: its cloze loss under both components
-    runs["sasrec-norm"] = train_run(folder, csv, "sasrec", extra=", input_norm: true", name="sasrec-norm")
+    runs["sasrec-legacy"] = train_run(folder, csv, "sasrec", extra=", input_norm: false", name="sasrec-legacy")
     return runs
 
 
@@ -82,7 +83,7 @@ def session(bundle: Path):
 
 
 @pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", *NEW, "gru4rec-transfer", "sasrec-transfer",
-                                  "bert4rec-transfer", "sasrec-norm"])
+                                  "bert4rec-transfer", "sasrec-legacy"])
 def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     import onnx
 
@@ -192,3 +193,19 @@ def test_amazon_music_parity(tmp_path):
     parity = json.loads((tmp_path / "bundle" / "bundle.json").read_text())["parity"]
     assert parity["users"] == 2000 and parity["topk_agreement"] >= 0.999
     assert parity["max_abs_score_diff"] <= 1e-4
+
+
+def test_runs_saved_before_new_keys_load_as_trained(runs, tmp_path):
+    """A run saved before backbone.input_norm / train.length_buckets existed has no such keys in its
+    recipe.yaml: eval and export must rebuild the model it was trained as (input_norm off), not today's."""
+    old = tmp_path / "old"
+    shutil.copytree(runs["sasrec-legacy"], old)
+    text = (old / "recipe.yaml").read_text()
+    lines = [line for line in text.splitlines() if "input_norm" not in line and "length_buckets" not in line]
+    assert len(lines) == len(text.splitlines()) - 2
+    (old / "recipe.yaml").write_text("\n".join(lines) + "\n")
+    recipe, _ = load_run(old)
+    assert recipe.backbone.input_norm is False and recipe.train.length_buckets is True
+    want = json.loads(ok(["eval", runs["sasrec-legacy"], "--json"]))["slices"]
+    assert json.loads(ok(["eval", old, "--json"]))["slices"] == want
+    assert "parity on 200 test histories" in ok(["export", old, "--out", tmp_path / "bundle"])
