@@ -7,12 +7,31 @@ metrics are averaged per user first, so the test pairs users, not seeds.
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
 from .metrics import paired_test
+
+
+def protocol_of(run: Path, split: str) -> str | None:
+    """The protocol the per-user file was written under (None for files from before it was recorded)."""
+    try:
+        return json.loads((run / f"users_{split}.json").read_text(encoding="utf-8"))["protocol"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _check_protocols(runs: list[Path], split: str) -> str | None:
+    known = [(run, p) for run in runs if (p := protocol_of(run, split)) is not None]
+    for run, p in known[1:]:
+        if p != known[0][1]:
+            raise UserError(f"{run}: its per-user {split} metrics are '{p}', but {known[0][0]}'s are "
+                            f"'{known[0][1]}'; a comparison needs one protocol: re-run `ltrec eval` on one of "
+                            "them with the other's --set (plain `ltrec eval RUN` restores the run's own recipe)")
+    return known[0][1] if known else None
 
 
 def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
@@ -46,11 +65,12 @@ def load_group(spec: str, split: str) -> tuple[str, np.ndarray, np.ndarray, dict
 
 def compare(specs: list[str], split: str = "test", metrics=("ndcg@10", "hr@10"),
             slices=("all", "head", "tail", "cold", "cold-adapted")) -> dict:
+    protocol = _check_protocols([Path(p) for spec in specs for p in spec.split(",") if p], split)
     groups = [load_group(s, split) for s in specs]
     for g, spec in zip(groups[1:], specs[1:]):
         _check_same(groups[0][1:3], g[1:3], specs[0], spec)
     base_slices = groups[0][2]
-    out = {"split": split, "runs": [g[0] for g in groups], "rows": []}
+    out = {"split": split, "protocol": protocol, "runs": [g[0] for g in groups], "rows": []}
     for name in slices:
         mask = np.isin(base_slices, ("head", "tail")) if name == "all" else base_slices == name
         if not mask.any():
@@ -80,6 +100,7 @@ def format_comparison(result: dict) -> str:
             p = f"p<{1 / t['n_boot']:g}" if pv == 0 else f"p={pv:.3f}" if pv >= 1e-3 else f"p={pv:.1g}"
             cells.append(f"{100 * t['rel_diff']:+.1f}% ({p})")
         lines.append(" | ".join(cells))
-    note = (f"\n{result['split']} split; per-user metrics averaged over the runs joined by commas; "
+    proto = f"{result['protocol']}; " if result.get("protocol") else ""
+    note = (f"\n{result['split']} split; {proto}per-user metrics averaged over the runs joined by commas; "
             "p: two-sided paired bootstrap over users (10,000 resamples) of the difference to the first column")
     return "\n".join("| " + line + " |" for line in lines) + note

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,6 +139,8 @@ def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:
         w.writerow([seqs.users[u], result.slice_of[j], int(events),
                     *(f"{result.per_user[k][j]:.6g}" for k in keys)])
     atomic_write(path, out.getvalue())
+    # the protocol beside it: `ltrec eval --set` may rewrite the file under another one, and compare must see that
+    atomic_write(path.with_suffix(".json"), json.dumps({"protocol": result.protocol}) + "\n")
 
 
 def format_table(table: dict[str, dict[str, float]], proto: str, split: str, ks) -> str:

@@ -49,3 +49,17 @@ def test_small_p_values_keep_a_digit():
               "split": "test"}
     text = format_comparison(result)
     assert "(p=0.0003)" in text and "(p<0.0001)" in text and "p=0.000)" not in text
+
+
+def test_compare_refuses_mixed_protocols(tmp_path):
+    # `ltrec eval RUN --set eval.mask_seen=false` rewrites RUN's per-user file under another protocol; a
+    # comparison must not silently pair it with runs evaluated the usual way
+    for name, proto in (("a", "history masked"), ("b", "history not masked"), ("c", "history masked")):
+        write_users(tmp_path / name, ["u1", "u2"], ["head", "tail"], [0.1, 0.2])
+        (tmp_path / name / "users_test.json").write_text(f'{{"protocol": "{proto}"}}\n')
+    with pytest.raises(UserError, match="needs one protocol"):
+        compare([str(tmp_path / "a"), f"{tmp_path / 'c'},{tmp_path / 'b'}"])
+    result = compare([str(tmp_path / "a"), str(tmp_path / "c")])
+    assert result["protocol"] == "history masked" and "history masked;" in format_comparison(result)
+    write_users(tmp_path / "old", ["u1", "u2"], ["head", "tail"], [0.1, 0.2])  # no protocol recorded: allowed
+    assert compare([str(tmp_path / "a"), str(tmp_path / "old")])["protocol"] == "history masked"

@@ -209,3 +209,15 @@ def test_runs_saved_before_new_keys_load_as_trained(runs, tmp_path):
     want = json.loads(ok(["eval", runs["sasrec-legacy"], "--json"]))["slices"]
     assert json.loads(ok(["eval", old, "--json"]))["slices"] == want
     assert "parity on 200 test histories" in ok(["export", old, "--out", tmp_path / "bundle"])
+
+
+def test_eval_set_records_its_protocol_for_compare(runs, tmp_path):
+    """eval --set rewrites the per-user file under another protocol; compare refuses to mix it with the
+    usual one, and a plain eval restores the run's own."""
+    other = tmp_path / "other"
+    shutil.copytree(runs["sasrec"], other)
+    ok(["eval", other, "--set", "eval.mask_seen=false"])
+    r = runner.invoke(app, ["compare", str(runs["sasrec"]), str(other)])
+    assert r.exit_code == 2 and "needs one protocol" in r.output
+    ok(["eval", other])
+    assert "history masked" in ok(["compare", runs["sasrec"], other])
