@@ -221,7 +221,7 @@ def test_two_ranks_stay_in_sync_only_rank_0_writes_and_eval_gathers_exactly(two_
     assert ours[1] == [] and any(w.endswith("last.pt") for w in ours[0])
     assert {p.name for p in (project / "run").iterdir()} == {
         "recipe.yaml", "data.json", "best.pt", "last.pt", "metrics.jsonl", "metrics.json", "users_valid.csv",
-        "users_test.csv"}
+        "users_test.csv", "users_valid.json", "users_test.json"}
     for a, b in zip(r0["params"], r1["params"]):  # averaged gradients: the same weights on both ranks
         assert torch.equal(a, b)
     for r in (r0, r1):  # sharded evaluation, gathered, is one process's evaluation of the same weights
