@@ -3,8 +3,8 @@
 # 15-epoch budget; then the mean ± std table and the paired comparison of RESULTS.md.
 # About 2.5 h on 2 vCPUs. Finished runs are reused, interrupted ones resumed.
 # Stop 15 changed plain training's defaults (random batches, SASRec input_norm); the numbers in RESULTS.md
-# were made before: add --set train.length_buckets=true --set backbone.input_norm=false (SASRec only) to the
-# plain runs to reproduce them (RESULTS.md, "Correction").
+# were made before: add --set train.length_buckets=true to the plain runs and --set backbone.input_norm=false
+# to every SASRec run to reproduce them (RESULTS.md, "Correction").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 R="recipes/pop-music.yaml recipes/sasrec-music.yaml recipes/sasrec-music-b64.yaml recipes/sasrec-music-gaat.yaml"

@@ -4,8 +4,8 @@
 # (their epochs cost 3–5× BERT4Rec's on CPU), then the BERT4Rec and Caser controls. About 3 h on 2 vCPUs;
 # finished runs are reused, interrupted ones resumed.
 # Stop 15 changed plain training's defaults (random batches, SASRec input_norm); the numbers in RESULTS.md
-# were made before: add --set train.length_buckets=true --set backbone.input_norm=false (SASRec only) to the
-# plain runs to reproduce them (RESULTS.md, "Correction").
+# were made before: add --set train.length_buckets=true to the plain runs and --set backbone.input_norm=false
+# to every SASRec run to reproduce them (RESULTS.md, "Correction").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for spec in bert4rec:20 caser:10 narm:10; do

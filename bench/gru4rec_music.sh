@@ -4,8 +4,8 @@
 # RESULTS.md ("GRU4Rec on Amazon Music"). About 1.5 h on 2 vCPUs; finished runs are reused, interrupted
 # ones resumed.
 # Stop 15 changed plain training's defaults (random batches, SASRec input_norm); the numbers in RESULTS.md
-# were made before: add --set train.length_buckets=true --set backbone.input_norm=false (SASRec only) to the
-# plain runs to reproduce them (RESULTS.md, "Correction").
+# were made before: add --set train.length_buckets=true to the plain runs and --set backbone.input_norm=false
+# to every SASRec run to reproduce them (RESULTS.md, "Correction").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python bench/run_recipes.py recipes/gru4rec-music-b64.yaml recipes/gru4rec-music-gaat.yaml --seeds 0 1 2 \
