@@ -1,10 +1,14 @@
 """Training speed and quality against RecBole 1.2.1: same data, split, model sizes, loss, batch and epochs.
 
-    bash bench/recbole_env.sh && python bench/bench_recbole.py [--epochs 5] [--models sasrec gru4rec] [--ltrec-set K=V ...]
+    bash bench/recbole_env.sh && python bench/bench_recbole.py [--epochs 5] [--models sasrec gru4rec] [--seeds 0 1 2] \
+        [--ltrec-set K=V ...]
 
 Each model is trained by ltrec (`python -m ltrec train recipes/<model>-music.yaml`) and then by RecBole
 (in the venv bench/recbole_env.sh builds), one after the other, each in its own process with one thread
-(OMP_NUM_THREADS=1 and torch.set_num_threads(1)); peak RSS is that process's own (os.wait4).
+(OMP_NUM_THREADS=1 and torch.set_num_threads(1)); peak RSS is that process's own (os.wait4). With several
+--seeds each seed runs both frameworks in turn, and the table ends with mean ± std per framework. A finished
+run's result is kept in --work (ltrec's run directory, RecBole's result-<model>-e<epochs>-s<seed>.json), so
+an interrupted benchmark continues where it stopped; delete --work to measure again.
 
 What is the same: Amazon Music, no k-core filtering, each user's events ordered by time with ties in file
 order (RecBole's sort is stable), leave-one-out (last event = test, second-to-last = validation), d=64,
@@ -28,6 +32,7 @@ import argparse
 import csv
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -49,7 +54,7 @@ from recbole.model.sequential_recommender import GRU4Rec, SASRec
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
-model_name, data_path, epochs, workdir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+model_name, data_path, epochs, workdir, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
 common = {
     "data_path": data_path, "dataset": "music", "checkpoint_dir": workdir + "/saved",
     "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
@@ -59,7 +64,7 @@ common = {
     "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
     "topk": [10], "metrics": ["NDCG", "Hit"], "valid_metric": "NDCG@10",
     "epochs": epochs, "stopping_step": 1000, "eval_step": 1, "train_batch_size": 256, "eval_batch_size": 4096,
-    "learning_rate": 1e-3, "weight_decay": 0.0, "seed": 0, "reproducibility": True, "show_progress": False,
+    "learning_rate": 1e-3, "weight_decay": 0.0, "seed": seed, "reproducibility": True, "show_progress": False,
     "use_gpu": False, "gpu_id": "", "worker": 0, "save_dataset": False, "save_dataloaders": False,
 }
 sizes = {"SASRec": {"hidden_size": 64, "inner_size": 64, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.2,
@@ -110,63 +115,87 @@ def to_atomic(csv_path: Path, out_dir: Path) -> Path:
     return out_dir
 
 
-def ltrec_targets(recipe: str) -> dict:
+def ltrec_targets(recipe: str, data: str) -> dict:
     from ltrec.data import load
     from ltrec.recipe import load_recipe
-    r = load_recipe(recipe)
+    r = load_recipe(recipe, [f"data.source={data}"])
     inputs, targets, _ = load(r.data, r.split, r.head, r.seed).train_windows(r.data.max_len)
     return {"sequences": len(inputs), "targets": int((targets > 0).sum())}
+
+
+def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
+    recipe = f"recipes/{model}-music.yaml"
+    run_dir = args.work / f"ltrec-{model}-e{args.epochs}-s{seed}"
+    if not (run_dir / "metrics.json").exists():
+        cmd = [sys.executable, "-m", "ltrec", "train", recipe, "--set", f"train.epochs={args.epochs}",
+               "--set", "train.patience=1000", "--set", "train.threads=1", "--set", "eval.mask_seen=false",
+               "--set", f"seed={seed}", "--set", f"data.source={args.data}", "--out", str(run_dir), "--overwrite",
+               *[a for kv in args.ltrec_set for a in ("--set", kv)]]
+        _, wall, rss, rc = run(cmd, env, ROOT, args.work / f"ltrec-{model}-s{seed}.log")
+        if rc:
+            sys.exit(f"ltrec {model} failed, see {args.work}/ltrec-{model}-s{seed}.log")
+        (run_dir / "bench.json").write_text(json.dumps({"wall": wall, "rss": rss}))
+    m = json.loads((run_dir / "metrics.json").read_text())
+    b = json.loads((run_dir / "bench.json").read_text())
+    n = ltrec_targets(recipe, args.data)
+    return ("ltrec", model, seed, m["seconds_per_epoch"], n["sequences"], n["targets"], m["test"]["all"]["ndcg@10"],
+            m["test"]["all"]["hr@10"], b["rss"], b["wall"])
+
+
+def recbole_run(model: str, seed: int, args, env: dict, data_path: Path) -> tuple:
+    result = args.work / f"result-{model}-e{args.epochs}-s{seed}.json"
+    if not result.exists():
+        name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model]
+        cmd = [str(args.venv / "bin/python"), "-c", RECBOLE_CHILD, name, str(data_path), str(args.epochs),
+               str(args.work), str(seed)]
+        out, wall, rss, rc = run(cmd, env, args.work, args.work / f"recbole-{model}-s{seed}.log")
+        if rc:
+            sys.exit(f"RecBole {model} failed, see {args.work}/recbole-{model}-s{seed}.log")
+        result.write_text(json.dumps({**json.loads(out.strip().splitlines()[-1]), "wall": wall, "rss": rss}))
+    r = json.loads(result.read_text())
+    per_epoch = sum(r["seconds"]) / len(r["seconds"])
+    return ("RecBole 1.2.1", model, seed, per_epoch, r["train_sequences"], r["train_sequences"], r["ndcg@10"],
+            r["hr@10"], r["rss"], r["wall"])
+
+
+def mean_std(xs: list[float]) -> str:
+    return f"{statistics.mean(xs):.4f} ± {statistics.stdev(xs):.4f}" if len(xs) > 1 else f"{xs[0]:.4f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--data", default="../shared/data/amazon-music/interactions.csv")
     ap.add_argument("--venv", type=Path, default=Path("/tmp/ltrec-bench/recbole-venv"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/ltrec-bench/recbole"))
     ap.add_argument("--ltrec-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra recipe override for the ltrec runs, e.g. backbone.input_norm=true (repeatable)")
+                    help="extra recipe override for the ltrec runs, e.g. train.batch_size=64 (repeatable)")
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
     data_path = to_atomic(Path(args.data), args.work / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     rows = []
     for model in args.models:
-        recipe = f"recipes/{model}-music.yaml"
-        run_dir = args.work / f"ltrec-{model}"
-        cmd = [sys.executable, "-m", "ltrec", "train", recipe, "--set", f"train.epochs={args.epochs}",
-               "--set", "train.patience=1000", "--set", "train.threads=1", "--set", "eval.mask_seen=false",
-               "--set", f"data.source={args.data}", "--out", str(run_dir), "--overwrite",
-               *[a for kv in args.ltrec_set for a in ("--set", kv)]]
-        _, wall, rss, rc = run(cmd, env, ROOT, args.work / f"ltrec-{model}.log")
-        if rc:
-            sys.exit(f"ltrec {model} failed, see {args.work}/ltrec-{model}.log")
-        m = json.loads((run_dir / "metrics.json").read_text())
-        n = ltrec_targets(recipe)
-        rows.append(("ltrec", model, m["seconds_per_epoch"], n["sequences"], n["targets"], m["test"]["all"]["ndcg@10"],
-                     m["test"]["all"]["hr@10"], rss, wall, m["best_epoch"]))
-        name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model]
-        cmd = [str(args.venv / "bin/python"), "-c", RECBOLE_CHILD, name, str(data_path), str(args.epochs), str(args.work)]
-        out, wall, rss, rc = run(cmd, env, args.work, args.work / f"recbole-{model}.log")
-        if rc:
-            sys.exit(f"RecBole {model} failed, see {args.work}/recbole-{model}.log")
-        r = json.loads(out.strip().splitlines()[-1])
-        per_epoch = sum(r["seconds"]) / len(r["seconds"])
-        rows.append(("RecBole 1.2.1", model, per_epoch, r["train_sequences"], r["train_sequences"], r["ndcg@10"],
-                     r["hr@10"], rss, wall, None))
-        print(f"<!-- {rows[-2]} / {rows[-1]} -->", file=sys.stderr, flush=True)
+        for seed in args.seeds:  # alternate the frameworks, so both see the same background load
+            rows.append(ltrec_run(model, seed, args, env))
+            rows.append(recbole_run(model, seed, args, env, data_path))
+            print(f"<!-- {rows[-2]} / {rows[-1]} -->", file=sys.stderr, flush=True)
     print(f"**Machine**: {machine()}\n\n**Command**: `python {' '.join(sys.argv)}` (one thread per framework; "
           f"{args.epochs} epochs, no early stopping)\n")
-    print("| framework | model | s/epoch (train) | sequences/epoch | targets/epoch | test NDCG@10 | test HR@10 "
+    print("| framework | model | seed | s/epoch (train) | sequences/epoch | targets/epoch | test NDCG@10 | test HR@10 "
           "| peak RSS (MB) | process wall (s) |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for fw, model, sec, seqs, targets, ndcg, hr, rss, wall, _ in rows:
-        print(f"| {fw} | {model} | {sec:.1f} | {seqs:,} | {targets:,} | {ndcg:.4f} | {hr:.4f} | {rss:,.0f} | {wall:.0f} |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for fw, model, seed, sec, seqs, targets, ndcg, hr, rss, wall in rows:
+        print(f"| {fw} | {model} | {seed} | {sec:.1f} | {seqs:,} | {targets:,} | {ndcg:.4f} | {hr:.4f} | {rss:,.0f} "
+              f"| {wall:.0f} |")
     for model in args.models:
-        a, b = [r for r in rows if r[1] == model]
-        print(f"\n{model}: ltrec {b[2] / a[2]:.2f}× faster per epoch; NDCG@10 {a[5]:.4f} vs {b[5]:.4f} "
-              f"(ltrec {'≥' if a[5] >= b[5] else '<'} RecBole)")
+        ours, theirs = ([r for r in rows if r[1] == model and r[0] == fw] for fw in ("ltrec", "RecBole 1.2.1"))
+        speed = statistics.mean(r[3] for r in theirs) / statistics.mean(r[3] for r in ours)
+        print(f"\n{model} over seeds {args.seeds}: ltrec {speed:.2f}× faster per epoch; NDCG@10 "
+              f"{mean_std([r[6] for r in ours])} vs {mean_std([r[6] for r in theirs])}, HR@10 "
+              f"{mean_std([r[7] for r in ours])} vs {mean_std([r[7] for r in theirs])} (ltrec vs RecBole, mean ± std)")
 
 
 if __name__ == "__main__":
