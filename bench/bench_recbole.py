@@ -126,7 +126,8 @@ def ltrec_targets(recipe: str, data: str) -> dict:
 def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
     recipe = f"recipes/{model}-music.yaml"
     run_dir = args.work / f"ltrec-{model}-e{args.epochs}-s{seed}"
-    if not (run_dir / "metrics.json").exists():
+    done = run_dir / "bench.json"
+    if not (done.exists() and json.loads(done.read_text()).get("sets") == args.ltrec_set):  # reuse only the same run
         cmd = [sys.executable, "-m", "ltrec", "train", recipe, "--set", f"train.epochs={args.epochs}",
                "--set", "train.patience=1000", "--set", "train.threads=1", "--set", "eval.mask_seen=false",
                "--set", f"seed={seed}", "--set", f"data.source={args.data}", "--out", str(run_dir), "--overwrite",
@@ -134,9 +135,9 @@ def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
         _, wall, rss, rc = run(cmd, env, ROOT, args.work / f"ltrec-{model}-s{seed}.log")
         if rc:
             sys.exit(f"ltrec {model} failed, see {args.work}/ltrec-{model}-s{seed}.log")
-        (run_dir / "bench.json").write_text(json.dumps({"wall": wall, "rss": rss}))
+        done.write_text(json.dumps({"wall": wall, "rss": rss, "sets": args.ltrec_set}))
     m = json.loads((run_dir / "metrics.json").read_text())
-    b = json.loads((run_dir / "bench.json").read_text())
+    b = json.loads(done.read_text())
     n = ltrec_targets(recipe, args.data)
     return ("ltrec", model, seed, m["seconds_per_epoch"], n["sequences"], n["targets"], m["test"]["all"]["ndcg@10"],
             m["test"]["all"]["hr@10"], b["rss"], b["wall"])
