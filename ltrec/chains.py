@@ -14,8 +14,6 @@ own inner Adam moments across iterations, and the loss is full-softmax cross-ent
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -70,15 +68,14 @@ class ChainsEpoch(GradAlignEpoch):
                                             (inputs, pos, tgt, pos_w, head, row_w, self.step.weight))
         return loss, (logits, adv)
 
-    def _draw(self, group: torch.Tensor) -> torch.Tensor:
+    def _windows_of(self, users: torch.Tensor) -> torch.Tensor:
         """Exactly `per_user` windows of each user of the group, drawn with replacement."""
-        return self.sampler.draws(group).reshape(-1)  # fixed shapes: every chain's batch has the same size
+        return self.sampler.draws(users).reshape(-1)  # fixed shapes: every chain's batch has the same size
 
-    def _batch(self, groups: list[torch.Tensor]):
+    def _batch(self, idx: list[torch.Tensor]):
         """The chains' windows for one inner step, padded to common shapes; padding weighs nothing."""
-        step, C = self.step, len(groups)
-        idx = [self._draw(g) for g in groups]
-        B = max(len(i) for i in idx)
+        step, C = self.step, len(idx)
+        B = max(max(len(i) for i in idx), 1)
         W = max(int(step.lengths[i].max()) for i in idx if len(i))
         inputs = torch.zeros(C, B, W, dtype=torch.long)
         targets = torch.zeros(C, B, W, dtype=torch.long)
@@ -113,19 +110,21 @@ class ChainsEpoch(GradAlignEpoch):
         step.set_epoch(self.epoch)
         step.model.train()
         step.reset_stats()
-        per_iter = self.chains * ga.k * ga.users_per_step
         world = self.dist.world  # under torchrun each rank runs C chains on its own users; deltas are averaged
-        for _ in range(math.ceil(self.all_users / (per_iter * world))):  # the same count on every rank
+        iterations, plan = self._plan(self.chains * ga.k)
+        for _ in range(iterations):  # the same count on every rank
             theta0 = [p.detach().clone() for p in (self.params if world > 1 else self.aligned)]
-            if not len(self.sampler.users):  # a rank without users only joins the all-reduce, with weight 0
+            groups = next(plan, None)
+            if groups is None:  # a rank without users (or windows) left only joins the all-reduce, weight 0
                 self._outer_step_distributed(theta0, 0.0)
                 continue
-            chosen = self.sampler.draw(per_iter)
-            groups = list(chosen.split(ga.users_per_step))
+            groups = list(groups)
             params = {n: p.detach().unsqueeze(0).repeat(self.chains, *[1] * p.dim()) for n, p in self.live.items()}
             for s in range(0, len(groups), self.chains):
                 chunk = groups[s:s + self.chains]
-                chunk += [chunk[-1][:0]] * (self.chains - len(chunk))  # a chain with no users left idles
+                chunk += [chunk[-1][:0]] * (self.chains - len(chunk))  # a chain with no windows left idles
+                if not any(len(i) for i in chunk):
+                    continue
                 batch, n = self._batch(chunk)
                 grads, (loss, (logits, adv)) = self._grads(params, batch)
                 self._inner_update(params, grads, loss, active=batch[5].sum(1) > 0)

@@ -194,7 +194,11 @@ class GradAlign(Strict):
         "interpolate", description="θ₀ + β(θ_k − θ₀), or Adam on the pseudo-gradient θ₀ − θ_k"
     )
     users_per_step: int = Field(64, ge=1, description="1 is the paper's faithful mode")
-    sampling: Literal["uniform", "events", "balanced"] = "uniform"
+    sampling: Literal["uniform", "events", "balanced", "windows"] = Field(
+        "uniform", description="uniform / events / balanced: each batch draws users_per_step users (uniformly, "
+        "in proportion to their windows, head and tail equally), fresh users every outer iteration; windows: "
+        "every training window once per epoch, as plain training sees them, each outer iteration's k batches "
+        "of train.batch_size windows split so that no user is in two")
     align_embeddings: bool = Field(True, description="also apply the outer step to the item embeddings")
     chains: int = Field(1, ge=1, description="Reptile chains run side by side (torch.func.vmap), each on its "
                         "own users, outer step toward their mean; 1 = one chain")

@@ -32,6 +32,38 @@ def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator,
     return [batches[i] for i in order]
 
 
+def disjoint_batches(chunk: torch.Tensor, owner: torch.Tensor, parts: int) -> list[torch.Tensor]:
+    """Split a random chunk of window indices into `parts` batches of about equal size, no user in two.
+
+    A user's windows in the chunk stay together (in the order the user first appears in the chunk, which is
+    random), and the cuts fall on user boundaries, so a batch can be a little larger or smaller than
+    len(chunk) / parts; a batch can be empty when one user holds a large share of the chunk.
+    """
+    if parts == 1 or len(chunk) == 0:
+        return [chunk]
+    _, inv = torch.unique(owner[chunk], return_inverse=True)
+    first = torch.full((int(inv.max()) + 1,), len(chunk), dtype=torch.long)
+    first = first.scatter_reduce(0, inv, torch.arange(len(chunk)), "amin")  # each user's first position
+    key = first[inv]
+    order = torch.argsort(key, stable=True)
+    chunk, key = chunk[order], key[order]
+    starts = torch.nonzero(torch.cat([torch.ones(1, dtype=torch.bool), key[1:] != key[:-1]])).squeeze(1)
+    wanted = torch.tensor([round(j * len(chunk) / parts) for j in range(1, parts)])
+    cuts = starts[torch.searchsorted(starts, wanted).clamp(max=len(starts) - 1)]  # first user start ≥ wanted
+    cuts = torch.where(cuts < wanted, len(chunk), cuts)  # no user starts at or after wanted: cut at the end
+    bounds = [0] + cuts.tolist() + [len(chunk)]
+    return [chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def window_plan(owner: torch.Tensor, parts: int, batch_size: int, gen: torch.Generator):
+    """Every window once, in random order: per outer iteration, `parts` user-disjoint batches of about
+    `batch_size` windows (gradient alignment's `sampling: windows`, plain training's data schedule)."""
+    perm = torch.randperm(len(owner), generator=gen)
+    per_iter = parts * batch_size
+    for lo in range(0, len(perm), per_iter):
+        yield disjoint_batches(perm[lo:lo + per_iter], owner, parts)
+
+
 class UserSampler:
     """Draws distinct users, then up to `per_user` random windows of each (indices into the window arrays)."""
 

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .distributed import LOCAL, Dist
-from .sampling import UserSampler, length_batches
+from .sampling import UserSampler, length_batches, window_plan
 
 
 class GradReverse(torch.autograd.Function):
@@ -229,9 +229,32 @@ class GradAlignEpoch(PlainEpoch):
         inner = torch.optim.SGD if ga.inner_optimizer == "sgd" else torch.optim.Adam
         self.opt = inner(self.params, lr=ga.inner_lr)
         self.outer = torch.optim.Adam(self.aligned, lr=recipe.train.lr) if ga.outer == "adam" else None
-        self.sampler = UserSampler(owner, user_head, ga.sampling, max(1, recipe.train.batch_size // ga.users_per_step),
-                                   step.gen)
+        self.owner, self.batch_size = owner, recipe.train.batch_size
+        per_user = max(1, recipe.train.batch_size // ga.users_per_step)
+        self.sampler = UserSampler(owner, user_head, "uniform" if ga.sampling == "windows" else ga.sampling,
+                                   per_user, step.gen)
         self.all_users = dist.sum_ints([len(self.sampler.users)])[0]  # over all ranks
+
+    def _plan(self, parts: int):
+        """(iterations, plan): the outer iterations of one epoch, the same count on every rank, and per
+        iteration `parts` batches of window indices in which no user appears twice. `sampling: windows`
+        visits every window once (plain training's data); the others draw users_per_step users per batch,
+        fresh users for every iteration (so some users go unvisited in an epoch, others come twice)."""
+        if self.ga.sampling == "windows":
+            mine = math.ceil(len(self.owner) / (parts * self.batch_size))
+            return self.dist.sum_ints([mine], "max")[0], window_plan(self.owner, parts, self.batch_size, self.step.gen)
+        per_iter = parts * self.ga.users_per_step
+        n = math.ceil(self.all_users / (per_iter * self.dist.world))
+
+        def users():
+            for _ in range(n if len(self.sampler.users) else 0):
+                chosen = self.sampler.draw(per_iter)  # all distinct: no two batches share a user
+                # lazily, so the random stream runs as in plain `train.sampling: users` when k = 1
+                yield (self._windows_of(group) for group in chosen.split(self.ga.users_per_step))
+        return n, users()
+
+    def _windows_of(self, users: torch.Tensor) -> torch.Tensor:
+        return self.sampler.windows(users)
 
     def __call__(self, on_batch) -> dict:
         if self.dist.world > 1:
@@ -241,20 +264,18 @@ class GradAlignEpoch(PlainEpoch):
         step.set_epoch(self.epoch)
         step.model.train()
         step.reset_stats()
-        per_iter = ga.k * ga.users_per_step
-        iterations = math.ceil(self.all_users / per_iter)
-        for _ in range(iterations):
-            chosen = self.sampler.draw(per_iter)  # all distinct: no two inner steps share a user
+        for batches in self._plan(ga.k)[1]:
             theta0 = [p.detach().clone() for p in self.aligned]
-            self._inner_steps(chosen, on_batch)
+            self._inner_steps(batches, on_batch)
             self._outer_step(theta0)
         return step.stats()
 
-    def _inner_steps(self, chosen: torch.Tensor, on_batch) -> bool:
-        """One inner step per group of `users_per_step` chosen users; whether any step was taken."""
+    def _inner_steps(self, batches, on_batch) -> bool:
+        """One inner step per batch of windows (each of other users); whether any step was taken."""
         moved = False
-        for group in chosen.split(self.ga.users_per_step):
-            idx = self.sampler.windows(group)
+        for idx in batches:
+            if not len(idx):
+                continue
             loss = self.step.loss(idx)
             if loss is None:
                 continue
@@ -274,14 +295,11 @@ class GradAlignEpoch(PlainEpoch):
         step.set_epoch(self.epoch)
         step.model.train()
         step.reset_stats()
-        per_iter = ga.k * ga.users_per_step
-        iterations = math.ceil(self.all_users / (per_iter * dist.world))  # the same on every rank
-        for _ in range(iterations):
+        iterations, plan = self._plan(ga.k)
+        for _ in range(iterations):  # the same count on every rank
             theta0 = [p.detach().clone() for p in self.params]
-            moved = 0.0
-            if len(self.sampler.users):  # a rank without users only joins the all-reduce, with weight 0
-                chosen = self.sampler.draw(per_iter)
-                moved = 1.0 if self._inner_steps(chosen, on_batch) else 0.0
+            batches = next(plan, None)  # None: this rank has run out (or has no users) and joins with weight 0
+            moved = 1.0 if batches is not None and self._inner_steps(batches, on_batch) else 0.0
             self._outer_step_distributed(theta0, moved)
         dist.sum_stats(step.sums)
         return step.stats()

@@ -8,6 +8,7 @@ Multi-process checks spawn 2 gloo processes on the CPU (torch.multiprocessing) a
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import subprocess
@@ -111,16 +112,19 @@ def test_auto_device_is_the_local_ranks_gpu(monkeypatch):
 # ------------------------------------------------------------------------- 2 spawned gloo processes
 
 
-def _worker(rank, world, port, port2, project, out):
-    """Both checks in one pair of processes (starting them is the slow part): one GA epoch, then a run,
-    each in its own process group (a second group on the first one's port could meet the first's store)."""
+def _worker(rank, world, port, port2, port3, project, out):
+    """The checks in one pair of processes (starting them is the slow part): one GA epoch with each kind of
+    sampling, then a run, each in its own process group (a second group on the first one's port could meet
+    the first's store)."""
     _env(rank, world, port)
     _ga_check(rank, world, str(Path(project) / "events.csv"), out)
+    _env(rank, world, port3)
+    _ga_check(rank, world, str(Path(project) / "events.csv"), out, "windows")
     _env(rank, world, port2)
     _train_check(rank, world, project, out)
 
 
-def _ga_check(rank, world, events, out):
+def _ga_check(rank, world, events, out, sampling="uniform"):
     torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
     from ltrec.data import load
     from ltrec.models import GRU4Rec
@@ -132,7 +136,7 @@ def _ga_check(rank, world, events, out):
         "name": "t", "data": {"source": events, "max_len": 10}, "head": {"count": 4},
         "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0}, "train": {"batch_size": 16},
         "transfer": {"grad_align": {"k": 3, "beta": 0.3, "inner_optimizer": "sgd", "inner_lr": 0.1,
-                                    "users_per_step": 4, "align_embeddings": False},
+                                    "users_per_step": 4, "align_embeddings": False, "sampling": sampling},
                      "adversarial": {"weight": 0.1, "hidden": 4}}})
     seqs = load(recipe.data, recipe.split, recipe.head)
     windows = seqs.train_windows(10)
@@ -154,7 +158,7 @@ def _ga_check(rank, world, events, out):
     epoch._outer_step_distributed = recording
     epoch(lambda n, loss: None)
     aligned = [any(p is q for q in epoch.aligned) for p in epoch.params]
-    torch.save({"records": records, "aligned": aligned}, Path(out) / f"ga{rank}.pt")
+    torch.save({"records": records, "aligned": aligned, "windows": len(owner)}, Path(out) / f"ga{sampling}{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -163,15 +167,18 @@ def two_ranks(tmp_path_factory) -> tuple[Path, Path]:
     project, out = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("ddp-out")
     events = write_long_tailed(project / "events.csv")
     (project / "recipe.yaml").write_text(RECIPE.format(events=events, epochs=2))
-    spawn(_worker, free_port(), str(project), str(out))
+    spawn(_worker, free_port(), free_port(), str(project), str(out))
     return project, out
 
 
-def test_ga_outer_update_is_theta0_plus_beta_mean_of_rank_deltas(two_ranks):
+@pytest.mark.parametrize("sampling", ["uniform", "windows"])
+def test_ga_outer_update_is_theta0_plus_beta_mean_of_rank_deltas(two_ranks, sampling):
     """Each rank's k inner steps run on its own users; the synced parameters (model and discriminator) are
     θ₀ + β·mean(θ_k − θ₀) over the ranks (θ₀ + mean(Δ) for the unaligned item embeddings)."""
-    r0, r1 = (torch.load(two_ranks[1] / f"ga{r}.pt") for r in range(2))
+    r0, r1 = (torch.load(two_ranks[1] / f"ga{sampling}{r}.pt") for r in range(2))
     assert len(r0["records"]) == len(r1["records"]) >= 2  # the same number of outer steps on both ranks
+    if sampling == "windows":  # each rank's own windows once: as many iterations as the larger shard needs
+        assert len(r0["records"]) == math.ceil(max(r0["windows"], r1["windows"]) / (3 * 16))
     assert not all(r0["aligned"]) and any(r0["aligned"])
     for a, b in zip(r0["records"], r1["records"]):
         moved = False

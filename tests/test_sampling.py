@@ -7,6 +7,7 @@ import torch
 from ltrec.data import load
 from ltrec.models import GRU4Rec
 from ltrec.recipe import Recipe
+from ltrec.sampling import disjoint_batches
 from ltrec.transfer import PlainEpoch, make_epoch
 
 
@@ -82,3 +83,41 @@ def test_window_batches_are_random_samples_unless_length_buckets(tiny_csv):
     random_sd, sampling_sd = spread(None)
     bucket_sd, _ = spread({"length_buckets": True})
     assert random_sd < 1.5 * sampling_sd < bucket_sd  # random batches: batch means vary as samples do
+
+
+def test_disjoint_batches_split_a_chunk_on_user_boundaries():
+    gen = torch.Generator().manual_seed(3)
+    owner = torch.repeat_interleave(torch.arange(40), torch.randint(1, 9, (40,), generator=gen))
+    for parts in (1, 2, 5):
+        chunk = torch.randperm(len(owner), generator=gen)[:100]
+        batches = disjoint_batches(chunk, owner, parts)
+        assert len(batches) == parts
+        assert sorted(torch.cat(batches).tolist()) == sorted(chunk.tolist())  # nothing lost, nothing twice
+        users = [set(owner[b].tolist()) for b in batches]
+        assert sum(len(u) for u in users) == len(set().union(*users))  # no user in two batches
+        assert max(len(b) for b in batches) <= 100 / parts + 8  # cuts within one user of the ideal size
+    one = torch.zeros(10, dtype=torch.long)  # a single user: one batch holds everything, the rest are empty
+    assert sorted(len(b) for b in disjoint_batches(torch.arange(10), one, 3)) == [0, 0, 10]
+
+
+def test_grad_align_windows_sampling_is_plain_training_data(tiny_csv):
+    # sampling: windows visits every window once per epoch (as plain training does) and keeps the k batches
+    # of an outer iteration user-disjoint
+    _, _, ga, owner = build(tiny_csv, transfer={"grad_align": {"k": 3, "sampling": "windows"}})
+    seen = record(ga)
+    assert sorted(torch.cat(seen).tolist()) == list(range(len(owner)))
+    assert len(seen) >= math.ceil(len(owner) / 16)
+    for lo in range(0, len(seen), 3):
+        users = [set(owner[b].tolist()) for b in seen[lo:lo + 3]]
+        assert sum(len(u) for u in users) == len(set().union(*users))
+
+
+def test_grad_align_windows_with_k1_beta1_is_plain_adam_on_the_same_batches(tiny_csv):
+    _, ga_model, ga, _ = build(tiny_csv, transfer={"grad_align": {
+        "k": 1, "beta": 1.0, "inner_optimizer": "adam", "inner_lr": 1.0e-2, "sampling": "windows"}})
+    _, plain_model, plain, _ = build(tiny_csv)
+    batches = record(ga)
+    plain._batches = lambda world=1: batches
+    assert record(plain) == batches
+    for p, q in zip(plain_model.parameters(), ga_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
