@@ -29,7 +29,8 @@ from ltrec.recipe import load_recipe  # noqa: E402
 from ltrec.train import build_model  # noqa: E402
 from ltrec.transfer import make_epoch  # noqa: E402
 
-GA = {"k": 5, "beta": 0.5, "users_per_step": 64}
+GA = {"k": 5, "beta": 0.5, "users_per_step": 64, "sampling": "uniform"}
+WIN = {"k": 5, "beta": 0.5, "sampling": "windows"}
 MODES = {  # name: (transfer, train overrides)
     "plain (batch 256)": ({}, {"batch_size": 256}),
     "plain (batch 64)": ({}, {"batch_size": 64}),
@@ -39,6 +40,9 @@ MODES = {  # name: (transfer, train overrides)
     "+GA (k 5, 64 users/step)": ({"grad_align": GA}, {"batch_size": 256}),
     "+AT (λ 0.1)": ({"adversarial": {}}, {"batch_size": 256}),
     "+GA+AT": ({"grad_align": GA, "adversarial": {}}, {"batch_size": 256}),
+    "+GA+AT, sampling: windows (batch 64)": ({"grad_align": WIN, "adversarial": {}}, {"batch_size": 64}),
+    "+GA+AT, windows, outer Adam (batch 64)": ({"grad_align": {**WIN, "outer": "adam"}, "adversarial": {}},
+                                              {"batch_size": 64}),
     "+GA 4 chains (vmap)": ({"grad_align": {**GA, "chains": 4}}, {"batch_size": 256}),
     "+GA faithful (1 user/step)": ({"grad_align": {**GA, "users_per_step": 1}}, {"batch_size": 256}),
 }

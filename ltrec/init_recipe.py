@@ -33,7 +33,7 @@ backbone:
   heads: 2
   dropout: 0.2
 transfer:              # the paper's components; null turns one off
-  grad_align: null     # e.g. {{k: 5, beta: 0.5, users_per_step: 64}}
+  grad_align: null     # e.g. {{k: 5, beta: 0.5}}
   adversarial: null    # e.g. {{weight: 0.1}}
 train:
   epochs: {epochs}

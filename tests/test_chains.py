@@ -13,7 +13,7 @@ from test_transfer import recipe_for
 
 
 def build(path, kind="gru4rec", vectorized=True, adversarial=None, **ga):
-    ga = {"k": 2, "users_per_step": 4, "chains": 3, **ga}
+    ga = {"k": 2, "users_per_step": 4, "sampling": "uniform", "chains": 3, **ga}
     recipe = recipe_for(path, grad_align=ga, **({"adversarial": adversarial} if adversarial else {}))
     seqs = load(recipe.data, recipe.split, recipe.head)
     torch.manual_seed(0)
@@ -110,7 +110,7 @@ def test_chains_draw_distinct_users_per_step(tiny_csv):
 
 
 def test_make_epoch_and_recipe_rules(tiny_csv):
-    recipe = recipe_for(tiny_csv, grad_align={"chains": 2, "users_per_step": 4})
+    recipe = recipe_for(tiny_csv, grad_align={"chains": 2, "users_per_step": 4, "sampling": "uniform"})
     seqs = load(recipe.data, recipe.split, recipe.head)
     inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(10))
     model = GRU4Rec(seqs.n_items, 10, dim=8)

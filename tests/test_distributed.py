@@ -136,7 +136,8 @@ def _ga_check(rank, world, events, out, sampling="uniform"):
         "name": "t", "data": {"source": events, "max_len": 10}, "head": {"count": 4},
         "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0}, "train": {"batch_size": 16},
         "transfer": {"grad_align": {"k": 3, "beta": 0.3, "inner_optimizer": "sgd", "inner_lr": 0.1,
-                                    "users_per_step": 4, "align_embeddings": False, "sampling": sampling},
+                                    "align_embeddings": False, "sampling": sampling,
+                                    **({} if sampling == "windows" else {"users_per_step": 4})},
                      "adversarial": {"weight": 0.1, "hidden": 4}}})
     seqs = load(recipe.data, recipe.split, recipe.head)
     windows = seqs.train_windows(10)
@@ -344,7 +345,7 @@ def test_torchrun_resume_matches_uninterrupted(project):
     """2 processes: 2 epochs, then --resume to 4, ends exactly as 4 epochs straight (each rank's random
     streams and GA inner optimiser are in last.pt); a 1-process run resumed with 2 processes says so."""
     (project / "recipe.yaml").write_text(RECIPE.format(events=project / "events.csv", epochs=4)
-                                         + "transfer: {grad_align: {k: 2, users_per_step: 4}}\n")
+                                         + "transfer: {grad_align: {k: 2, users_per_step: 4, sampling: uniform}}\n")
     assert torchrun(project, "--out", "full").returncode == 0
     assert torchrun(project, "--out", "cut", "--set", "train.epochs=2").returncode == 0
     r = torchrun(project, "--out", "cut", "--resume")

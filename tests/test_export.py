@@ -65,7 +65,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("runs")
     csv = write_events(folder / "events.csv")
     runs = {kind: train_run(folder, csv, kind) for kind in ("gru4rec", "sasrec", "pop", *NEW)}
-    both = "{grad_align: {k: 2, users_per_step: 8}, adversarial: {weight: 0.1}}"  # the exported model is the backbone
+    both = "{grad_align: {k: 2, users_per_step: 8, sampling: uniform}, adversarial: {weight: 0.1}}"  # the exported model is the backbone
     runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both)
                  for kind in ("gru4rec", "sasrec", "bert4rec")})  # bert4rec: its cloze loss under both components
     runs["sasrec-legacy"] = train_run(folder, csv, "sasrec", extra=", input_norm: false", name="sasrec-legacy")

@@ -18,7 +18,7 @@ from ltrec.report import METRICS, fmt
 runner = CliRunner()
 TINY = ["--set", "backbone.dim=16", "--set", "train.epochs=2", "--set", "data.max_len=20",
         "--set", "train.batch_size=64", "--set", "train.patience=5"]
-GA_AT = ["--set", "transfer={grad_align: {k: 2, users_per_step: 4}, adversarial: {}}"]
+GA_AT = ["--set", "transfer={grad_align: {k: 2, users_per_step: 4, sampling: uniform}, adversarial: {}}"]
 
 
 def ok(args):

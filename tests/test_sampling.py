@@ -37,7 +37,8 @@ def test_users_sampling_equals_grad_align_with_k1_beta1_adam(tiny_csv):
     # must be that very algorithm: the same batches and, up to the outer step's rounding, the same weights
     _, plain, users, _ = build(tiny_csv, train={"sampling": "users", "users_per_step": 4})
     _, ga_model, ga, _ = build(tiny_csv, transfer={"grad_align": {"k": 1, "beta": 1.0, "inner_optimizer": "adam",
-                                                                  "inner_lr": 1.0e-2, "users_per_step": 4}})
+                                                                  "inner_lr": 1.0e-2, "users_per_step": 4,
+                                                                  "sampling": "uniform"}})
     assert isinstance(users, PlainEpoch) and users.sampler is not None
     a, b = record(users), record(ga)
     assert len(a) == len(b) > 3 and all(torch.equal(x, y) for x, y in zip(a, b))

@@ -30,7 +30,7 @@ def setup(path, **transfer):
 
 def test_k1_beta1_sgd_is_plain_sgd(tiny_csv):
     """k=1, β=1, inner SGD: every outer iteration is exactly one SGD step on that step's windows."""
-    ga = {"k": 1, "beta": 1.0, "inner_optimizer": "sgd", "inner_lr": 0.1, "users_per_step": 4}
+    ga = {"k": 1, "beta": 1.0, "inner_optimizer": "sgd", "inner_lr": 0.1, "users_per_step": 4, "sampling": "uniform"}
     recipe, seqs, model, epoch, (inputs, targets) = setup(tiny_csv, grad_align=ga)
     reference = copy.deepcopy(model)
     seen = []
@@ -49,7 +49,7 @@ def test_k1_beta1_sgd_is_plain_sgd(tiny_csv):
 
 
 def test_outer_update_interpolates(tiny_csv):
-    ga = {"k": 3, "beta": 0.3, "inner_optimizer": "sgd", "inner_lr": 0.1, "users_per_step": 4}
+    ga = {"k": 3, "beta": 0.3, "inner_optimizer": "sgd", "inner_lr": 0.1, "users_per_step": 4, "sampling": "uniform"}
     recipe, seqs, model, epoch, _ = setup(tiny_csv, grad_align=ga)
     theta0 = [p.detach().clone() for p in epoch.aligned]
     moved = [p + torch.randn_like(p) for p in theta0]
@@ -62,7 +62,7 @@ def test_outer_update_interpolates(tiny_csv):
 
 
 def test_inner_steps_use_distinct_users(tiny_csv):
-    ga = {"k": 4, "users_per_step": 3}
+    ga = {"k": 4, "users_per_step": 3, "sampling": "uniform"}
     recipe, seqs, model, epoch, (inputs, targets) = setup(tiny_csv, grad_align=ga)
     owner = torch.from_numpy(seqs.train_windows(10)[2])
     groups = []
@@ -120,7 +120,7 @@ def test_adversarial_encoder_gradient_is_reversed(tiny_csv):
     torch.testing.assert_close(g_total, g_task - 0.7 * g_adv, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize("transfer", [{}, {"adversarial": {}}, {"grad_align": {"k": 3, "users_per_step": 4}},
+@pytest.mark.parametrize("transfer", [{}, {"adversarial": {}}, {"grad_align": {"k": 3, "users_per_step": 4, "sampling": "uniform"}},
                                       {"grad_align": {"outer": "adam"}, "adversarial": {"warmup_epochs": 1}}])
 def test_every_mode_trains_and_checkpoints(tiny_csv, transfer):
     recipe, seqs, model, epoch, _ = setup(tiny_csv, **transfer)
@@ -136,7 +136,7 @@ def test_every_mode_trains_and_checkpoints(tiny_csv, transfer):
 
 
 def test_sasrec_with_both_components(tiny_csv):
-    recipe = recipe_for(tiny_csv, grad_align={"k": 2, "users_per_step": 4}, adversarial={})
+    recipe = recipe_for(tiny_csv, grad_align={"k": 2, "users_per_step": 4, "sampling": "uniform"}, adversarial={})
     seqs = load(recipe.data, recipe.split, recipe.head)
     model = SASRec(seqs.n_items, 10, dim=8, heads=2)
     inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(10))
@@ -149,7 +149,7 @@ def test_sasrec_with_both_components(tiny_csv):
 def test_new_backbones_with_both_components(tiny_csv, kind):
     """Model-agnostic in practice: GA + AT run unchanged on the new backbones (BERT4Rec with its cloze loss),
     and the discriminator reads the state that the backbone's training_loss returns."""
-    recipe = recipe_for(tiny_csv, grad_align={"k": 2, "users_per_step": 4}, adversarial={})
+    recipe = recipe_for(tiny_csv, grad_align={"k": 2, "users_per_step": 4, "sampling": "uniform"}, adversarial={})
     seqs = load(recipe.data, recipe.split, recipe.head)
     torch.manual_seed(0)
     model = BACKBONES[kind](seqs.n_items, 10, dim=8)
