@@ -44,7 +44,7 @@ def expand(plan: list[dict]) -> list[dict]:
     return runs
 
 
-def command(run: dict, out: Path, data_root: str | None, threads: int) -> list[str]:
+def command(run: dict, data_root: str | None, threads: int) -> list[str]:
     sets = list(run["sets"])
     if data_root:
         source = yaml.safe_load(Path(run["recipe"]).read_text())["data"]["source"]
@@ -101,7 +101,7 @@ def main() -> int:
             r["dir"].parent.mkdir(parents=True, exist_ok=True)
             log = open(r["dir"].with_suffix(".log"), "w")
             r["start"] = time.time()
-            running[r["dir"]] = (r, subprocess.Popen(command(r, args.out, args.data_root, args.threads), env=env,
+            running[r["dir"]] = (r, subprocess.Popen(command(r, args.data_root, args.threads), env=env,
                                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
         if now >= args.launch_until:
             pending.clear()

@@ -1,13 +1,14 @@
 """Several Reptile chains side by side (`transfer.grad_align.chains: C`), vectorised with torch.func.
 
-Each outer iteration draws C·k·users_per_step distinct users. Chain c takes its k inner steps on its own
-k groups of users; the C chains advance together, one `vmap`-ed gradient per inner step, so every kernel
+Each outer iteration makes C·k user-disjoint batches (with `sampling: windows`, the default, from the
+epoch's shuffled windows; otherwise from C·k·users_per_step drawn users). Chain c takes its k inner steps on
+its own k batches; the C chains advance together, one `vmap`-ed gradient per inner step, so every kernel
 does C chains' work. The outer step then moves θ₀ toward the chains' mean result:
 θ ← θ₀ + β·(mean_c θ_k^c − θ₀) (or outer Adam on θ₀ − mean_c θ_k^c). No inner step of any chain shares a
 user with another step of the iteration, which is the property the alignment term needs.
 
-What differs from one chain (`GradAlignEpoch`): windows are drawn with replacement (exactly
-`batch_size / users_per_step` per user, so every chain's batch has the same shape), each chain keeps its
+What differs from one chain (`GradAlignEpoch`): with drawn users, windows are drawn with replacement
+(exactly `batch_size / users_per_step` per user; batches of unequal size are padded), each chain keeps its
 own inner Adam moments across iterations, and the loss is full-softmax cross-entropy only.
 `vectorized=False` runs the same chains one after the other — the reference the tests compare against.
 """

@@ -2,9 +2,11 @@
 
 A long-tailed log gives its head users most of the windows, so batches of shuffled windows are mostly head
 users' windows. `UserSampler` draws users instead (uniformly, by events, or head/tail balanced) and then a few
-random windows of each: gradient alignment's inner steps use it, and so does plain training with
-`train.sampling: users` — on Amazon Music that sampling gave most of gradient alignment's gain, the Reptile
-step a small tail-only increment (RESULTS.md, "Which part does it?").
+random windows of each: plain training with `train.sampling: users` uses it, and so does gradient
+alignment with `sampling: uniform / events / balanced`. Gradient alignment's default, `window_plan`, instead
+keeps plain training's data (every window once per epoch) and only splits each outer iteration's windows
+into user-disjoint batches: redrawing users every iteration left a third of them out of each epoch and
+trained worse on Amazon Music (RESULTS.md, stop 17).
 """
 
 from __future__ import annotations

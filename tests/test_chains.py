@@ -13,7 +13,8 @@ from test_transfer import recipe_for
 
 
 def build(path, kind="gru4rec", vectorized=True, adversarial=None, **ga):
-    ga = {"k": 2, "users_per_step": 4, "sampling": "uniform", "chains": 3, **ga}
+    ga = {k: v for k, v in {"k": 2, "users_per_step": 4, "sampling": "uniform", "chains": 3, **ga}.items()
+          if v is not None}
     recipe = recipe_for(path, grad_align=ga, **({"adversarial": adversarial} if adversarial else {}))
     seqs = load(recipe.data, recipe.split, recipe.head)
     torch.manual_seed(0)
@@ -119,3 +120,21 @@ def test_make_epoch_and_recipe_rules(tiny_csv):
     raw["train"]["loss"] = "bce"
     with pytest.raises(ValueError, match="chains train with train.loss ce only"):
         Recipe.model_validate(raw)
+
+
+def test_chains_with_windows_sampling_see_every_window_once_in_user_disjoint_batches(tiny_csv):
+    epoch = build(tiny_csv, sampling="windows", users_per_step=None)
+    iterations, real = [], epoch._plan
+
+    def recording(parts):
+        n, plan = real(parts)
+        return n, (iterations.append(list(groups)) or iterations[-1] for groups in plan)
+
+    epoch._plan = recording
+    epoch(lambda n, loss: None)
+    assert all(len(groups) == epoch.chains * epoch.ga.k for groups in iterations)
+    seen = torch.cat([b for groups in iterations for b in groups])
+    assert sorted(seen.tolist()) == list(range(len(epoch.owner)))  # plain training's data: every window once
+    for groups in iterations:  # no user in two batches of one outer iteration
+        users = [set(epoch.owner[b].tolist()) for b in groups]
+        assert sum(len(u) for u in users) == len(set().union(*users))
