@@ -1,0 +1,66 @@
+"""The sweep plans and the sweep table: a typo in a plan must fail here, not after a GPU machine has started."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ltrec.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+import sweep  # noqa: E402
+import sweep_table  # noqa: E402
+
+PLANS = sorted((ROOT / "bench" / "plans").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("plan", PLANS, ids=lambda p: p.name)
+def test_every_planned_run_is_a_valid_recipe(plan, monkeypatch):
+    monkeypatch.chdir(ROOT)  # recipe sources are relative to the project root
+    runs = sweep.expand(yaml.safe_load(plan.read_text()))
+    assert runs
+    names = [f"{r['name']}-s{r['seed']}" for r in runs]
+    assert len(set(names)) == len(names), "two runs would share a directory"
+    for r in runs:
+        load_recipe(r["recipe"], [*r["sets"], "train.device=cuda"])  # raises on a bad key or value
+
+
+def test_data_root_rewrites_the_shared_path(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    run = {"recipe": "recipes/sasrec-music-b64.yaml", "dir": Path("/tmp/x"),
+           "sets": ["seed=1", "data.source=../shared/data/yelp/interactions.csv"]}
+    cmd = sweep.command(run, ".gpudata", threads=1)
+    assert cmd[-2:] == ["--set", "data.source=.gpudata/yelp/interactions.csv"]
+    assert "seed=1" in cmd
+
+
+def _metrics(valid: float, test_all: float, best: int) -> dict:
+    slices = {s: {"ndcg@10": test_all, "hr@10": 2 * test_all} for s in ("all", "head", "tail")}
+    return {"valid": {"all": {"ndcg@10": valid}}, "test": slices, "best_epoch": best, "epochs": best + 3,
+            "seconds_per_epoch": 5.0}
+
+
+def test_table_groups_seeds_and_points_at_the_paired_comparison(tmp_path, capsys, monkeypatch):
+    for name, seed, test_all in [("sasrec-plain", 0, 0.05), ("sasrec-plain", 1, 0.06), ("sasrec-ga", 0, 0.07)]:
+        d = tmp_path / f"{name}-s{seed}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(_metrics(0.1, test_all, 4)))
+    (tmp_path / "sasrec-ga-s1").mkdir()  # unfinished: no metrics.json, left out
+    monkeypatch.setattr(sys, "argv", ["sweep_table.py", str(tmp_path), "--against", "sasrec-plain"])
+    sweep_table.main()
+    out = capsys.readouterr().out
+    assert "| sasrec-plain | 2 | 0.1000 ± 0.0000 | 0.0550 ± 0.0071 |" in out
+    assert "| sasrec-ga | 1 | 0.1000 | 0.0700 |" in out
+    assert f"ltrec compare {tmp_path}/sasrec-plain-s0,{tmp_path}/sasrec-plain-s1 {tmp_path}/sasrec-ga-s0" in out
+
+
+def test_table_names_a_missing_baseline(tmp_path, monkeypatch):
+    d = tmp_path / "gru-plain-s0"
+    d.mkdir()
+    (d / "metrics.json").write_text(json.dumps(_metrics(0.1, 0.05, 2)))
+    monkeypatch.setattr(sys, "argv", ["sweep_table.py", str(tmp_path), "--against", "sasrec-plain"])
+    with pytest.raises(SystemExit, match="no such group; groups: gru-plain"):
+        sweep_table.main()
