@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch.func import functional_call, grad_and_value, vmap
 
 from .distributed import LOCAL
-from .transfer import GradAlignEpoch
+from .transfer import GradAlignEpoch, matched_prefix
 
 BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which the one-chain inner optimiser uses
 
@@ -29,18 +29,19 @@ BETAS, EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults, which the one-ch
 class _Objective(nn.Module):
     """Step.loss as a pure function of the parameters, on fixed-shape (padded) batches so it can be vmapped."""
 
-    def __init__(self, model: nn.Module, disc: nn.Module | None):
+    def __init__(self, model: nn.Module, disc: nn.Module | None, longest_tail: int):
         super().__init__()
-        self.model, self.disc = model, disc
+        self.model, self.disc, self.longest = model, disc, longest_tail
 
-    def forward(self, inputs, pos, tgt, pos_w, head, row_w, weight: float):
+    def forward(self, inputs, pos, tgt, pos_w, head, row_w, seen, weight: float):
         states = self.model.encode_all(inputs)  # (B, W, D)
         h = states.reshape(-1, states.shape[-1])[pos]  # (M, D): target positions (padded; pos_w 0 on padding)
         ce = F.cross_entropy(self.model.score(h), tgt.clamp(min=1) - 1, reduction="none")  # (M,)
         loss = (ce * pos_w).sum() / pos_w.sum().clamp(min=1)
         if self.disc is None:
             return loss, loss.new_zeros(head.shape), loss.new_zeros(())
-        last = states[:, -1]  # (B, D)
+        # the state Step reads: the newest, or with state: matched the encoding of the newest `seen` items
+        last = self.model.encode(matched_prefix(inputs, seen, self.longest)) if self.longest else states[:, -1]
         # gradient reversal without an autograd.Function (which torch.func cannot transform): the value is
         # `last`, the encoder's gradient is −λ times the discriminator's
         logits = self.disc((1 + weight) * last.detach() - weight * last)  # (B,)
@@ -56,17 +57,17 @@ class ChainsEpoch(GradAlignEpoch):
                  vectorized: bool = True):
         super().__init__(recipe, step, owner, user_head, dist)
         self.chains, self.vectorized = self.ga.chains, vectorized
-        self.objective = _Objective(step.model, step.disc)
+        self.objective = _Objective(step.model, step.disc, step.longest_tail)
         self.live = dict(self.objective.named_parameters())
         stacked = [p.detach().unsqueeze(0).expand(self.chains, *p.shape) for p in self.live.values()]
         self.moments = {"m": [torch.zeros_like(s) for s in stacked], "v": [torch.zeros_like(s) for s in stacked],
                         "t": torch.zeros(self.chains, device=step.device)}
         grad_fn = grad_and_value(self._loss, has_aux=True)
-        self.grad_fn = vmap(grad_fn, in_dims=(0, 0, 0, 0, 0, 0, 0), randomness="different") if vectorized else grad_fn
+        self.grad_fn = vmap(grad_fn, in_dims=(0,) * 8, randomness="different") if vectorized else grad_fn
 
-    def _loss(self, params, inputs, pos, tgt, pos_w, head, row_w):
+    def _loss(self, params, inputs, pos, tgt, pos_w, head, row_w, seen):
         loss, logits, adv = functional_call(self.objective, params,
-                                            (inputs, pos, tgt, pos_w, head, row_w, self.step.weight))
+                                            (inputs, pos, tgt, pos_w, head, row_w, seen, self.step.weight))
         return loss, (logits, adv)
 
     def _windows_of(self, users: torch.Tensor) -> torch.Tensor:
@@ -94,7 +95,12 @@ class ChainsEpoch(GradAlignEpoch):
             pos[c, :len(where)], pos_w[c, :len(where)] = where, 1.0
         tgt = torch.gather(flat, 1, pos)  # (C, M)
         dev = step.device
-        return [t.to(dev) for t in (inputs, pos, tgt, pos_w, head, row_w)], int(row_w.sum())
+        seen = torch.ones(C, B, dtype=torch.long, device=dev)  # with state: matched; padding rows weigh nothing
+        if step.disc is not None and step.longest_tail:
+            for c, i in enumerate(idx):
+                if len(i):
+                    seen[c, :len(i)] = step.adv_counts(i)
+        return [t.to(dev) for t in (inputs, pos, tgt, pos_w, head, row_w)] + [seen], int(row_w.sum())
 
     def _grads(self, params: dict, batch: list):
         if self.vectorized:

@@ -222,6 +222,12 @@ class Adversarial(Strict):
     hidden: int = Field(64, ge=0, description="hidden units of the MLP discriminator (0 = linear)")
     lr: float = Field(1.0e-3, gt=0)
     warmup_epochs: int = Field(0, ge=0)
+    state: Literal["last", "matched"] = Field(
+        "last", description="the user state D reads. last: each window's (the paper's); but head windows hold "
+        "more items than tail windows (on Amazon Music the count alone tells them apart 99.6% of the time), so "
+        "the encoder is pushed to hide how much it has seen. matched: a head window's state is encoded from only "
+        "as many of its newest items as a random tail window holds, so only what the items say can tell them "
+        "apart (one extra encoder pass over those short sequences per batch)")
 
 
 class Transfer(Strict):

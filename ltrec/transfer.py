@@ -2,7 +2,9 @@
 
 - Adversarial training (`transfer.adversarial`): a discriminator D on the user state guesses head vs tail;
   a gradient-reversal layer of weight λ sits between encoder and D, so one backward pass trains D to tell
-  head from tail and the encoder to make that impossible ("frequency-agnostic" user states).
+  head from tail and the encoder to make that impossible ("frequency-agnostic" user states). Head windows
+  hold more items than tail windows, which alone tells them apart; `state: matched` reads a head window's
+  state from only as many of its newest items as a random tail window has, so D must use what the items say.
 - Gradient alignment (`transfer.grad_align`): each outer iteration remembers θ₀ (model and discriminator),
   takes k inner steps, each on windows of users that no other step of the iteration uses, then moves
   θ ← θ₀ + β(θ_k − θ₀) (or feeds θ₀ − θ_k to Adam). To first order this is SGD on the summed losses minus
@@ -64,6 +66,13 @@ def balanced_bce(logits: torch.Tensor, is_head: torch.Tensor) -> torch.Tensor:
     return (F.binary_cross_entropy_with_logits(logits, y, reduction="none") * weight).sum()
 
 
+def matched_prefix(inputs: torch.Tensor, seen: torch.Tensor, longest: int) -> torch.Tensor:
+    """(B, M) each left-padded window's newest `seen` items, left-padded again; M = min(width, longest)."""
+    m = min(inputs.shape[-1], longest)
+    keep = torch.arange(m, device=inputs.device) >= (m - seen).unsqueeze(-1)
+    return inputs[..., -m:] * keep
+
+
 class Step:
     """The loss of one batch of windows: the backbone's training loss, plus the adversarial term when enabled."""
 
@@ -75,6 +84,10 @@ class Step:
         self.adv = adv
         self.disc = Discriminator(model.dim, adv.hidden).to(device) if adv else None
         self.weight = adv.weight if adv else 0.0
+        # state: matched draws a head window's item count from the tail windows' counts
+        tail = self.lengths[~owner_head.bool()] if adv and adv.state == "matched" else self.lengths[:0]
+        self.tail_lengths = tail.to(gen.device)
+        self.longest_tail = int(tail.max()) if len(tail) else 0
         # bf16 autocast for the forward pass (weights, optimiser state and evaluation stay fp32); CUDA only
         self.bf16 = getattr(recipe.train, "precision", "fp32") == "bf16" and torch.device(device).type == "cuda"
         self.reset_stats()
@@ -91,11 +104,13 @@ class Step:
 
     def _loss(self, idx: torch.Tensor, inputs: torch.Tensor, width: int) -> torch.Tensor | None:
         # the backbone's own objective: next-item at every position by default, BERT4Rec's cloze
-        loss, state = self.model.training_loss(inputs, self.targets[idx, -width:].to(self.device),
-                                               self.cfg.loss, self.cfg.negatives, self.gen)
+        loss, states = self.model.training_loss(inputs, self.targets[idx, -width:].to(self.device),
+                                                self.cfg.loss, self.cfg.negatives, self.gen)
         if self.disc is not None:
             is_head = self.owner_head[idx].to(self.device)  # (B,)
-            logits = self.disc(GradReverse.apply(state, self.weight))  # the window's user state (B, D)
+            seen = self.adv_counts(idx)
+            state = states[:, -1] if seen is None else self.model.encode(matched_prefix(inputs, seen, self.longest_tail))
+            logits = self.disc(GradReverse.apply(state, self.weight))  # (B,)
             adv_loss = balanced_bce(logits, is_head)
             loss = loss + adv_loss
             with torch.no_grad():
@@ -112,6 +127,17 @@ class Step:
         self.sums["loss"] += loss.item()
         self.sums["batches"] += 1
         return loss
+
+    def adv_counts(self, idx: torch.Tensor) -> torch.Tensor | None:
+        """state: matched — (B,) how many of its newest items each window's user state is read from: all of a
+        tail window's, and as many of a head window's as a randomly drawn tail window holds (at most all).
+        None with state: last (every window's newest state, which has seen all its items)."""
+        if not self.longest_tail:
+            return None
+        dev = self.tail_lengths.device
+        n = self.lengths[idx].to(dev)
+        draw = self.tail_lengths[torch.randint(len(self.tail_lengths), (len(idx),), generator=self.gen, device=dev)]
+        return torch.where(self.owner_head[idx].to(dev), torch.minimum(draw, n), n).to(self.device)
 
     def stats(self) -> dict:
         s = self.sums

@@ -28,13 +28,14 @@ def build(path, kind="gru4rec", vectorized=True, adversarial=None, **ga):
 
 # not sasrec + adam: attention's key bias has an exactly-zero gradient (softmax ignores a shift), so Adam
 # turns float noise of either sign into full-size steps and the two orders of summation part ways
-@pytest.mark.parametrize("kind, inner", [("gru4rec", "sgd"), ("gru4rec", "adam"), ("sasrec", "sgd")])
-def test_vmapped_chains_match_a_loop(tiny_csv, kind, inner):
+@pytest.mark.parametrize("kind, inner, state", [("gru4rec", "sgd", "last"), ("gru4rec", "adam", "last"),
+                                               ("sasrec", "sgd", "last"), ("sasrec", "sgd", "matched")])
+def test_vmapped_chains_match_a_loop(tiny_csv, kind, inner, state):
     runs = []
     for vectorized in (True, False):
         torch.manual_seed(0)
-        epoch = build(tiny_csv, kind, vectorized, adversarial={"weight": 0.2}, inner_optimizer=inner,
-                      inner_lr=0.05)
+        epoch = build(tiny_csv, kind, vectorized, adversarial={"weight": 0.2, "state": state},
+                      inner_optimizer=inner, inner_lr=0.05)
         stats = epoch(lambda n, loss: None)
         runs.append((epoch, stats))
     (a, sa), (b, sb) = runs
@@ -58,6 +59,27 @@ def test_objective_equals_step_loss(tiny_csv):
         params = dict(epoch.objective.named_parameters())
         loss, _ = epoch._loss(params, *(t[c] for t in batch))
         torch.testing.assert_close(loss, step.loss(i), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["gru4rec", "sasrec"])
+def test_objective_equals_step_loss_with_matched_states(tiny_csv, kind):
+    """adversarial.state matched: the vmappable objective reads the same prefix encodings as Step.loss."""
+    epoch = build(tiny_csv, kind, adversarial={"weight": 0.3, "state": "matched"})
+    step = epoch.step
+    step.model.eval()
+    assert step.longest_tail > 0
+    for users in ([0, 1, 2], [3, 4, 5, 6]):
+        i = epoch._windows_of(epoch.sampler.users.new_tensor(users))
+        before = step.gen.get_state()
+        batch, _ = epoch._batch([i])
+        step.gen.set_state(before)  # the same draw of item counts
+        loss, (logits, _) = epoch._loss(dict(epoch.objective.named_parameters()), *(t[0] for t in batch))
+        seen = []
+        real = step.disc.forward
+        step.disc.forward = lambda h: seen.append(real(h)) or seen[-1]
+        torch.testing.assert_close(loss, step.loss(i), rtol=1e-5, atol=1e-6)
+        step.disc.forward = real
+        torch.testing.assert_close(logits[:len(i)], seen[0], rtol=1e-5, atol=1e-7)  # D read the same states
 
 
 def test_inner_adam_equals_torch_adam(tiny_csv):

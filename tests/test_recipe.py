@@ -52,6 +52,8 @@ BAD = [
                                                     "to 1 (got 1.5)"),
     (patch(transfer={"grad_align": {"users_per_step": 1}}),  # ignored by the default sampling: say so
      "transfer.grad_align: transfer.grad_align.users_per_step applies to sampling: uniform, events or balanced"),
+    (patch(transfer={"adversarial": {"state": "newest"}}), "transfer.adversarial.state: Input should be 'last' or "
+                                                           "'matched'"),
     (patch(data={"source": "x.csv", "columns": {"user": "u; DROP TABLE t"}}),
      "data.columns.user: 'u; DROP TABLE t' is not a plain column name"),
     (patch(data={"source": "x.csv", "columns": {"item": 'i" OR 1=1 --'}}), "data.columns.item: "),

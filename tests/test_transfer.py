@@ -161,3 +161,54 @@ def test_new_backbones_with_both_components(tiny_csv, kind):
     stats = epoch(lambda n, loss: None)
     assert torch.isfinite(torch.tensor(stats["loss"])) and 0 <= stats["disc_acc"] <= 1
     assert seen and all(s[1] == 8 for s in seen)
+
+
+
+def test_matched_state_reads_head_windows_from_a_tail_windows_item_count(tiny_csv):
+    """adversarial.state matched: a tail window's state has seen all its items; a head window's as many of its
+    newest items as a random tail window holds, so the counts D sees have one distribution for both."""
+    *_, epoch, _ = setup(tiny_csv, adversarial={"state": "matched"})
+    step = epoch.step
+    idx = torch.arange(len(step.lengths))
+    n, head = step.lengths, step.owner_head
+    tail_counts = set(n[~head].tolist())
+    assert step.longest_tail == max(tail_counts) < int(n[head].max())
+    long_enough = head & (n >= max(tail_counts))
+    drawn = []
+    for _ in range(50):
+        seen = step.adv_counts(idx)
+        assert torch.equal(seen[~head], n[~head])
+        assert (seen[head] >= 1).all() and (seen[head] <= n[head]).all()
+        assert set(seen[head].tolist()) <= tail_counts
+        drawn.append(seen[long_enough])
+    assert torch.cat(drawn).float().mean().item() == pytest.approx(n[~head].float().mean().item(), abs=0.02)
+    *_, last, _ = setup(tiny_csv, adversarial={})
+    assert last.step.adv_counts(idx) is None  # the default: every window's own newest state
+
+
+@pytest.mark.parametrize("kind", sorted(set(BACKBONES) - {"pop"}))
+def test_matched_state_is_the_user_state_of_the_newest_items(tiny_csv, kind):
+    """What D reads is exactly the backbone's user state (encode) of each window's newest `seen` items."""
+    recipe = recipe_for(tiny_csv, adversarial={"state": "matched"})
+    seqs = load(recipe.data, recipe.split, recipe.head)
+    torch.manual_seed(0)
+    model = BACKBONES[kind](seqs.n_items, 10, dim=8)
+    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(10))
+    epoch = make_epoch(recipe, model, seqs, inputs, targets, owner, "cpu", torch.Generator().manual_seed(0))
+    step = epoch.step
+    model.eval()  # no dropout (nor BERT4Rec's random masking of the read state): both sides must agree
+    read, counts = [], []
+    real_disc, real_counts = step.disc.forward, step.adv_counts
+    step.disc.forward = lambda h: read.append(h.detach()) or real_disc(h)
+    step.adv_counts = lambda i: counts.append(real_counts(i)) or counts[-1]
+    idx = torch.arange(len(inputs))
+    step.loss(idx)
+    (state,), (seen,) = read, counts
+    assert torch.equal(seen[~step.owner_head], step.lengths[~step.owner_head])
+    assert (seen[step.owner_head] < step.lengths[step.owner_head]).any()  # head windows are cut
+    with torch.no_grad():
+        newest = torch.zeros(len(idx), 10, dtype=torch.long)
+        for j in idx:
+            items = inputs[j][inputs[j] > 0]
+            newest[j, 10 - seen[j]:] = items[len(items) - seen[j]:]
+        torch.testing.assert_close(state, model.encode(newest), rtol=1e-4, atol=1e-5)

@@ -5,7 +5,7 @@ Conventions shared by every backbone:
   so the user state is always the last position, and extra left pads never change it (tested per backbone);
 - no user-id embeddings, so unseen (cold, long-tail) users work out of the box;
 - item embeddings are tied: scores = state @ item_emb.weight[1:].T, score column j is item j+1;
-- `training_loss(inputs, targets, ...)` → (loss, user state): next-item loss at every position by default,
+- `training_loss(inputs, targets, ...)` → (loss, states (B, L, D)): next-item loss at every position by default,
   BERT4Rec's own cloze objective; the trainer and the transfer components only call this.
 
 `BACKBONES` maps the recipe's `backbone.kind` tags to the classes (a test checks they are the same set).

@@ -29,11 +29,12 @@ class _Backbone(nn.Module):
         return self.score(self.encode(history))  # (B, N); this is what gets exported to ONNX
 
     def training_loss(self, inputs, targets, loss="ce", negatives=1, generator=None):
-        """The training objective on windows inputs/targets (B, L) → (scalar loss, user state (B, D)).
+        """The training objective on windows inputs/targets (B, L) → (scalar loss, states (B, L, D)).
 
         Default: the next-item loss at every position (targets[:, t] follows inputs[:, t]). A backbone with
         another objective (BERT4Rec's cloze) overrides this; the trainer and both transfer components only
-        see the returned loss and the state that the adversarial discriminator reads.
+        see the returned loss and the states, of which the adversarial discriminator reads one per window
+        (the newest, states[:, -1], by default).
         """
         states = self.encode_all(inputs)  # (B, L, D)
-        return loss_from_states(self, states, targets, loss, negatives, generator), states[:, -1]
+        return loss_from_states(self, states, targets, loss, negatives, generator), states
