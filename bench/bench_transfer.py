@@ -43,6 +43,8 @@ MODES = {  # name: (transfer, train overrides)
     "+GA+AT, sampling: windows (batch 64)": ({"grad_align": WIN, "adversarial": {}}, {"batch_size": 64}),
     "+GA+AT, windows, outer Adam (batch 64)": ({"grad_align": {**WIN, "outer": "adam"}, "adversarial": {}},
                                               {"batch_size": 64}),
+    "+GA+AT, windows, matched states (batch 64)": ({"grad_align": WIN, "adversarial": {"state": "matched"}},
+                                                  {"batch_size": 64}),
     "+GA 4 chains (vmap)": ({"grad_align": {**GA, "chains": 4}}, {"batch_size": 256}),
     "+GA faithful (1 user/step)": ({"grad_align": {**GA, "users_per_step": 1}}, {"batch_size": 256}),
 }
