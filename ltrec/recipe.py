@@ -207,7 +207,8 @@ class GradAlign(Strict):
 
     @model_validator(mode="after")
     def _users_per_step_needs_user_sampling(self) -> "GradAlign":
-        if self.sampling == "windows" and "users_per_step" in self.model_fields_set:
+        # by value, not by "was it written": a run's recipe.yaml holds every key resolved, the default included
+        if self.sampling == "windows" and self.users_per_step != GradAlign.model_fields["users_per_step"].default:
             raise ValueError(
                 "transfer.grad_align.users_per_step applies to sampling: uniform, events or balanced (each inner "
                 "step draws that many users); with sampling: windows (the default) an inner step is "

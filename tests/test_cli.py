@@ -43,6 +43,18 @@ def test_init_train_eval(recipe, tmp_path):
     assert header.startswith("user_id,slice,train_events,hr@5,ndcg@5")
 
 
+def test_transfer_run_evaluates_and_exports_from_its_saved_recipe(recipe, tmp_path):
+    """A run with both components (GA's default windows sampling, matched adversary states) reloads its
+    resolved recipe.yaml for eval and export: the saved file holds users_per_step, which windows ignores."""
+    out = ok(["train", recipe, *TINY, "--set", "train.epochs=1", "--set", "transfer.grad_align={k: 2}",
+              "--set", "transfer.adversarial={state: matched}", "--out", "runs/gaat"])
+    assert "disc_acc" in out
+    assert "users_per_step: 64" in (tmp_path / "runs" / "gaat" / "recipe.yaml").read_text()
+    assert "tail" in ok(["eval", "runs/gaat", "--slice", "tail"])
+    ok(["export", "runs/gaat", "--onnx"])
+    assert (tmp_path / "runs" / "gaat" / "bundle" / "model.onnx").is_file()
+
+
 def test_user_errors_exit_2(recipe, tmp_path):
     r = runner.invoke(app, ["validate", str(recipe), "--set", "backbone.dimm=3"])
     assert r.exit_code == 2 and "recipe.yaml: backbone.dimm: unknown key (did you mean 'dim'?)" in r.output

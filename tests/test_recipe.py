@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from ltrec.errors import UserError
-from ltrec.recipe import load_recipe, parse_override, recipe_schema
+from ltrec.recipe import dump_recipe, load_recipe, parse_override, recipe_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 BASE = {"name": "t", "data": {"source": "events.csv"}, "backbone": {"kind": "sasrec"}}
@@ -116,6 +116,15 @@ def test_shipped_recipes_validate(path):
     assert f"# ltrec train recipes/{path.name}" in text
     jsonschema.validate(yaml.safe_load(text), recipe_schema())
     assert recipe.name == path.stem
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.name for p in SHIPPED])
+def test_resolved_recipe_loads_again(path, tmp_path):
+    """A run directory keeps its recipe with every key resolved; eval, export and resume load that file."""
+    recipe = load_recipe(path)
+    saved = tmp_path / "recipe.yaml"
+    saved.write_text(dump_recipe(recipe))
+    assert load_recipe(saved).model_dump() == recipe.model_dump()
 
 
 def test_committed_schema_is_fresh():
