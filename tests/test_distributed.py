@@ -277,7 +277,14 @@ def _error_worker(rank, world, port, project, where, out):
 def test_user_error_on_one_rank_ends_every_rank_with_exit_2(project, tmp_path, where):
     """A UserError on rank 1 while loading, or on rank 0 while writing a checkpoint: both ranks exit 2, the
     message is printed once (by rank 0), and nothing hangs (spawn fails the test after its timeout)."""
-    spawn(_error_worker, str(project), where, str(tmp_path), timeout=180)
+    try:
+        spawn(_error_worker, str(project), where, str(tmp_path), timeout=180)
+    except mp.ProcessExitedException as exc:
+        # Known, rare (1 of ~10 CI runs, stop 18): after the command has returned its exit code, gloo's teardown
+        # can abort the process ("terminate called without an active exception"). Tolerated only once both
+        # ranks have recorded their outcome; anything earlier still fails the test.
+        if exc.signal_name != "SIGABRT" or not all((tmp_path / f"rank{r}.json").exists() for r in range(2)):
+            raise
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["code"] == r1["code"] == 2
     want = ("rank 1: data.source: cannot read it on this machine" if where == "load"
