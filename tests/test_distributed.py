@@ -355,7 +355,7 @@ def test_torchrun_resume_matches_uninterrupted(project):
                                          + "transfer: {grad_align: {k: 2, users_per_step: 4, sampling: uniform}}\n")
     for out, extra in (("full", ()), ("cut", ("--set", "train.epochs=2"))):
         r = torchrun(project, "--out", out, *extra)
-        assert r.returncode == 0, r.stderr[-4000:]  # whole tail: a rare gloo SIGABRT needs its worker's message
+        assert r.returncode == 0, r.stderr  # all of it: a rare gloo SIGABRT is only named in its worker's lines
     r = torchrun(project, "--out", "cut", "--resume")
     assert r.returncode == 0, r.stderr
     assert "resuming" in r.stderr and "after epoch 2" in r.stderr
