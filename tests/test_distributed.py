@@ -314,6 +314,22 @@ def test_torchrun_error_on_rank_0_only_exits_2_without_hanging(project):
     assert "exitcode  : 2" in r.stderr or "exitcode: 2" in r.stderr.replace(" ", ""), r.stderr
 
 
+@pytest.mark.parametrize("argv, code, stream, text", [
+    (["validate", "missing.yaml"], 2, "stderr", "missing.yaml"),
+    (["schema", "--check", "--out", "nothing.json"], 1, "stderr", "out of date"),
+    (["validate", "--help"], 0, "stdout", "Check recipes"),
+])
+def test_torchrun_worker_ends_with_the_commands_code_and_flushed_output(tmp_path, argv, code, stream, text):
+    """Under torchrun (WORLD_SIZE > 1) `python -m ltrec` ends with os._exit, skipping the interpreter shutdown
+    where gloo's teardown rarely aborted: the command's exit code and its buffered output must survive it."""
+    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "ltrec", *argv], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == code and text in getattr(r, stream), (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+
+
 def _summary(run: Path) -> dict:
     return json.loads((run / "metrics.json").read_text())
 
