@@ -1,16 +1,16 @@
 """Training speed and quality against RecBole 1.2.1: same data, split, model sizes, loss, batch and epochs.
 
-    bash bench/recbole_env.sh && python bench/bench_recbole.py [--epochs 5] [--models sasrec gru4rec] [--seeds 0 1 2] \
-        [--ltrec-set K=V ...]
+    bash bench/recbole_env.sh && python bench/bench_recbole.py [--dataset music|ml1m] [--epochs 5] \
+        [--models sasrec gru4rec] [--seeds 0 1 2] [--ltrec-set K=V ...]
 
-Each model is trained by ltrec (`python -m ltrec train recipes/<model>-music.yaml`) and then by RecBole
+Each model is trained by ltrec (`python -m ltrec train recipes/<model>-<dataset>.yaml`) and then by RecBole
 (in the venv bench/recbole_env.sh builds), one after the other, each in its own process with one thread
 (OMP_NUM_THREADS=1 and torch.set_num_threads(1)); peak RSS is that process's own (os.wait4). With several
 --seeds each seed runs both frameworks in turn, and the table ends with mean ± std per framework. A finished
 run's result is kept in --work (ltrec's run directory, RecBole's result-<model>-e<epochs>-s<seed>.json), so
 an interrupted benchmark continues where it stopped; delete --work to measure again.
 
-What is the same: Amazon Music, no k-core filtering, each user's events ordered by time with ties in file
+What is the same: the data (Amazon Music or MovieLens-1M), no k-core filtering, each user's events ordered by time with ties in file
 order (RecBole's sort is stable), leave-one-out (last event = test, second-to-last = validation), d=64,
 SASRec 2 layers × 2 heads with a d→d feed-forward (RecBole `inner_size: 64`), GRU4Rec 1 layer, dropout
 0.2, full-softmax CE over all items, Adam lr 1e-3, batch 256, max_len 50, the epoch with the best
@@ -42,6 +42,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_ingest import machine  # noqa: E402
 
+DATASETS = {"music": "../shared/data/amazon-music/interactions.csv",
+            "ml1m": "../shared/data/movielens-1m/interactions.csv"}
+
 RECBOLE_CHILD = r"""
 import json, sys, time
 import torch
@@ -54,9 +57,9 @@ from recbole.model.sequential_recommender import GRU4Rec, SASRec
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
-model_name, data_path, epochs, workdir, seed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5])
+model_name, data_path, epochs, workdir, seed, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
 common = {
-    "data_path": data_path, "dataset": "music", "checkpoint_dir": workdir + "/saved",
+    "data_path": data_path, "dataset": name, "checkpoint_dir": workdir + "/saved",
     "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
     "load_col": {"inter": ["user_id", "item_id", "timestamp"]},
     "user_inter_num_interval": "[0,inf)", "item_inter_num_interval": "[0,inf)",
@@ -70,7 +73,7 @@ common = {
 sizes = {"SASRec": {"hidden_size": 64, "inner_size": 64, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.2,
                     "attn_dropout_prob": 0.2, "hidden_act": "gelu"},
          "GRU4Rec": {"embedding_size": 64, "hidden_size": 64, "num_layers": 1, "dropout_prob": 0.2}}[model_name]
-config = Config(model=model_name, dataset="music", config_dict={**common, **sizes})
+config = Config(model=model_name, dataset=name, config_dict={**common, **sizes})
 init_seed(config["seed"], config["reproducibility"])
 dataset = create_dataset(config)
 train_data, valid_data, test_data = data_preparation(config, dataset)
@@ -104,9 +107,9 @@ def run(cmd: list[str], env: dict, cwd: Path, log: Path) -> tuple[str, float, fl
     return out, time.perf_counter() - t0, usage.ru_maxrss / 1024, proc.returncode
 
 
-def to_atomic(csv_path: Path, out_dir: Path) -> Path:
-    """The events as RecBole's atomic file music.inter (tab-separated, typed header), rows in file order."""
-    inter = out_dir / "music" / "music.inter"
+def to_atomic(csv_path: Path, out_dir: Path, name: str) -> Path:
+    """The events as RecBole's atomic file <name>.inter (tab-separated, typed header), rows in file order."""
+    inter = out_dir / name / f"{name}.inter"
     inter.parent.mkdir(parents=True, exist_ok=True)
     with open(csv_path, newline="") as f, open(inter, "w") as g:
         rows = csv.DictReader(f)
@@ -124,7 +127,7 @@ def ltrec_targets(recipe: str, data: str) -> dict:
 
 
 def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
-    recipe = f"recipes/{model}-music.yaml"
+    recipe = f"recipes/{model}-{args.dataset}.yaml"
     run_dir = args.work / f"ltrec-{model}-e{args.epochs}-s{seed}"
     done = run_dir / "bench.json"
     if not (done.exists() and json.loads(done.read_text()).get("sets") == args.ltrec_set):  # reuse only the same run
@@ -148,7 +151,7 @@ def recbole_run(model: str, seed: int, args, env: dict, data_path: Path) -> tupl
     if not result.exists():
         name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model]
         cmd = [str(args.venv / "bin/python"), "-c", RECBOLE_CHILD, name, str(data_path), str(args.epochs),
-               str(args.work), str(seed)]
+               str(args.work), str(seed), args.dataset]
         out, wall, rss, rc = run(cmd, env, args.work, args.work / f"recbole-{model}-s{seed}.log")
         if rc:
             sys.exit(f"RecBole {model} failed, see {args.work}/recbole-{model}-s{seed}.log")
@@ -168,14 +171,18 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--data", default="../shared/data/amazon-music/interactions.csv")
+    ap.add_argument("--dataset", choices=sorted(DATASETS), default="music",
+                    help="which recipes/<model>-<dataset>.yaml and which data file")
+    ap.add_argument("--data", help="the events CSV (default: the dataset's file under ../shared/data)")
     ap.add_argument("--venv", type=Path, default=Path("/tmp/ltrec-bench/recbole-venv"))
-    ap.add_argument("--work", type=Path, default=Path("/tmp/ltrec-bench/recbole"))
+    ap.add_argument("--work", type=Path, help="results (default: /tmp/ltrec-bench/recbole, -ml1m for ml1m)")
     ap.add_argument("--ltrec-set", action="append", default=[], metavar="KEY=VALUE",
                     help="extra recipe override for the ltrec runs, e.g. train.batch_size=64 (repeatable)")
     args = ap.parse_args()
+    args.data = args.data or DATASETS[args.dataset]
+    args.work = args.work or Path("/tmp/ltrec-bench/recbole" + ("" if args.dataset == "music" else f"-{args.dataset}"))
     args.work.mkdir(parents=True, exist_ok=True)
-    data_path = to_atomic(Path(args.data), args.work / "data")
+    data_path = to_atomic(Path(args.data), args.work / "data", args.dataset)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     rows = []
     for model in args.models:

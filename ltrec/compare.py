@@ -89,16 +89,20 @@ def compare(specs: list[str], split: str = "test", metrics=("ndcg@10", "hr@10"),
     return out
 
 
+def format_test(t: dict) -> str:
+    """A paired test as `+2.5% (p=0.012)`."""
+    pv = t["p_value"]  # under 0.001 one significant digit, so 0.0003 does not print as 0.000
+    p = f"p<{1 / t['n_boot']:g}" if pv == 0 else f"p={pv:.3f}" if pv >= 1e-3 else f"p={pv:.1g}"
+    return f"{100 * t['rel_diff']:+.1f}% ({p})"
+
+
 def format_comparison(result: dict) -> str:
     labels = result["runs"]
     head = ["slice", "metric", "users", *labels] + [f"Δ% {lab} (p)" for lab in labels[1:]]
     lines = [" | ".join(head), " | ".join("---" for _ in head)]
     for row in result["rows"]:
         cells = [row["slice"], row["metric"], str(row["users"]), *(f"{v:.4f}" for v in row["values"])]
-        for t in row["tests"]:
-            pv = t["p_value"]  # under 0.001 one significant digit, so 0.0003 does not print as 0.000
-            p = f"p<{1 / t['n_boot']:g}" if pv == 0 else f"p={pv:.3f}" if pv >= 1e-3 else f"p={pv:.1g}"
-            cells.append(f"{100 * t['rel_diff']:+.1f}% ({p})")
+        cells += [format_test(t) for t in row["tests"]]
         lines.append(" | ".join(cells))
     proto = f"{result['protocol']}; " if result.get("protocol") else ""
     note = (f"\n{result['split']} split; {proto}per-user metrics averaged over the runs joined by commas; "

@@ -64,3 +64,31 @@ def test_table_names_a_missing_baseline(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["sweep_table.py", str(tmp_path), "--against", "sasrec-plain"])
     with pytest.raises(SystemExit, match="no such group; groups: gru-plain"):
         sweep_table.main()
+
+
+def _per_user(d: Path, ndcg: list[float]) -> None:
+    rows = [f"u{i},{'head' if i < 2 else 'tail'},{9 if i < 2 else 3},{v}" for i, v in enumerate(ndcg)]
+    (d / "users_test.csv").write_text("user_id,slice,train_events,ndcg@10\n" + "\n".join(rows) + "\n")
+    (d / "users_test.json").write_text(json.dumps({"protocol": "full ranking"}))
+
+
+def test_table_tests_each_group_against_its_own_baseline_paired_over_users(tmp_path, capsys, monkeypatch):
+    """Seeds are averaged per user before pairing; a group is tested only against the baseline of its prefix."""
+    per_user = {("sasrec-plain", 0): [0.1, 0.3, 0.2, 0.0], ("sasrec-plain", 1): [0.3, 0.1, 0.0, 0.2],
+                ("sasrec-ga", 0): [0.4, 0.4, 0.2, 0.4], ("gru-plain", 0): [0.1, 0.1, 0.1, 0.1],
+                ("gru-ga", 0): [0.1, 0.1, 0.1, 0.1]}
+    for (name, seed), ndcg in per_user.items():
+        d = tmp_path / f"{name}-s{seed}"
+        d.mkdir()
+        (d / "metrics.json").write_text(json.dumps(_metrics(0.1, 0.05, 4)))
+        _per_user(d, ndcg)
+    monkeypatch.setattr(sys, "argv", ["sweep_table.py", str(tmp_path), "--against", "sasrec-plain",
+                                      "--against", "gru-plain"])
+    sweep_table.main()
+    lines = {line.split(" | ")[0]: line for line in capsys.readouterr().out.splitlines()}
+    # plain averaged per user: 0.2, 0.2, 0.1, 0.1 → all 0.15, head 0.2, tail 0.1; ga: 0.35, 0.4, 0.3
+    cell = lines["| sasrec-ga"].rsplit(" | ", 1)[1]
+    # every one of the 4 users gains, so no resample's mean difference is ≤ 0
+    assert cell == "+133.3% (p<0.0001) / +100.0% (p<0.0001) / +200.0% (p<0.0001) |", cell
+    assert lines["| gru-ga"].rsplit(" | ", 1)[1] == "+0.0% (p=1.000) / +0.0% (p=1.000) / +0.0% (p=1.000) |"
+    assert lines["| sasrec-plain"].endswith("|  |")
