@@ -193,14 +193,16 @@ class GradAlign(Strict):
     outer: Literal["interpolate", "adam"] = Field(
         "interpolate", description="θ₀ + β(θ_k − θ₀), or Adam on the pseudo-gradient θ₀ − θ_k"
     )
-    users_per_step: int = Field(64, ge=1, description="with sampling uniform / events / balanced, the users of "
-                                "one inner step; 1 is the paper's faithful mode")
-    sampling: Literal["windows", "uniform", "events", "balanced"] = Field(
+    users_per_step: int = Field(64, ge=1, description="with sampling permuted / uniform / events / balanced, the "
+                                "users of one inner step; 1 is the paper's faithful mode")
+    sampling: Literal["windows", "permuted", "uniform", "events", "balanced"] = Field(
         "windows", description="windows: every training window once per epoch, as plain training sees them, each "
-        "outer iteration's k batches of train.batch_size windows split so that no user is in two; uniform / "
-        "events / balanced: each inner step draws users_per_step users (uniformly, in proportion to their "
-        "windows, head and tail equally), fresh users every outer iteration — on Amazon Music that left a third "
-        "of the users out of each epoch and trained SASRec about 6% worse than windows (RESULTS.md)")
+        "outer iteration's k batches of train.batch_size windows split so that no user is in two; permuted: every "
+        "user once per epoch, in random order, each inner step users_per_step of them with up to "
+        "train.batch_size / users_per_step windows each; uniform / events / balanced: each inner step draws "
+        "users_per_step users (uniformly, in proportion to their windows, head and tail equally), fresh users "
+        "every outer iteration — on Amazon Music that left a third of the users out of each epoch and trained "
+        "SASRec about 6% worse than windows (RESULTS.md)")
     align_embeddings: bool = Field(True, description="also apply the outer step to the item embeddings")
     chains: int = Field(1, ge=1, description="Reptile chains run side by side (torch.func.vmap), each on its "
                         "own users, outer step toward their mean; 1 = one chain")
@@ -210,9 +212,9 @@ class GradAlign(Strict):
         # by value, not by "was it written": a run's recipe.yaml holds every key resolved, the default included
         if self.sampling == "windows" and self.users_per_step != GradAlign.model_fields["users_per_step"].default:
             raise ValueError(
-                "transfer.grad_align.users_per_step applies to sampling: uniform, events or balanced (each inner "
-                "step draws that many users); with sampling: windows (the default) an inner step is "
-                "train.batch_size windows. For the paper's faithful mode write sampling: uniform, users_per_step: 1")
+                "transfer.grad_align.users_per_step applies to sampling: permuted, uniform, events or balanced "
+                "(each inner step takes that many users); with sampling: windows (the default) an inner step is "
+                "train.batch_size windows. For the paper's faithful mode write sampling: permuted, users_per_step: 1")
         return self
 
 

@@ -3,7 +3,8 @@
 A long-tailed log gives its head users most of the windows, so batches of shuffled windows are mostly head
 users' windows. `UserSampler` draws users instead (uniformly, by events, or head/tail balanced) and then a few
 random windows of each: plain training with `train.sampling: users` uses it, and so does gradient
-alignment with `sampling: uniform / events / balanced`. Gradient alignment's default, `window_plan`, instead
+alignment with `sampling: uniform / events / balanced` (and `permuted`, which takes the users in a random
+order, each once per epoch, through `UserSampler.subset`). Gradient alignment's default, `window_plan`, instead
 keeps plain training's data (every window once per epoch) and only splits each outer iteration's windows
 into user-disjoint batches: redrawing users every iteration left a third of them out of each epoch and
 trained worse on Amazon Music (RESULTS.md, stop 17).
@@ -95,6 +96,18 @@ class UserSampler:
     def windows(self, chosen: torch.Tensor) -> torch.Tensor:
         """Up to `per_user` random windows of each chosen user, without repeats."""
         return torch.unique(self.draws(chosen))
+
+    def subset(self, chosen: torch.Tensor) -> torch.Tensor:
+        """All windows of each chosen user, or a random `per_user` of them where it has more, each window at
+        most once: (≤ m·per_user,), grouped by user in the order of `chosen`."""
+        counts = self.counts[chosen]
+        group = torch.repeat_interleave(torch.arange(len(chosen)), counts)  # which chosen user each window is of
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        rank = torch.arange(len(group)) - first  # position within its user
+        idx = self.starts[chosen][group] + rank
+        if bool((counts > self.per_user).any()):  # shuffle within each user, then keep the first per_user
+            idx = idx[torch.argsort(group + torch.rand(len(group), generator=self.gen))]
+        return idx[rank < self.per_user]
 
     def batches(self, users_per_step: int, steps: int):
         """`steps` batches, each the windows of `users_per_step` freshly drawn users; drawn lazily, so the

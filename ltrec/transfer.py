@@ -257,19 +257,25 @@ class GradAlignEpoch(PlainEpoch):
         self.outer = torch.optim.Adam(self.aligned, lr=recipe.train.lr) if ga.outer == "adam" else None
         self.owner, self.batch_size = owner, recipe.train.batch_size
         per_user = max(1, recipe.train.batch_size // ga.users_per_step)
-        self.sampler = UserSampler(owner, user_head, "uniform" if ga.sampling == "windows" else ga.sampling,
-                                   per_user, step.gen)
+        drawn = "uniform" if ga.sampling in ("windows", "permuted") else ga.sampling
+        self.sampler = UserSampler(owner, user_head, drawn, per_user, step.gen)
         self.all_users = dist.sum_ints([len(self.sampler.users)])[0]  # over all ranks
 
     def _plan(self, parts: int):
         """(iterations, plan): the outer iterations of one epoch, the same count on every rank, and per
         iteration `parts` batches of window indices in which no user appears twice. `sampling: windows`
-        visits every window once (plain training's data); the others draw users_per_step users per batch,
-        fresh users for every iteration (so some users go unvisited in an epoch, others come twice)."""
+        visits every window once (plain training's data); `permuted` every user once, users_per_step per
+        batch; the others draw users_per_step users per batch, fresh users for every iteration (so some users
+        go unvisited in an epoch, others come twice)."""
         if self.ga.sampling == "windows":
             mine = math.ceil(len(self.owner) / (parts * self.batch_size))
             return self.dist.sum_ints([mine], "max")[0], window_plan(self.owner, parts, self.batch_size, self.step.gen)
         per_iter = parts * self.ga.users_per_step
+        if self.ga.sampling == "permuted":
+            order = torch.randperm(len(self.sampler.users), generator=self.step.gen)
+            chunks = order.split(per_iter)
+            return (self.dist.sum_ints([len(chunks)], "max")[0],
+                    ((self.sampler.subset(group) for group in chunk.split(self.ga.users_per_step)) for chunk in chunks))
         n = math.ceil(self.all_users / (per_iter * self.dist.world))
 
         def users():

@@ -160,3 +160,14 @@ def test_chains_with_windows_sampling_see_every_window_once_in_user_disjoint_bat
     for groups in iterations:  # no user in two batches of one outer iteration
         users = [set(epoch.owner[b].tolist()) for b in groups]
         assert sum(len(u) for u in users) == len(set().union(*users))
+
+
+def test_chains_with_permuted_sampling_see_every_user_once_per_epoch(tiny_csv):
+    epoch = build(tiny_csv, sampling="permuted", users_per_step=2)
+    steps = []
+    real = epoch._batch
+    epoch._batch = lambda idx: steps.append([sorted(set(epoch.owner[i].tolist())) for i in idx]) or real(idx)
+    epoch(lambda n, loss: None)
+    flat = [u for step in steps for chain in step for u in chain]
+    assert sorted(flat) == sorted(set(epoch.owner.tolist()))  # each user in exactly one chain's step
+    assert all(len(chain) <= 2 for step in steps for chain in step)

@@ -112,7 +112,7 @@ def test_auto_device_is_the_local_ranks_gpu(monkeypatch):
 # ------------------------------------------------------------------------- 2 spawned gloo processes
 
 
-def _worker(rank, world, port, port2, port3, project, out):
+def _worker(rank, world, port, port2, port3, port4, project, out):
     """The checks in one pair of processes (starting them is the slow part): one GA epoch with each kind of
     sampling, then a run, each in its own process group (a second group on the first one's port could meet
     the first's store)."""
@@ -120,6 +120,8 @@ def _worker(rank, world, port, port2, port3, project, out):
     _ga_check(rank, world, str(Path(project) / "events.csv"), out)
     _env(rank, world, port3)
     _ga_check(rank, world, str(Path(project) / "events.csv"), out, "windows")
+    _env(rank, world, port4)
+    _ga_check(rank, world, str(Path(project) / "events.csv"), out, "permuted")
     _env(rank, world, port2)
     _train_check(rank, world, project, out)
 
@@ -159,7 +161,8 @@ def _ga_check(rank, world, events, out, sampling="uniform"):
     epoch._outer_step_distributed = recording
     epoch(lambda n, loss: None)
     aligned = [any(p is q for q in epoch.aligned) for p in epoch.params]
-    torch.save({"records": records, "aligned": aligned, "windows": len(owner)}, Path(out) / f"ga{sampling}{rank}.pt")
+    torch.save({"records": records, "aligned": aligned, "windows": len(owner), "users": len(set(owner.tolist()))},
+               Path(out) / f"ga{sampling}{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
@@ -168,11 +171,11 @@ def two_ranks(tmp_path_factory) -> tuple[Path, Path]:
     project, out = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("ddp-out")
     events = write_long_tailed(project / "events.csv")
     (project / "recipe.yaml").write_text(RECIPE.format(events=events, epochs=2))
-    spawn(_worker, free_port(), free_port(), str(project), str(out))
+    spawn(_worker, free_port(), free_port(), free_port(), str(project), str(out))
     return project, out
 
 
-@pytest.mark.parametrize("sampling", ["uniform", "windows"])
+@pytest.mark.parametrize("sampling", ["uniform", "windows", "permuted"])
 def test_ga_outer_update_is_theta0_plus_beta_mean_of_rank_deltas(two_ranks, sampling):
     """Each rank's k inner steps run on its own users; the synced parameters (model and discriminator) are
     θ₀ + β·mean(θ_k − θ₀) over the ranks (θ₀ + mean(Δ) for the unaligned item embeddings)."""
@@ -180,6 +183,8 @@ def test_ga_outer_update_is_theta0_plus_beta_mean_of_rank_deltas(two_ranks, samp
     assert len(r0["records"]) == len(r1["records"]) >= 2  # the same number of outer steps on both ranks
     if sampling == "windows":  # each rank's own windows once: as many iterations as the larger shard needs
         assert len(r0["records"]) == math.ceil(max(r0["windows"], r1["windows"]) / (3 * 16))
+    if sampling == "permuted":  # each rank's own users once, 3 steps of 4 per iteration
+        assert len(r0["records"]) == math.ceil(max(r0["users"], r1["users"]) / (3 * 4))
     assert not all(r0["aligned"]) and any(r0["aligned"])
     for a, b in zip(r0["records"], r1["records"]):
         moved = False

@@ -51,7 +51,8 @@ BAD = [
     (patch(transfer={"grad_align": {"beta": 1.5}}), "transfer.grad_align.beta: Input should be less than or equal "
                                                     "to 1 (got 1.5)"),
     (patch(transfer={"grad_align": {"users_per_step": 1}}),  # ignored by the default sampling: say so
-     "transfer.grad_align: transfer.grad_align.users_per_step applies to sampling: uniform, events or balanced"),
+     "transfer.grad_align: transfer.grad_align.users_per_step applies to sampling: permuted, uniform, events or "
+     "balanced"),
     (patch(transfer={"adversarial": {"state": "newest"}}), "transfer.adversarial.state: Input should be 'last' or "
                                                            "'matched'"),
     (patch(data={"source": "x.csv", "columns": {"user": "u; DROP TABLE t"}}),

@@ -122,3 +122,38 @@ def test_grad_align_windows_with_k1_beta1_is_plain_adam_on_the_same_batches(tiny
     assert record(plain) == batches
     for p, q in zip(plain_model.parameters(), ga_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
+def test_grad_align_permuted_sampling_visits_every_user_once_per_epoch(tiny_csv):
+    # sampling: permuted is the paper's per-user inner steps without redrawing: a random order of the users,
+    # users_per_step of them per inner step, k steps per outer iteration, each user in exactly one step
+    _, _, ga, owner = build(tiny_csv, transfer={"grad_align": {"k": 3, "sampling": "permuted", "users_per_step": 2}})
+    for epoch in range(2):
+        seen = record(ga)
+        users = [sorted(set(owner[b].tolist())) for b in seen]
+        assert all(len(u) == 2 for u in users[:-1]) and 1 <= len(users[-1]) <= 2
+        flat = [u for us in users for u in us]
+        assert sorted(flat) == sorted(set(owner.tolist()))  # every user once: none twice, none missing
+        # each user's windows all come with it (the tiny users hold fewer than batch_size / users_per_step)
+        assert sorted(torch.cat(seen).tolist()) == list(range(len(owner)))
+    assert ga._plan(3)[0] == math.ceil(len(set(owner.tolist())) / 6)
+
+
+def test_grad_align_permuted_with_one_user_per_step_is_the_faithful_mode(tiny_csv):
+    _, _, ga, owner = build(tiny_csv, transfer={"grad_align": {"k": 4, "sampling": "permuted", "users_per_step": 1}})
+    seen = record(ga)
+    assert all(len(set(owner[b].tolist())) == 1 for b in seen)
+    assert len(seen) == len(set(owner.tolist()))
+
+
+def test_user_subset_takes_all_windows_up_to_the_cap_each_once():
+    from ltrec.sampling import UserSampler
+
+    owner = torch.tensor([0, 0, 0, 0, 0, 1, 2, 2, 2])  # windows grouped by user, as train_windows emits them
+    sampler = UserSampler(owner, torch.zeros(3, dtype=torch.bool), "uniform", 3, torch.Generator().manual_seed(0))
+    for _ in range(20):
+        got = sampler.subset(torch.tensor([2, 0, 1])).tolist()
+        assert sorted(got[:3]) == [6, 7, 8] and got[-1] == 5  # user 2 whole, user 0 capped at 3, user 1 whole, in that order
+        assert len(set(got[3:6])) == 3 and set(got[3:6]) <= {0, 1, 2, 3, 4}
+    picks = {tuple(sorted(sampler.subset(torch.tensor([0])).tolist())) for _ in range(50)}
+    assert len(picks) > 3  # the capped user's windows are a random subset, not always the first three
