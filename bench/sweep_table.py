@@ -1,6 +1,6 @@
 """Mean ± std over seeds of a sweep's runs (run dirs <name>-s<seed>), as a Markdown table.
 
-    python bench/sweep_table.py runs/sweep [--against sasrec-plain --against gru-plain ...]
+    python bench/sweep_table.py runs/sweep [runs/other-sweep ...] [--against sasrec-plain --against gru-plain ...]
 
 Validation NDCG@10 (what choices are made on) comes first, then the test slices. With --against NAME, every
 group whose name starts with NAME's prefix (`sasrec-`, `gru-`, `beauty-`, …: the same backbone and data)
@@ -23,9 +23,9 @@ from ltrec.compare import compare, format_test  # noqa: E402
 from ltrec.errors import UserError  # noqa: E402
 
 
-def groups(root: Path) -> dict[str, list[Path]]:
+def groups(roots: list[Path]) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
-    for d in sorted(root.glob("*-s[0-9]*")):
+    for d in sorted(d for root in roots for d in root.glob("*-s[0-9]*")):
         if d.is_dir() and (d / "metrics.json").exists():
             out.setdefault(re.sub(r"-s\d+$", "", d.name), []).append(d)
     return out
@@ -67,13 +67,13 @@ def baseline_of(name: str, against: list[str], found: dict[str, list[Path]]) -> 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("root", type=Path)
+    ap.add_argument("roots", type=Path, nargs="+", help="sweep output folders (their run dirs are pooled)")
     ap.add_argument("--against", action="append", default=[],
                     help="a baseline group; the groups with its prefix are tested against it (repeatable)")
     args = ap.parse_args()
-    found = groups(args.root)
+    found = groups(args.roots)
     if not found:
-        raise SystemExit(f"no finished runs (<name>-s<seed>/metrics.json) under {args.root}")
+        raise SystemExit(f"no finished runs (<name>-s<seed>/metrics.json) under {', '.join(map(str, args.roots))}")
     for base in args.against:
         if base not in found:
             raise SystemExit(f"--against {base}: no such group; groups: {', '.join(found)}")
