@@ -118,11 +118,11 @@ def to_atomic(csv_path: Path, out_dir: Path, name: str) -> Path:
     return out_dir
 
 
-def ltrec_targets(recipe: str, data: str) -> dict:
+def ltrec_targets(recipe: str, data: str, sets: list[str]) -> dict:
     from ltrec.data import load
     from ltrec.recipe import load_recipe
-    r = load_recipe(recipe, [f"data.source={data}"])
-    inputs, targets, _ = load(r.data, r.split, r.head, r.seed).train_windows(r.data.max_len)
+    r = load_recipe(recipe, [f"data.source={data}", *sets])
+    inputs, targets, _ = load(r.data, r.split, r.head, r.seed).train_windows(r.data.max_len, r.data.stride)
     return {"sequences": len(inputs), "targets": int((targets > 0).sum())}
 
 
@@ -141,7 +141,7 @@ def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
         done.write_text(json.dumps({"wall": wall, "rss": rss, "sets": args.ltrec_set}))
     m = json.loads((run_dir / "metrics.json").read_text())
     b = json.loads(done.read_text())
-    n = ltrec_targets(recipe, args.data)
+    n = ltrec_targets(recipe, args.data, args.ltrec_set)
     return ("ltrec", model, seed, m["seconds_per_epoch"], n["sequences"], n["targets"], m["test"]["all"]["ndcg@10"],
             m["test"]["all"]["hr@10"], b["rss"], b["wall"])
 

@@ -66,20 +66,28 @@ class Sequences:
         mask = np.cumsum(in_train[:-1]) > 0
         return np.bincount(self.items[mask], minlength=self.n_items + 1)[1:]
 
-    def train_windows(self, max_len: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Training sequences cut from the end into windows of max_len + 1 events, stride max_len.
+    def train_windows(self, max_len: int, stride: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Training sequences cut from the end into windows of max_len + 1 events, `stride` apart (default
+        max_len: no overlap).
 
-        Returns inputs (W, max_len), targets (W, max_len) (the next item; 0 where the input is padding),
-        and the user index of each window (W,). Every training event after a user's first is a target once.
+        Returns inputs (W, max_len), targets (W, max_len) (the next item; 0 where the input is padding, or
+        where a newer window already trains that target), and the user index of each window (W,), windows
+        grouped by user. Every training event after a user's first is a target exactly once: in window j of
+        a user (0 = newest) at its newest `stride` positions, in the user's oldest window at all of them.
         """
+        s = max_len if stride is None else stride
         tl = self.train_lengths
-        per_user = np.where(tl >= 2, -(-(tl - 1) // max_len), 0)  # ceil((tl - 1) / L)
+        # the newest window holds max_len targets, each older one `s` more, the oldest whatever is left
+        per_user = np.where(tl >= 2, 1 + -(-np.maximum(tl - 1 - max_len, 0) // s), 0)
         user = np.repeat(np.arange(len(tl)), per_user)  # (W,)
         j = np.arange(len(user)) - np.repeat(np.cumsum(per_user) - per_user, per_user)  # window 0 = latest
-        end = self.offsets[user] + tl[user] - j * max_len  # (W,) exclusive
+        end = self.offsets[user] + tl[user] - j * s  # (W,) exclusive
         seq = self._gather(end, self.offsets[user], max_len + 1)  # (W, L + 1)
         inputs = seq[:, :-1]
         targets = np.where(inputs == 0, 0, seq[:, 1:])
+        if s < max_len:  # overlapping windows: a target older than the newest s is trained by an older window
+            oldest = j == per_user[user] - 1  # (W,)
+            targets[~oldest, :max_len - s] = 0
         return inputs, targets, user
 
     def eval_inputs(self, split: str, max_len: int, cold: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

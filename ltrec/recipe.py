@@ -74,6 +74,18 @@ class Data(Strict):
     min_user_events: int = Field(1, ge=1, description="drop users with fewer events (one pass, before items)")
     min_item_events: int = Field(1, ge=1, description="drop items with fewer events (one pass, on the raw counts)")
     max_len: int = Field(50, ge=1, le=4096, description="history length the model sees")
+    stride: int | None = Field(
+        None, ge=1, description="step between a user's training windows (null = max_len: windows do not "
+        "overlap). Smaller: windows overlap, each target is still trained once, in the newest window that has it "
+        "among its newest `stride` positions, so every target but those of a user's oldest window sees at least "
+        "max_len − stride items before it (more windows per epoch; what long histories need)")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "Data":
+        if self.stride is not None and self.stride > self.max_len:
+            raise ValueError(f"data.stride: {self.stride} is more than data.max_len ({self.max_len}); windows "
+                             "would skip events: use at most max_len (or null)")
+        return self
 
 
 class Head(Strict):

@@ -248,7 +248,7 @@ def _everywhere(message: str, dist: Dist) -> UserError:
 
 def _fit(recipe, seqs, model, run_dir: Path, device, resume: bool, console: Console, dist: Dist = LOCAL) -> None:
     cfg = recipe.train
-    windows = seqs.train_windows(recipe.data.max_len)
+    windows = seqs.train_windows(recipe.data.max_len, recipe.data.stride)
     if dist.world > 1:  # each rank trains on its own users' windows
         mine = shard_users(windows[2], dist.rank, dist.world, recipe.seed)
         windows = tuple(a[mine] for a in windows)

@@ -55,6 +55,24 @@ def test_transfer_run_evaluates_and_exports_from_its_saved_recipe(recipe, tmp_pa
     assert (tmp_path / "runs" / "gaat" / "bundle" / "model.onnx").is_file()
 
 
+def test_overlapping_windows_train_more_steps_and_the_run_reloads(recipe, tmp_path, monkeypatch):
+    """data.stride reaches the trainer (more, overlapping windows: more steps per epoch) and the run's saved
+    recipe evaluates as trained."""
+    steps = {}
+    real = ltrec.train.make_epoch
+
+    def counting(recipe_, model, seqs, inputs, *rest, **kw):
+        steps[recipe_.data.stride] = len(inputs)
+        return real(recipe_, model, seqs, inputs, *rest, **kw)
+
+    monkeypatch.setattr(ltrec.train, "make_epoch", counting)
+    ok(["train", recipe, *TINY, "--set", "train.epochs=1", "--out", "runs/plain"])
+    ok(["train", recipe, *TINY, "--set", "train.epochs=1", "--set", "data.stride=5", "--out", "runs/stride"])
+    assert steps[5] > steps[None] > 0
+    assert "stride: 5" in (tmp_path / "runs" / "stride" / "recipe.yaml").read_text()
+    assert "tail" in ok(["eval", "runs/stride", "--slice", "tail"])
+
+
 def test_user_errors_exit_2(recipe, tmp_path):
     r = runner.invoke(app, ["validate", str(recipe), "--set", "backbone.dimm=3"])
     assert r.exit_code == 2 and "recipe.yaml: backbone.dimm: unknown key (did you mean 'dim'?)" in r.output

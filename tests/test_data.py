@@ -72,6 +72,35 @@ def test_long_user_windows_cover_every_target_once(tmp_path):
     assert inputs.tolist()[:3] == [[6, 7, 8, 9], [2, 3, 4, 5], [0, 0, 0, 1]]
 
 
+def test_overlapping_windows_train_each_target_once_with_longer_context(tmp_path):
+    # u trains on items 1..8 (9, 10 are valid/test); max_len 4, stride 2, worked by hand:
+    # newest window ends at item 8: inputs 4 5 6 7, its newest 2 positions predict 7, 8
+    # next one ends 2 earlier:      inputs 2 3 4 5, predicts 5, 6
+    # the oldest (reaches item 1):  inputs 0 1 2 3, keeps all of its targets 2, 3, 4
+    rows = "".join(f"u,{i},{i}\n" for i in range(1, 11))
+    s = load_csv(tmp_path, "user_id,item_id,timestamp\n" + rows)
+    inputs, targets, owner = s.train_windows(max_len=4, stride=2)
+    assert inputs.tolist() == [[4, 5, 6, 7], [2, 3, 4, 5], [0, 1, 2, 3]]
+    assert targets.tolist() == [[0, 0, 7, 8], [0, 0, 5, 6], [0, 2, 3, 4]]
+    assert owner.tolist() == [0, 0, 0]
+    same = s.train_windows(max_len=4, stride=4)  # stride max_len is the default cut
+    assert all(np.array_equal(a, b) for a, b in zip(same, s.train_windows(max_len=4)))
+
+
+@pytest.mark.parametrize("stride", [1, 3, 7, 8])
+def test_every_stride_trains_each_target_once_and_windows_stay_grouped(tiny_csv, stride):
+    s = load(Data(source=str(tiny_csv), max_len=8, stride=stride), Split(), Head())
+    inputs, targets, owner = s.train_windows(8, stride)
+    want = sorted(int(t) for u in range(len(s.users)) for t in
+                  s.items[s.offsets[u] + 1:s.offsets[u] + s.train_lengths[u]])
+    assert sorted(targets[targets > 0].tolist()) == want
+    assert (np.diff(owner) >= 0).all()  # UserSampler needs each user's windows together
+    context = np.cumsum(inputs > 0, axis=1)  # items seen up to and including each position
+    last_of_user = np.r_[owner[1:] != owner[:-1], True]  # the oldest window of each user comes last
+    keep = (targets > 0) & ~last_of_user[:, None]
+    assert (context[keep] >= 8 - stride + 1).all()
+
+
 def test_seen_items_cover_the_whole_history(tmp_path):
     rows = "".join(f"u,{i},{i}\n" for i in range(1, 13))
     s = load_csv(tmp_path, "user_id,item_id,timestamp\n" + rows)
