@@ -13,7 +13,9 @@ Every run is the real CLI (`python -m ltrec train`). Runs are started in plan or
 entry) while fewer than --jobs are running; none starts after --launch-until seconds, and any still running
 at --deadline is stopped and reported as unfinished (its checkpoint stays, `--resume` continues it). A run
 that fails ends the sweep at once (--keep-going to carry on), so a broken environment costs seconds, not
-the budget. `summary.json` in --out is rewritten after every finished run: per run its validation numbers
+the budget. With --skip-finished, runs whose directory already holds metrics.json are left out, so a plan
+that grew after a sweep can be run again into the same --out. `summary.json` in --out is rewritten after
+every finished run (earlier sweeps' rows into the same --out are kept): per run its validation numbers
 (which the plan's choices must be made on), test numbers, epochs and seconds per epoch. With
 --data-root, recipe sources under ../shared/data are read from that folder instead (a copy on another
 machine).
@@ -79,6 +81,8 @@ def main() -> int:
     ap.add_argument("--launch-until", type=float, default=float("inf"), help="seconds; start no run after")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds; stop runs still going")
     ap.add_argument("--keep-going", action="store_true", help="a failed run does not end the sweep")
+    ap.add_argument("--skip-finished", action="store_true",
+                    help="leave out runs whose directory already holds metrics.json (a plan grown since)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="an override for every run")
     args = ap.parse_args()
 
@@ -87,12 +91,18 @@ def main() -> int:
     for r in runs:
         r["dir"] = args.out / f"{r['name']}-s{r['seed']}"
         r["sets"] += args.sets
+    if args.skip_finished:
+        runs = [r for r in runs if not (r["dir"] / "metrics.json").exists()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
     t0, pending, running, done = time.time(), list(runs), {}, []
     failed = False
 
-    def save():
-        (args.out / "summary.json").write_text(json.dumps(done, indent=1))
+    summary = args.out / "summary.json"
+    mine = {str(r["dir"]) for r in runs}
+    earlier = [row for row in (json.loads(summary.read_text()) if summary.exists() else []) if row["dir"] not in mine]
+
+    def save():  # earlier sweeps' rows into the same --out stay
+        summary.write_text(json.dumps(earlier + done, indent=1))
 
     while (pending or running) and not failed:
         now = time.time() - t0
