@@ -14,7 +14,8 @@ entry) while fewer than --jobs are running; none starts after --launch-until sec
 at --deadline is stopped and reported as unfinished (its checkpoint stays, `--resume` continues it). A run
 that fails ends the sweep at once (--keep-going to carry on), so a broken environment costs seconds, not
 the budget. With --skip-finished, runs whose directory already holds metrics.json are left out, so a plan
-that grew after a sweep can be run again into the same --out. `summary.json` in --out is rewritten after
+that grew after a sweep can be run again into the same --out; --only NAME... runs just those entries (a
+second sweep beside a running one). `summary.json` in --out is rewritten after
 every finished run (earlier sweeps' rows into the same --out are kept): per run its validation numbers
 (which the plan's choices must be made on), test numbers, epochs and seconds per epoch. With
 --data-root, recipe sources under ../shared/data are read from that folder instead (a copy on another
@@ -81,6 +82,7 @@ def main() -> int:
     ap.add_argument("--launch-until", type=float, default=float("inf"), help="seconds; start no run after")
     ap.add_argument("--deadline", type=float, default=float("inf"), help="seconds; stop runs still going")
     ap.add_argument("--keep-going", action="store_true", help="a failed run does not end the sweep")
+    ap.add_argument("--only", nargs="+", metavar="NAME", help="run only these entries of the plan")
     ap.add_argument("--skip-finished", action="store_true",
                     help="leave out runs whose directory already holds metrics.json (a plan grown since)")
     ap.add_argument("--set", dest="sets", action="append", default=[], help="an override for every run")
@@ -91,6 +93,11 @@ def main() -> int:
     for r in runs:
         r["dir"] = args.out / f"{r['name']}-s{r['seed']}"
         r["sets"] += args.sets
+    if args.only:
+        unknown = set(args.only) - {r["name"] for r in runs}
+        if unknown:
+            raise SystemExit(f"--only {' '.join(sorted(unknown))}: not in {args.plan}")
+        runs = [r for r in runs if r["name"] in args.only]
     if args.skip_finished:
         runs = [r for r in runs if not (r["dir"] / "metrics.json").exists()]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONUNBUFFERED": "1"}
@@ -99,10 +106,12 @@ def main() -> int:
 
     summary = args.out / "summary.json"
     mine = {str(r["dir"]) for r in runs}
-    earlier = [row for row in (json.loads(summary.read_text()) if summary.exists() else []) if row["dir"] not in mine]
 
-    def save():  # earlier sweeps' rows into the same --out stay
-        summary.write_text(json.dumps(earlier + done, indent=1))
+    def save():  # re-read each time: rows of other sweeps into the same --out (earlier or side by side) stay
+        others = [row for row in (json.loads(summary.read_text()) if summary.exists() else []) if row["dir"] not in mine]
+        tmp = summary.with_suffix(".tmp")
+        tmp.write_text(json.dumps(others + done, indent=1))
+        os.replace(tmp, summary)
 
     while (pending or running) and not failed:
         now = time.time() - t0

@@ -119,3 +119,28 @@ def test_skip_finished_leaves_out_runs_with_results_and_keeps_their_summary(tmp_
     assert len(started) == 1 and str(out / "a-s1") in started[0]
     rows = json.loads((out / "summary.json").read_text())
     assert [Path(r["dir"]).name for r in rows] == ["a-s0", "a-s1"]
+
+
+def test_only_runs_the_named_entries_and_names_a_typo(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- name: a\n  recipe: recipes/sasrec-music-b64.yaml\n"
+                    "- name: b\n  recipe: recipes/sasrec-music-b64.yaml\n")
+    started = []
+
+    class Done:
+        def __init__(self, cmd, **kw):
+            started.append(cmd)
+            self.pid = 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(sweep.subprocess, "Popen", Done)
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    monkeypatch.setattr(sys, "argv", ["sweep.py", str(plan), "--out", str(tmp_path / "o"), "--only", "b"])
+    assert sweep.main() == 0
+    assert len(started) == 1 and str(tmp_path / "o" / "b-s0") in started[0]
+    monkeypatch.setattr(sys, "argv", ["sweep.py", str(plan), "--out", str(tmp_path / "o"), "--only", "c"])
+    with pytest.raises(SystemExit, match="--only c: not in"):
+        sweep.main()
