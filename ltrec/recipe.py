@@ -139,6 +139,9 @@ class SASRecConfig(Strict):
         True, description="LayerNorm on item + position embedding before the first block, position "
         "embeddings initialised small (as RecBole's SASRec); without it rarely seen items barely register"
     )
+    item_scale: bool = Field(
+        True, description="multiply the item embedding by sqrt(dim) before adding the position embedding "
+        "(Kang & McAuley's SASRec); with input_norm this makes positions weigh about 1/sqrt(dim) of the items")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self) -> "SASRecConfig":

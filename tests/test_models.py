@@ -7,13 +7,15 @@ from ltrec.models import BACKBONES, BERT4Rec, SASRec, Pop, loss_from_states, nex
 from ltrec.recipe import _BACKBONE_KINDS, Backbone
 
 N, MAX_LEN, DIM = 20, 12, 16
-NEURAL = (*(k for k in BACKBONES if k != "pop"), "sasrec-legacy")  # every backbone with a user state, new ones included
+NEURAL = (*(k for k in BACKBONES if k != "pop"), "sasrec-legacy", "sasrec-unscaled")  # every backbone with a user state, new ones included
 
 
 def make(name, **kw):
     torch.manual_seed(0)
     if name == "sasrec-legacy":  # runs saved before input_norm existed
         name, kw = "sasrec", {"input_norm": False, **kw}
+    if name == "sasrec-unscaled":  # backbone.item_scale: false
+        name, kw = "sasrec", {"item_scale": False, **kw}
     kw = {"dim": DIM, **kw}
     if name in ("gru4rec", "narm"):
         kw.setdefault("layers", 2)  # two layers also checks that zeros propagate between layers
@@ -282,3 +284,12 @@ def test_sasrec_input_norm_makes_the_input_scale_free():
         assert torch.allclose(before, after, atol=1e-2) == norm  # LayerNorm's eps: not exactly scale-free
     assert make("sasrec").pos_emb.weight.std() < 0.05  # small, like the items
     assert make("sasrec", input_norm=False).pos_emb.weight.std() > 0.5  # nn.Embedding's N(0, 1): old runs reproduce
+
+
+def test_sasrec_item_scale_off_adds_the_item_embedding_as_it_is():
+    """item_scale: false is the scaled model with item embeddings divided by sqrt(dim): same states."""
+    scaled, plain = make("sasrec"), make("sasrec", item_scale=False)
+    with torch.no_grad():
+        plain.item_emb.weight.copy_(scaled.item_emb.weight * DIM ** 0.5)
+        x = left_pad(SEQS, 8)
+        torch.testing.assert_close(plain.encode_all(x), scaled.encode_all(x), atol=1e-5, rtol=0)

@@ -40,11 +40,13 @@ class _Block(nn.Module):
 
 class SASRec(_Backbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
-                 input_norm: bool = True):
+                 input_norm: bool = True, item_scale: bool = True):
         super().__init__()
         if dim % heads:
             raise ValueError(f"SASRec: dim={dim} must be divisible by heads={heads}")
         self.n_items, self.max_len, self.dim, self.heads = n_items, max_len, dim, heads
+        # sqrt(dim) as in the original SASRec; a Python constant, so the exported graph holds one Mul or none
+        self.item_mult = math.sqrt(dim) if item_scale else 1.0
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         # positions are counted from the right (newest item = 0), so extra left pads never shift real items
         self.pos_emb = nn.Embedding(max_len, dim)
@@ -66,7 +68,7 @@ class SASRec(_Backbone):
         t = torch.arange(L, device=history.device)  # (L,)
         # items older than max_len share the oldest position (only pads should ever get there)
         pos = (L - 1 - t).clamp(max=self.max_len - 1)  # (L,)
-        x = self.item_emb(history) * math.sqrt(self.dim) + self.pos_emb(pos)  # (B, L, D)
+        x = self.item_emb(history) * self.item_mult + self.pos_emb(pos)  # (B, L, D)
         x = self.drop(self.ln_in(x)) * keep  # (B, L, D), pads zeroed
         # query i may see key j if j <= i (causal) and j is a real item; the diagonal is always allowed
         # so a pad query has one visible key: an all-masked row would give NaN, and 0 * NaN poisons later layers
