@@ -94,38 +94,8 @@ def test_table_tests_each_group_against_its_own_baseline_paired_over_users(tmp_p
     assert lines["| sasrec-plain"].endswith("|  |")
 
 
-def test_skip_finished_leaves_out_runs_with_results_and_keeps_their_summary(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    plan = tmp_path / "plan.yaml"
-    plan.write_text("- name: a\n  recipe: recipes/sasrec-music-b64.yaml\n  seeds: [0, 1]\n")
-    out = tmp_path / "out"
-    (out / "a-s0").mkdir(parents=True)
-    (out / "a-s0" / "metrics.json").write_text("{}")
-    (out / "summary.json").write_text(json.dumps([{"dir": str(out / "a-s0"), "rc": 0}]))
-    started = []
-
-    class Done:  # stands in for the training process: finishes at once
-        def __init__(self, cmd, **kw):
-            started.append(cmd)
-            self.pid = 0
-
-        def poll(self):
-            return 0
-
-    monkeypatch.setattr(sweep.subprocess, "Popen", Done)
-    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
-    monkeypatch.setattr(sys, "argv", ["sweep.py", str(plan), "--out", str(out), "--skip-finished"])
-    assert sweep.main() == 0
-    assert len(started) == 1 and str(out / "a-s1") in started[0]
-    rows = json.loads((out / "summary.json").read_text())
-    assert [Path(r["dir"]).name for r in rows] == ["a-s0", "a-s1"]
-
-
-def test_only_runs_the_named_entries_and_names_a_typo(tmp_path, monkeypatch):
-    monkeypatch.chdir(ROOT)
-    plan = tmp_path / "plan.yaml"
-    plan.write_text("- name: a\n  recipe: recipes/sasrec-music-b64.yaml\n"
-                    "- name: b\n  recipe: recipes/sasrec-music-b64.yaml\n")
+def _instant_runs(monkeypatch):
+    """Training processes that finish at once; returns the list their command lines are appended to."""
     started = []
 
     class Done:
@@ -138,6 +108,31 @@ def test_only_runs_the_named_entries_and_names_a_typo(tmp_path, monkeypatch):
 
     monkeypatch.setattr(sweep.subprocess, "Popen", Done)
     monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    return started
+
+
+def test_skip_finished_leaves_out_runs_with_results_and_keeps_their_summary(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- name: a\n  recipe: recipes/sasrec-music-b64.yaml\n  seeds: [0, 1]\n")
+    out = tmp_path / "out"
+    (out / "a-s0").mkdir(parents=True)
+    (out / "a-s0" / "metrics.json").write_text("{}")
+    (out / "summary.json").write_text(json.dumps([{"dir": str(out / "a-s0"), "rc": 0}]))
+    started = _instant_runs(monkeypatch)
+    monkeypatch.setattr(sys, "argv", ["sweep.py", str(plan), "--out", str(out), "--skip-finished"])
+    assert sweep.main() == 0
+    assert len(started) == 1 and str(out / "a-s1") in started[0]
+    rows = json.loads((out / "summary.json").read_text())
+    assert [Path(r["dir"]).name for r in rows] == ["a-s0", "a-s1"]
+
+
+def test_only_runs_the_named_entries_and_names_a_typo(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text("- name: a\n  recipe: recipes/sasrec-music-b64.yaml\n"
+                    "- name: b\n  recipe: recipes/sasrec-music-b64.yaml\n")
+    started = _instant_runs(monkeypatch)
     monkeypatch.setattr(sys, "argv", ["sweep.py", str(plan), "--out", str(tmp_path / "o"), "--only", "b"])
     assert sweep.main() == 0
     assert len(started) == 1 and str(tmp_path / "o" / "b-s0") in started[0]
