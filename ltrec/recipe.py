@@ -83,8 +83,8 @@ class Data(Strict):
     @model_validator(mode="after")
     def _stride_fits(self) -> "Data":
         if self.stride is not None and self.stride > self.max_len:
-            raise ValueError(f"data.stride: {self.stride} is more than data.max_len ({self.max_len}); windows "
-                             "would skip events: use at most max_len (or null)")
+            raise ValueError(f"stride ({self.stride}) is more than max_len ({self.max_len}); windows would "
+                             "skip events: use at most max_len (or null)")
         return self
 
 

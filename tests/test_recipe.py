@@ -43,7 +43,7 @@ BAD = [
      "backbone.window: 8 is longer than data.max_len (5), the most items the model ever sees; lower it"),
     (patch(backbone={"kind": "narm", "heads": 2}), "backbone.heads: unknown key"),
     (patch(data={"source": "x.csv", "max_len": 5, "stride": 6}),
-     "data: data.stride: 6 is more than data.max_len (5); windows would skip events: use at most max_len (or null)"),
+     "data: stride (6) is more than max_len (5); windows would skip events: use at most max_len (or null)"),
     (patch(data={"source": "x.csv", "stride": 0}), "data.stride: Input should be greater than or equal to 1 (got 0)"),
     (patch(train={"epochs": 0}), "train.epochs: Input should be greater than or equal to 1 (got 0)"),
     (patch(train={"lr": "fast"}), "train.lr: Input should be a valid number (got 'fast')"),
