@@ -26,7 +26,7 @@ from bench.bench_ingest import machine  # noqa: E402
 
 from ltrec.data import load  # noqa: E402
 from ltrec.recipe import load_recipe  # noqa: E402
-from ltrec.train import build_model  # noqa: E402
+from ltrec.build import build_model  # noqa: E402
 from ltrec.transfer import make_epoch  # noqa: E402
 
 GA = {"k": 5, "beta": 0.5, "users_per_step": 64, "sampling": "uniform"}

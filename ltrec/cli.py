@@ -1,4 +1,5 @@
-"""The `ltrec` command line. Each command is a thin layer; heavy imports (torch) happen inside commands."""
+"""The `ltrec` command line. Each command is a thin layer over one module. Recipes, data columns and run
+folders are checked before torch is imported, so a user error answers in a second, not after torch loads."""
 
 from __future__ import annotations
 
@@ -12,9 +13,10 @@ import typer
 from .errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Sequential recommenders that serve long-tail users too (Yin et al., KDD 2020).")
+                  help="Sequential recommenders that serve long-tail users too.")
 SCHEMA_PATH = Path("schemas/recipe.schema.json")
 Sets = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe key: --set train.epochs=5")]
+RunDir = Annotated[Optional[str], typer.Argument(help="run directory (default: the newest under ./runs)")]
 
 
 def fail(exc: UserError) -> None:
@@ -29,24 +31,16 @@ def init(
     data: Annotated[Optional[str], typer.Option(help="your own events file instead of MovieLens-100K")] = None,
     source: Annotated[str, typer.Option(help="where to get MovieLens-100K: pypi | grouplens")] = "pypi",
     force: Annotated[bool, typer.Option(help="overwrite an existing recipe.yaml")] = False,
+    user_col: Annotated[Optional[str], typer.Option(help="with --data: the user column (default: from the header)")] = None,
+    item_col: Annotated[Optional[str], typer.Option(help="with --data: the item column (default: from the header)")] = None,
+    time_col: Annotated[Optional[str], typer.Option(help="with --data: the time column (default: from the header)")] = None,
 ) -> None:
     """Write a commented starter recipe.yaml (and its JSON Schema) that trains on a real dataset."""
-    from .example import fetch_movielens_100k
-    from .init_recipe import write_starter
+    from .init_recipe import init_project
 
     try:
-        if (directory / "recipe.yaml").exists() and not force:
-            raise UserError(f"{directory / 'recipe.yaml'}: already exists; pass --force to overwrite")
-        if data is None:
-            try:
-                path, name = fetch_movielens_100k(source), "ml100k-sasrec"
-            except UserError as exc:
-                raise UserError(f"{exc}\nTo use your own events instead: ltrec init --data my.csv") from None
-        else:
-            path, name = Path(data), "my-sasrec"
-            if not path.is_file():
-                raise UserError(f"--data: {data}: no such file")
-        recipe = write_starter(directory, str(path.resolve()), name, force)
+        recipe, path = init_project(directory, data, source, force,
+                                    {"user": user_col, "item": item_col, "time": time_col})
     except UserError as exc:
         fail(exc)
     typer.echo(f"wrote {recipe} (data: {path})\nnext: ltrec train {recipe}")
@@ -59,16 +53,10 @@ def validate(
     data: Annotated[bool, typer.Option(help="also check the data source and its columns")] = True,
 ) -> None:
     """Check recipes: every problem in each file is reported at once, as `file: key: message`."""
-    from .recipe import load_recipe
-
     problems = []
     for path in recipes:
         try:
-            recipe = load_recipe(path, set_ or [])
-            if data:
-                from .data import check_source
-
-                check_source(recipe.data)
+            _checked_recipe(path, set_ or [], data)
             typer.echo(f"{path}: ok")
         except UserError as exc:
             problems.append(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}")
@@ -77,26 +65,49 @@ def validate(
         raise typer.Exit(2)
 
 
+def _checked_recipe(path: Path, sets: list[str], data: bool = True):
+    """The recipe, validated, and its data source's columns checked (no torch needed for either)."""
+    from .data import check_source
+    from .recipe import load_recipe
+
+    recipe = load_recipe(path, sets)
+    for note in recipe._notes:
+        typer.echo(note, err=True)
+    if data:
+        try:
+            check_source(recipe.data)
+        except UserError as exc:
+            raise UserError(f"{path}: {exc}") from None
+    return recipe
+
+
 @app.command()
 def schema(
     check: Annotated[bool, typer.Option(help="fail if the committed schema differs from the code")] = False,
-    out: Annotated[Path, typer.Option(help="where to write it")] = SCHEMA_PATH,
+    out: Annotated[str, typer.Option(help="where to write it (- for standard output)")] = str(SCHEMA_PATH),
 ) -> None:
     """Write the recipe's JSON Schema (for editor completion), or --check that it is up to date."""
+    from .fileio import atomic_write
     from .recipe import recipe_schema
-    from .runs import atomic_write
 
     text = json.dumps(recipe_schema(), indent=2) + "\n"
-    if check:
-        current = out.read_text() if out.exists() else ""
-        if current != text:
-            typer.echo(f"{out}: out of date; run `ltrec schema` and commit it", err=True)
-            raise typer.Exit(1)
-        typer.echo(f"{out}: up to date")
-        return
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, text)
-    typer.echo(f"wrote {out}")
+    try:
+        if check:
+            current = Path(out).read_text() if Path(out).is_file() else ""
+            if current != text:
+                typer.echo(f"{out}: out of date; run `ltrec schema` and commit it", err=True)
+                raise typer.Exit(1)
+            typer.echo(f"{out}: up to date")
+            return
+        if out != "-":
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, text, "--out")
+    except UserError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(UserError(f"--out {out}: cannot write here ({exc.strerror})"))
+    if out != "-":
+        typer.echo(f"wrote {out}")
 
 
 @app.command()
@@ -110,10 +121,13 @@ def train(
     """Train a recipe: progress, validation every epoch, early stopping, checkpoints, a test table by slice.
 
     Data-parallel on N processes: torchrun --nproc_per_node=N -m ltrec train RECIPE."""
-    from .recipe import load_recipe
-
     try:
+        from .distributed import from_env
+
+        if from_env().main:  # one process checks; under torchrun every rank checks again below, together
+            _checked_recipe(recipe, set_ or [])
         from .distributed import session
+        from .recipe import load_recipe
         from .train import train as run_training
 
         with session() as dist:  # a process group only under torchrun (WORLD_SIZE > 1)
@@ -126,7 +140,7 @@ def train(
 
 @app.command("eval")
 def evaluate(
-    run_dir: Annotated[Optional[str], typer.Argument(help="run directory (default: the newest under ./runs)")] = None,
+    run_dir: RunDir = None,
     slice_: Annotated[Optional[list[str]], typer.Option(
         "--slice", help="all | head | tail | cold | cold-adapted; repeatable")] = None,
     split: Annotated[str, typer.Option(help="valid | test")] = "test",
@@ -137,46 +151,59 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run's best checkpoint by user slice (full ranking unless the recipe says sampled)."""
     try:
-        from .evaluate import SLICES
+        from .recipe import load_recipe
         from .runs import find_run
 
-        slices = slice_ or list(SLICES)
-        bad = [s for s in slices if s not in SLICES]
-        if bad or split not in ("valid", "test"):
-            raise UserError(f"--slice {bad[0]}: expected one of {', '.join(SLICES)}" if bad
-                            else f"--split {split}: expected valid or test")
-        cuts = _parse_ks(ks)
-        from .evaluate import evaluate as run_eval, format_table, write_per_user
-        from .train import build_model, load_run, load_weights
-
+        slices, cuts = _slices(slice_, split), _parse_ks(ks)
         run = find_run(run_dir)
-        recipe, seqs = load_run(run, _eval_overrides(set_ or []))
-        model = build_model(recipe, seqs)
-        load_weights(model, run / "best.pt")
-        result = run_eval(model, seqs, split, recipe.eval, recipe.data.max_len, "cpu",
-                          run / f"negatives_{split}.npy", recipe.seed, cuts)
-        write_per_user(result, seqs, run / f"users_{split}.csv")
-        table = {k: v for k, v in result.table(slices).items() if k in slices}
+        overrides, cuts = _eval_overrides(set_ or [], cuts)
+        load_recipe(run / "recipe.yaml", overrides)  # a bad --set answers before torch loads
+        from .evaluate import evaluate_run, format_table
+
+        result, table = evaluate_run(run, split, slices, cuts, overrides)
     except UserError as exc:
         fail(exc)
     if as_json:
         typer.echo(json.dumps({"run": str(run), "split": split, "protocol": result.protocol, "slices": table}))
-    else:
-        typer.echo(format_table(table, result.protocol, split, cuts or recipe.eval.ks))
-        typer.echo(f"pictures: ltrec report {run}")
+        return
+    typer.echo(format_table(table, result.protocol, split, cuts or result.ks))
+    missing = [s for s in slices if s not in table]
+    if missing:
+        typer.echo(f"no {' or '.join(missing)} users in this run, so no row for {'them' if len(missing) > 1 else 'it'}"
+                   + ("; hold users out of training with split.cold_users for a cold slice"
+                      if any(s.startswith("cold") for s in missing) else ""))
+    typer.echo(f"pictures: ltrec report {run}")
 
 
-def _eval_overrides(sets: list[str]) -> list[str]:
-    """Only evaluation settings may change after training: anything else would not match the weights."""
+def _slices(given: Optional[list[str]], split: str) -> list[str]:
+    from .runs import SLICES
+
+    bad = [s for s in given or [] if s not in SLICES]
+    if bad:
+        raise UserError(f"--slice {bad[0]}: expected one of {', '.join(SLICES)}")
+    if split not in ("valid", "test"):
+        raise UserError(f"--split {split}: expected valid or test")
+    return list(given or SLICES)
+
+
+def _eval_overrides(sets: list[str], cuts: Optional[list[int]]) -> tuple[list[str], Optional[list[int]]]:
+    """Only evaluation settings may change after training: anything else would not match the weights.
+    `eval.ks` is taken as --ks (the monitored metric only mattered while training)."""
+    kept = []
     for text in sets:
-        key = text.split("=", 1)[0].strip()
+        key, _, value = text.partition("=")
+        key = key.strip()
         if not key.startswith("eval."):
             raise UserError(f"--set {key}: ltrec eval can only change eval.* keys (the run was trained with the "
                             "rest); train a new run to change it")
-    return sets
+        if key == "eval.ks":
+            cuts = _parse_ks(value.strip().strip("[]"), f"--set {text}")
+        else:
+            kept.append(text)
+    return kept, cuts
 
 
-def _parse_ks(text: Optional[str]) -> Optional[list[int]]:
+def _parse_ks(text: Optional[str], flag: str = "--ks") -> Optional[list[int]]:
     if text is None:
         return None
     try:
@@ -184,23 +211,24 @@ def _parse_ks(text: Optional[str]) -> Optional[list[int]]:
     except ValueError:
         ks = []
     if not ks or min(ks) < 1:
-        raise UserError(f"--ks {text}: expected positive integers separated by commas, e.g. 5,10,20")
+        raise UserError(f"{flag}: expected positive integers separated by commas, e.g. 5,10,20")
     return ks
 
 
 @app.command()
 def export(
-    run_dir: Annotated[Optional[str], typer.Argument(help="run directory (default: the newest under ./runs)")] = None,
+    run_dir: RunDir = None,
     onnx: Annotated[bool, typer.Option("--onnx", help="write an ONNX bundle (the only format so far)")] = True,
     out: Annotated[Optional[Path], typer.Option(help="bundle directory (default: RUN_DIR/bundle)")] = None,
     k: Annotated[int, typer.Option(min=1, help="top-K computed inside the graph")] = 10,
 ) -> None:
     """Export the best checkpoint as an ONNX bundle (model.onnx + bundle.json), checked against torch."""
     try:
-        from .export import export_bundle
         from .runs import find_run
 
         run = find_run(run_dir)
+        from .export import export_bundle
+
         bundle = export_bundle(run, out or run / "bundle", k)
     except UserError as exc:
         fail(exc)
@@ -211,13 +239,15 @@ def export(
 def predict(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by `ltrec export`")],
     input_: Annotated[Path, typer.Option("--input", help="events: CSV or Parquet, one row per event")],
-    output: Annotated[Path, typer.Option(help="where to write user_id,rank,item_id,score")] = Path("predictions.csv"),
+    output: Annotated[str, typer.Option(help="CSV to write (- for standard output)")] = "predictions.csv",
     k: Annotated[Optional[int], typer.Option(min=1, help="items per user (default: the bundle's K)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 1024,
-    user_col: Annotated[str, typer.Option(help="user column")] = "user_id",
-    item_col: Annotated[str, typer.Option(help="item column")] = "item_id",
-    time_col: Annotated[str, typer.Option(help="time column")] = "timestamp",
-    exclude_seen: Annotated[bool, typer.Option(help="never recommend an item already in the history")] = False,
+    user_col: Annotated[Optional[str], typer.Option(help="user column (default: the recipe's)")] = None,
+    item_col: Annotated[Optional[str], typer.Option(help="item column (default: the recipe's)")] = None,
+    time_col: Annotated[Optional[str], typer.Option(help="time column (default: the recipe's)")] = None,
+    exclude_seen: Annotated[Optional[bool], typer.Option(
+        "--exclude-seen/--include-seen", help="never recommend an item already in the history (default: as the "
+        "run was evaluated, eval.mask_seen)")] = None,
 ) -> None:
     """Top-K next items for each user of an events file, with onnxruntime on CPU (no torch)."""
     try:
@@ -228,7 +258,7 @@ def predict(
                               exclude_seen=exclude_seen)
     except UserError as exc:
         fail(exc)
-    typer.echo(summary)
+    typer.echo(summary, err=output == "-")
 
 
 @app.command("compare")
@@ -253,7 +283,7 @@ def compare_runs(
 @app.command()
 def report(
     runs: Annotated[list[str], typer.Argument(help="run directories; the first is the baseline")],
-    out: Annotated[Path, typer.Option(help="the HTML file to write")] = Path("report.html"),
+    out: Annotated[str, typer.Option(help="the HTML file to write (- for standard output)")] = "report.html",
 ) -> None:
     """One self-contained HTML page: long-tail curve, slice table with significance, training curves."""
     try:
@@ -262,7 +292,7 @@ def report(
         path = write_report([Path(r) for r in runs], out)
     except UserError as exc:
         fail(exc)
-    typer.echo(f"wrote {path}")
+    typer.echo(f"wrote {path}", err=out == "-")
 
 
 def main() -> None:

@@ -6,46 +6,23 @@ metrics are averaged per user first, so the test pairs users, not seeds.
 
 from __future__ import annotations
 
-import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .metrics import paired_test
+from .runs import check_run, protocol_of, read_per_user
+from .stats import paired_test
 
 
-def protocol_of(run: Path, split: str) -> str | None:
-    """The protocol the per-user file was written under (None for files from before it was recorded)."""
-    try:
-        return json.loads((run / f"users_{split}.json").read_text(encoding="utf-8"))["protocol"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _check_protocols(runs: list[Path], split: str) -> str | None:
-    known = [(run, p) for run in runs if (p := protocol_of(run, split)) is not None]
-    for run, p in known[1:]:
-        if p != known[0][1]:
-            raise UserError(f"{run}: its per-user {split} metrics are '{p}', but {known[0][0]}'s are "
-                            f"'{known[0][1]}'; a comparison needs one protocol: re-run `ltrec eval` on one of "
+def _check_protocols(runs: list[Path], split: str) -> str:
+    protocols = [(run, protocol_of(run, split)) for run in runs]
+    for run, p in protocols[1:]:
+        if p != protocols[0][1]:
+            raise UserError(f"{run}: its per-user {split} metrics are '{p}', but {protocols[0][0]}'s are "
+                            f"'{protocols[0][1]}'; a comparison needs one protocol: re-run `ltrec eval` on one of "
                             "them with the other's --set (plain `ltrec eval RUN` restores the run's own recipe)")
-    return known[0][1] if known else None
-
-
-def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    path = run / f"users_{split}.csv"
-    if not path.exists():
-        raise UserError(f"{path}: missing; run `ltrec eval {run} --split {split}` first")
-    with open(path, newline="", encoding="utf-8") as f:
-        rows = list(csv.reader(f))
-    header, body = rows[0], rows[1:]
-    users = np.array([r[0] for r in body])
-    slices = np.array([r[1] for r in body])
-    metrics = {name: np.array([float(r[i]) for r in body]) for i, name in enumerate(header) if i >= 3}
-    order = np.argsort(users, kind="stable")
-    return users[order], slices[order], {k: v[order] for k, v in metrics.items()}
+    return protocols[0][1]
 
 
 def _check_same(ref: tuple, other: tuple, ref_name: str, name: str) -> None:
@@ -55,7 +32,7 @@ def _check_same(ref: tuple, other: tuple, ref_name: str, name: str) -> None:
 
 def load_group(spec: str, split: str) -> tuple[str, np.ndarray, np.ndarray, dict[str, np.ndarray]]:
     runs = [Path(p) for p in spec.split(",") if p]
-    parts = [read_per_user(run, split) for run in runs]
+    parts = [read_per_user(run, split)[:3] for run in runs]
     for run, part in zip(runs[1:], parts[1:]):
         _check_same(parts[0], part, str(runs[0]), str(run))
     means = {k: np.mean([p[2][k] for p in parts], axis=0) for k in parts[0][2]}
@@ -65,7 +42,10 @@ def load_group(spec: str, split: str) -> tuple[str, np.ndarray, np.ndarray, dict
 
 def compare(specs: list[str], split: str = "test", metrics=("ndcg@10", "hr@10"),
             slices=("all", "head", "tail", "cold", "cold-adapted")) -> dict:
-    protocol = _check_protocols([Path(p) for spec in specs for p in spec.split(",") if p], split)
+    runs = [check_run(Path(p)) for spec in specs for p in spec.split(",") if p]
+    if not runs or any(not [p for p in spec.split(",") if p] for spec in specs):
+        raise UserError("compare: an empty run argument; give run folders, seeds joined by commas")
+    protocol = _check_protocols(runs, split)
     groups = [load_group(s, split) for s in specs]
     for g, spec in zip(groups[1:], specs[1:]):
         _check_same(groups[0][1:3], g[1:3], specs[0], spec)

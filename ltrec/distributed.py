@@ -108,6 +108,12 @@ class Dist:
                     offset += t.numel()
         return total, had
 
+    def broadcast_module_(self, module: torch.nn.Module) -> None:
+        """Rank 0's weights (parameters and buffers) on every rank."""
+        if self.world == 1:
+            return
+        module.load_state_dict(self.broadcast(to_cpu(module.state_dict()) if self.main else None))
+
     def broadcast_params_(self, params: list[torch.Tensor]) -> None:
         if self.world == 1:
             return

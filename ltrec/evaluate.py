@@ -6,6 +6,9 @@ loses them). Sampled mode ranks the target against `eval.negatives` negatives dr
 seed and stored in the run, so reruns compare like with like. With `eval.adapt`, cold users are ranked a
 second time after a few SGD steps on their own history (slice `cold-adapted`, the same users as `cold`).
 
+Seen items are held as (user, item) pairs, never as a batch × longest-history matrix, so one very long
+history costs memory in proportion to itself only.
+
 Under torchrun the batches are dealt to the ranks (batch b to rank b mod world) and the ranks' integer ranks
 gathered; each batch is the batch one process would score, so the metrics are those of one process.
 """
@@ -24,12 +27,14 @@ import torch
 from .adapt import adapted_scores
 from .data import Sequences
 from .distributed import LOCAL, Dist
-from .metrics import metrics_from_ranks, sample_negatives, sampled_ranks, state_ranks, summarize, target_ranks
-from .models.base import _Backbone
+from .errors import UserError
+from .fileio import atomic_write
+from .metrics import Seen, sample_negatives, sampled_ranks, state_ranks, target_ranks
+from .models import Backbone
 from .recipe import Eval
-from .runs import atomic_write
+from .runs import SLICES
+from .stats import metrics_from_ranks, summarize
 
-SLICES = ("all", "head", "tail", "cold", "cold-adapted")
 WARM = ("head", "tail")  # `all` = the evaluated users who trained; cold users are reported apart
 
 
@@ -40,6 +45,7 @@ class Result:
     users: np.ndarray  # (B,) user index into Sequences
     slice_of: np.ndarray  # (B,) "head" | "tail" | "cold" | "cold-adapted" (a cold user's second row)
     per_user: dict[str, np.ndarray]  # metric → (B,)
+    ks: list[int]
 
     def mask(self, name: str) -> np.ndarray:
         return np.isin(self.slice_of, WARM) if name == "all" else self.slice_of == name
@@ -55,75 +61,100 @@ def protocol(cfg: Eval) -> str:
     return f"full ranking over all items, {masked}, pessimistic ties, leave-one-out"
 
 
-@torch.no_grad()
-def evaluate(model, seqs: Sequences, split: str, cfg: Eval, max_len: int, device="cpu",
-             negatives_path: Path | None = None, seed: int = 0, ks=None, dist: Dist = LOCAL) -> Result:
-    """Rank each evaluated (and cold) user's `split` target; returns per-user metrics (on every rank)."""
-    model.eval()
-    parts = [seqs.eval_inputs(split, max_len, cold=c) for c in (False, True)]
-    if cfg.adapt is not None and len(parts[1][0]):
-        parts.append(parts[1])  # the cold users again, ranked after adaptation
-    users = np.concatenate([p[0] for p in parts])
-    history = np.concatenate([p[1] for p in parts])
-    targets = np.concatenate([p[2] for p in parts])
-    slice_of = np.where(seqs.head[users], "head", "tail").astype(object)
-    n_warm, n_cold = len(parts[0][0]), len(parts[1][0])
-    slice_of[n_warm:n_warm + n_cold] = "cold"
-    slice_of[n_warm + n_cold:] = "cold-adapted"
-    negs = _negatives(seqs, history, targets, cfg, negatives_path, seed) if cfg.mode == "sampled" else None
-    # Users in order of history length, so each batch is only as wide as its longest history: most users are
-    # short (the long tail) and every backbone ignores left padding (a tested property), so the encoder
-    # skips the all-pad columns; seen_items' width likewise follows the batch's longest full history.
-    lengths = (history > 0).sum(axis=1)
-    order = np.argsort(seqs.lengths[users], kind="stable")
-    batches = [order[lo:lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
-    mine = []
-    for b, sel in enumerate(batches):
-        if b % dist.world != dist.rank:  # under torchrun batch b is rank b mod world's
-            continue
-        width = max(int(lengths[sel].max()), 1)
-        hist = torch.from_numpy(np.ascontiguousarray(history[sel, -width:])).to(device)  # (B, width)
-        tgt = torch.from_numpy(targets[sel]).to(device)
-        adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
-        if negs is None and _tied(model) and not adapt.any():
-            seen = torch.from_numpy(seqs.seen_items(users[sel], split)).to(device) if cfg.mask_seen else None
-            h = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
-            mine.append(state_ranks(h, model.item_emb.weight[1:].float(), tgt, seen).cpu())
-            continue
-        scores = model(hist).float()  # (B, N)
-        if adapt.any():
-            scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
-                model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
-        if negs is None:
-            seen = torch.from_numpy(seqs.seen_items(users[sel], split)).to(device) if cfg.mask_seen else None
-            mine.append(target_ranks(scores, tgt, seen).cpu())
-        else:
-            mine.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[sel]).to(device)).cpu())
-    parts = dist.all_gather(mine) if dist.world > 1 else [mine]  # rank r holds batches r, r + world, ...
-    rank = torch.zeros(len(users), dtype=torch.long)
-    for b, sel in enumerate(batches):
-        rank[torch.from_numpy(sel)] = parts[b % dist.world][b // dist.world]
-    per_user = metrics_from_ranks(rank, ks or cfg.ks)
-    per_user["rank"] = rank.numpy().astype(np.float64)
-    return Result(split, protocol(cfg), users, slice_of.astype(str), per_user)
+class Evaluator:
+    """Evaluates one model on one dataset with one recipe's settings; `run(split)` ranks every evaluated (and
+    cold) user's `split` target and returns the per-user metrics (on every rank under torchrun)."""
 
+    def __init__(self, model, seqs: Sequences, cfg: Eval, max_len: int, device="cpu", run_dir: Path | None = None,
+                 seed: int = 0, dist: Dist = LOCAL):
+        self.model, self.seqs, self.cfg, self.max_len, self.device = model, seqs, cfg, max_len, device
+        self.run_dir, self.seed, self.dist = run_dir, seed, dist
 
-def _tied(model) -> bool:
-    """Scores are the state times the item table (every neural backbone), so they can be ranked in blocks."""
-    return isinstance(model, _Backbone) and type(model).score is _Backbone.score
+    @torch.no_grad()
+    def run(self, split: str, ks=None) -> Result:
+        model, seqs, cfg, dist, device = self.model, self.seqs, self.cfg, self.dist, self.device
+        model.eval()
+        parts = [seqs.eval_inputs(split, self.max_len, cold=c) for c in (False, True)]
+        if cfg.adapt is not None and len(parts[1][0]):
+            parts.append(parts[1])  # the cold users again, ranked after adaptation
+        users = np.concatenate([p[0] for p in parts])
+        history = np.concatenate([p[1] for p in parts])
+        targets = np.concatenate([p[2] for p in parts])
+        slice_of = np.where(seqs.head[users], "head", "tail").astype(object)
+        n_warm, n_cold = len(parts[0][0]), len(parts[1][0])
+        slice_of[n_warm:n_warm + n_cold] = "cold"
+        slice_of[n_warm + n_cold:] = "cold-adapted"
+        negs = self._negatives(split, history, targets) if cfg.mode == "sampled" else None
+        # Users in order of history length, so each batch is only as wide as its longest history: most users
+        # are short (the long tail) and every backbone ignores left padding (a tested property), so the encoder
+        # skips the all-pad columns.
+        lengths = (history > 0).sum(axis=1)
+        order = np.argsort(seqs.lengths[users], kind="stable")
+        batches = [order[lo:lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
+        mine = []
+        for b, sel in enumerate(batches):
+            if b % dist.world != dist.rank:  # under torchrun batch b is rank b mod world's
+                continue
+            width = max(int(lengths[sel].max()), 1)
+            hist = torch.from_numpy(np.ascontiguousarray(history[sel, -width:])).to(device)  # (B, width)
+            tgt = torch.from_numpy(targets[sel]).to(device)
+            seen = Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users[sel], split))).to(device) \
+                if cfg.mask_seen and negs is None else None
+            adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
+            if negs is None and isinstance(model, Backbone) and model.tied and not adapt.any():
+                h = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
+                mine.append(state_ranks(h, model.item_emb.weight[1:].float(), tgt, seen).cpu())
+                continue
+            scores = model(hist).float()  # (B, N)
+            if adapt.any():
+                scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
+                    model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
+            if negs is None:
+                mine.append(target_ranks(scores, tgt, seen).cpu())
+            else:
+                mine.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[sel]).to(device)).cpu())
+        gathered = dist.all_gather(mine)  # rank r holds batches r, r + world, ...
+        rank = np.zeros(len(users), dtype=np.int64)
+        for b, sel in enumerate(batches):
+            rank[sel] = gathered[b % dist.world][b // dist.world].numpy()
+        per_user = metrics_from_ranks(rank, ks or cfg.ks)
+        per_user["rank"] = rank.astype(np.float64)
+        return Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks))
 
-
-def _negatives(seqs, history, targets, cfg: Eval, path: Path | None, seed: int) -> np.ndarray:
-    if path is not None and path.exists():
-        negs = np.load(path, allow_pickle=False)
-        if negs.shape == (len(targets), cfg.negatives):
+    def _negatives(self, split: str, history: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Sampled mode's negatives: drawn once with the recipe's seed and stored with the run (rank 0)."""
+        path = self.run_dir / f"negatives_{split}_{self.cfg.negatives}.npy" if self.run_dir is not None and self.dist.main else None
+        shape = (len(targets), self.cfg.negatives)
+        if path is not None and path.exists():
+            try:
+                negs = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise UserError(f"{path}: not a stored negatives array ({exc}); delete it to draw them again") from None
+            if negs.shape != shape or negs.dtype.kind not in "iu" or (negs.size and not (
+                    1 <= negs.min() and negs.max() <= self.seqs.n_items)):
+                raise UserError(f"{path}: expected {shape} item ids 1..{self.seqs.n_items}, found {negs.shape} "
+                                f"{negs.dtype}; the file is damaged or from other settings: delete it to draw "
+                                "the negatives again")
             return negs
-    negs = sample_negatives(seqs.n_items, targets, history, cfg.negatives, seed)
-    if path is not None:
-        buf = io.BytesIO()
-        np.save(buf, negs, allow_pickle=False)
-        atomic_write(path, buf.getvalue())
-    return negs
+        negs = sample_negatives(self.seqs.n_items, targets, history, self.cfg.negatives, self.seed)
+        if path is not None:
+            buf = io.BytesIO()
+            np.save(buf, negs, allow_pickle=False)
+            atomic_write(path, buf.getvalue())
+        return negs
+
+
+def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None, overrides: list[str]):
+    """`ltrec eval`: the run's best checkpoint on `split`; writes users_<split>.csv; returns (result, table)."""
+    from .build import build_model, load_run
+    from .checkpoint import load_weights
+
+    recipe, seqs = load_run(run, overrides)
+    model = build_model(recipe, seqs)
+    load_weights(model, run / "best.pt")
+    result = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed).run(split, ks)
+    write_per_user(result, seqs, run / f"users_{split}.csv")
+    return result, {k: v for k, v in result.table(slices).items() if k in slices}
 
 
 def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:

@@ -1,17 +1,7 @@
-"""ONNX bundle: `model.onnx` (history → top-K inside the graph) + `bundle.json`, checked against torch.
-
-The graph (opset 17, legacy TorchScript exporter, one file):
-  inputs   history  int64 (B, L)        left-padded item ids 1..N, 0 = padding (the training convention);
-                                        any L ≤ max_len: the backbones ignore left padding, so a batch of
-                                        short histories can be cut to its longest one (much less work)
-           exclude  int64 (B, E)        item ids never to return (0 = nothing; E may be 0), e.g. the full
-                                        history for "no already-seen items"
-  outputs  items    int64 (B, K)        item ids 1..N (index into bundle.json's vocab + 1), best first
-           scores   float32 (B, K)      the model's scores; -inf where fewer than K items were left (the
-                                        item id there means nothing)
-Top-K runs inside the graph so a client ships K ids per user, not N scores. Exclusion is an input rather
-than a flag because the caller knows more than the model's max_len window (the whole history, items out
-of stock); an empty (B, 0) input costs one pass over (B, N+1).
+"""`ltrec export`: the run's best checkpoint as an ONNX bundle (format: ltrec/bundle.py), checked against
+torch at export time. Top-K runs inside the graph so a client ships K ids per user, not N scores. Exclusion
+is an input rather than a flag because the caller knows more than the model's max_len window (the whole
+history, items out of stock); an empty (B, 0) input costs one pass over (B, N+1).
 """
 
 from __future__ import annotations
@@ -19,9 +9,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import shutil
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -32,10 +19,11 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from . import __version__
+from .build import build_model, load_run
+from .bundle import FORMAT_VERSION, length_batches, session, write_bundle
+from .checkpoint import load_weights
 from .errors import UserError
-from .predict import FORMAT_VERSION, length_batches
-from .runs import atomic_write
-from .train import build_model, load_run, load_weights
+from .runs import Summary, read_json
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |onnx - torch| score difference accepted at export
@@ -103,18 +91,14 @@ def to_onnx(backbone: nn.Module, k: int, max_len: int, metadata: dict[str, str])
 def check_parity(model_bytes: bytes, backbone: nn.Module, history: np.ndarray, k: int) -> dict:
     """onnxruntime vs torch on real histories: once at full width with nothing excluded, once fed as
     `ltrec predict` feeds it (batches trimmed to their longest history, the history itself excluded)."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # torch shares these cores
-    session = ort.InferenceSession(model_bytes, opts, providers=["CPUExecutionProvider"])
+    sess = session(model_bytes)
     hist = torch.from_numpy(history)
-    plain = session.run(["items", "scores"], {"history": history, "exclude": history[:, :0]})
+    plain = sess.run(["items", "scores"], {"history": history, "exclude": history[:, :0]})
     trimmed = [np.zeros_like(a) for a in plain]
     lengths = (history > 0).sum(axis=1)
     for batch in length_batches(lengths, 256):
         width = max(int(lengths[batch].max()), 1)
-        got = session.run(["items", "scores"], {"history": history[batch, -width:], "exclude": history[batch]})
+        got = sess.run(["items", "scores"], {"history": history[batch, -width:], "exclude": history[batch]})
         trimmed[0][batch], trimmed[1][batch] = got
     worst, same = 0.0, 0
     for exclude, (got_items, got_scores) in ((hist[:, :0], plain), (hist, trimmed)):
@@ -182,41 +166,14 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
         "outputs": {"items": "int64 (batch, k): item ids 1..n_items, best first; vocab[id - 1] is the original id",
                     "scores": "float32 (batch, k): model scores; -inf when fewer than k items remain"},
         "parity": parity,
-        "metrics": json.loads(metrics_path.read_text()) if metrics_path.exists() else None,
+        "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
+        "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
+        "metrics": read_json(metrics_path, Summary).model_dump() if metrics_path.exists() else None,
         "versions": {"ltrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},
         "popularity": seqs.item_counts().tolist(),  # training counts, index i = item i+1: predict's fallback
         "vocab": seqs.vocab.tolist(),  # original item ids as strings, index i = item i+1
     }
-    _write_bundle(out, model_bytes, json.dumps(meta, indent=1))
+    write_bundle(out, model_bytes, json.dumps(meta, indent=1))
     return out
 
-
-def _write_bundle(out: Path, model_bytes: bytes, meta_json: str) -> None:
-    """Both files appear together or not at all: build a sibling temp folder, then swap it in."""
-    if out.exists() and (not out.is_dir() or set(os.listdir(out)) - {"model.onnx", "bundle.json"}):
-        raise UserError(f"{out}: exists and is not a bundle folder; choose another --out")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write here ({exc.strerror})") from None
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp/mkstemp make private 0700/0600 files: a bundle is for sharing
-    old = out.parent / f"{tmp.name}.old"
-    try:
-        atomic_write(tmp / "model.onnx", model_bytes)
-        atomic_write(tmp / "bundle.json", meta_json)
-        for name in ("model.onnx", "bundle.json"):
-            os.chmod(tmp / name, 0o666 & ~umask)
-        if out.exists():  # a directory cannot be renamed over a non-empty one: move the old one aside
-            os.replace(out, old)
-        os.replace(tmp, out)
-    except OSError as exc:
-        raise UserError(f"{out}: cannot write the bundle ({exc.strerror})") from None
-    finally:  # on any failure (Ctrl-C included) put the previous bundle back, and leave no temp folder
-        if old.exists() and not out.exists():
-            os.replace(old, out)
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)

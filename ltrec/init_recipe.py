@@ -1,13 +1,15 @@
-"""`ltrec init`: a commented starter recipe and the JSON Schema beside it."""
+"""`ltrec init`: a commented starter recipe and the JSON Schema beside it, for the example data or the user's
+own events file, whose user / item / time columns are read from its header."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 from .errors import UserError
-from .recipe import recipe_schema
-from .runs import atomic_write
+from .fileio import atomic_write
+from .recipe import IDENTIFIER, recipe_schema
 
 TEMPLATE = """\
 # yaml-language-server: $schema=recipe.schema.json
@@ -18,7 +20,7 @@ name: {name}
 seed: 0
 data:
   source: {source}   # a file or glob: CSV, Parquet or JSON
-  columns: {{user: user_id, item: item_id, time: timestamp}}
+  columns: {{user: {user}, item: {item}, time: {time}}}
   # query: SELECT * FROM source WHERE rating >= 4   # optional SQL over the table `source`
   max_len: 50          # the model sees each user's last 50 events
 split:
@@ -26,13 +28,13 @@ split:
   cold_users: 0.0      # fraction of users held out of training entirely: the `cold` slice
 head:
   fraction: 0.2        # the most active 20% of users, by training events, are "head"
-backbone:
+backbone:              # another kind: --set backbone.kind=gru4rec (its own defaults apply)
   kind: sasrec         # sasrec | gru4rec | caser | narm | bert4rec | pop
   dim: 64
   layers: 2
   heads: 2
   dropout: 0.2
-transfer:              # the paper's components; null turns one off
+transfer:              # tail components; null turns one off (docs/recipes.md)
   grad_align: null     # e.g. {{k: 5, beta: 0.5}}
   adversarial: null    # e.g. {{weight: 0.1}}
 train:
@@ -46,15 +48,91 @@ eval:
   mask_seen: true      # the user's own history items are not ranked
 """
 
+# common column names, compared lower-case without punctuation (customer_id, CustomerID → customerid)
+NAMES = {
+    "user": {"user", "userid", "uid", "users", "customer", "customerid", "visitor", "visitorid", "member",
+             "memberid", "client", "clientid", "account", "accountid", "reviewer", "reviewerid", "person"},
+    "item": {"item", "itemid", "iid", "items", "product", "productid", "movie", "movieid", "track", "trackid",
+             "song", "songid", "article", "articleid", "sku", "asin", "business", "businessid", "video",
+             "videoid", "book", "bookid", "artist", "artistid", "poi", "content", "contentid"},
+    "time": {"time", "timestamp", "ts", "date", "datetime", "eventtime", "createdat", "unixtime", "when",
+             "eventtimestamp", "timestampunix", "t", "epoch"},
+}
 
-def write_starter(directory: Path, source: str, name: str, force: bool, epochs: int = 20) -> Path:
+
+def guess_columns(names: list[str], given: dict[str, str | None], where: str) -> dict[str, str]:
+    """The user / item / time columns among a file's header `names`: `given` ones first, then by name.
+    Every role that cannot be decided is named in one error, with the header and the flag that settles it."""
+    out, problems = {}, []
+    for role in ("user", "item", "time"):
+        if given.get(role):
+            if given[role] not in names:
+                problems.append(f"--{role}-col {given[role]}: no such column")
+            out[role] = given[role]
+            continue
+        found = [n for n in names if re.sub(r"[^a-z0-9]", "", n.lower()) in NAMES[role]]
+        if len(found) == 1:
+            out[role] = found[0]
+        else:
+            problems.append(f"cannot tell the {role} column ({'several fit: ' + ', '.join(found) if found else 'none of the usual names'}); pass --{role}-col NAME")
+    bad = [n for n in out.values() if not IDENTIFIER.match(n)]
+    if bad:
+        problems.append(f"column {bad[0]!r} is not a plain name (letters, digits, _); rename it in the file")
+    if problems:
+        raise UserError("\n".join(f"{where}: {p} (columns: {', '.join(names)})" for p in problems))
+    return out
+
+
+def header(path: Path) -> list[str]:
+    """The column names of an events file, as DuckDB reads them (CSV, Parquet or JSON)."""
+    from .data import connect, source_files
+
+    files, fmt = source_files(str(path), "--data")
+    con = connect(files, fmt, str(path))
+    try:
+        return [row[0] for row in con.execute("DESCRIBE source").fetchall()]
+    finally:
+        con.close()
+
+
+def init_project(directory: Path, data: str | None, source: str, force: bool,
+                 columns: dict[str, str | None] | None = None) -> tuple[Path, Path]:
+    """Write DIRECTORY/recipe.yaml (+ its schema) for `data` or the MovieLens-100K example; returns
+    (recipe path, data path)."""
+    from .example import fetch_movielens_100k
+
+    if directory.exists() and not directory.is_dir():
+        raise UserError(f"{directory}: is a file, not a folder; give a folder for the recipe")
+    if any(p.exists() and not p.is_dir() for p in directory.parents):
+        raise UserError(f"{directory}: a part of this path is a file, not a folder; give a folder for the recipe")
+    if (directory / "recipe.yaml").exists() and not force:
+        raise UserError(f"{directory / 'recipe.yaml'}: already exists; pass --force to overwrite")
+    if data is None:
+        try:
+            path, name = fetch_movielens_100k(source), "ml100k-sasrec"
+        except UserError as exc:
+            raise UserError(f"{exc}\nTo use your own events instead: ltrec init --data my.csv") from None
+        cols = {"user": "user_id", "item": "item_id", "time": "timestamp"}
+    else:
+        path, name = Path(data), "my-sasrec"
+        if not path.is_file():
+            raise UserError(f"--data: {data}: no such file")
+        cols = guess_columns(header(path), columns or {}, f"--data {data}")
+    return write_starter(directory, str(path.resolve()), name, force, cols), path
+
+
+def write_starter(directory: Path, source: str, name: str, force: bool, columns: dict[str, str],
+                  epochs: int = 20) -> Path:
     recipe = directory / "recipe.yaml"
     schema = directory / "recipe.schema.json"
     existing = [str(p) for p in (recipe, schema) if p.exists()]
     if existing and not force:
         raise UserError(f"{', '.join(existing)}: already exists; pass --force to overwrite")
-    directory.mkdir(parents=True, exist_ok=True)
-    text = TEMPLATE.format(recipe=recipe, name=name, source=json.dumps(source), epochs=epochs)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{directory}: cannot create the folder ({exc.strerror})") from None
+    text = TEMPLATE.format(recipe=recipe, name=name, source=json.dumps(source), epochs=epochs, **columns)
     atomic_write(schema, json.dumps(recipe_schema(), indent=2) + "\n")
     atomic_write(recipe, text)
     return recipe

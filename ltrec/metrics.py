@@ -7,21 +7,53 @@ that outputs constant scores gets the worst rank instead of a flattering one.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
 
-def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+class Seen(NamedTuple):
+    """The items each user of a batch has seen, as distinct (row, item) pairs: memory grows with the histories'
+    total length, not with batch size × the longest history (one user with 200,000 events stays cheap)."""
+
+    row: torch.Tensor  # (M,) int64: the user's row in the batch
+    item: torch.Tensor  # (M,) int64: item id 1..N, each at most once per row, sorted by item
+
+    @staticmethod
+    def from_padded(seen: torch.Tensor) -> "Seen":
+        """From a left-padded (B, L) matrix of item ids (0 = padding, repeats allowed)."""
+        n = int(seen.max()) + 1 if seen.numel() else 1
+        keys = torch.unique((torch.arange(len(seen)).unsqueeze(1) * n + seen.long())[seen > 0])
+        return Seen.of(keys // n, keys % n)
+
+    @staticmethod
+    def of(row: torch.Tensor, item: torch.Tensor) -> "Seen":
+        order = torch.argsort(item, stable=True)
+        return Seen(row.long()[order], item.long()[order])
+
+    def split(self, targets: torch.Tensor) -> tuple["Seen", torch.Tensor]:
+        """(the pairs that are not the row's target, whether each row's target is among its seen items: it
+        is then masked too and ranks last)."""
+        is_target = self.item == targets.long()[self.row]
+        has_target = torch.zeros(len(targets), dtype=torch.bool, device=targets.device)
+        has_target[self.row[is_target]] = True
+        keep = ~is_target
+        return Seen(self.row[keep], self.item[keep]), has_target
+
+    def to(self, device) -> "Seen":
+        return Seen(self.row.to(device), self.item.to(device))
+
+
+def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: Seen | None = None) -> torch.Tensor:
     """Rank of each target = number of OTHER items with score >= the target's score.
 
-    `seen` (B, L) holds left-padded histories whose items are set to -inf before ranking.
-    If the target itself is in the history its score becomes -inf too, so it ties with
-    every masked item and (pessimistically) ranks last: N-1. NaN scores count as -inf.
+    Items in `seen` count as -inf. If the target itself is seen, its score is -inf too, so it ties with every
+    masked item and (pessimistically) ranks last: N-1. NaN scores count as -inf.
     Works on whatever chunk of users it is given; O(B*N) compare + sum, no sort/topk.
     """
     # Memory traffic dominates on CPU, so the (B, N) matrix is read once by a compare + int32 sum and never
-    # copied; the history mask is applied as a correction computed on the (B, L) seen cells only.
+    # copied; the history mask is applied as a correction computed on the seen pairs only.
     tgt = targets.long()
     t = scores.gather(1, (tgt - 1).unsqueeze(1))  # (B, 1)
     n_items = scores.shape[1]
@@ -30,26 +62,15 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: torch.Tensor
     last = ~(t.squeeze(1) > float("-inf"))  # (B,)
     rank = (scores >= t).sum(dim=1, dtype=torch.int32).long() - 1  # the target counts itself once
     if seen is not None:
-        items, other, has_target = _seen_once(seen, tgt)
-        beats = scores.gather(1, (items - 1).clamp(min=0)) >= t  # (B, L)
-        rank = rank - (beats & other).sum(dim=1)
+        other, has_target = seen.split(tgt)
+        beats = scores[other.row, other.item - 1] >= t[other.row, 0]  # (M,)
+        rank = rank - torch.zeros_like(rank).index_add_(0, other.row, beats.long())
         last |= has_target
     return torch.where(last, n_items - 1, rank)
 
 
-def _seen_once(seen: torch.Tensor, targets: torch.Tensor):
-    """Sorted history items (B, L), a mask of those seen once that are real and not the target, and
-    whether the target is in the history (it is then masked too and ranks last)."""
-    items, _ = seen.long().sort(dim=1)  # duplicates (repeat purchases) become neighbours
-    first = torch.ones_like(items, dtype=torch.bool)
-    first[:, 1:] = items[:, 1:] != items[:, :-1]
-    real = first & (items > 0)
-    is_target = items == targets.unsqueeze(1)
-    return items, real & ~is_target, (real & is_target).any(dim=1)
-
-
 def state_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
-                seen: torch.Tensor | None = None, block_bytes: int = 1 << 21) -> torch.Tensor:
+                seen: Seen | None = None, block_bytes: int = 1 << 21) -> torch.Tensor:
     """target_ranks(states @ table.T, targets, seen) without ever holding the (B, N) score matrix.
 
     Scores are made one block of items at a time, small enough to stay in cache, and compared and counted
@@ -66,9 +87,10 @@ def state_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor
     count = torch.zeros(B, dtype=torch.int32, device=states.device)
     self_hit = torch.zeros(B, dtype=torch.bool, device=states.device)
     if seen is not None:
-        items, other, has_target = _seen_once(seen.to(states.device), tgt + 1)
-        seen_hit = torch.zeros_like(items, dtype=torch.bool)
-    for lo in range(0, N, width):
+        other, has_target = seen.to(states.device).split(tgt + 1)  # pairs sorted by item: one range per block
+        bounds = torch.searchsorted(other.item, torch.arange(1, N + width + 1, width, device=states.device)).tolist()
+        seen_hit = torch.zeros(len(other.row), dtype=torch.bool, device=states.device)
+    for j, lo in enumerate(range(0, N, width)):
         w = min(width, N - lo)
         s = buf[:B * w].view(B, w)  # contiguous, so mm and ge write in place
         m = hit[:B * w].view(B, w)
@@ -77,27 +99,15 @@ def state_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor
         count += m.sum(dim=1, dtype=torch.int32)
         col = tgt - lo
         self_hit |= m.gather(1, col.clamp(0, w - 1).unsqueeze(1)).squeeze(1) & (col >= 0) & (col < w)
-        if seen is not None:
-            col = items - 1 - lo
-            seen_hit |= m.gather(1, col.clamp(0, w - 1)) & (col >= 0) & (col < w)
+        if seen is not None and bounds[j + 1] > bounds[j]:
+            a, b = bounds[j], bounds[j + 1]
+            seen_hit[a:b] = m[other.row[a:b], other.item[a:b] - 1 - lo]
     rank = count.long() - self_hit.long()
     last = ~(t.squeeze(1) > float("-inf"))  # a NaN or -inf target loses to everything
     if seen is not None:
-        rank = rank - (seen_hit & other).sum(dim=1)
+        rank = rank - torch.zeros_like(rank).index_add_(0, other.row, seen_hit.long())
         last |= has_target
     return torch.where(last, N - 1, rank)
-
-
-def metrics_from_ranks(ranks: torch.Tensor, ks=(5, 10, 20)) -> dict[str, np.ndarray]:
-    """Per-user hr@K, ndcg@K (1/log2(rank+2)) and mrr@K (1/(rank+1)); 0 when rank >= K."""
-    r = torch.as_tensor(ranks).detach().cpu().numpy().astype(np.float64)
-    out: dict[str, np.ndarray] = {}
-    for k in ks:
-        hit = r < k
-        out[f"hr@{k}"] = hit.astype(np.float64)
-        out[f"ndcg@{k}"] = np.where(hit, 1.0 / np.log2(r + 2.0), 0.0)
-        out[f"mrr@{k}"] = np.where(hit, 1.0 / (r + 1.0), 0.0)
-    return out
 
 
 def _member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
@@ -169,52 +179,3 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
     neg = torch.as_tensor(negatives, device=scores.device).long()
     t = scores.gather(1, (targets.long() - 1).unsqueeze(1))
     return (scores.gather(1, neg - 1) >= t).sum(dim=1)
-
-
-def summarize(per_user: dict[str, np.ndarray], mask: np.ndarray | None = None) -> dict[str, float]:
-    """Mean of each per-user metric over the masked users (nan if none), plus `users`."""
-    out: dict[str, float] = {}
-    for name, v in per_user.items():
-        v = np.asarray(v, dtype=np.float64)
-        sel = v if mask is None else v[np.asarray(mask, dtype=bool)]
-        # Explicit check avoids numpy's "mean of empty slice" RuntimeWarning.
-        out[name] = float(sel.mean()) if sel.size else float("nan")
-    if mask is not None:
-        out["users"] = int(np.asarray(mask, dtype=bool).sum())
-    else:
-        out["users"] = len(next(iter(per_user.values()))) if per_user else 0
-    return out
-
-
-def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = 10000, seed: int = 0) -> dict:
-    """Paired bootstrap comparison of per-user metrics a (baseline) vs b (candidate).
-
-    Percentile bootstrap: resample users with replacement, recompute mean(b - a);
-    p = 2 * min(P(boot <= 0), P(boot >= 0)) capped at 1 (ties at 0 count on both sides,
-    so identical inputs give p = 1). p's resolution is 1/n_boot; p = 0 means < 1/n_boot.
-    Resamples are processed in chunks so memory stays ~O(chunk * n_users).
-    """
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"paired_test needs two equal-length non-empty arrays, got {a.shape} and {b.shape}")
-    d = b - a
-    m = a.size
-    rng = np.random.default_rng(seed)
-    boot = np.empty(n_boot, dtype=np.float64)
-    chunk = max(1, 4_000_000 // m)
-    for s in range(0, n_boot, chunk):
-        e = min(n_boot, s + chunk)
-        idx = rng.integers(0, m, size=(e - s, m), dtype=np.int32 if m < 2**31 else np.int64)
-        boot[s:e] = d[idx].mean(axis=1)
-    p = min(1.0, 2.0 * min(np.mean(boot <= 0), np.mean(boot >= 0)))
-    lo, hi = np.percentile(boot, [2.5, 97.5])
-    am = a.mean()
-    return {
-        "diff": float(d.mean()),
-        "rel_diff": float(b.mean() / am - 1.0) if am != 0 else float("nan"),
-        "p_value": float(p),
-        "ci95": (float(lo), float(hi)),
-        "n_users": int(m),
-        "n_boot": int(n_boot),
-    }

@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .runs import atomic_write, find_run, read_jsonl
+from .fileio import atomic_write, same_or_inside
+from .runs import DataInfo, Summary, find_run, read_epochs, read_json, read_per_user
 
 K = 10
 METRICS = (f"ndcg@{K}", f"hr@{K}")
@@ -31,34 +31,24 @@ def fmt(value: float) -> str:
 
 
 def read_run(path: Path) -> dict:
-    """Everything the page needs from one run directory; a clear UserError when something is missing."""
-    import csv
-
-    import yaml
-
-    from .compare import read_per_user
+    """Everything the page needs from one run directory, each file validated (a clear UserError if not)."""
+    from .recipe import load_recipe
 
     run = find_run(str(path))
-    users, slices, per_user = read_per_user(run, "test")  # sorted by user id
+    users, slices, per_user, events = read_per_user(run, "test")  # sorted by user id
     missing = [m for m in METRICS if m not in per_user]
     if missing:
         raise UserError(f"{run}/users_test.csv: no {', '.join(missing)} column; "
                         f"run `ltrec eval {run} --ks 5,{K},20` first")
-    if not (run / "data.json").is_file():
-        raise UserError(f"{run}: no data.json (it holds the head/tail threshold); not a run of `ltrec train`")
-    with open(run / "users_test.csv", newline="", encoding="utf-8") as f:
-        events_of = {row["user_id"]: int(row["train_events"]) for row in csv.DictReader(f)}
-    recipe_text = (run / "recipe.yaml").read_text(encoding="utf-8")
-    recipe = yaml.safe_load(recipe_text) or {}
-    transfer = recipe.get("transfer") or {}
-    tags = "".join(tag for key, tag in (("grad_align", " +GA"), ("adversarial", " +AT")) if transfer.get(key) is not None)
-    kind = (recipe.get("backbone") or {}).get("kind", "?")
+    recipe = load_recipe(run / "recipe.yaml")
+    tags = "".join(tag for on, tag in ((recipe.transfer.grad_align, " +GA"), (recipe.transfer.adversarial, " +AT"))
+                   if on is not None)
     summary = run / "metrics.json"
-    return {"dir": run, "name": run.name, "label": f"{run.name} ({kind}{tags})", "recipe": recipe_text,
-            "slices": slices, "per_user": per_user, "events": np.array([events_of[u] for u in users]),
-            "threshold": json.loads((run / "data.json").read_text()).get("head_threshold"),
-            "summary": json.loads(summary.read_text()) if summary.is_file() else {},
-            "history": read_jsonl(run / "metrics.jsonl")}
+    return {"dir": run, "name": run.name, "label": f"{run.name} ({recipe.backbone.kind}{tags})",
+            "recipe": (run / "recipe.yaml").read_text(encoding="utf-8"), "slices": slices, "per_user": per_user,
+            "events": events, "threshold": read_json(run / "data.json", DataInfo).head_threshold,
+            "summary": read_json(summary, Summary).model_dump() if summary.is_file() else {},
+            "history": read_epochs(run / "metrics.jsonl")}
 
 
 def slice_table(runs: list[dict]) -> list[dict]:
@@ -105,7 +95,8 @@ def histogram_png(run: dict) -> str:
     from matplotlib.figure import Figure
 
     events = run["events"][np.isin(run["slices"], ("head", "tail"))]
-    edges = np.unique(np.round(np.geomspace(1, events.max() + 1, 40))) - 0.5  # log-spaced, whole numbers
+    lo = max(int(events.min()), 1)  # the axis starts at the least active user, not at 1
+    edges = np.unique(np.round(np.geomspace(lo, max(events.max(), lo) + 1, 40))) - 0.5  # log-spaced, whole numbers
     fig = Figure(figsize=(11, 3.2), layout="constrained")
     ax = fig.subplots()
     counts, _, _ = ax.hist(events, bins=edges, color="#888888", edgecolor="white")
@@ -222,15 +213,21 @@ table{border-collapse:collapse;margin:.5em 0;font-size:14px}td,th{border:1px sol
 td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:14px}pre{background:#f6f6f6;padding:8px}"""
 
 
-def write_report(runs: list[Path], out: Path) -> Path:
-    """Write the HTML page for `runs` (the first is the baseline) to `out`; returns `out`."""
+def write_report(runs: list[Path], out: str | Path) -> str | Path:
+    """Write the HTML page for `runs` (the first is the baseline) to `out` (- for standard output)."""
     if not runs:
         raise UserError("report: give at least one run directory")
+    for run in runs:  # a page written over a run's own file would destroy it
+        if str(out) != "-" and Path(out).exists() and same_or_inside(Path(out), run):
+            raise UserError(f"--out {out}: is inside the run {run}; writing there would replace one of its "
+                            "files: choose another path")
     loaded = [read_run(Path(r)) for r in runs]
     rows = slice_table(loaded)  # also checks that the runs share users and slices
     threshold = loaded[0]["threshold"]
     bounds = buckets(threshold)
     curves = [long_tail(r, bounds) for r in loaded]
+    used = [i for i, b in enumerate(curves[0]) if b["users"]]  # buckets with no user are left out, not nan
+    curves = [[c[i] for i in used] for c in curves]
     protocol = next((r["summary"]["protocol"] for r in loaded if r["summary"].get("protocol")), "see `ltrec eval`")
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>ltrec report</title><style>{CSS}</style></head>
 <body><h1>ltrec report: {html.escape(', '.join(r['name'] for r in loaded))}</h1>
@@ -246,5 +243,5 @@ bootstrap over users (10,000 resamples), as <code>ltrec compare</code>.</p>
 <h2>Training</h2>{''.join(run_html(r) for r in loaded)}
 </body></html>
 """
-    atomic_write(out, page)
+    atomic_write(out, page, "--out")
     return out

@@ -1,80 +1,217 @@
-"""Run directories and atomic writes: a crash never leaves a half-written file behind."""
+"""Run folders: what makes a folder a run, where a new one may go, and reading its files back, each validated
+so that a damaged or foreign file is a one-line error naming it, never a traceback.
+
+A run folder holds `.ltrec-run.json` (written first, before anything else), `recipe.yaml` (resolved),
+`data.json`, `metrics.jsonl` (one line per epoch), `best.pt` / `last.pt`, and after training `metrics.json`
+and `users_{valid,test}.csv` (+ `.json` with their protocol). Only a folder with that marker is ever deleted
+(`--overwrite`), and never one that holds the working directory, the recipe or the data.
+"""
 
 from __future__ import annotations
 
+import csv
 import json
-import os
-import tempfile
+import shutil
 from pathlib import Path
+from typing import Any
 
+import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
+
+from . import __version__
 from .errors import UserError
+from .fileio import atomic_write, remove_stale_temps, same_or_inside
+
+MARKER = ".ltrec-run.json"
+RUN_FORMAT = 2  # runs without the marker, or of another format, are refused: retrain them
+SLICE_NAMES = ("head", "tail", "cold", "cold-adapted")  # as written per user; `all` = head + tail
+SLICES = ("all", *SLICE_NAMES)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def is_run(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
 
 
-def atomic_write(path: Path, data: str | bytes) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
+def _only_marker_temps(folder: Path) -> bool:
+    """What a run killed while writing its marker leaves: the marker's temp file alone."""
+    return all(p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp") for p in folder.iterdir())
+
+
+def check_run(folder: Path) -> Path:
+    """`folder` if it is a run of this ltrec; a clear error otherwise."""
+    if not folder.is_dir():
+        raise UserError(f"{folder}: no such run directory; pass the folder `ltrec train` wrote")
+    marker = folder / MARKER
+    if not marker.is_file():
+        if (folder / "recipe.yaml").is_file():
+            raise UserError(f"{folder}: this run was written by an older ltrec (no {MARKER}); retrain it")
+        raise UserError(f"{folder}: not a run directory (no {MARKER}); pass the folder `ltrec train` wrote")
+    info = read_json(marker, RunMarker)
+    if info.format != RUN_FORMAT:
+        raise UserError(f"{folder}: run format {info.format} (written by ltrec {info.ltrec}); this ltrec reads "
+                        f"format {RUN_FORMAT}: retrain it")
+    return folder
+
+
+def find_run(run_dir: str | None) -> Path:
+    """The given run directory, or the most recently modified run under ./runs."""
+    if run_dir is not None:
+        return check_run(Path(run_dir))
+    candidates = sorted(Path("runs").glob(f"*/{MARKER}"), key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise UserError("no run directory given and none found under ./runs; pass RUN_DIR")
+    return check_run(candidates[-1].parent)
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool, protected: dict[str, Path]) -> None:
+    """Make `run_dir` an empty new run. With `overwrite`, an existing *run* there is deleted first; nothing
+    else ever is: not a folder without the run marker, and not one holding any `protected` path (the
+    working directory, the recipe, the data)."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        if run_dir.exists() and not run_dir.is_dir():
+            raise UserError(f"{run_dir}: exists and is not a directory; choose another --out")
+        if run_dir.is_dir() and any(run_dir.iterdir()):
+            if not overwrite:
+                raise UserError(f"{run_dir}: already exists; pass --overwrite to replace it or --resume to continue")
+            for name, path in protected.items():
+                if same_or_inside(path, run_dir):
+                    raise UserError(f"{run_dir}: holds {name} ({path}), so --overwrite will not delete it; "
+                                    "choose another --out or output.dir")
+            if not is_run(run_dir) and not _only_marker_temps(run_dir):
+                raise UserError(f"{run_dir}: not an ltrec run (no {MARKER}), so --overwrite will not delete it; "
+                                "choose another --out or output.dir")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{path}: cannot write here ({exc.strerror})") from None
+        raise UserError(f"{run_dir}: cannot prepare the run directory ({exc.strerror or exc})") from None
+    atomic_write(run_dir / MARKER, json.dumps({"format": RUN_FORMAT, "ltrec": __version__}) + "\n")
+
+
+def open_for_resume(run_dir: Path) -> None:
+    check_run(run_dir)
+    if not (run_dir / "last.pt").exists():
+        raise UserError(f"{run_dir}: nothing to resume (no last.pt); start without --resume")
+    remove_stale_temps(run_dir)  # a killed run's half-written temp files; the real files are whole
+
+
+# -- reading the files back --------------------------------------------------------------------------------
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class RunMarker(_File):
+    format: int
+    ltrec: str = "?"
+
+
+Table = dict[str, dict[str, float]]  # slice → metric → value (and "users")
+
+
+class DataInfo(_File):
+    fingerprint: str
+    head_threshold: int
+
+
+class Epoch(_File):
+    epoch: int
+    seconds: float
+    loss: float
+    valid: Table
+
+    @model_validator(mode="after")
+    def _slices(self) -> "Epoch":
+        if not {"all", "head", "tail"} <= set(self.valid):
+            raise ValueError("valid: expected the slices all, head and tail")
+        return self
+
+
+class Summary(_File):
+    best_epoch: int
+    epochs: int
+    seconds_per_epoch: float
+    valid: Table
+    test: Table
+    protocol: str
+
+
+class Protocol(_File):
+    protocol: str
+
+
+def _problem(path: Path, exc: ValidationError) -> UserError:
+    err = exc.errors()[0]
+    if err["type"] == "json_invalid":
+        what = f"not valid JSON ({err['msg'].removeprefix('Invalid JSON: ')})"
+    else:
+        what = f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg'].removeprefix('Value error, ')}"
+    return UserError(f"{path}: {what}; the file is damaged or not ltrec's (retrain the run, or restore the file)")
+
+
+def read_json(path: Path, model: type[BaseModel]) -> Any:
     try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs should be as readable as any other
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{path}: cannot write ({exc.strerror})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return model.model_validate_json(text)
+    except ValidationError as exc:
+        raise _problem(path, exc) from None
 
 
-def append_jsonl(path: Path, record: dict) -> None:
-    """One line per record, written as a whole new file (one line per epoch: small), so a crash leaves the
-    old file or the new one, never a torn line."""
+def read_epochs(path: Path) -> list[dict]:
+    """metrics.jsonl: one validated record per epoch, numbered 1, 2, …"""
+    if not path.exists():
+        return []
+    records = []
+    for n, line in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        try:
+            records.append(Epoch.model_validate_json(line).model_dump())
+        except ValidationError as exc:
+            raise UserError(f"{path}: line {n}: {_problem(path, exc).args[0].split(': ', 1)[1]}") from None
+    if [r["epoch"] for r in records] != list(range(1, len(records) + 1)):
+        raise UserError(f"{path}: epochs are not numbered 1, 2, …; the file is damaged (retrain the run)")
+    return records
+
+
+def append_epoch(path: Path, record: dict) -> None:
+    """One line per epoch, written as a whole new file (small), so a crash never leaves a torn line."""
     old = path.read_bytes() if path.exists() else b""
     atomic_write(path, old + (json.dumps(record) + "\n").encode())
 
 
-def remove_stale_temps(folder: Path) -> list[str]:
-    """Delete the temp files a killed process left behind (atomic_write's `.NAME.XXXX.tmp`); returns their names."""
-    stale = sorted(p.name for p in Path(folder).glob(".*.tmp") if p.is_file())
-    for name in stale:
-        (Path(folder) / name).unlink(missing_ok=True)
-    return stale
-
-
-def read_jsonl(path: Path) -> list[dict]:
+def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray], np.ndarray]:
+    """users_{split}.csv sorted by user id: (users, slices, metric → values, training events)."""
+    path = run / f"users_{split}.csv"
     if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        raise UserError(f"{path}: missing; run `ltrec eval {run} --split {split}` first")
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    if not rows or rows[0][:3] != ["user_id", "slice", "train_events"] or len(rows[0]) < 4:
+        raise UserError(f"{path}: expected the header user_id,slice,train_events,<metrics>; the file is damaged "
+                        f"(re-run `ltrec eval {run} --split {split}`)")
+    header, body = rows[0], rows[1:]
+    values = np.empty((len(body), len(header) - 2))
+    for n, r in enumerate(body):
         try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(record, dict):
-            records.append(record)
-    return records
+            if len(r) != len(header) or r[1] not in SLICE_NAMES:
+                raise ValueError
+            values[n] = [float(x) for x in r[2:]]
+        except ValueError:
+            raise UserError(f"{path}: line {n + 2}: expected {len(header)} fields, a slice "
+                            f"({', '.join(SLICE_NAMES)}) and numbers; the file is damaged (re-run "
+                            f"`ltrec eval {run} --split {split}`)") from None
+    users, slices = np.array([r[0] for r in body]), np.array([r[1] for r in body])
+    order = np.argsort(users, kind="stable")
+    metrics = {name: values[order, j] for j, name in enumerate(header[3:], start=1)}
+    return users[order], slices[order], metrics, values[order, 0]
 
 
-def find_run(run_dir: str | None) -> Path:
-    """The given run directory, or the most recently modified one under ./runs."""
-    if run_dir is None:
-        candidates = sorted(Path("runs").glob("*/recipe.yaml"), key=lambda p: p.stat().st_mtime)
-        if not candidates:
-            raise UserError("no run directory given and none found under ./runs; pass RUN_DIR")
-        return candidates[-1].parent
-    path = Path(run_dir)
-    if not (path / "recipe.yaml").is_file():
-        raise UserError(f"{path}: not a run directory (no recipe.yaml); pass the folder `ltrec train` wrote")
-    return path
+def protocol_of(run: Path, split: str) -> str:
+    return read_json(run / f"users_{split}.json", Protocol).protocol

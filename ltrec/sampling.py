@@ -12,25 +12,17 @@ trained worse on Amazon Music (RESULTS.md, stop 17).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 
-def length_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator, pool: int = 50) -> list:
-    """Shuffled batches of indices; with pool > 1, batches of windows with similar lengths.
-
-    Long-tailed logs are mostly short windows; a batch of similar lengths can drop its leading all-pad
-    columns, which changes nothing (every backbone is invariant to left padding, a tested property) and
-    saves much of the encoder's work. But the windows are sorted within pools of `pool` batches, so a batch
-    is no random sample: on Amazon Music one pool of 50 holds nearly every window, and a step then sees only
-    short-history (tail) or only long-history (head) users. That trained much worse (RESULTS.md), so plain
-    training uses pool 1 (random batches) unless `train.length_buckets` asks for the speed.
-    """
+def window_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator) -> list:
+    """Every window once, in random batches (each batch in length order). A batch is a uniform random sample:
+    batching windows of similar length would be faster on a long-tailed log, but each step would then see
+    only short-history (tail) or only long-history (head) users, which trains far worse."""
     perm = torch.randperm(len(lengths), generator=gen)
-    batches = []
-    for lo in range(0, len(perm), batch_size * pool):
-        chunk = perm[lo:lo + batch_size * pool]
-        chunk = chunk[torch.argsort(lengths[chunk], stable=True)]
-        batches += list(chunk.split(batch_size))
+    batches = [chunk[torch.argsort(lengths[chunk], stable=True)] for chunk in perm.split(batch_size)]
     order = torch.randperm(len(batches), generator=gen)
     return [batches[i] for i in order]
 
@@ -58,7 +50,7 @@ def disjoint_batches(chunk: torch.Tensor, owner: torch.Tensor, parts: int) -> li
     return [chunk[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
 
-def window_plan(owner: torch.Tensor, parts: int, batch_size: int, gen: torch.Generator):
+def window_plan(owner: torch.Tensor, parts: int, batch_size: int, gen: torch.Generator) -> Iterator[list]:
     """Every window once, in random order: per outer iteration, `parts` user-disjoint batches of about
     `batch_size` windows (gradient alignment's `sampling: windows`, plain training's data schedule)."""
     perm = torch.randperm(len(owner), generator=gen)
@@ -116,3 +108,26 @@ class UserSampler:
             return
         for _ in range(steps):
             yield self.windows(self.draw(users_per_step))
+
+
+def permuted_plan(sampler: UserSampler, parts: int, users_per_step: int) -> tuple[int, Iterator]:
+    """Every user once per epoch, in random order: per outer iteration `parts` batches of `users_per_step`
+    users each (all their windows, up to the sampler's cap). Returns (iterations, plan)."""
+    order = torch.randperm(len(sampler.users), generator=sampler.gen)
+    chunks = order.split(parts * users_per_step)
+    return len(chunks), ((sampler.subset(group) for group in chunk.split(users_per_step)) for chunk in chunks)
+
+
+def drawn_plan(sampler: UserSampler, parts: int, users_per_step: int, iterations: int,
+               fixed: bool = False) -> tuple[int, Iterator]:
+    """Fresh users every outer iteration: `parts` batches of `users_per_step` distinct users each (so some
+    users go unvisited in an epoch, others come twice). `fixed`: exactly the cap of windows per user, drawn
+    with replacement (equal shapes for vmapped chains). Returns (iterations, plan)."""
+    windows = (lambda users: sampler.draws(users).reshape(-1)) if fixed else sampler.windows
+
+    def plan():
+        for _ in range(iterations if len(sampler.users) else 0):
+            chosen = sampler.draw(parts * users_per_step)  # all distinct: no two batches share a user
+            # lazily, so the random stream runs as in plain `train.sampling: users` when parts = 1
+            yield (windows(group) for group in chosen.split(users_per_step))
+    return iterations, plan()

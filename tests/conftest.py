@@ -30,3 +30,37 @@ def write_long_tailed(path: Path, users: int = 150, items: int = 60, seed: int =
 @pytest.fixture
 def tiny_csv(tmp_path) -> Path:
     return write_long_tailed(tmp_path / "events.csv")
+
+
+def recipe_for(path, train=None, backbone=None, **transfer):
+    """A tiny recipe over `path`: GRU4Rec dim 8 without dropout, head = users with ≥ 4 training events."""
+    from ltrec.recipe import Recipe
+
+    return Recipe.model_validate({"name": "t", "data": {"source": str(path), "max_len": 10},
+                                  "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0, **(backbone or {})},
+                                  "head": {"count": 4}, "transfer": transfer,
+                                  "train": {"batch_size": 16, "lr": 1.0e-2, **(train or {})}})
+
+
+def runner_for(path, kind="gru4rec", train=None, dist=None, model=None, **transfer):
+    """(recipe, seqs, model, runner) for a tiny recipe: the epoch runner `ltrec train` would build."""
+    from ltrec.data import load
+    from ltrec.distributed import LOCAL
+    from ltrec.models import BACKBONES
+    from ltrec.transfer import make_runner
+
+    recipe = recipe_for(path, train, **transfer)
+    seqs = load(recipe.data, recipe.split, recipe.head)
+    torch.manual_seed(0)
+    model = model or BACKBONES[kind](seqs.n_items, 10, dim=8, **({} if kind == "pop" else {"dropout": 0.0}))
+    gen = torch.Generator().manual_seed(0)
+    return recipe, seqs, model, make_runner(recipe, model, seqs, seqs.train_windows(10), "cpu", gen, dist or LOCAL)
+
+
+def record(runner) -> list:
+    """Run one epoch; returns the window indices of every loss the objective computed, in order."""
+    seen = []
+    real = runner.objective.loss
+    runner.objective.loss = lambda idx: seen.append(idx) or real(idx)
+    runner(lambda n, loss: None)
+    return seen

@@ -70,6 +70,7 @@ def _per_user(d: Path, ndcg: list[float]) -> None:
     rows = [f"u{i},{'head' if i < 2 else 'tail'},{9 if i < 2 else 3},{v}" for i, v in enumerate(ndcg)]
     (d / "users_test.csv").write_text("user_id,slice,train_events,ndcg@10\n" + "\n".join(rows) + "\n")
     (d / "users_test.json").write_text(json.dumps({"protocol": "full ranking"}))
+    (d / ".ltrec-run.json").write_text(json.dumps({"format": 2}))
 
 
 def test_table_tests_each_group_against_its_own_baseline_paired_over_users(tmp_path, capsys, monkeypatch):

@@ -15,7 +15,7 @@ from ltrec.adapt import adapted_scores
 from ltrec.cli import app
 from ltrec.data import COLD, EVAL
 from ltrec.models import SASRec, next_item_loss
-from ltrec.train import load_run
+from ltrec.build import load_run
 from test_export import ok, write_events
 
 runner = CliRunner()
@@ -83,7 +83,7 @@ def test_predict_serves_cold_users_as_eval_ranks_them(cold_run, tmp_path):
     ndcg = dict.fromkeys(targets, 0.0)
     with open(tmp_path / "p.csv", newline="") as f:
         for r in csv.DictReader(f):
-            assert r["fallback"] in ("0", "false", "False")  # a known history, never the popularity fallback
+            assert r["source"] == "model"  # a known history, never the popularity fallback
             if r["item_id"] == targets[r["user_id"]]:
                 ndcg[r["user_id"]] = 1.0 / np.log2(int(r["rank"]) + 1)
     expected = json.loads(ok(["eval", cold_run, "--json", "--ks", "10", "--slice", "cold"]))["slices"]["cold"]

@@ -5,13 +5,17 @@ import pytest
 
 from ltrec.compare import compare, format_comparison
 from ltrec.errors import UserError
+from ltrec.runs import MARKER, RUN_FORMAT
 
 
-def write_users(run, users, slices, ndcg):
+def write_users(run, users, slices, ndcg, protocol="full ranking"):
+    """A run folder as `ltrec train` leaves it, as far as compare reads it."""
     run.mkdir(parents=True)
+    (run / MARKER).write_text(f'{{"format": {RUN_FORMAT}}}')
     lines = ["user_id,slice,train_events,ndcg@10,hr@10"]
     lines += [f"{u},{s},3,{v},{float(v > 0)}" for u, s, v in zip(users, slices, ndcg)]
     (run / "users_test.csv").write_text("\n".join(lines) + "\n")
+    (run / "users_test.json").write_text(f'{{"protocol": "{protocol}"}}\n')
 
 
 def test_compare_pairs_users_and_averages_seeds(tmp_path):
@@ -37,8 +41,11 @@ def test_compare_refuses_different_users(tmp_path):
     write_users(tmp_path / "b", ["u1", "u3"], ["head", "tail"], [0.1, 0.2])
     with pytest.raises(UserError, match="users or slices differ"):
         compare([str(tmp_path / "a"), str(tmp_path / "b")])
-    with pytest.raises(UserError, match="missing; run `ltrec eval"):
+    with pytest.raises(UserError, match="nope: no such run directory"):
         compare([str(tmp_path / "a"), str(tmp_path / "nope")])
+    (tmp_path / "b" / "users_test.csv").unlink()
+    with pytest.raises(UserError, match="missing; run `ltrec eval"):
+        compare([str(tmp_path / "a"), str(tmp_path / "b")])
 
 
 def test_small_p_values_keep_a_digit():
@@ -55,11 +62,8 @@ def test_compare_refuses_mixed_protocols(tmp_path):
     # `ltrec eval RUN --set eval.mask_seen=false` rewrites RUN's per-user file under another protocol; a
     # comparison must not silently pair it with runs evaluated the usual way
     for name, proto in (("a", "history masked"), ("b", "history not masked"), ("c", "history masked")):
-        write_users(tmp_path / name, ["u1", "u2"], ["head", "tail"], [0.1, 0.2])
-        (tmp_path / name / "users_test.json").write_text(f'{{"protocol": "{proto}"}}\n')
+        write_users(tmp_path / name, ["u1", "u2"], ["head", "tail"], [0.1, 0.2], proto)
     with pytest.raises(UserError, match="needs one protocol"):
         compare([str(tmp_path / "a"), f"{tmp_path / 'c'},{tmp_path / 'b'}"])
     result = compare([str(tmp_path / "a"), str(tmp_path / "c")])
     assert result["protocol"] == "history masked" and "history masked;" in format_comparison(result)
-    write_users(tmp_path / "old", ["u1", "u2"], ["head", "tail"], [0.1, 0.2])  # no protocol recorded: allowed
-    assert compare([str(tmp_path / "a"), str(tmp_path / "old")])["protocol"] == "history masked"

@@ -104,8 +104,19 @@ def test_every_stride_trains_each_target_once_and_windows_stay_grouped(tiny_csv,
 def test_seen_items_cover_the_whole_history(tmp_path):
     rows = "".join(f"u,{i},{i}\n" for i in range(1, 13))
     s = load_csv(tmp_path, "user_id,item_id,timestamp\n" + rows)
-    assert s.seen_items(np.array([0]), "test").tolist() == [list(range(1, 12))]  # not just the last max_len
-    assert s.seen_items(np.array([0]), "valid").tolist() == [list(range(1, 11))]
+    for split, last in (("test", 11), ("valid", 10)):  # not just the last max_len
+        row, item = s.seen(np.array([0]), split)
+        assert row.tolist() == [0] * last and item.tolist() == list(range(1, last + 1))
+
+
+def test_seen_items_are_distinct_pairs_whose_memory_follows_the_histories(tmp_path):
+    # one user with a long history repeating items, one short: pairs, no (users × longest history) matrix
+    rows = "".join(f"long,{i % 7 + 1},{i}\n" for i in range(5000)) + "short,1,1\nshort,2,2\nshort,3,3\n"
+    s = load_csv(tmp_path, "user_id,item_id,timestamp\n" + rows)
+    row, item = s.seen(np.arange(2), "test")
+    assert len(row) == 7 + 2  # distinct items only
+    who = {u: i for i, u in enumerate(s.users)}
+    assert sorted(item[row == who["short"]].tolist()) == [1, 2]
 
 
 def test_drop_short_users_and_min_counts(tmp_path):

@@ -100,7 +100,7 @@ def test_bf16_on_cpu_is_a_user_error(project):
 
 
 def test_auto_device_is_the_local_ranks_gpu(monkeypatch):
-    from ltrec.train import pick_device
+    from ltrec.build import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
@@ -131,7 +131,7 @@ def _ga_check(rank, world, events, out, sampling="uniform"):
     from ltrec.data import load
     from ltrec.models import GRU4Rec
     from ltrec.recipe import Recipe
-    from ltrec.transfer import make_epoch
+    from ltrec.transfer import make_runner
 
     dist = Dist(rank, world)
     recipe = Recipe.model_validate({
@@ -144,23 +144,25 @@ def _ga_check(rank, world, events, out, sampling="uniform"):
     seqs = load(recipe.data, recipe.split, recipe.head)
     windows = seqs.train_windows(10)
     mine = shard_users(windows[2], rank, world, 0)
-    inputs, targets, owner = (torch.from_numpy(a[mine]) for a in windows)
+    owner = torch.from_numpy(windows[2][mine])
     torch.manual_seed(0)
     model = GRU4Rec(seqs.n_items, 10, dim=8, dropout=0.0)
-    epoch = make_epoch(recipe, model, seqs, inputs, targets, owner, "cpu",
-                       torch.Generator().manual_seed(rank_seed(0, rank)), dist)
-    assert epoch.step.disc is not None and len(epoch.params) > len(list(model.parameters()))
-    records, real = [], epoch._outer_step_distributed
+    epoch = make_runner(recipe, model, seqs, tuple(a[mine] for a in windows), "cpu",
+                        torch.Generator().manual_seed(rank_seed(0, rank)), dist)
+    params = epoch.parameters()
+    assert epoch.objective.adversary is not None and len(params) > len(list(model.parameters()))
+    outer = epoch.update.outer
+    records, real = [], outer.__call__
 
     def recording(theta0, weight):
-        deltas = [(p - p0).detach().clone() for p, p0 in zip(epoch.params, theta0)]
+        deltas = [(p - p0).detach().clone() for p, p0 in zip(params, theta0)]
         real(theta0, weight)
         records.append({"theta0": [t.clone() for t in theta0], "delta": deltas,
-                        "after": [p.detach().clone() for p in epoch.params]})
+                        "after": [p.detach().clone() for p in params]})
 
-    epoch._outer_step_distributed = recording
+    epoch.update.outer = recording
     epoch(lambda n, loss: None)
-    aligned = [any(p is q for q in epoch.aligned) for p in epoch.params]
+    aligned = [id(p) in outer.aligned for p in params]
     torch.save({"records": records, "aligned": aligned, "windows": len(owner), "users": len(set(owner.tolist()))},
                Path(out) / f"ga{sampling}{rank}.pt")
     torch.distributed.destroy_process_group()
@@ -205,7 +207,7 @@ def _train_check(rank, world, project, out):
     os.mkdir = lambda p, *k, **kw: writes.append(str(p)) or real_mkdir(p, *k, **kw)
     import ltrec.train
     from ltrec.distributed import session
-    from ltrec.evaluate import evaluate
+    from ltrec.evaluate import Evaluator
     from ltrec.recipe import load_recipe
 
     models = []
@@ -219,8 +221,8 @@ def _train_check(rank, world, project, out):
     with session() as dist:
         ltrec.train.train(load_recipe(Path(project) / "recipe.yaml"), Path(project) / "run", dist=dist)
         recipe, seqs, model = models[0]
-        sharded = evaluate(model, seqs, "test", recipe.eval, 20, dist=dist)
-        single = evaluate(model, seqs, "test", recipe.eval, 20)
+        sharded = Evaluator(model, seqs, recipe.eval, 20, dist=dist).run("test")
+        single = Evaluator(model, seqs, recipe.eval, 20).run("test")
     os.replace, os.mkdir = real_replace, real_mkdir
     torch.save({"writes": writes, "params": [p.detach() for p in model.parameters()],
                 "sharded": sharded.per_user, "single": single.per_user, "users": (sharded.users, single.users)},
@@ -233,7 +235,7 @@ def test_two_ranks_stay_in_sync_only_rank_0_writes_and_eval_gathers_exactly(two_
     ours = [[w for w in r["writes"] if w.startswith(str(project))] for r in (r0, r1)]  # not torch's own caches
     assert ours[1] == [] and any(w.endswith("last.pt") for w in ours[0])
     assert {p.name for p in (project / "run").iterdir()} == {
-        "recipe.yaml", "data.json", "best.pt", "last.pt", "metrics.jsonl", "metrics.json", "users_valid.csv",
+        ".ltrec-run.json", "recipe.yaml", "data.json", "best.pt", "last.pt", "metrics.jsonl", "metrics.json", "users_valid.csv",
         "users_test.csv", "users_valid.json", "users_test.json"}
     for a, b in zip(r0["params"], r1["params"]):  # averaged gradients: the same weights on both ranks
         assert torch.equal(a, b)
@@ -250,6 +252,7 @@ def _error_worker(rank, world, port, project, where, out):
     import contextlib
     import io
 
+    import ltrec.checkpoint
     import ltrec.train
     from ltrec.cli import main
     from ltrec.errors import UserError
@@ -259,14 +262,14 @@ def _error_worker(rank, world, port, project, where, out):
             raise UserError("data.source: cannot read it on this machine")
         ltrec.train.load_data = broken
     if where == "save" and rank == 0:  # e.g. the disk filling up in epoch 2
-        real_save, calls = ltrec.train.save_torch, []
+        real_save, calls = ltrec.checkpoint.save_torch, []
 
         def broken(path, obj):
             calls.append(path)
             if len(calls) == 3:
                 raise UserError(f"{path}: cannot write (No space left on device)")
             real_save(path, obj)
-        ltrec.train.save_torch = broken
+        ltrec.checkpoint.save_torch = broken
     err = io.StringIO()
     sys.argv = ["ltrec", "train", str(Path(project) / "recipe.yaml"), "--out", str(Path(project) / "run")]
     code = None

@@ -18,12 +18,13 @@ from typer.testing import CliRunner
 
 import ltrec.export
 from ltrec.cli import app
-from ltrec.train import build_model, load_run, load_torch
+from ltrec.build import build_model, load_run
+from ltrec.checkpoint import load_torch
 
 runner = CliRunner()
 MUSIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-music" / "interactions.csv"
 MAX_LEN = 50
-NEW = ("caser", "narm", "bert4rec")  # issue #11's backbones: each also goes train → eval → export → predict below
+NEW = ("caser", "narm", "bert4rec")  # each also goes train → eval → export → predict below
 
 
 def write_events(path: Path, users: int = 200, items: int = 100, seed: int = 0) -> Path:
@@ -68,7 +69,7 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     both = "{grad_align: {k: 2, users_per_step: 8, sampling: uniform}, adversarial: {weight: 0.1}}"  # the exported model is the backbone
     runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both)
                  for kind in ("gru4rec", "sasrec", "bert4rec")})  # bert4rec: its cloze loss under both components
-    runs["sasrec-legacy"] = train_run(folder, csv, "sasrec", extra=", input_norm: false", name="sasrec-legacy")
+    runs["sasrec-plain-input"] = train_run(folder, csv, "sasrec", extra=", input_norm: false", name="sasrec-plain-input")
     return runs
 
 
@@ -83,7 +84,7 @@ def session(bundle: Path):
 
 
 @pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", *NEW, "gru4rec-transfer", "sasrec-transfer",
-                                  "bert4rec-transfer", "sasrec-legacy"])
+                                  "bert4rec-transfer", "sasrec-plain-input"])
 def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     import onnx
 
@@ -96,7 +97,7 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
 
     meta = json.loads((bundle / "bundle.json").read_text())
     recipe, seqs = load_run(run)
-    assert meta["format_version"] == 1 and meta["pad_id"] == 0 and meta["k"] == 10
+    assert meta["format_version"] == 2 and meta["pad_id"] == 0 and meta["k"] == 10
     assert meta["max_len"] == MAX_LEN and meta["backbone"] == kind.split("-")[0] and meta["n_items"] == seqs.n_items
     assert meta["vocab"] == seqs.vocab.tolist() and meta["vocab"][:2] == ["i1", "i10"]
     assert meta["popularity"] == seqs.item_counts().tolist()
@@ -193,22 +194,6 @@ def test_amazon_music_parity(tmp_path):
     parity = json.loads((tmp_path / "bundle" / "bundle.json").read_text())["parity"]
     assert parity["users"] == 2000 and parity["topk_agreement"] >= 0.999
     assert parity["max_abs_score_diff"] <= 1e-4
-
-
-def test_runs_saved_before_new_keys_load_as_trained(runs, tmp_path):
-    """A run saved before backbone.input_norm / train.length_buckets existed has no such keys in its
-    recipe.yaml: eval and export must rebuild the model it was trained as (input_norm off), not today's."""
-    old = tmp_path / "old"
-    shutil.copytree(runs["sasrec-legacy"], old)
-    text = (old / "recipe.yaml").read_text()
-    lines = [line for line in text.splitlines() if "input_norm" not in line and "length_buckets" not in line]
-    assert len(lines) == len(text.splitlines()) - 2
-    (old / "recipe.yaml").write_text("\n".join(lines) + "\n")
-    recipe, _ = load_run(old)
-    assert recipe.backbone.input_norm is False and recipe.train.length_buckets is True
-    want = json.loads(ok(["eval", runs["sasrec-legacy"], "--json"]))["slices"]
-    assert json.loads(ok(["eval", old, "--json"]))["slices"] == want
-    assert "parity on 200 test histories" in ok(["export", old, "--out", tmp_path / "bundle"])
 
 
 def test_eval_set_records_its_protocol_for_compare(runs, tmp_path):

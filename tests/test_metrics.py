@@ -1,19 +1,9 @@
-import math
-import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from ltrec.metrics import (
-    metrics_from_ranks,
-    paired_test,
-    sample_negatives,
-    sampled_ranks,
-    state_ranks,
-    summarize,
-    target_ranks,
-)
+from ltrec.metrics import Seen, sample_negatives, sampled_ranks, state_ranks, target_ranks
 
 # N = 4 items; column j is item j+1.
 SCORES = torch.tensor(
@@ -44,27 +34,9 @@ def test_target_ranks_seen_masking():
             [0, 0, 2],  # user 2: item 2 masked; padding must NOT mask item 1 (0.9 > 0.8) -> still rank 1
         ]
     )
-    assert target_ranks(SCORES, TARGETS, seen).tolist() == [0, 3, 1]
+    assert target_ranks(SCORES, TARGETS, Seen.from_padded(seen)).tolist() == [0, 3, 1]
     # input scores are not modified in place
     assert SCORES[0, 2].item() == pytest.approx(0.5)
-
-
-def test_metrics_from_ranks_exact():
-    m = metrics_from_ranks(torch.tensor([0, 1, 2, 3]), ks=(1, 2, 3))
-    assert set(m) == {f"{k}@{K}" for k in ("hr", "ndcg", "mrr") for K in (1, 2, 3)}
-    # hr@K = rank < K
-    np.testing.assert_allclose(m["hr@1"], [1, 0, 0, 0])
-    np.testing.assert_allclose(m["hr@2"], [1, 1, 0, 0])
-    np.testing.assert_allclose(m["hr@3"], [1, 1, 1, 0])
-    # ndcg = 1/log2(rank+2): rank0 -> 1/log2(2) = 1, rank1 -> 1/log2(3) ~ 0.6309, rank2 -> 1/log2(4) = 0.5
-    np.testing.assert_allclose(m["ndcg@1"], [1, 0, 0, 0])
-    np.testing.assert_allclose(m["ndcg@2"], [1, 1 / math.log2(3), 0, 0])
-    np.testing.assert_allclose(m["ndcg@3"], [1, 1 / math.log2(3), 0.5, 0])
-    # mrr = 1/(rank+1): 1, 1/2, 1/3
-    np.testing.assert_allclose(m["mrr@1"], [1, 0, 0, 0])
-    np.testing.assert_allclose(m["mrr@2"], [1, 0.5, 0, 0])
-    np.testing.assert_allclose(m["mrr@3"], [1, 0.5, 1 / 3, 0])
-    assert all(isinstance(v, np.ndarray) for v in m.values())
 
 
 def test_sample_negatives_excludes_and_unique():
@@ -111,52 +83,6 @@ def test_sampled_ranks_hand_example():
     assert sampled_ranks(SCORES, TARGETS, negatives.numpy()).tolist() == [1, 0, 1]
 
 
-def test_summarize_mask_and_empty():
-    per_user = {"hr@1": np.array([1.0, 0.0, 0.0]), "mrr@2": np.array([1.0, 0.5, 0.0])}
-    s = summarize(per_user)
-    assert s["users"] == 3
-    assert s["hr@1"] == pytest.approx(1 / 3) and s["mrr@2"] == pytest.approx(0.5)  # (1+0.5+0)/3
-    s = summarize(per_user, np.array([True, True, False]))
-    assert s["users"] == 2
-    assert s["hr@1"] == pytest.approx(0.5) and s["mrr@2"] == pytest.approx(0.75)  # (1+0.5)/2
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # empty mean must not warn
-        s = summarize(per_user, np.zeros(3, dtype=bool))
-    assert s["users"] == 0 and math.isnan(s["hr@1"]) and math.isnan(s["mrr@2"])
-
-
-def test_paired_test_identical():
-    a = np.random.default_rng(0).random(500)
-    r = paired_test(a, a.copy(), n_boot=2000)
-    assert r["diff"] == 0.0 and r["rel_diff"] == 0.0
-    assert r["p_value"] == pytest.approx(1.0)
-    assert r["ci95"] == (0.0, 0.0)
-
-
-def test_paired_test_clear_shift():
-    rng = np.random.default_rng(1)
-    a = rng.random(2000)
-    b = a + 0.1 + rng.normal(0, 0.2, size=2000)
-    r = paired_test(a, b, n_boot=2000, seed=5)
-    assert r["p_value"] < 0.01
-    assert r["diff"] == pytest.approx((b - a).mean())
-    assert r["rel_diff"] == pytest.approx(b.mean() / a.mean() - 1)
-    lo, hi = r["ci95"]
-    assert 0 < lo < r["diff"] < hi
-    # deterministic per seed
-    assert paired_test(a, b, n_boot=2000, seed=5) == r
-
-
-def test_paired_test_noise_and_edge_cases():
-    rng = np.random.default_rng(2)
-    a = rng.random(300)
-    r = paired_test(a, a + rng.normal(0, 0.1, size=300), n_boot=1000)
-    assert 0.0 <= r["p_value"] <= 1.0
-    assert math.isnan(paired_test(np.zeros(5), np.ones(5), n_boot=100)["rel_diff"])  # a.mean() == 0
-    with pytest.raises(ValueError):
-        paired_test(np.zeros(3), np.zeros(4))
-
-
 def _naive_ranks(scores, targets, seen=None):
     """Reference: mask the history in a copy, NaN as -inf, then count the other items scoring >= the target."""
     s = torch.where(scores.isnan(), float("-inf"), scores)  # (nan_to_num would also clip ±inf to finite)
@@ -185,7 +111,7 @@ def test_target_ranks_match_naive_reference(seed):
     seen = torch.randint(0, N + 1, (B, 6), generator=g)  # 0 = padding, repeats allowed, may hold the target
     before = scores.clone()
     assert target_ranks(scores, targets).tolist() == _naive_ranks(scores, targets)
-    assert target_ranks(scores, targets, seen).tolist() == _naive_ranks(scores, targets, seen)
+    assert target_ranks(scores, targets, Seen.from_padded(seen)).tolist() == _naive_ranks(scores, targets, seen)
     assert torch.equal(scores.isnan(), before.isnan()) and torch.equal(scores.nan_to_num(), before.nan_to_num())
 
 
@@ -205,13 +131,14 @@ def test_state_ranks_equal_target_ranks_on_the_full_matrix(seed):
     scores = states @ table.T
     for block_bytes in (1, 4 * B * 8, 1 << 21):  # 64-column blocks with a partial last one, and a single block
         assert state_ranks(states, table, targets, None, block_bytes).tolist() == target_ranks(scores, targets).tolist()
-        assert state_ranks(states, table, targets, seen, block_bytes).tolist() == _naive_ranks(scores, targets, seen)
+        assert state_ranks(states, table, targets, Seen.from_padded(seen), block_bytes).tolist() == _naive_ranks(
+            scores, targets, seen)
 
 
 def test_evaluate_ranks_block_by_block_as_on_the_full_matrix(tiny_csv, monkeypatch):
     # the evaluation's fast path (encode, then state_ranks) against model(hist) + target_ranks on a real model
-    import ltrec.evaluate as ev
     from ltrec.data import load
+    from ltrec.evaluate import Evaluator
     from ltrec.models import BACKBONES
     from ltrec.recipe import Data, Eval, Head, Split
 
@@ -219,7 +146,7 @@ def test_evaluate_ranks_block_by_block_as_on_the_full_matrix(tiny_csv, monkeypat
     torch.manual_seed(0)
     model = BACKBONES["sasrec"](seqs.n_items, 20, dim=16, layers=1, heads=1)
     cfg = Eval(batch_size=32)
-    fast = ev.evaluate(model, seqs, "test", cfg, 20)
-    monkeypatch.setattr(ev, "_tied", lambda model: False)
-    full = ev.evaluate(model, seqs, "test", cfg, 20)
+    fast = Evaluator(model, seqs, cfg, 20).run("test")
+    monkeypatch.setattr(type(model), "tied", property(lambda self: False))
+    full = Evaluator(model, seqs, cfg, 20).run("test")
     assert len(fast.users) > 50 and np.array_equal(fast.per_user["rank"], full.per_user["rank"])

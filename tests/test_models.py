@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from ltrec.models import BACKBONES, BERT4Rec, SASRec, Pop, loss_from_states, next_item_loss
-from ltrec.recipe import _BACKBONE_KINDS, Backbone
+from ltrec.recipe import BACKBONE_KINDS, Backbone
 
 N, MAX_LEN, DIM = 20, 12, 16
 NEURAL = (*(k for k in BACKBONES if k != "pop"), "sasrec-legacy", "sasrec-unscaled")  # every backbone with a user state, new ones included
@@ -170,7 +170,7 @@ def test_onnx_export(name, tmp_path):
 
 def test_backbones_are_the_recipe_kinds():
     kinds = [c.model_fields["kind"].annotation.__args__[0] for c in Backbone.__origin__.__args__]
-    assert list(BACKBONES) == kinds == list(_BACKBONE_KINDS)  # the error messages list the kinds from there
+    assert list(BACKBONES) == kinds == list(BACKBONE_KINDS)  # the error messages list the kinds from there
 
 
 @pytest.mark.parametrize("name", [k for k in NEURAL if k != "bert4rec"])  # BERT4Rec's cloze: tested below

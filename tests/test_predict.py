@@ -66,7 +66,7 @@ def test_predict_agrees_with_eval(setup, tmp_path):
     out = predict(setup, tmp_path / "hist.csv", tmp_path / "pred.csv", "--exclude-seen")
     assert "200 users, 2,000 rows written" in out
     rows = read_rows(tmp_path / "pred.csv")
-    assert list(rows[0]) == ["user_id", "rank", "item_id", "score", "fallback"]
+    assert list(rows[0]) == ["user_id", "rank", "item_id", "score", "source"]
     ndcg = {u: 0.0 for u in targets}
     for r in rows:
         if r["item_id"] == targets[r["user_id"]]:
@@ -81,15 +81,17 @@ def test_unknown_items_and_fallback(setup, tmp_path):
                                             ("b", "nope1", 1), ("b", "nope3", 2)])
     out = predict(setup, events, tmp_path / "p.csv", "--k", 5)
     assert "skipped 4 events whose item the model does not know (3 distinct items)" in out
-    assert "2 users, 10 rows written" in out and "4 events with unknown items skipped; 1 fallback users" in out
+    assert "2 users, 10 rows written" in out and "4 events with unknown items skipped; 1 user with no known item" in out
     got = by_user(read_rows(tmp_path / "p.csv"))
     pop = np.asarray(setup["meta"]["popularity"])
     popular = [setup["meta"]["vocab"][i] for i in np.argsort(-pop, kind="stable")[:5]]
-    assert [r["item_id"] for r in got["b"]] == popular and all(r["fallback"] == "true" for r in got["b"])
+    assert [r["item_id"] for r in got["b"]] == popular and all(r["source"] == "popularity" for r in got["b"])
+    share = np.sort(pop)[::-1][:5] / pop.sum()  # the fallback's score: the item's share of training events
+    np.testing.assert_allclose([float(r["score"]) for r in got["b"]], share, rtol=1e-5)
     assert [r["rank"] for r in got["b"]] == ["1", "2", "3", "4", "5"]
     # skipped means the same as absent
     predict(setup, write_csv(tmp_path / "k.csv", [("a", "i3", 1), ("a", "i4", 3)]), tmp_path / "q.csv", "--k", 5)
-    assert read_rows(tmp_path / "q.csv") == got["a"] and got["a"][0]["fallback"] == "false"
+    assert read_rows(tmp_path / "q.csv") == got["a"] and got["a"][0]["source"] == "model"
 
 
 def test_long_history_and_exclude_seen(setup, tmp_path):
@@ -97,11 +99,12 @@ def test_long_history_and_exclude_seen(setup, tmp_path):
     items = [f"i{j}" for j in rng.integers(1, 61, 10_000)]  # i61..i100 never seen by this user
     long_ = write_csv(tmp_path / "long.csv", [("z", it, t) for t, it in enumerate(items)])
     short = write_csv(tmp_path / "short.csv", [("z", it, t) for t, it in enumerate(items) if t >= 10_000 - MAX_LEN])
-    predict(setup, long_, tmp_path / "a.csv")
-    predict(setup, short, tmp_path / "b.csv")
+    predict(setup, long_, tmp_path / "a.csv", "--include-seen")
+    predict(setup, short, tmp_path / "b.csv", "--include-seen")
     assert read_rows(tmp_path / "a.csv") == read_rows(tmp_path / "b.csv")  # only the last max_len events count
-    # --exclude-seen drops every item of the whole history, not only of the max_len window
-    predict(setup, long_, tmp_path / "c.csv", "--exclude-seen")
+    # excluding seen items (the default, as eval masked them) drops every item of the whole history, not only
+    # of the max_len window
+    assert "seen items excluded" in predict(setup, long_, tmp_path / "c.csv")
     got = [r["item_id"] for r in read_rows(tmp_path / "c.csv")]
     assert len(got) == 10 and not set(got) & set(items)
 
@@ -140,7 +143,8 @@ def bad_bundle(setup, tmp_path, edit) -> Path:
     (lambda b: _edit_meta(b, max_len=MAX_LEN + 1),
      f"bundle.json says max_len {MAX_LEN + 1} but model.onnx has {MAX_LEN}"),
     (lambda b: _edit_meta(b, k=20), "bundle.json says k 20 but model.onnx has 10"),
-    (lambda b: _edit_meta(b, vocab="drop", popularity="drop"), "bundle.json says vocab size"),
+    (lambda b: _edit_meta(b, vocab="drop", popularity="drop"), "vocab (98), popularity (98), n_items (99)"),
+    (lambda b: _edit_meta(b, n_items=98, vocab="drop", popularity="drop"), "bundle.json says n_items 98"),
     (lambda b: (b / "bundle.json").write_text("{"), "bundle.json: not valid JSON"),
     (lambda b: (b / "bundle.json").unlink(), "no bundle.json; pass a bundle folder"),
     (lambda b: (b / "model.onnx").write_bytes((b / "model.onnx").read_bytes()[:5000]), "not a loadable ONNX model"),
@@ -163,8 +167,7 @@ def test_predict_never_imports_torch(setup, tmp_path):
     code = (
         "import sys\nfrom pathlib import Path\nfrom ltrec.predict import run_predict\n"
         f"print(run_predict(Path({str(setup['bundle'])!r}), Path({str(setup['events'])!r}), "
-        f"Path({str(tmp_path / 'p.csv')!r}), None, 64, {{'user': 'user_id', 'item': 'item_id', "
-        "'time': 'timestamp'}, True))\n"
+        f"Path({str(tmp_path / 'p.csv')!r})))\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import ltrec.fileio
 import ltrec.runs
 from conftest import write_long_tailed
 from ltrec.cli import app
 from ltrec.recipe import load_recipe
-from ltrec.train import load_torch
+from ltrec.checkpoint import load_torch
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +126,7 @@ def kill_and_resume(project: Path, run: Path, plans: list[str], seed: int) -> li
 def same_results(a: Path, b: Path) -> None:
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert ma["test"] == mb["test"] and ma["valid"] == mb["valid"] and ma["epochs"] == mb["epochs"] == EPOCHS
-    la, lb = ([{k: v for k, v in rec.items() if k != "seconds"} for rec in ltrec.runs.read_jsonl(r / "metrics.jsonl")]
+    la, lb = ([{k: v for k, v in rec.items() if k != "seconds"} for rec in ltrec.runs.read_epochs(r / "metrics.jsonl")]
               for r in (a, b))
     assert la == lb
 
@@ -161,13 +162,15 @@ def test_kill_9_many_times(project, reference):
 WRITER = """
 import sys
 from pathlib import Path
-from ltrec.runs import append_jsonl, atomic_write, read_jsonl
+from ltrec.fileio import atomic_write
+from ltrec.runs import append_epoch
 folder = Path(sys.argv[1])
-i = len(read_jsonl(folder / "log.jsonl"))
+log = folder / "log.jsonl"
+i = len(log.read_text().splitlines()) if log.exists() else 0
 while True:
     i += 1
     atomic_write(folder / "blob.bin", bytes([i % 256]) * 3_000_000)
-    append_jsonl(folder / "log.jsonl", {"i": i, "pad": "x" * 2000})
+    append_epoch(log, {"i": i, "pad": "x" * 2000})
 """
 
 
@@ -186,7 +189,7 @@ def test_kill_9_during_atomic_writes(tmp_path):
         log = [json.loads(line)["i"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
         assert log == list(range(1, len(log) + 1))
     assert len(log) > kills  # it did write between kills
-    ltrec.runs.remove_stale_temps(tmp_path)
+    ltrec.fileio.remove_stale_temps(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin", "log.jsonl"]
 
 
@@ -220,20 +223,20 @@ def test_disk_full_keeps_the_last_good_checkpoint(tiny, monkeypatch):
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     assert r.output.strip().endswith("runs/t/last.pt: cannot write (No space left on device)")
     run = tiny / "runs" / "t"
-    assert whole(run) == [] and load_torch(run / "last.pt")["epoch"] == 1  # no temp file; epoch 1 intact
+    assert whole(run) == [] and load_torch(run / "last.pt")["state"]["epoch"] == 1  # no temp file; epoch 1 intact
     monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: resume
     r = runner.invoke(app, ["train", "r.yaml", "--resume"])
     assert r.exit_code == 0 and "resuming runs/t after epoch 1" in r.output, r.output
-    assert [rec["epoch"] for rec in ltrec.runs.read_jsonl(run / "metrics.jsonl")] == [1, 2, 3]
+    assert [rec["epoch"] for rec in ltrec.runs.read_epochs(run / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_permission_denied_is_a_clear_error(tiny, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(ltrec.runs.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(ltrec.fileio.tempfile, "mkstemp", denied)
     r = runner.invoke(app, ["train", "r.yaml"])
-    assert r.exit_code == 2 and r.output.strip() == "runs/t/recipe.yaml: cannot write here (Permission denied)"
+    assert r.exit_code == 2 and r.output.strip() == "runs/t/.ltrec-run.json: cannot write here (Permission denied)"
 
 
 @pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root may write anywhere")
@@ -261,7 +264,7 @@ def test_overwrite_only_ever_deletes_a_run(tiny):
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     r = runner.invoke(app, ["train", "r.yaml", "--out", "mine", "--overwrite"])
-    assert r.exit_code == 2 and "mine: not an ltrec run (no recipe.yaml), so --overwrite will not delete it" in r.output
+    assert r.exit_code == 2 and "mine: not an ltrec run (no .ltrec-run.json), so --overwrite will not delete it" in r.output
     assert (mine / "thesis.tex").read_text() == "years of work"
 
 
@@ -269,7 +272,7 @@ def test_overwrite_only_ever_deletes_a_run(tiny):
 def test_kill_9_during_export(tmp_path, monkeypatch):
     """Re-exporting over a bundle, killed at random moments: the bundle is always the old one or the new one,
     whole (predict loads it), never a mix."""
-    from ltrec.predict import load_bundle
+    from ltrec.bundle import load_bundle
 
     monkeypatch.chdir(tmp_path)
     write_long_tailed(tmp_path / "events.csv", users=60)

@@ -15,7 +15,8 @@ import pytest
 from typer.testing import CliRunner
 
 from ltrec.cli import app
-from ltrec.data import MAX_LINE_BYTES, load
+from ltrec.data import load
+from ltrec.data.read import MAX_LINE_BYTES
 from ltrec.errors import UserError
 from ltrec.recipe import Data, Head, Split
 

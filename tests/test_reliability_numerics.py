@@ -9,11 +9,12 @@ import torch
 from typer.testing import CliRunner
 
 import ltrec.models.base
-import ltrec.transfer
+import ltrec.transfer.objective
 from conftest import write_long_tailed
 from ltrec.cli import app
-from ltrec.runs import read_jsonl
-from ltrec.train import DISC_WINS, load_torch
+from ltrec.runs import read_epochs as read_jsonl
+from ltrec.checkpoint import load_torch
+from ltrec.train import DISC_WINS
 
 runner = CliRunner()
 
@@ -31,18 +32,18 @@ def tiny(tmp_path, monkeypatch):
 def sabotage(monkeypatch, when, how):
     """Replace the next-item loss of the batches for which when(epoch, call) holds by how(loss, model)."""
     real, seen = ltrec.models.base.loss_from_states, {"epoch": 0, "calls": 0}
-    real_set_epoch = ltrec.transfer.Step.set_epoch
+    real_start = ltrec.transfer.objective.Objective.start_epoch
 
-    def set_epoch(self, epoch):
+    def start_epoch(self, epoch):
         seen["epoch"] = epoch
-        real_set_epoch(self, epoch)
+        real_start(self, epoch)
 
     def loss(model, *args, **kwargs):
         seen["calls"] += 1
         value = real(model, *args, **kwargs)
         return how(value, model) if when(seen["epoch"], seen["calls"]) else value
 
-    monkeypatch.setattr(ltrec.transfer.Step, "set_epoch", set_epoch)
+    monkeypatch.setattr(ltrec.transfer.objective.Objective, "start_epoch", start_epoch)
     monkeypatch.setattr(ltrec.models.base, "loss_from_states", loss)
 
 
@@ -81,7 +82,7 @@ def test_a_diverged_epoch_stops_with_the_last_good_checkpoint(tiny, monkeypatch,
     assert message.endswith("runs/t/last.pt holds epoch 1, the last good one; lower train.lr and rerun with "
                             "--overwrite")
     run = tiny / "runs/t"
-    assert load_torch(run / "last.pt")["epoch"] == 1 and finite(run / "last.pt") and finite(run / "best.pt")
+    assert load_torch(run / "last.pt")["state"]["epoch"] == 1 and finite(run / "last.pt") and finite(run / "best.pt")
     assert [rec["epoch"] for rec in read_jsonl(run / "metrics.jsonl")] == [1]
     assert not (run / "metrics.json").exists()
 

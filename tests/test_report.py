@@ -87,10 +87,11 @@ def test_long_tail_buckets_from_per_user_file(report):
 def test_report_user_errors(tmp_path, report):
     runs, _ = report
     r = runner.invoke(app, ["report", str(tmp_path / "nope")])
-    assert r.exit_code == 2 and "not a run directory" in r.output
+    assert r.exit_code == 2 and "no such run directory" in r.output
     half = tmp_path / "half"
     half.mkdir()
-    shutil.copy(runs[0] / "recipe.yaml", half / "recipe.yaml")
+    for name in ("recipe.yaml", ".ltrec-run.json"):
+        shutil.copy(runs[0] / name, half / name)
     r = runner.invoke(app, ["report", str(runs[0]), str(half), "--out", str(tmp_path / "r.html")])
     assert r.exit_code == 2 and "users_test.csv: missing; run `ltrec eval" in r.output
     assert not (tmp_path / "r.html").exists()

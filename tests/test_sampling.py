@@ -4,32 +4,21 @@ import math
 
 import torch
 
-from ltrec.data import load
-from ltrec.models import GRU4Rec
-from ltrec.recipe import Recipe
-from ltrec.sampling import disjoint_batches
-from ltrec.transfer import PlainEpoch, make_epoch
+from conftest import record, runner_for
+from ltrec.distributed import Dist
+from ltrec.sampling import UserSampler, disjoint_batches
 
 
-def build(path, train=None, transfer=None):
-    recipe = Recipe.model_validate({"name": "t", "data": {"source": str(path), "max_len": 10},
-                                    "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0},
-                                    "head": {"count": 4}, "transfer": transfer or {},
-                                    "train": {"batch_size": 16, "lr": 1.0e-2, **(train or {})}})
-    seqs = load(recipe.data, recipe.split, recipe.head)
-    torch.manual_seed(0)
-    model = GRU4Rec(seqs.n_items, 10, dim=8, dropout=0.0)
-    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(10))
-    epoch = make_epoch(recipe, model, seqs, inputs, targets, owner, "cpu", torch.Generator().manual_seed(0))
-    return seqs, model, epoch, owner
+def build(path, train=None, transfer=None, dist=None):
+    _, seqs, model, runner = runner_for(path, train=train, dist=dist, **(transfer or {}))
+    return seqs, model, runner, torch.from_numpy(seqs.train_windows(10)[2])
 
 
-def record(epoch) -> list[torch.Tensor]:
-    seen = []
-    real = epoch.step.loss
-    epoch.step.loss = lambda idx: seen.append(idx) or real(idx)
-    epoch(lambda n, loss: None)
-    return seen
+class TwoRanks(Dist):
+    """Rank 0 of 2 as far as the plan is concerned; the counts are this process's own."""
+
+    def sum_ints(self, values, op="sum"):
+        return list(values)
 
 
 def test_users_sampling_equals_grad_align_with_k1_beta1_adam(tiny_csv):
@@ -39,7 +28,7 @@ def test_users_sampling_equals_grad_align_with_k1_beta1_adam(tiny_csv):
     _, ga_model, ga, _ = build(tiny_csv, transfer={"grad_align": {"k": 1, "beta": 1.0, "inner_optimizer": "adam",
                                                                   "inner_lr": 1.0e-2, "users_per_step": 4,
                                                                   "sampling": "uniform"}})
-    assert isinstance(users, PlainEpoch) and users.sampler is not None
+    assert users.sampler is not None
     a, b = record(users), record(ga)
     assert len(a) == len(b) > 3 and all(torch.equal(x, y) for x, y in zip(a, b))
     for p, q in zip(plain.parameters(), ga_model.parameters()):
@@ -64,26 +53,21 @@ def test_users_sampling_steps_hold_distinct_users_and_favour_the_tail(tiny_csv):
 def test_users_sampling_splits_each_step_across_ranks(tiny_csv):
     # under torchrun each rank draws ceil(users_per_step / world) of its own users per step, with the same
     # number of steps everywhere (no rank waits in an all-reduce); here: one process asked for world 2
-    _, _, users, owner = build(tiny_csv, train={"sampling": "users", "users_per_step": 4})
-    batches = list(users._batches(world=2))
+    _, _, users, owner = build(tiny_csv, train={"sampling": "users", "users_per_step": 4}, dist=TwoRanks(0, 2))
+    batches = [group[0] for group in users.plan()[1]]
     assert len(batches) == math.ceil(len(torch.unique(owner)) / 4)
     assert all(len(torch.unique(owner[idx])) == 2 for idx in batches)
 
 
-def test_window_batches_are_random_samples_unless_length_buckets(tiny_csv):
-    # length buckets made each step all-short or all-long windows (tail-only or head-only users), which
-    # trained far worse than random batches (RESULTS.md); the default must mix lengths in every batch
-    def spread(train):
-        _, _, epoch, _ = build(tiny_csv, train=train)
-        lengths = epoch.step.lengths
-        batches = record(epoch)
-        assert sorted(torch.cat(batches).tolist()) == list(range(len(lengths)))  # every window once
-        means = torch.stack([lengths[i].float().mean() for i in batches[:-1]])  # the last may be short
-        return float(means.std()), float(lengths.float().std() / math.sqrt(16))
-
-    random_sd, sampling_sd = spread(None)
-    bucket_sd, _ = spread({"length_buckets": True})
-    assert random_sd < 1.5 * sampling_sd < bucket_sd  # random batches: batch means vary as samples do
+def test_window_batches_are_random_samples(tiny_csv):
+    # batching windows of similar length made each step all-short or all-long windows (tail-only or head-only
+    # users), which trained far worse than random batches; every batch must mix lengths as a sample does
+    _, _, epoch, _ = build(tiny_csv)
+    lengths = epoch.objective.lengths
+    batches = record(epoch)
+    assert sorted(torch.cat(batches).tolist()) == list(range(len(lengths)))  # every window once
+    means = torch.stack([lengths[i].float().mean() for i in batches[:-1]])  # the last may be short
+    assert float(means.std()) < 1.5 * float(lengths.float().std() / math.sqrt(16))
 
 
 def test_disjoint_batches_split_a_chunk_on_user_boundaries():
@@ -118,7 +102,7 @@ def test_grad_align_windows_with_k1_beta1_is_plain_adam_on_the_same_batches(tiny
         "k": 1, "beta": 1.0, "inner_optimizer": "adam", "inner_lr": 1.0e-2, "sampling": "windows"}})
     _, plain_model, plain, _ = build(tiny_csv)
     batches = record(ga)
-    plain._batches = lambda world=1: batches
+    plain.plan = lambda: (len(batches), ([b] for b in batches))
     assert record(plain) == batches
     for p, q in zip(plain_model.parameters(), ga_model.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
@@ -136,7 +120,7 @@ def test_grad_align_permuted_sampling_visits_every_user_once_per_epoch(tiny_csv)
         assert sorted(flat) == sorted(set(owner.tolist()))  # every user once: none twice, none missing
         # each user's windows all come with it (the tiny users hold fewer than batch_size / users_per_step)
         assert sorted(torch.cat(seen).tolist()) == list(range(len(owner)))
-    assert ga._plan(3)[0] == math.ceil(len(set(owner.tolist())) / 6)
+    assert ga.plan()[0] == math.ceil(len(set(owner.tolist())) / 6)
 
 
 def test_grad_align_permuted_with_one_user_per_step_is_the_faithful_mode(tiny_csv):
@@ -147,8 +131,6 @@ def test_grad_align_permuted_with_one_user_per_step_is_the_faithful_mode(tiny_cs
 
 
 def test_user_subset_takes_all_windows_up_to_the_cap_each_once():
-    from ltrec.sampling import UserSampler
-
     owner = torch.tensor([0, 0, 0, 0, 0, 1, 2, 2, 2])  # windows grouped by user, as train_windows emits them
     sampler = UserSampler(owner, torch.zeros(3, dtype=torch.bool), "uniform", 3, torch.Generator().manual_seed(0))
     for _ in range(20):

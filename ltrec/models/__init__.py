@@ -11,16 +11,16 @@ Conventions shared by every backbone:
 `BACKBONES` maps the recipe's `backbone.kind` tags to the classes (a test checks they are the same set).
 """
 
-from .base import _Backbone
+from .base import Backbone
 from .bert4rec import BERT4Rec
 from .caser import Caser
 from .gru4rec import GRU4Rec
 from .losses import LOSSES, loss_from_states, next_item_loss
 from .narm import NARM
 from .pop import Pop
-from .sasrec import SASRec, _Block
+from .sasrec import SASRec, Block
 
 BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop, "caser": Caser, "narm": NARM, "bert4rec": BERT4Rec}
 
-__all__ = ["BACKBONES", "BERT4Rec", "Caser", "GRU4Rec", "LOSSES", "NARM", "Pop", "SASRec", "_Backbone", "_Block",
+__all__ = ["BACKBONES", "BERT4Rec", "Caser", "GRU4Rec", "LOSSES", "NARM", "Pop", "SASRec", "Backbone", "Block",
            "loss_from_states", "next_item_loss"]

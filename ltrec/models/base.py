@@ -6,7 +6,7 @@ import torch.nn as nn
 from .losses import loss_from_states
 
 
-class _Backbone(nn.Module):
+class Backbone(nn.Module):
     """Shared API: encode_all (B, L, D) -> encode (B, D) -> score (..., N) -> forward (B, N)."""
 
     def _init_items(self) -> None:
@@ -21,6 +21,11 @@ class _Backbone(nn.Module):
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         return self.encode_all(history)[:, -1]  # (B, D): left padding puts the newest item last
+
+    @property
+    def tied(self) -> bool:
+        """Scores are the state times the item table, so they can be made and ranked block by block."""
+        return type(self).score is Backbone.score
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.item_emb.weight[1:].T  # (..., N), row 0 is padding and never scored

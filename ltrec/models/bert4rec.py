@@ -18,12 +18,12 @@ import math
 import torch
 import torch.nn as nn
 
-from .base import _Backbone
+from .base import Backbone
 from .losses import loss_from_states
-from .sasrec import _Block
+from .sasrec import Block
 
 
-class BERT4Rec(_Backbone):
+class BERT4Rec(Backbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2,
                  dropout: float = 0.2, mask_prob: float = 0.2, last_only: float = 0.1):
         super().__init__()
@@ -35,7 +35,7 @@ class BERT4Rec(_Backbone):
         self.mask_emb = nn.Parameter(torch.randn(dim) * 0.02)  # the [MASK] token's embedding (id N+1)
         self.pos_emb = nn.Embedding(max_len, dim)  # counted from the right, as SASRec: pads never shift items
         self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
         self._init_items()
 

@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import _Backbone
+from .base import Backbone
 
 
-class Caser(_Backbone):
+class Caser(Backbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, window: int = 5, n_h: int = 16, n_v: int = 4,
                  dropout: float = 0.4):
         super().__init__()

@@ -43,3 +43,11 @@ def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=N
 def next_item_loss(model, inputs, targets, loss="ce", negatives=1, generator=None) -> torch.Tensor:
     """inputs/targets (B, L); targets[:, t] is the item after inputs[:, t] (0 = ignored)."""
     return loss_from_states(model, model.encode_all(inputs), targets, loss, negatives, generator)
+
+
+def padded_ce(model, states, pos, tgt, pos_w) -> torch.Tensor:
+    """Full-softmax next-item loss on fixed shapes (what vmap needs): the states (B, W, D) at flat target
+    positions `pos` (M,), targets `tgt` (M,), weights `pos_w` (M,) 1 for real positions and 0 for padding."""
+    h = states.reshape(-1, states.shape[-1])[pos]  # (M, D)
+    ce = F.cross_entropy(model.score(h), tgt.clamp(min=1) - 1, reduction="none")  # (M,)
+    return (ce * pos_w).sum() / pos_w.sum().clamp(min=1)

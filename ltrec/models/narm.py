@@ -12,10 +12,10 @@ weight; a row with nothing to attend to just gets c_l = 0 (no NaN).
 import torch
 import torch.nn as nn
 
-from .base import _Backbone
+from .base import Backbone
 
 
-class NARM(_Backbone):
+class NARM(Backbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 1, dropout: float = 0.25):
         super().__init__()
         self.n_items, self.max_len, self.dim = n_items, max_len, dim

@@ -1,4 +1,4 @@
-"""SASRec (Kang & McAuley 2018): a causal transformer; `_Block` is shared with BERT4Rec."""
+"""SASRec (Kang & McAuley 2018): a causal transformer; `Block` is shared with BERT4Rec."""
 
 import math
 
@@ -6,10 +6,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import _Backbone
+from .base import Backbone
 
 
-class _Block(nn.Module):
+class Block(nn.Module):
     """Pre-LN transformer block with hand-written attention (explicit matmul exports cleanly to ONNX)."""
 
     def __init__(self, dim: int, heads: int, dropout: float):
@@ -38,7 +38,7 @@ class _Block(nn.Module):
         return x + self.ffn(self.ln2(x))  # (B, L, D)
 
 
-class SASRec(_Backbone):
+class SASRec(Backbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
                  input_norm: bool = True, item_scale: bool = True):
         super().__init__()
@@ -55,7 +55,7 @@ class SASRec(_Backbone):
         # O(1) outputs: items with few updates (the catalogue's long tail) stay drowned out. A unit-scale input
         # trained far better on Amazon Music (RESULTS.md, "Correction"); recipes default to it.
         self.ln_in = nn.LayerNorm(dim) if input_norm else nn.Identity()
-        self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
         self._init_items()
         if input_norm:  # nn.Embedding's N(0, 1) would outweigh the items' 0.02 * sqrt(dim) in the sum

@@ -1,0 +1,147 @@
+"""Checkpoints and resume: `best.pt` (weights of the best epoch) and `last.pt` (everything an exact resume
+needs: weights, optimiser state, random streams, the early-stopping state and whether training is over).
+
+Checkpoints hold only tensors and primitives and are read with `torch.load(weights_only=True)`: a file with
+pickled Python objects in it is refused, never run.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from .distributed import LOCAL, Dist, rank_seed, to_cpu
+from .errors import UserError
+from .fileio import atomic_write
+from .recipe import Recipe
+
+FORMAT = 2
+RESUME_MAY_CHANGE = ("epochs", "patience", "threads", "device", "precision")
+
+
+@dataclass
+class TrainState:
+    """Where training stands after `epoch` epochs; `stopped` is set once early stopping ends the run."""
+
+    epoch: int = 0
+    best: float = -math.inf
+    best_epoch: int = 0
+    bad: int = 0  # epochs since the last improvement
+    stopped: bool = False
+
+    def update(self, score: float, patience: int) -> bool:
+        """Record one more epoch's validation score; returns whether it improved on the best."""
+        improved = score > self.best
+        self.epoch += 1
+        self.bad = 0 if improved else self.bad + 1
+        if improved:
+            self.best, self.best_epoch = score, self.epoch
+        self.stopped = self.bad >= patience
+        return improved
+
+
+def save_torch(path: Path, obj: dict) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write(path, buf.getvalue())
+
+
+def _reason(exc: Exception) -> str:
+    """torch's reason in one whole sentence: for a refused pickle, the global it would have had to run."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).split())  # one line, colour codes gone
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it holds a Python object ({found.group(1)}), which ltrec never unpickles"
+    first = re.split(r"(?<=\.)\s", text.strip(), maxsplit=1)[0] if text.strip() else type(exc).__name__
+    return first if len(first) <= 300 else first[:297] + "..."
+
+
+def load_torch(path: Path) -> dict:
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing; the run has no checkpoint (train it first)") from None
+    except Exception as exc:  # a truncated, foreign or unsafe file: say which and why, no traceback
+        raise UserError(f"{path}: not a readable ltrec checkpoint ({_reason(exc)})") from None
+    if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
+        raise UserError(f"{path}: not an ltrec checkpoint (no model weights in it); retrain the run")
+    return obj
+
+
+def load_weights(model: torch.nn.Module, path: Path) -> dict:
+    """Load a checkpoint's model weights into `model`; a checkpoint of another model is a clear error."""
+    ckpt = load_torch(path)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError, ValueError) as exc:
+        raise UserError(f"{path}: does not hold this run's model ({type(exc).__name__}: {_reason(exc)}); was it "
+                        "copied from another run?") from None
+    return ckpt
+
+
+def resumable(given: Recipe, saved: Recipe, run_dir: Path) -> Recipe:
+    """The saved recipe, with only the train settings that do not change the experiment taken from `given`."""
+    changes = {k: getattr(given.train, k) for k in RESUME_MAY_CHANGE}
+    merged = saved.model_copy(update={"train": saved.train.model_copy(update=changes)})
+    a = given.model_dump(exclude={"train": set(RESUME_MAY_CHANGE)})
+    b = merged.model_dump(exclude={"train": set(RESUME_MAY_CHANGE)})
+    diff = sorted(f"{section}" for section in a if a[section] != b[section])
+    if diff:
+        raise UserError(f"{run_dir}: --resume continues the same experiment, but the recipe differs in "
+                        f"{', '.join(diff)} (only train.{'/'.join(RESUME_MAY_CHANGE)} may change); "
+                        "start a new run instead")
+    return merged
+
+
+def save_last(run_dir: Path, model, runner, state: TrainState, gen: torch.Generator, dist: Dist = LOCAL) -> None:
+    """last.pt. Under torchrun every rank's random streams (and per-rank optimiser state) go in too, so a
+    resume on as many processes continues exactly; rank 0 writes."""
+    ranks = None
+    if dist.world > 1:
+        ranks = dist.gather(to_cpu({"rng": torch.get_rng_state(), "gen": gen.get_state(),
+                                    "state": runner.rank_state()}))
+    with dist.together():
+        if dist.main:
+            extra = {"world": dist.world, "ranks": ranks} if dist.world > 1 else {}
+            save_torch(run_dir / "last.pt", {"format": FORMAT, "model": model.state_dict(),
+                                             "optim": runner.state_dict(), "rng": torch.get_rng_state(),
+                                             "gen": gen.get_state(), "state": asdict(state), **extra})
+
+
+def restore(run_dir: Path, model, runner, gen: torch.Generator, seed: int, dist: Dist = LOCAL) -> tuple[TrainState, int]:
+    """Load last.pt into model, runner and random streams; returns (state, world size it was trained with)."""
+    ckpt = None
+    with dist.together():
+        if dist.main:
+            ckpt = load_torch(run_dir / "last.pt")
+            if ckpt.get("format") != FORMAT:
+                raise UserError(f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')} is not {FORMAT} "
+                                "(written by another ltrec version); retrain the run")
+    ckpt = dist.broadcast(ckpt)  # rank 0's file: other machines need not see the run directory
+    saved_world = ckpt.get("world", 1)
+    with dist.together():
+        try:
+            state = TrainState(**ckpt["state"])
+            if not (isinstance(state.epoch, int) and state.epoch >= 0 and isinstance(state.stopped, bool)):
+                raise ValueError("state")
+            model.load_state_dict(ckpt["model"])
+            runner.load_state_dict(ckpt["optim"])
+            if saved_world != dist.world:  # other shards: no way to continue the old streams; reseed
+                reseed = rank_seed(seed + 1 + state.epoch, dist.rank)
+                torch.manual_seed(reseed)
+                gen.manual_seed(reseed)
+            else:  # each rank continues its own random streams (and per-rank optimiser state)
+                mine = ckpt["ranks"][dist.rank] if dist.world > 1 else ckpt
+                torch.set_rng_state(mine["rng"])
+                gen.set_state(mine["gen"])
+                if dist.world > 1:
+                    runner.load_rank_state(mine["state"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
+            raise UserError(f"{run_dir}/last.pt: does not match this run ({type(exc).__name__}: "
+                            f"{_reason(exc)}); start a new run") from None
+    return state, saved_world

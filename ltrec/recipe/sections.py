@@ -1,0 +1,174 @@
+"""The recipe's sections: data, split, head, train, eval, output, and the `Recipe` that holds them all."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, PrivateAttr, model_validator
+
+from .base import ColumnName, Strict
+from .components import Backbone, Transfer
+
+class Columns(Strict):
+    """Which source columns hold the user, the item and the time of each event."""
+
+    user: ColumnName = "user_id"
+    item: ColumnName = "item_id"
+    time: ColumnName = "timestamp"
+
+
+class Data(Strict):
+    """Where the events come from. Relative paths are resolved against the current directory."""
+
+    source: str = Field(description="CSV / Parquet / JSON file or glob of files")
+    format: Literal["auto", "csv", "parquet", "json"] = "auto"
+    query: str | None = Field(
+        None, description="optional SQL over the table `source` (e.g. `SELECT * FROM source WHERE rating >= 4`)"
+    )
+    columns: Columns = Columns()
+    min_user_events: int = Field(1, ge=1, description="drop users with fewer events (one pass, before items)")
+    min_item_events: int = Field(1, ge=1, description="drop items with fewer events (one pass, on the raw counts)")
+    max_len: int = Field(50, ge=1, le=4096, description="history length the model sees")
+    stride: int | None = Field(
+        None, ge=1, description="step between a user's training windows (null = max_len: windows do not "
+        "overlap). Smaller: windows overlap, each target is still trained once, in the newest window that has it "
+        "among its newest `stride` positions, so every target but those of a user's oldest window sees at least "
+        "max_len − stride items before it (more windows per epoch; what long histories need)")
+
+    @model_validator(mode="after")
+    def _stride_fits(self) -> "Data":
+        if self.stride is not None and self.stride > self.max_len:
+            raise ValueError(f"stride ({self.stride}) is more than max_len ({self.max_len}); windows would "
+                             "skip events: use at most max_len (or null)")
+        return self
+
+
+class Head(Strict):
+    """Head users are the most active ones, by number of *training* events. Give `fraction` or `count`."""
+
+    fraction: float | None = Field(0.2, gt=0, lt=1, description="share of users that are head (at most)")
+    count: int | None = Field(None, ge=1, description="head = users with at least this many training events")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_of(cls, value: Any) -> Any:
+        if isinstance(value, dict) and value.get("count") is not None and "fraction" not in value:
+            value = {**value, "fraction": None}
+        return value
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> "Head":
+        if (self.fraction is None) == (self.count is None):
+            raise ValueError("give exactly one of head.fraction and head.count")
+        return self
+
+
+class Split(Strict):
+    """Chronological leave-one-out: last event = test, second-to-last = validation, the rest trains."""
+
+    short_users: Literal["train", "drop"] = Field(
+        "train", description="users with < 3 events: use for training only, or drop them"
+    )
+    cold_users: float = Field(0.0, ge=0, lt=1, description="fraction of users held out of training entirely")
+    cold_from: Literal["all", "tail"] = "all"
+    seed: int | None = Field(
+        None, description="seed of the cold hold-out; default: the recipe's seed. Fix it so runs at "
+        "different seeds hold out the same users and can be compared user by user"
+    )
+
+
+class Monitor(Strict):
+    metric: str = Field("ndcg@10", pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$")
+    slice: Literal["all", "head", "tail"] = "all"
+
+
+class Train(Strict):
+    epochs: int = Field(30, ge=1)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1.0e-3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    sampling: Literal["windows", "users"] = Field(
+        "windows", description="windows: every training window once per epoch, shuffled; users: each step "
+        "draws users_per_step users uniformly (up to batch_size / users_per_step windows of each), so tail "
+        "users get as many steps as head users")
+    users_per_step: int = Field(64, ge=1, description="with sampling: users, the users of one step")
+    loss: Literal["ce", "bce", "sampled"] = "ce"
+    negatives: int = Field(1, ge=1, description="negatives per position for bce / per batch for sampled")
+    patience: int = Field(5, ge=1, description="stop after this many epochs without improvement on monitor")
+    monitor: Monitor = Monitor()
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto: CUDA when torch sees a GPU (under torchrun, the LOCAL_RANK's), else CPU")
+    precision: Literal["fp32", "bf16"] = Field(
+        "fp32", description="bf16: autocast of the training forward pass, CUDA only; evaluation stays fp32")
+    threads: int = Field(0, ge=0, description="torch CPU threads per process; 0 = torch's default")
+
+
+class Adapt(Strict):
+    """Few-step adaptation of cold users: `steps` SGD steps on the user's own history before scoring."""
+
+    steps: int = Field(3, ge=1, le=1000)
+    lr: float = Field(1.0e-2, gt=0, description="SGD learning rate of the adaptation steps")
+    params: Literal["encoder", "all"] = Field(
+        "encoder", description="what each user adapts: the encoder (item table shared) or every parameter")
+
+
+class Eval(Strict):
+    ks: list[Annotated[int, Field(ge=1)]] = Field([5, 10, 20], min_length=1)
+    mask_seen: bool = Field(True, description="exclude the user's history items from the ranking (as RecBole)")
+    mode: Literal["full", "sampled"] = "full"
+    negatives: int = Field(100, ge=1, description="negatives per user in sampled mode")
+    batch_size: int = Field(1024, ge=1)
+    adapt: Adapt | None = Field(None, description="also rank cold users after a few SGD steps on their own "
+                                "history (slice cold-adapted); null = zero-shot only")
+
+
+class Output(Strict):
+    dir: str = Field("runs", description="runs are written to <dir>/<name>")
+
+
+class Recipe(Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    seed: int = Field(0, ge=0, le=2**32 - 1)
+    data: Data
+    split: Split = Split()
+    head: Head = Head()
+    backbone: Backbone
+    transfer: Transfer = Transfer()
+    train: Train = Train()
+    eval: Eval = Eval()
+    output: Output = Output()
+    _file: str | None = PrivateAttr(None)  # the file it was loaded from, to name it in later errors
+    _notes: list[str] = PrivateAttr(default_factory=list)  # what loading changed (printed by the CLI)
+
+    @model_validator(mode="after")
+    def _chains_use_full_softmax(self) -> "Recipe":
+        ga = self.transfer.grad_align
+        if ga is not None and ga.chains > 1 and self.train.loss != "ce":
+            raise ValueError(f"transfer.grad_align.chains: {ga.chains} chains train with train.loss ce only "
+                             f"(got {self.train.loss}); set chains: 1 or loss: ce")
+        # both use the next-item objective, which a bidirectional encoder would answer by looking ahead
+        if ga is not None and ga.chains > 1 and self.backbone.kind == "bert4rec":
+            raise ValueError("transfer.grad_align.chains: bert4rec trains with its cloze objective, which "
+                             "chains do not implement; set chains: 1")
+        if ga is not None and self.train.sampling == "users":
+            raise ValueError("train.sampling: users applies to plain training; gradient alignment draws its own "
+                             "users (transfer.grad_align.sampling, users_per_step); set train.sampling: windows")
+        if self.eval.adapt is not None and self.backbone.kind == "bert4rec":
+            raise ValueError("eval.adapt: adaptation takes next-item steps, which a bidirectional bert4rec "
+                             "would answer by looking ahead; set eval.adapt: null for bert4rec")
+        return self
+
+    @model_validator(mode="after")
+    def _monitor_is_evaluated(self) -> "Recipe":
+        k = int(self.train.monitor.metric.split("@")[1])
+        if k not in self.eval.ks:
+            raise ValueError(f"train.monitor.metric: {self.train.monitor.metric} needs {k} in eval.ks "
+                             f"(which is {self.eval.ks}); add it there or monitor another cut-off")
+        return self
+
+    @model_validator(mode="after")
+    def _window_fits(self) -> "Recipe":
+        if self.backbone.kind == "caser" and self.backbone.window > self.data.max_len:
+            raise ValueError(f"backbone.window: {self.backbone.window} is longer than data.max_len "
+                             f"({self.data.max_len}), the most items the model ever sees; lower it")
+        return self

@@ -1,0 +1,82 @@
+"""The loss of one batch of training windows: the backbone's own objective plus the enabled components'
+terms, and the running statistics of an epoch (loss, skipped batches, the discriminator's accuracy)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .adversarial import Adversary
+
+
+class Objective:
+    """`loss(idx)`: the training loss of windows `idx`, or None when it is not finite (the batch is skipped:
+    one bad batch must not poison the weights; a diverged epoch ends the run)."""
+
+    def __init__(self, recipe, model: nn.Module, inputs, targets, owner_head, device, gen: torch.Generator):
+        self.cfg, self.model, self.device, self.gen = recipe.train, model, device, gen
+        self.inputs, self.targets, self.owner_head = inputs, targets, owner_head
+        self.lengths = (inputs > 0).sum(1)  # (W,)
+        adv = recipe.transfer.adversarial
+        self.adversary = Adversary(adv, model.dim, self.lengths, owner_head, gen).to(device) if adv else None
+        # bf16 autocast for the forward pass (weights, optimiser state and evaluation stay fp32); CUDA only
+        self.bf16 = recipe.train.precision == "bf16" and torch.device(device).type == "cuda"
+        self.sums: dict = {}
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.model.parameters()) + (list(self.adversary.parameters()) if self.adversary else [])
+
+    def start_epoch(self, epoch: int) -> None:
+        self.model.train()
+        if self.adversary is not None:
+            self.adversary.set_epoch(epoch)
+        self.sums = {"loss": 0.0, "batches": 0, "skipped": 0, "adv_loss": 0.0, "correct_head": 0.0,
+                     "correct_tail": 0.0, "n_head": 0.0, "n_tail": 0.0}
+
+    def loss(self, idx: torch.Tensor) -> torch.Tensor | None:
+        width = int(self.lengths[idx].max())  # drop leading all-pad columns: backbones are pad-invariant
+        inputs = self.inputs[idx, -width:].to(self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            # the backbone's own objective: next-item at every position by default, BERT4Rec's cloze
+            loss, states = self.model.training_loss(inputs, self.targets[idx, -width:].to(self.device),
+                                                    self.cfg.loss, self.cfg.negatives, self.gen)
+            if self.adversary is not None:
+                is_head = self.owner_head[idx].to(self.device)  # (B,)
+                seen = self.adversary.counts(self.lengths[idx], is_head, self.device)
+                adv_loss, logits = self.adversary(self.model, states, inputs, is_head, seen)
+                loss = loss + adv_loss
+                self.count_adversary(logits, is_head, adv_loss)
+        if not torch.isfinite(loss):
+            self.sums["skipped"] += 1
+            return None
+        self.sums["loss"] += loss.item()
+        self.sums["batches"] += 1
+        return loss
+
+    @torch.no_grad()
+    def count_adversary(self, logits, is_head, adv_loss, rows=None) -> None:
+        """Add a batch's discriminator verdicts (and its loss) to the epoch's counts; `rows` marks real rows."""
+        real = torch.ones_like(is_head) if rows is None else rows
+        right = ((logits > 0) == is_head) & real
+        # one device-to-host copy instead of five: each is a sync on a GPU
+        counts = torch.stack([adv_loss.detach().float().sum(), (right & is_head).sum().float(),
+                              (right & ~is_head).sum().float(), (is_head & real).sum().float(),
+                              (~is_head & real).sum().float()]).tolist()
+        for key, value in zip(("adv_loss", "correct_head", "correct_tail", "n_head", "n_tail"), counts):
+            self.sums[key] += value
+
+    def stats(self) -> dict:
+        s = self.sums
+        out = {"loss": s["loss"] / s["batches"] if s["batches"] else float("nan"), "skipped": s["skipped"]}
+        if self.adversary is not None:
+            # balanced accuracy: 0.5 is chance, whatever the head/tail mix
+            out["disc_acc"] = 0.5 * (s["correct_head"] / max(s["n_head"], 1) + s["correct_tail"] / max(s["n_tail"], 1))
+            out["adv_loss"] = s["adv_loss"] / max(s["batches"], 1)
+        return out
+
+    def state_dict(self) -> dict:
+        return {"adversary": self.adversary.state_dict() if self.adversary else {}}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.adversary is not None:
+            self.adversary.load_state_dict(state["adversary"])
