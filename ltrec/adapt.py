@@ -20,9 +20,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call, grad, vmap
 
-ITEM_TABLE = "item_emb."
-
-
 class _NextItem(nn.Module):
     """The next-item loss of one left-padded history (1, W) as a module, so functional_call can swap weights."""
 
@@ -39,7 +36,8 @@ class _NextItem(nn.Module):
 
 def adaptable(model: nn.Module, params: str = "encoder") -> list[str]:
     """Names of the parameters each user adapts."""
-    return [n for n, p in model.named_parameters() if p.requires_grad and (params == "all" or not n.startswith(ITEM_TABLE))]
+    table = getattr(getattr(model, "item_emb", None), "weight", None)
+    return [n for n, p in model.named_parameters() if p.requires_grad and (params == "all" or p is not table)]
 
 
 def adapted_scores(model, history: np.ndarray, steps: int, lr: float, device="cpu", params: str = "encoder",

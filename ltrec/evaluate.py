@@ -123,7 +123,8 @@ class Evaluator:
 
     def _negatives(self, split: str, history: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Sampled mode's negatives: drawn once with the recipe's seed and stored with the run (rank 0)."""
-        path = self.run_dir / f"negatives_{split}_{self.cfg.negatives}.npy" if self.run_dir is not None and self.dist.main else None
+        main = self.run_dir is not None and self.dist.main
+        path = self.run_dir / f"negatives_{split}_{self.cfg.negatives}.npy" if main else None
         shape = (len(targets), self.cfg.negatives)
         if path is not None and path.exists():
             try:
@@ -134,7 +135,7 @@ class Evaluator:
                     1 <= negs.min() and negs.max() <= self.seqs.n_items)):
                 raise UserError(f"{path}: expected {shape} item ids 1..{self.seqs.n_items}, found {negs.shape} "
                                 f"{negs.dtype}; the file is damaged or from other settings: delete it to draw "
-                                "the negatives again")
+                                "them again")
             return negs
         negs = sample_negatives(self.seqs.n_items, targets, history, self.cfg.negatives, self.seed)
         if path is not None:

@@ -124,6 +124,8 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
     console = Console(stderr=True, soft_wrap=True)
     run_dir, out = Path(run_dir), Path(out)
     recipe, seqs = load_run(run_dir)
+    metrics_path = run_dir / "metrics.json"  # read first: a damaged file fails before minutes of export
+    metrics = read_json(metrics_path, Summary).model_dump() if metrics_path.exists() else None
     if not 1 <= k <= seqs.n_items:
         raise UserError(f"--k {k}: expected 1..{seqs.n_items} (the number of items the model knows)")
     backbone = build_model(recipe, seqs)
@@ -149,7 +151,6 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
         raise UserError(f"{run_dir}: onnxruntime and torch disagree (max |score diff| "
                         f"{parity['max_abs_score_diff']:.3g} > {TOLERANCE}); nothing was written")
 
-    metrics_path = run_dir / "metrics.json"
     meta = {
         "format_version": FORMAT_VERSION,
         "model": "model.onnx",
@@ -168,7 +169,7 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
         "parity": parity,
         "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
         "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
-        "metrics": read_json(metrics_path, Summary).model_dump() if metrics_path.exists() else None,
+        "metrics": metrics,
         "versions": {"ltrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},
         "popularity": seqs.item_counts().tolist(),  # training counts, index i = item i+1: predict's fallback

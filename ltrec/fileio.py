@@ -96,6 +96,16 @@ def atomic_write(path: str | Path, data: str | bytes, what: str = "") -> None:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
+def read_text(path: Path, what: str = "file") -> str:
+    """A UTF-8 text file's content; a missing or unreadable file is a one-line error naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: cannot read the {what} ({getattr(exc, 'strerror', None) or exc})") from None
+
+
 def same_or_inside(path: Path, folder: Path) -> bool:
     """Whether `path` is `folder` or lies below it, after resolving links (and the same file by inode)."""
     p, f = Path(os.path.realpath(path)), Path(os.path.realpath(folder))

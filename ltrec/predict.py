@@ -50,7 +50,7 @@ def read_histories(input_path: Path, columns: dict, vocab: np.ndarray) -> Histor
     source = str(input_path)
     try:
         files, fmt = source_files(source)
-        con = connect(files, fmt, source)
+        con = connect(files, fmt, source, (data.columns.user, data.columns.item))
         try:
             with duckdb_errors(f"--input: {source}"):
                 read_events(data, con, source)

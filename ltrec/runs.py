@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
 from . import __version__
 from .errors import UserError
-from .fileio import atomic_write, remove_stale_temps, same_or_inside
+from .fileio import atomic_write, read_text, remove_stale_temps, same_or_inside
 
 MARKER = ".ltrec-run.json"
 RUN_FORMAT = 2  # runs without the marker, or of another format, are refused: retrain them
@@ -150,12 +150,7 @@ def _problem(path: Path, exc: ValidationError) -> UserError:
 
 
 def read_json(path: Path, model: type[BaseModel]) -> Any:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: missing") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read ({getattr(exc, 'strerror', None) or exc})") from None
+    text = read_text(path, "run file")
     try:
         return model.model_validate_json(text)
     except ValidationError as exc:

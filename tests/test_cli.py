@@ -87,3 +87,18 @@ def test_user_errors_exit_2(recipe, tmp_path):
     assert r.exit_code == 2 and "runs/nope: no such run directory" in r.output
     r = runner.invoke(app, ["train", str(recipe), "--set", "data.columns.time=when", "--overwrite"])
     assert r.exit_code == 2 and "data.columns.time:" in r.output and "no column 'when'" in r.output
+
+
+def test_eval_ks_may_change_without_touching_the_monitored_metric(recipe, tmp_path):
+    ok(["train", recipe, *TINY, "--set", "train.epochs=1"])
+    out = ok(["eval", "runs/my-sasrec", "--set", "eval.ks=[5]"])  # the run monitored ndcg@10 while training
+    assert "hr@5" in out and "hr@10" not in out
+    out = ok(["eval", "runs/my-sasrec", "--slice", "cold"])
+    assert "no cold users in this run" in out and "split.cold_users" in out
+
+
+def test_adversarial_training_without_head_users_is_refused(recipe, tmp_path):
+    r = runner.invoke(app, ["train", str(recipe), *TINY, "--set", "head.count=10000",
+                            "--set", "transfer.adversarial={weight: 0.1}", "--set", "train.monitor.slice=all"])
+    assert r.exit_code == 2 and "transfer.adversarial: no head user has training windows" in r.output
+    assert not (tmp_path / "runs" / "my-sasrec").exists() or not (tmp_path / "runs/my-sasrec/last.pt").exists()

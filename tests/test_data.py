@@ -219,3 +219,34 @@ def test_real_logs_match_their_readme(name, users, items, events):
     assert (len(s.users), s.n_items, len(s.items)) == (users, items, events)
     if name == "amazon-music":  # its README: 5,371 users have fewer than 3 interactions
         assert (s.role == TRAIN_ONLY).sum() == 5371
+
+
+def test_a_file_name_with_glob_characters_is_that_file(tmp_path):
+    """`events[1].csv` that exists is read as itself, not as the glob matching `events1.csv`; a pattern that
+    names no file is a glob, and the number of files it matched is reported."""
+    (tmp_path / "events1.csv").write_text("user_id,item_id,timestamp\nx,1,1\nx,2,2\nx,3,3\n")
+    literal = tmp_path / "events[1].csv"
+    literal.write_text(TWELVE)
+    s = load(Data(source=str(literal)), Split(), Head(count=2))
+    assert list(s.users) == ["a", "b", "c", "d"] and "files" not in s.describe()
+    (tmp_path / "events2.csv").write_text("user_id,item_id,timestamp\ny,1,1\ny,2,2\ny,3,3\n")
+    s = load(Data(source=str(tmp_path / "events?.csv")), Split(), Head(count=1))
+    assert list(s.users) == ["x", "y"] and s.describe().startswith("2 files, 6 events")
+
+
+def test_ids_are_text_even_when_they_look_like_numbers_for_thousands_of_rows(tmp_path):
+    """DuckDB types a CSV column from a sample: ids numeric for 30,000 rows, then `u-17`, `00123`, `B000ABC`
+    and `NA` must still load, leading zeros kept, in CSV and in Parquet alike."""
+    rows = [f"{u},{i},{t}" for t, (u, i) in enumerate([(u, u % 50 + 1) for u in range(10000) for _ in range(3)])]
+    rows += ["u-17,00123,40000", "u-17,B000ABC,40001", "u-17,NA,40002", "007,00123,40003", "007,0123,40004",
+             "007,123,40005"]
+    csv = tmp_path / "ids.csv"
+    csv.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    parquet = tmp_path / "ids.parquet"
+    import duckdb
+
+    duckdb.execute(f"COPY (SELECT * FROM read_csv('{csv}', all_varchar=true)) TO '{parquet}' (FORMAT parquet)")
+    for path in (csv, parquet):
+        s = load(Data(source=str(path)), Split(), Head())
+        assert {"u-17", "007"} <= set(s.users)
+        assert {"00123", "0123", "123", "B000ABC", "NA"} <= set(s.vocab)  # three ids, not one number

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ltrec.models import BACKBONES, BERT4Rec, SASRec, Pop, loss_from_states, next_item_loss
+from ltrec.models import BACKBONES, BERT4Rec, SASRec, loss_from_states, next_item_loss
 from ltrec.recipe import BACKBONE_KINDS, Backbone
 
 N, MAX_LEN, DIM = 20, 12, 16

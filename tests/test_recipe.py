@@ -1,6 +1,7 @@
 """The recipe language: exact error messages, overrides, shipped recipes, schema, no torch on import."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -140,3 +141,30 @@ def test_recipe_and_cli_import_without_torch():
     code = "import sys, ltrec.cli, ltrec.recipe; ltrec.cli.app; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("backbone.dim", "1000000000", "backbone.dim: Input should be less than or equal to 4096"),
+    ("backbone.layers", "500", "backbone.layers: Input should be less than or equal to 64"),
+    ("train.threads", "1000000", "train.threads: Input should be less than or equal to 1024"),
+    ("train.negatives", "100000000", "train.negatives: Input should be less than or equal to 100000"),
+    ("train.batch_size", "10000000000", "train.batch_size: Input should be less than or equal to 1000000"),
+    ("split.seed", "-1", "split.seed: Input should be greater than or equal to 0"),
+    ("eval.ks", "[5, 1000000]", "eval.ks.1: Input should be less than or equal to 100000"),
+])
+def test_values_that_cannot_run_are_refused_with_their_limit(tmp_path, key, value, message):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(BASE))
+    with pytest.raises(UserError, match=re.escape(message)):
+        load_recipe(path, [f"{key}={value}"])
+
+
+def test_switching_the_backbone_kind_drops_the_keys_it_does_not_have(tmp_path):
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "backbone": {"kind": "sasrec", "dim": 32, "heads": 4, "layers": 2}}))
+    recipe = load_recipe(path, ["backbone.kind=gru4rec"])
+    assert recipe.backbone.kind == "gru4rec" and recipe.backbone.dim == 32 and recipe.backbone.layers == 2
+    assert recipe._notes == ["note: backbone.kind gru4rec: the recipe's heads does not apply to gru4rec and is "
+                             "left out"]
+    with pytest.raises(UserError, match="backbone.heads: unknown key"):  # asked for explicitly: still an error
+        load_recipe(path, ["backbone.kind=gru4rec", "backbone.heads=2"])

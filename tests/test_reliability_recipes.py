@@ -200,7 +200,7 @@ def test_bad_recipe(project, case, command):
 def test_not_utf8(project):
     (project / "recipe.yaml").write_bytes(b"name: caf\xe9\n")
     line = one_line(runner.invoke(app, ["validate", "recipe.yaml"]))
-    assert line.startswith("recipe.yaml: cannot read the recipe ('utf-8' codec can't decode byte 0xe9")
+    assert line.startswith("recipe.yaml: cannot read the recipe file ('utf-8' codec can't decode byte 0xe9")
 
 
 def test_every_problem_of_a_file_one_line_each(project):

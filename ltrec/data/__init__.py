@@ -1,7 +1,7 @@
 """Events → `Sequences`: DuckDB does the reading, filtering, id mapping and ordering; numpy the padding.
 
 Conventions (see README "Data"):
-- items are mapped to 1..N in ascending order of their original id; 0 is padding;
+- ids are text; items are mapped to 1..N in ascending order of their id (as numbers where they are numbers); 0 is padding;
 - each user's events are ordered by time, ties kept in source order (file row order; a query's output order);
 - chronological leave-one-out: last event = test target, second-to-last = validation target, the rest trains;
 - head/tail is decided on the number of *training* events, once, and travels with the data.

@@ -50,8 +50,8 @@ def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Seque
             f"data: no events left after min_user_events={data.min_user_events} and "
             f"min_item_events={data.min_item_events} ({clean:,} before); lower the thresholds"
         )
-    # item ids 1..N in the order of the raw ids (then text), over the items left
-    pairs = con.execute("SELECT ik, txt FROM iks ORDER BY i_raw, txt").fetchnumpy()
+    # item ids 1..N in numeric order where the ids are numbers, then in text order, over the items left
+    pairs = con.execute("SELECT ik, txt FROM iks ORDER BY TRY_CAST(txt AS DOUBLE) NULLS LAST, txt").fetchnumpy()
     present = np.bincount(ik, minlength=n_ik) > 0
     pair_kept = present[pairs["ik"]]
     vocab = np.asarray(pairs["txt"])[pair_kept]

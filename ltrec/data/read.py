@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import os
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -13,7 +14,7 @@ import duckdb
 import numpy as np
 
 from ..errors import UserError
-from ..recipe import Data
+from ..recipe import IDENTIFIER, Data
 
 READERS = {"csv": "read_csv", "parquet": "read_parquet", "json": "read_json"}
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
@@ -43,8 +44,11 @@ def source_files(source: str, where: str = "data.source") -> tuple[list[str], st
     return files, kinds.pop() if len(kinds) == 1 else "mixed"
 
 
-def connect(files: list[str], fmt: str, source: str) -> duckdb.DuckDBPyConnection:
-    """An in-memory DuckDB holding the table `source`, then locked: later SQL cannot touch the file system."""
+def connect(files: list[str], fmt: str, source: str, text: tuple[str, ...] = ()) -> duckdb.DuckDBPyConnection:
+    """An in-memory DuckDB holding the table `source`, then locked: later SQL cannot touch the file system.
+    CSV columns named in `text` (the user and item ids) are read as text whatever they look like: DuckDB types
+    a column from a sample of rows, so ids that look numeric for thousands of rows (and `00123`, whose zeros
+    are part of the id) would become numbers, and a later `u-17` a conversion error."""
     if fmt == "mixed":
         raise UserError(f"data.source: {source!r} matches files of different formats; set data.format")
     if fmt != "parquet" and all(os.path.getsize(f) == 0 for f in files):
@@ -58,13 +62,38 @@ def connect(files: list[str], fmt: str, source: str) -> duckdb.DuckDBPyConnectio
     con.execute("SET autoload_known_extensions = false")
     con.execute("SET enable_progress_bar = false")  # on big files DuckDB would draw one into ltrec's stdout
     try:
-        con.execute(f"CREATE TABLE source AS SELECT * FROM {READERS[fmt]}(?)", [files])  # reader name is ours
+        with _literal(files) as paths:
+            types = ""
+            if fmt == "csv" and text:
+                header = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_csv(?)", [paths]).fetchall()]
+                # column names come from the validated recipe (plain identifiers), never from the file
+                types = ", types={" + ", ".join(f"'{c}': 'VARCHAR'" for c in text
+                                                if c in header and IDENTIFIER.match(c)) + "}"
+                types = types if "VARCHAR" in types else ""
+            con.execute(f"CREATE TABLE source AS SELECT * FROM {READERS[fmt]}(?{types})", [paths])  # reader name is ours
     except duckdb.Error as exc:
         con.close()
         raise UserError(f"data.source: {source}: cannot read as {fmt.upper()}: {reason(exc)}") from None
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+@contextmanager
+def _literal(files: list[str]):
+    """The files under names DuckDB will not read as patterns: its readers glob every path they are given,
+    so `events[1].csv` would read `events1.csv`. A file whose name has pattern characters is read through a
+    link with a plain name, in a temp folder that is gone once the table is loaded."""
+    if not any(c in f for f in files for c in "*?[]{}"):
+        yield files
+        return
+    with tempfile.TemporaryDirectory(prefix="ltrec-read-") as tmp:
+        paths = []
+        for i, f in enumerate(files):
+            link = Path(tmp) / f"{i}{Path(f).suffix}"
+            link.symlink_to(os.path.abspath(f))
+            paths.append(str(link))
+        yield paths
 
 
 def reason(exc: Exception) -> str:
@@ -191,7 +220,7 @@ def opened_events(data: Data):
     """A locked DuckDB connection holding the table `events` of the recipe's source, closed afterwards."""
     files, fmt = source_files(data.source)
     fmt = fmt if data.format == "auto" else data.format
-    con = connect(files, fmt, data.source)
+    con = connect(files, fmt, data.source, (data.columns.user, data.columns.item))
     try:
         with duckdb_errors(f"data.source: {data.source}"):
             read_events(data, con, data.source)

@@ -4,7 +4,7 @@
   α_tj = vᵀ σ(A1 h_t + A2 h_j)   for j ≤ t       local:   c_l = Σ_j α_tj h_j
   state_t = B [c_g; c_l]                         B (D × 2D) is NARM's bilinear decoder: score_i = e_iᵀ B c_t,
                                                  so the scores stay tied to the item embeddings
-The GRU is bias-free like GRU4Rec's, so it stays at h = 0 through left pads. NARM's α are not softmax-
+The global encoder is GRU4Rec itself (bias-free, so it stays at h = 0 through left pads). NARM's α are not softmax-
 normalised, so multiplying by the mask gives pads (and, for per-position states, later items) exactly zero
 weight; a row with nothing to attend to just gets c_l = 0 (no NaN).
 """
@@ -13,27 +13,23 @@ import torch
 import torch.nn as nn
 
 from .base import Backbone
+from .gru4rec import GRU4Rec
 
 
 class NARM(Backbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 1, dropout: float = 0.25):
         super().__init__()
         self.n_items, self.max_len, self.dim = n_items, max_len, dim
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.gru4rec = GRU4Rec(n_items, max_len, dim, layers, dropout)  # the global encoder: h_1..h_L
+        self.item_emb = self.gru4rec.item_emb  # one table, tied to the scores
         self.drop = nn.Dropout(dropout)
-        # bias=False: see GRU4Rec, a zero input from a zero state stays exactly zero through any left pads
-        self.gru = nn.GRU(dim, dim, layers, batch_first=True, bias=False, dropout=dropout if layers > 1 else 0.0)
         self.a1 = nn.Linear(dim, dim, bias=False)  # transforms the query (the state attending)
         self.a2 = nn.Linear(dim, dim, bias=False)  # transforms the keys (every GRU output)
         self.v = nn.Linear(dim, 1, bias=False)
         self.b = nn.Linear(2 * dim, dim, bias=False)  # bilinear decoder: [c_g; c_l] (2D) → D
-        self._init_items()
 
     def _hidden(self, history: torch.Tensor) -> torch.Tensor:
-        valid = (history > 0).unsqueeze(-1).to(self.item_emb.weight.dtype)  # (B, L, 1)
-        x = self.drop(self.item_emb(history) * valid)  # (B, L, D), pads exactly 0
-        h0 = x.new_zeros(self.gru.num_layers, x.shape[0], self.dim)  # explicit: keeps ONNX batch-dynamic
-        return self.gru(x, h0)[0]  # (B, L, D), 0 at the leading pads
+        return self.gru4rec.encode_all(history)  # (B, L, D), 0 at the leading pads
 
     def _attend(self, h: torch.Tensor, q: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         """h (B, L, D) keys/values, q (B, Q, D) queries, allowed (B, Q, L) → states (B, Q, D)."""

@@ -1,11 +1,12 @@
-"""The recipe language: pydantic models that are the YAML schema (`sections`, `components`), and
+"""The recipe language: pydantic models that are the YAML schema (`sections`, `backbones`, `transfer`), and
 `load_recipe` (`load`). Defaults live here and nowhere else. Unknown keys are errors. This package must not
 import torch, so that `ltrec validate` and `ltrec --help` stay fast.
 """
 
 from .base import IDENTIFIER, Strict
-from .components import (BACKBONE_KINDS, Adversarial, Backbone, BERT4RecConfig, CaserConfig, GradAlign,
-                         GRU4RecConfig, NARMConfig, PopConfig, SASRecConfig, Transfer)
+from .backbones import (BACKBONE_KINDS, Backbone, BERT4RecConfig, CaserConfig, GRU4RecConfig, NARMConfig, PopConfig,
+                        SASRecConfig)
+from .transfer import Adversarial, GradAlign, Transfer
 from .load import (apply_overrides, dump_recipe, load_recipe, parse_override, parse_yaml, read_yaml, recipe_schema,
                    validate_dict)
 from .sections import Adapt, Columns, Data, Eval, Head, Monitor, Output, Recipe, Split, Train

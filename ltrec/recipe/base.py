@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
@@ -43,3 +43,12 @@ def _column_name(name: str) -> str:
 
 
 ColumnName = Annotated[str, AfterValidator(_column_name)]
+
+
+# Upper bounds on sizes: a value past them passes as a number but cannot be allocated or run (dim 10⁹, 10⁶
+# threads), so it is a recipe error, stated in the schema, rather than a crash minutes later.
+Dim = Annotated[int, Field(ge=1, le=4096, description="width of embeddings and states")]
+Layers = Annotated[int, Field(ge=1, le=64)]
+Heads = Annotated[int, Field(ge=1, le=64)]
+Count = Annotated[int, Field(ge=1, le=1_000_000)]
+Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]

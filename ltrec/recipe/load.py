@@ -12,8 +12,9 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from ..errors import UserError
+from ..fileio import read_text
 from .base import IDENTIFIER
-from .components import BACKBONE_KINDS
+from .backbones import BACKBONE_KINDS
 from .sections import Recipe
 
 
@@ -74,6 +75,10 @@ def apply_overrides(raw: dict, overrides: list[str], notes: list[str] | None = N
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = value
+    head = raw.get("head")
+    for key, other in (("count", "fraction"), ("fraction", "count")):  # one replaces the other
+        if ("head", key) in given and ("head", other) not in given and isinstance(head, dict):
+            head.pop(other, None)
     backbone = raw.get("backbone")
     if ("backbone", "kind") in given and isinstance(backbone, dict) and backbone.get("kind") in BACKBONE_KINDS:
         kind = backbone["kind"]
@@ -89,12 +94,7 @@ def apply_overrides(raw: dict, overrides: list[str], notes: list[str] | None = N
 
 
 def read_yaml(path: Path) -> dict:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such recipe file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the recipe ({exc})") from None
+    text = read_text(path, "recipe file")
     try:
         raw = parse_yaml(text)
     except ValueError as exc:

@@ -6,8 +6,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from .base import ColumnName, Strict
-from .components import Backbone, Transfer
+from .base import ColumnName, Count, Seed, Strict
+from .backbones import Backbone
+from .transfer import Transfer
 
 class Columns(Strict):
     """Which source columns hold the user, the item and the time of each event."""
@@ -71,7 +72,7 @@ class Split(Strict):
     )
     cold_users: float = Field(0.0, ge=0, lt=1, description="fraction of users held out of training entirely")
     cold_from: Literal["all", "tail"] = "all"
-    seed: int | None = Field(
+    seed: Seed | None = Field(
         None, description="seed of the cold hold-out; default: the recipe's seed. Fix it so runs at "
         "different seeds hold out the same users and can be compared user by user"
     )
@@ -83,24 +84,24 @@ class Monitor(Strict):
 
 
 class Train(Strict):
-    epochs: int = Field(30, ge=1)
-    batch_size: int = Field(256, ge=1)
+    epochs: int = Field(30, ge=1, le=100_000)
+    batch_size: Count = 256
     lr: float = Field(1.0e-3, gt=0)
     weight_decay: float = Field(0.0, ge=0)
     sampling: Literal["windows", "users"] = Field(
         "windows", description="windows: every training window once per epoch, shuffled; users: each step "
         "draws users_per_step users uniformly (up to batch_size / users_per_step windows of each), so tail "
         "users get as many steps as head users")
-    users_per_step: int = Field(64, ge=1, description="with sampling: users, the users of one step")
+    users_per_step: Count = Field(64, description="with sampling: users, the users of one step")
     loss: Literal["ce", "bce", "sampled"] = "ce"
-    negatives: int = Field(1, ge=1, description="negatives per position for bce / per batch for sampled")
-    patience: int = Field(5, ge=1, description="stop after this many epochs without improvement on monitor")
+    negatives: int = Field(1, ge=1, le=100_000, description="negatives per position for bce / per batch for sampled")
+    patience: int = Field(5, ge=1, le=100_000, description="stop after this many epochs without improvement on monitor")
     monitor: Monitor = Monitor()
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when torch sees a GPU (under torchrun, the LOCAL_RANK's), else CPU")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="bf16: autocast of the training forward pass, CUDA only; evaluation stays fp32")
-    threads: int = Field(0, ge=0, description="torch CPU threads per process; 0 = torch's default")
+    threads: int = Field(0, ge=0, le=1024, description="torch CPU threads per process; 0 = torch's default")
 
 
 class Adapt(Strict):
@@ -113,11 +114,11 @@ class Adapt(Strict):
 
 
 class Eval(Strict):
-    ks: list[Annotated[int, Field(ge=1)]] = Field([5, 10, 20], min_length=1)
+    ks: list[Annotated[int, Field(ge=1, le=100_000)]] = Field([5, 10, 20], min_length=1)
     mask_seen: bool = Field(True, description="exclude the user's history items from the ranking (as RecBole)")
     mode: Literal["full", "sampled"] = "full"
-    negatives: int = Field(100, ge=1, description="negatives per user in sampled mode")
-    batch_size: int = Field(1024, ge=1)
+    negatives: int = Field(100, ge=1, le=1_000_000, description="negatives per user in sampled mode")
+    batch_size: Count = 1024
     adapt: Adapt | None = Field(None, description="also rank cold users after a few SGD steps on their own "
                                 "history (slice cold-adapted); null = zero-shot only")
 
@@ -128,7 +129,7 @@ class Output(Strict):
 
 class Recipe(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-    seed: int = Field(0, ge=0, le=2**32 - 1)
+    seed: Seed = 0
     data: Data
     split: Split = Split()
     head: Head = Head()

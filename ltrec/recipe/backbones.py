@@ -1,0 +1,87 @@
+"""The recipe's backbone section: one config per `kind` (a discriminated union); the keys are the model
+constructors' arguments."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Union
+
+from pydantic import Field, model_validator
+
+from .base import Dim, Heads, Layers, Strict
+
+
+class _Recurrent(Strict):
+    dim: Dim = 64
+    layers: Layers = 1
+
+
+class _Transformer(Strict):
+    dim: Dim = 64
+    layers: Layers = 2
+    heads: Heads = 2
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_dim(self):
+        if self.dim % self.heads:
+            raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class GRU4RecConfig(_Recurrent):
+    """GRU4Rec: a bias-free GRU over the item embeddings."""
+
+    kind: Literal["gru4rec"]
+    dropout: float = Field(0.2, ge=0, lt=1)
+
+
+class NARMConfig(_Recurrent):
+    """NARM: a GRU (global encoder) plus attention over its outputs (local encoder), bilinear decoder."""
+
+    kind: Literal["narm"]
+    dropout: float = Field(0.25, ge=0, lt=1)
+
+
+class SASRecConfig(_Transformer):
+    """SASRec: a causal transformer."""
+
+    kind: Literal["sasrec"]
+    input_norm: bool = Field(
+        True, description="LayerNorm on item + position embedding before the first block, position embeddings "
+        "initialised small; false: the original SASRec's input (item + position, no LayerNorm)")
+    item_scale: bool = Field(
+        True, description="multiply the item embedding by sqrt(dim) before adding the position embedding (the "
+        "SASRec paper's scaling); false: add them unscaled, which weighs order more")
+
+
+class BERT4RecConfig(_Transformer):
+    """BERT4Rec: a bidirectional transformer trained on masked items (cloze); train.loss applies at the
+    masked positions."""
+
+    kind: Literal["bert4rec"]
+    mask_prob: float = Field(0.2, gt=0, le=1, description="chance that each item of a training window is masked")
+    last_only: float = Field(0.1, ge=0, le=1, description="share of windows in which only the newest item is "
+                             "masked (what inference looks like)")
+
+
+class CaserConfig(Strict):
+    """Caser: horizontal (heights 1..window) and vertical convolutions over the last `window` items."""
+
+    kind: Literal["caser"]
+    dim: Dim = 64
+    window: int = Field(5, ge=1, le=64, description="how many of the newest items the convolutions see (L')")
+    n_h: int = Field(16, ge=1, le=1024, description="horizontal filters per height h = 1..window")
+    n_v: int = Field(4, ge=1, le=1024, description="vertical filters")
+    dropout: float = Field(0.4, ge=0, lt=1)
+
+
+class PopConfig(Strict):
+    """Popularity: every user gets the items ranked by training events."""
+
+    kind: Literal["pop"]
+
+
+Backbone = Annotated[Union[GRU4RecConfig, SASRecConfig, PopConfig, CaserConfig, NARMConfig, BERT4RecConfig],
+                     Field(discriminator="kind")]
+BACKBONE_KINDS = {"gru4rec": GRU4RecConfig, "sasrec": SASRecConfig, "pop": PopConfig, "caser": CaserConfig,
+                  "narm": NARMConfig, "bert4rec": BERT4RecConfig}

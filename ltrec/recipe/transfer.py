@@ -1,0 +1,64 @@
+"""The recipe's transfer section: the optional components that act on training (`null` = off)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from .base import Count, Strict
+
+
+class GradAlign(Strict):
+    """Reptile/MER-style gradient alignment: k inner steps on different users, then θ ← θ₀ + β(θ_k − θ₀)."""
+
+    k: int = Field(5, ge=1, le=1000, description="inner steps per outer step")
+    inner_lr: float = Field(2.0e-3, gt=0, description="α, the inner step size (α·β is the effective step)")
+    beta: float = Field(0.5, gt=0, le=1, description="β, the outer step")
+    inner_optimizer: Literal["sgd", "adam"] = "adam"
+    outer: Literal["interpolate", "adam"] = Field(
+        "interpolate", description="θ₀ + β(θ_k − θ₀), or Adam on the pseudo-gradient θ₀ − θ_k"
+    )
+    users_per_step: Count = Field(64, description="with sampling permuted / uniform / events / balanced, the "
+                                "users of one inner step; 1 is the paper's faithful mode")
+    sampling: Literal["windows", "permuted", "uniform", "events", "balanced"] = Field(
+        "windows", description="windows: every training window once per epoch, as plain training sees them, each "
+        "outer iteration's k batches of train.batch_size windows split so that no user is in two; permuted: every "
+        "user once per epoch, in random order, each inner step users_per_step of them with up to "
+        "train.batch_size / users_per_step windows each; uniform / events / balanced: each inner step draws "
+        "users_per_step users (uniformly, in proportion to their windows, head and tail equally), fresh users "
+        "every outer iteration — on Amazon Music that left a third of the users out of each epoch and trained "
+        "SASRec about 6% worse than windows (RESULTS.md)")
+    align_embeddings: bool = Field(True, description="also apply the outer step to the item embeddings")
+    chains: int = Field(1, ge=1, le=1024, description="Reptile chains run side by side (torch.func.vmap), each on its "
+                        "own users, outer step toward their mean; 1 = one chain")
+
+    @model_validator(mode="after")
+    def _users_per_step_needs_user_sampling(self) -> "GradAlign":
+        # by value, not by "was it written": a run's recipe.yaml holds every key resolved, the default included
+        if self.sampling == "windows" and self.users_per_step != GradAlign.model_fields["users_per_step"].default:
+            raise ValueError(
+                "transfer.grad_align.users_per_step applies to sampling: permuted, uniform, events or balanced "
+                "(each inner step takes that many users); with sampling: windows (the default) an inner step is "
+                "train.batch_size windows. For the paper's faithful mode write sampling: permuted, users_per_step: 1")
+        return self
+
+
+class Adversarial(Strict):
+    """A head/tail discriminator on the user state, trained through gradient reversal of weight λ."""
+
+    weight: float = Field(0.1, ge=0, description="λ, the gradient-reversal weight")
+    hidden: int = Field(64, ge=0, le=65536, description="hidden units of the MLP discriminator (0 = linear)")
+    lr: float = Field(1.0e-3, gt=0)
+    warmup_epochs: int = Field(0, ge=0)
+    state: Literal["last", "matched"] = Field(
+        "last", description="the user state D reads. last: each window's (the paper's); but head windows hold "
+        "more items than tail windows (on Amazon Music the count alone tells them apart 99.6% of the time), so "
+        "the encoder is pushed to hide how much it has seen. matched: a head window's state is encoded from only "
+        "as many of its newest items as a random tail window holds, so only what the items say can tell them "
+        "apart (one extra encoder pass over those short sequences per batch)")
+
+
+class Transfer(Strict):
+    grad_align: GradAlign | None = None
+    adversarial: Adversarial | None = None
