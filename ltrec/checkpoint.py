@@ -1,4 +1,4 @@
-"""Checkpoints and resume: `best.pt` (weights of the best epoch) and `last.pt` (everything an exact resume
+"""Run folders opened for training, checkpoints and resume: `best.pt` (weights of the best epoch) and `last.pt` (everything an exact resume
 needs: weights, optimiser state, random streams, the early-stopping state and whether training is over).
 
 Checkpoints hold only tensors and primitives and are read with `torch.load(weights_only=True)`: a file with
@@ -8,17 +8,21 @@ pickled Python objects in it is refused, never run.
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+from rich.console import Console
 
+from .data import source_files
 from .distributed import LOCAL, Dist, rank_seed, to_cpu
 from .errors import UserError
 from .fileio import atomic_write
-from .recipe import Recipe
+from .recipe import Recipe, dump_recipe, load_recipe
+from .runs import open_for_resume, prepare_run_dir, read_epochs
 
 FORMAT = 2
 RESUME_MAY_CHANGE = ("epochs", "patience", "threads", "device", "precision")
@@ -145,3 +149,36 @@ def restore(run_dir: Path, model, runner, gen: torch.Generator, seed: int, dist:
             raise UserError(f"{run_dir}/last.pt: does not match this run ({type(exc).__name__}: "
                             f"{_reason(exc)}); start a new run") from None
     return state, saved_world
+
+
+def open_run(recipe: Recipe, run_dir: Path, overwrite: bool, resume: bool) -> Recipe:
+    """Rank 0: a new run folder with its recipe written first (a crashed run is still explained), or the
+    saved recipe of the run to resume."""
+    if resume:
+        open_for_resume(run_dir)
+        recipe = resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
+    else:
+        protected = {"the working directory": Path.cwd(), "the recipe": Path(recipe._file or "."),
+                     **{"the data": Path(f) for f in source_files(recipe.data.source)[0]}}
+        prepare_run_dir(run_dir, overwrite, protected)
+    atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
+    return recipe
+
+
+def resume(recipe, model, runner, gen, run_dir: Path, console: Console, dist: Dist) -> TrainState:
+    state, saved_world = restore(run_dir, model, runner, gen, recipe.seed, dist)
+    with dist.together():
+        if dist.main:  # epochs after the checkpoint were never saved whole: forget them
+            kept = [r for r in read_epochs(run_dir / "metrics.jsonl") if r["epoch"] <= state.epoch]
+            atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
+    if state.stopped or state.epoch >= recipe.train.epochs:
+        why = "early stopping" if state.stopped else f"all {recipe.train.epochs} epochs"
+        console.print(f"{run_dir}: training is finished ({why} after epoch {state.epoch}; best epoch "
+                      f"{state.best_epoch}); nothing left to resume, evaluating the best checkpoint")
+        return state
+    console.print(f"resuming {run_dir} after epoch {state.epoch}")
+    if saved_world != dist.world:
+        console.print(f"note: the run was trained by {saved_world} process(es) and continues with {dist.world}: "
+                      "users are re-sharded and random streams reseeded, so it will not end with exactly "
+                      "the numbers of an uninterrupted run")
+    return state

@@ -24,7 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from rich.console import Console
+
 from .adapt import adapted_scores
+from .checkpoint import load_weights, save_torch
 from .data import Sequences
 from .distributed import LOCAL, Dist
 from .errors import UserError
@@ -32,7 +35,7 @@ from .fileio import atomic_write
 from .metrics import Seen, sample_negatives, sampled_ranks, state_ranks, target_ranks
 from .models import Backbone
 from .recipe import Eval
-from .runs import SLICES
+from .runs import SLICES, read_epochs
 from .stats import metrics_from_ranks, summarize
 
 WARM = ("head", "tail")  # `all` = the evaluated users who trained; cold users are reported apart
@@ -148,7 +151,6 @@ class Evaluator:
 def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None, overrides: list[str]):
     """`ltrec eval`: the run's best checkpoint on `split`; writes users_<split>.csv; returns (result, table)."""
     from .build import build_model, load_run
-    from .checkpoint import load_weights
 
     recipe, seqs = load_run(run, overrides)
     model = build_model(recipe, seqs)
@@ -156,6 +158,35 @@ def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None,
     result = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed).run(split, ks)
     write_per_user(result, seqs, run / f"users_{split}.csv")
     return result, {k: v for k, v in result.table(slices).items() if k in slices}
+
+
+def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Console, dist: Dist = LOCAL) -> Path:
+    """Evaluate the best epoch's weights on valid and test; write metrics.json and the per-user files."""
+    history = []
+    with dist.together():
+        if dist.main:
+            if (run_dir / "best.pt").exists():
+                load_weights(model, run_dir / "best.pt")
+            else:  # pop: nothing trained, but export and eval need a checkpoint all the same
+                save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": 0})
+            history = read_epochs(run_dir / "metrics.jsonl")
+    dist.broadcast_module_(model)  # rank 0 read best.pt; the others get its weights
+    monitor = recipe.train.monitor
+    summary = {"best_epoch": max(history, key=lambda r: r["valid"][monitor.slice][monitor.metric])["epoch"]
+               if history else 0, "epochs": len(history),
+               "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0}
+    for split in ("valid", "test"):
+        result = evaluator.run(split)
+        summary[split], summary["protocol"] = result.table(), result.protocol
+        with dist.together():
+            if dist.main:
+                write_per_user(result, seqs, run_dir / f"users_{split}.csv")
+    with dist.together():
+        if dist.main:
+            atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
+    console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
+    console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail; pictures: ltrec report {run_dir})")
+    return run_dir
 
 
 def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:

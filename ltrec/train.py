@@ -19,13 +19,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, Ti
 
 from . import checkpoint
 from .build import build_model, check_eval, check_precision, fingerprint, load_data, pick_device
-from .data import source_files
 from .distributed import LOCAL, Dist, rank_seed, shard_users
 from .errors import UserError
-from .evaluate import Evaluator, format_table, write_per_user
+from .evaluate import Evaluator, finish
 from .fileio import atomic_write
-from .recipe import Recipe, dump_recipe, load_recipe
-from .runs import append_epoch, open_for_resume, prepare_run_dir, read_epochs
+from .recipe import Recipe
+from .runs import append_epoch
 from .transfer import make_runner
 
 DISC_WINS = 0.99  # balanced accuracy from which the discriminator is said to win (0.5 = chance)
@@ -42,7 +41,7 @@ def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resu
     run_dir = out or Path(recipe.output.dir) / recipe.name
     with dist.together():
         if dist.main:
-            recipe = _open_run(recipe, run_dir, overwrite, resume)
+            recipe = checkpoint.open_run(recipe, run_dir, overwrite, resume)
     recipe = dist.broadcast(recipe)
     with dist.together():
         seqs = load_data(recipe)
@@ -63,20 +62,6 @@ def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resu
     return finish(recipe, seqs, model, evaluator, run_dir, console, dist)
 
 
-def _open_run(recipe: Recipe, run_dir: Path, overwrite: bool, resume: bool) -> Recipe:
-    """Rank 0: a new run folder with its recipe written first (a crashed run is still explained), or the
-    saved recipe of the run to resume."""
-    if resume:
-        open_for_resume(run_dir)
-        recipe = checkpoint.resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
-    else:
-        protected = {"the working directory": Path.cwd(), "the recipe": Path(recipe._file or "."),
-                     **{"the data": Path(f) for f in source_files(recipe.data.source)[0]}}
-        prepare_run_dir(run_dir, overwrite, protected)
-    atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
-    return recipe
-
-
 def fit(recipe: Recipe, seqs, model, evaluator: Evaluator, run_dir: Path, resume: bool, console: Console,
         dist: Dist = LOCAL) -> None:
     cfg, metric, which = recipe.train, recipe.train.monitor.metric, recipe.train.monitor.slice
@@ -91,7 +76,7 @@ def fit(recipe: Recipe, seqs, model, evaluator: Evaluator, run_dir: Path, resume
         torch.manual_seed(rank_seed(recipe.seed, dist.rank))
     state = checkpoint.TrainState()
     if resume:
-        state = _resume(recipe, model, runner, gen, run_dir, console, dist)
+        state = checkpoint.resume(recipe, model, runner, gen, run_dir, console, dist)
     n_windows = len(windows[0])
     with _progress(console) as progress:
         task = progress.add_task("train", total=cfg.epochs * n_windows, completed=state.epoch * n_windows,
@@ -137,25 +122,6 @@ def fit(recipe: Recipe, seqs, model, evaluator: Evaluator, run_dir: Path, resume
                 progress.console.print(f"early stop: no better valid {which} {metric} for {cfg.patience} epochs")
 
 
-def _resume(recipe, model, runner, gen, run_dir: Path, console: Console, dist: Dist) -> checkpoint.TrainState:
-    state, saved_world = checkpoint.restore(run_dir, model, runner, gen, recipe.seed, dist)
-    with dist.together():
-        if dist.main:  # epochs after the checkpoint were never saved whole: forget them
-            kept = [r for r in read_epochs(run_dir / "metrics.jsonl") if r["epoch"] <= state.epoch]
-            atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
-    if state.stopped or state.epoch >= recipe.train.epochs:
-        why = "early stopping" if state.stopped else f"all {recipe.train.epochs} epochs"
-        console.print(f"{run_dir}: training is finished ({why} after epoch {state.epoch}; best epoch "
-                      f"{state.best_epoch}); nothing left to resume, evaluating the best checkpoint")
-        return state
-    console.print(f"resuming {run_dir} after epoch {state.epoch}")
-    if saved_world != dist.world:
-        console.print(f"note: the run was trained by {saved_world} process(es) and continues with {dist.world}: "
-                      "users are re-sharded and random streams reseeded, so it will not end with exactly "
-                      "the numbers of an uninterrupted run")
-    return state
-
-
 def _check_finite(stats: dict, runner, state, epoch: int, run_dir: Path, dist: Dist) -> None:
     """A diverged epoch ends the run; last.pt is not overwritten, so it keeps the last good epoch. Loss and
     weights are the same on every rank (summed stats, averaged updates): every rank stops here together."""
@@ -168,35 +134,6 @@ def _check_finite(stats: dict, runner, state, epoch: int, run_dir: Path, dist: D
                     f"non-finite loss); {kept}; lower train.lr and rerun with --overwrite")
     exc.echo = dist.main  # printed once
     raise exc
-
-
-def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Console, dist: Dist = LOCAL) -> Path:
-    """Evaluate the best epoch's weights on valid and test; write metrics.json and the per-user files."""
-    history = []
-    with dist.together():
-        if dist.main:
-            if (run_dir / "best.pt").exists():
-                checkpoint.load_weights(model, run_dir / "best.pt")
-            else:  # pop: nothing trained, but export and eval need a checkpoint all the same
-                checkpoint.save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": 0})
-            history = read_epochs(run_dir / "metrics.jsonl")
-    dist.broadcast_module_(model)  # rank 0 read best.pt; the others get its weights
-    monitor = recipe.train.monitor
-    summary = {"best_epoch": max(history, key=lambda r: r["valid"][monitor.slice][monitor.metric])["epoch"]
-               if history else 0, "epochs": len(history),
-               "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0}
-    for split in ("valid", "test"):
-        result = evaluator.run(split)
-        summary[split], summary["protocol"] = result.table(), result.protocol
-        with dist.together():
-            if dist.main:
-                write_per_user(result, seqs, run_dir / f"users_{split}.csv")
-    with dist.together():
-        if dist.main:
-            atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
-    console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
-    console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail; pictures: ltrec report {run_dir})")
-    return run_dir
 
 
 def _progress(console: Console) -> Progress:
