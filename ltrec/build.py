@@ -15,6 +15,7 @@ from .errors import UserError
 from .models import BACKBONES
 from .recipe import Recipe, load_recipe
 from .runs import DataInfo, check_run, read_json
+from .transfer.user_branch import Branched
 
 
 def pick_device(name: str, dist: Dist = LOCAL) -> torch.device:
@@ -43,6 +44,9 @@ def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
                         f"({type(exc).__name__}); lower backbone.dim or layers") from None
     if recipe.backbone.kind == "pop":
         model.fit(torch.from_numpy(seqs.item_counts()).float())
+    branch = recipe.transfer.user_branch
+    if branch is not None:  # histories shorter than the head threshold (or max_len) get the head→tail map
+        model = Branched(model, min(seqs.head_threshold, recipe.data.max_len), branch.hidden)
     return model
 
 

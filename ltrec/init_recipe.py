@@ -48,6 +48,28 @@ eval:
   mask_seen: true      # the user's own history items are not ranked
 """
 
+SWEEP = """\
+# yaml-language-server: $schema=sweep.schema.json
+# Does a tail method help on this data?  ltrec sweep {plan} --jobs 2
+# Every arm trains at every seed; where an arm has a grid, each combination trains at the first seed and the
+# one best on the validation split runs at every seed. The table compares each arm with the baseline per slice.
+recipe: recipe.yaml
+set: [train.epochs={epochs}]
+seeds: [0, 1, 2]
+baseline: plain
+arms:
+  - name: plain                 # the control, its learning rate tuned like the others'
+    grid: {{train.lr: [1.0e-3, 2.0e-3]}}
+  - name: cvar                  # weigh the batch's worst-served users more
+    set: ["transfer.robust={{kind: cvar, alpha: 0.5, mix: 0.5}}"]
+  - name: group-dro             # weigh the worse history-length groups more
+    set: ["transfer.robust={{kind: group_dro, step: 0.1}}"]
+  - name: user-branch           # map short histories' states toward long ones'
+    set: ["transfer.user_branch={{weight: 1.0}}"]
+  - name: ga-at                 # the paper's two components
+    set: ["transfer.grad_align={{k: 5, beta: 0.5}}", "transfer.adversarial={{weight: 0.1}}"]
+"""
+
 # common column names, compared lower-case without punctuation (customer_id, CustomerID → customerid)
 NAMES = {
     "user": {"user", "userid", "uid", "users", "customer", "customerid", "visitor", "visitorid", "member",
@@ -93,6 +115,18 @@ def header(path: Path) -> list[str]:
         return [row[0] for row in con.execute("DESCRIBE source").fetchall()]
     finally:
         con.close()
+
+
+def write_sweep(directory: Path, force: bool, epochs: int = 20) -> Path:
+    """DIRECTORY/sweep.yaml (+ its schema): plain training against the tail methods, on the recipe beside it."""
+    from .sweep import plan_schema
+
+    plan = directory / "sweep.yaml"
+    if plan.exists() and not force:
+        raise UserError(f"{plan}: already exists; pass --force to overwrite")
+    atomic_write(directory / "sweep.schema.json", json.dumps(plan_schema(), indent=2) + "\n")
+    atomic_write(plan, SWEEP.format(plan=plan, epochs=epochs))
+    return plan
 
 
 def init_project(directory: Path, data: str | None, source: str, force: bool,

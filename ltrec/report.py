@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -213,8 +214,23 @@ table{border-collapse:collapse;margin:.5em 0;font-size:14px}td,th{border:1px sol
 td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:14px}pre{background:#f6f6f6;padding:8px}"""
 
 
+def expand_sweep(path: Path) -> list[Path]:
+    """A sweep folder stands for its arms' runs at the first seed, the baseline first; a run for itself."""
+    state = json.loads((path / "sweep.json").read_text(encoding="utf-8")) if (path / "sweep.json").is_file() else None
+    if not isinstance(state, dict):
+        return [path]
+    runs = [r for r in state.get("runs", []) if isinstance(r, dict) and not str(r.get("folder", "")).startswith("grid/")]
+    first = min((r["seed"] for r in runs), default=None)
+    chosen = [path / r["folder"] for r in runs if r["seed"] == first and (path / r["folder"] / "metrics.json").is_file()]
+    if not chosen:
+        raise UserError(f"{path}: a sweep with no finished run yet; run `ltrec sweep` on its plan first")
+    base = state.get("baseline")
+    return sorted(chosen, key=lambda run: run.name != f"{base}-s{first}")
+
+
 def write_report(runs: list[Path], out: str | Path) -> str | Path:
     """Write the HTML page for `runs` (the first is the baseline) to `out` (- for standard output)."""
+    runs = [r for run in runs for r in expand_sweep(Path(run))]
     if not runs:
         raise UserError("report: give at least one run directory")
     for run in runs:  # a page written over a run's own file would destroy it

@@ -70,6 +70,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both)
                  for kind in ("gru4rec", "sasrec", "bert4rec")})  # bert4rec: its cloze loss under both components
     runs["sasrec-plain-input"] = train_run(folder, csv, "sasrec", extra=", input_norm: false", name="sasrec-plain-input")
+    branch = "{user_branch: {weight: 1.0}}"  # the head→tail map is inside the exported graph
+    runs.update({f"{kind}-branch": train_run(folder, csv, kind, transfer=branch, name=f"{kind}-branch")
+                 for kind in ("gru4rec", "sasrec")})
     return runs
 
 
@@ -84,7 +87,8 @@ def session(bundle: Path):
 
 
 @pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", *NEW, "gru4rec-transfer", "sasrec-transfer",
-                                  "bert4rec-transfer", "sasrec-plain-input"])
+                                  "bert4rec-transfer", "sasrec-plain-input", "gru4rec-branch",
+                                  "sasrec-branch"])
 def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     import onnx
 

@@ -132,9 +132,13 @@ def test_resolved_recipe_loads_again(path, tmp_path):
     assert load_recipe(saved).model_dump() == recipe.model_dump()
 
 
-def test_committed_schema_is_fresh():
+def test_committed_schemas_are_fresh():
+    from ltrec.sweep import plan_schema
+
     committed = json.loads((ROOT / "schemas" / "recipe.schema.json").read_text())
     assert committed == recipe_schema(), "run `ltrec schema` and commit schemas/recipe.schema.json"
+    committed = json.loads((ROOT / "schemas" / "sweep.schema.json").read_text())
+    assert committed == plan_schema(), "run `ltrec schema --sweep` and commit schemas/sweep.schema.json"
 
 
 def test_the_reading_side_imports_without_torch():

@@ -6,23 +6,31 @@ import torch.nn.functional as F
 LOSSES = ("ce", "bce", "sampled")
 
 
-def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=None) -> torch.Tensor:
+def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=None, per_target=False):
     """Next-item loss from precomputed states (B, L, D) and targets (B, L); target 0 = no target.
 
     ce: full softmax over all N items. bce: SASRec-style binary CE, `negatives` uniform negatives per
     position (summed). sampled: softmax over the positive plus `negatives` uniform negatives shared by
-    the batch. All are means over positions with a target (0 if there are none).
+    the batch. All are means over positions with a target (0 if there are none). With `per_target`:
+    (losses (M,), the row of each target (M,)) instead of their mean, for objectives that weigh users.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (expected one of {', '.join(LOSSES)})")
     mask = targets > 0  # (B, L)
     h = states[mask]  # (M, D): only positions with a target, so logits are never (B, L, N)
     pos = targets[mask]  # (M,), item ids 1..N
+    if per_target:
+        rows = mask.nonzero()[:, 0]  # (M,)
+        return _losses(model, h, pos, loss, negatives, generator, "none"), rows
     if h.shape[0] == 0:
         return states.sum() * 0.0  # keeps the graph (and the device) and avoids 0/0
+    return _losses(model, h, pos, loss, negatives, generator, "mean")
+
+
+def _losses(model, h, pos, loss, negatives, generator, reduction):
     n_items = model.n_items
     if loss == "ce":
-        return F.cross_entropy(model.score(h), pos - 1)  # (M, N) logits, class j is item j+1
+        return F.cross_entropy(model.score(h), pos - 1, reduction=reduction)  # (M, N) logits, class j is item j+1
 
     W = model.item_emb.weight  # (N+1, D), tied with score()
     dev = generator.device if generator is not None else h.device
@@ -31,13 +39,14 @@ def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=N
         neg = torch.randint(1, n_items + 1, (h.shape[0], negatives), generator=generator, device=dev).to(h.device)
         neg_logit = (h.unsqueeze(1) * W[neg]).sum(-1)  # (M, K)
         # -log sigmoid(pos) - sum_k log(1 - sigmoid(neg_k)), written with softplus for stability
-        return (F.softplus(-pos_logit) + F.softplus(neg_logit).sum(-1)).mean()
+        each = F.softplus(-pos_logit) + F.softplus(neg_logit).sum(-1)  # (M,)
+        return each.mean() if reduction == "mean" else each
     neg = torch.randint(1, n_items + 1, (negatives,), generator=generator, device=dev).to(h.device)
     neg_logit = h @ W[neg].T  # (M, K)
     # a sampled "negative" that is the positive itself would fight the positive: drop those hits
     neg_logit = neg_logit.masked_fill(neg.unsqueeze(0) == pos.unsqueeze(1), float("-inf"))  # (M, K)
     logits = torch.cat([pos_logit.unsqueeze(1), neg_logit], dim=1)  # (M, 1+K), positive is class 0
-    return F.cross_entropy(logits, torch.zeros_like(pos))
+    return F.cross_entropy(logits, torch.zeros_like(pos), reduction=reduction)
 
 
 def next_item_loss(model, inputs, targets, loss="ce", negatives=1, generator=None) -> torch.Tensor:

@@ -15,6 +15,7 @@ from ..errors import UserError
 from ..fileio import read_text
 from .base import IDENTIFIER
 from .backbones import BACKBONE_KINDS
+from .transfer import ROBUST_KINDS
 from .sections import Recipe
 
 
@@ -93,31 +94,39 @@ def apply_overrides(raw: dict, overrides: list[str], notes: list[str] | None = N
     return raw
 
 
-def read_yaml(path: Path) -> dict:
-    text = read_text(path, "recipe file")
+def read_yaml(path: Path, what: str = "recipe") -> dict:
+    text = read_text(path, f"{what} file")
     try:
         raw = parse_yaml(text)
     except ValueError as exc:
         raise UserError(f"{path}: {exc}") from None
     if raw is None:
-        raise UserError(f"{path}: the recipe is empty (start from `ltrec init`)")
+        raise UserError(f"{path}: the {what} is empty (start from `ltrec init`)")
     if not isinstance(raw, dict):
-        raise UserError(f"{path}: a recipe must be a mapping of sections, got {type(raw).__name__}")
+        raise UserError(f"{path}: a {what} must be a mapping of sections, got {type(raw).__name__}")
     return raw
 
 
-def _model_at(loc: tuple) -> type[BaseModel] | None:
+UNIONS = {"backbone": BACKBONE_KINDS, "robust": ROBUST_KINDS}  # the sections picked by a `kind:` tag
+TAGGED = {tag: model for kinds in UNIONS.values() for tag, model in kinds.items()}
+
+
+def _model_at(loc: tuple, root: type[BaseModel]) -> type[BaseModel] | None:
     """The pydantic model that owns the key at `loc`, to suggest close spellings of an unknown key."""
-    model: Any = Recipe
+    model: Any = root
     for part in loc[:-1]:
-        field = model.model_fields.get(part) if isinstance(part, str) else None
+        if isinstance(part, int):  # an item of a list: the list's model stays
+            continue
+        field = model.model_fields.get(part)
         if field is None:
-            if isinstance(part, str) and part in BACKBONE_KINDS:
-                model = BACKBONE_KINDS[part]
+            if part in TAGGED:
+                model = TAGGED[part]
                 continue
             return None
         annotation = field.annotation
-        candidates = [a for a in getattr(annotation, "__args__", (annotation,)) if isinstance(a, type)]
+        args = getattr(annotation, "__args__", (annotation,))
+        args = [b for a in args for b in getattr(a, "__args__", (a,))]  # list[Model] → Model
+        candidates = [a for a in args if isinstance(a, type)]
         models = [a for a in candidates if issubclass(a, BaseModel)]
         if not models:
             return None
@@ -125,22 +134,22 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
-def _message(err: dict) -> tuple[str, str]:
-    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in BACKBONE_KINDS))
+def _message(err: dict, root: type[BaseModel] = Recipe) -> tuple[str, str]:
+    loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p in TAGGED))
     # a key that is not a plain name (a line break, a quote) is quoted, so each problem stays one line
     dotted = ".".join(str(p) if isinstance(p, int) or IDENTIFIER.match(p) else repr(p) for p in loc) or "(top level)"
     kind = err["type"]
     if kind == "extra_forbidden":
-        model = _model_at(err["loc"])
+        model = _model_at(err["loc"], root)
         close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields) if model else [], n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         return dotted, f"unknown key{hint}"
     if kind == "missing":
         return dotted, "required key is missing"
-    if kind == "union_tag_invalid":
-        return dotted + ".kind", f"unknown kind; expected one of {', '.join(BACKBONE_KINDS)}"
-    if kind == "union_tag_not_found":
-        return dotted + ".kind", f"required key is missing; expected one of {', '.join(BACKBONE_KINDS)}"
+    if kind in ("union_tag_invalid", "union_tag_not_found"):
+        tags = list(UNIONS.get(str(loc[-1]) if loc else "", {}))
+        what = "unknown kind" if kind == "union_tag_invalid" else "required key is missing"
+        return dotted + ".kind", f"{what}; expected one of {', '.join(tags)}"
     msg = err["msg"].removeprefix("Value error, ")
     if not loc and re.match(r"^[a-z_.]+: ", msg):  # a check across sections names its own key
         return tuple(msg.split(": ", 1))
@@ -153,11 +162,12 @@ def _message(err: dict) -> tuple[str, str]:
     return dotted, msg
 
 
-def validate_dict(raw: dict, where: str) -> Recipe:
+def validate_dict(raw: dict, where: str, model: type[BaseModel] = Recipe) -> Any:
+    """`model` from `raw`, or a UserError listing every problem as `where: dotted.key: message`."""
     try:
-        return Recipe.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
-        lines = [f"{where}: {key}: {msg}" for key, msg in (_message(e) for e in exc.errors())]
+        lines = [f"{where}: {key}: {msg}" for key, msg in (_message(e, model) for e in exc.errors())]
         raise UserError("\n".join(lines)) from None
 
 

@@ -151,6 +151,13 @@ class Recipe(Strict):
         if ga is not None and ga.chains > 1 and self.backbone.kind == "bert4rec":
             raise ValueError("transfer.grad_align.chains: bert4rec trains with its cloze objective, which "
                              "chains do not implement; set chains: 1")
+        t = self.transfer
+        if ga is not None and ga.chains > 1 and (t.robust is not None or t.user_branch is not None):
+            raise ValueError("transfer.grad_align.chains: chains train with the plain objective; set chains: 1 to "
+                             "use transfer.robust or transfer.user_branch")
+        if t.user_branch is not None and self.backbone.kind == "pop":
+            raise ValueError("transfer.user_branch: the popularity baseline has no user state to map; pick a "
+                             "neural backbone or set user_branch: null")
         if ga is not None and self.train.sampling == "users":
             raise ValueError("train.sampling: users applies to plain training; gradient alignment draws its own "
                              "users (transfer.grad_align.sampling, users_per_step); set train.sampling: windows")

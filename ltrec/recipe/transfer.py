@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
@@ -27,8 +27,7 @@ class GradAlign(Strict):
         "user once per epoch, in random order, each inner step users_per_step of them with up to "
         "train.batch_size / users_per_step windows each; uniform / events / balanced: each inner step draws "
         "users_per_step users (uniformly, in proportion to their windows, head and tail equally), fresh users "
-        "every outer iteration — on Amazon Music that left a third of the users out of each epoch and trained "
-        "SASRec about 6% worse than windows (RESULTS.md)")
+        "every outer iteration, so some users are not seen in an epoch")
     align_embeddings: bool = Field(True, description="also apply the outer step to the item embeddings")
     chains: int = Field(1, ge=1, le=1024, description="Reptile chains run side by side (torch.func.vmap), each on its "
                         "own users, outer step toward their mean; 1 = one chain")
@@ -59,6 +58,47 @@ class Adversarial(Strict):
         "apart (one extra encoder pass over those short sequences per batch)")
 
 
+class CVaR(Strict):
+    """Conditional value at risk over users: the loss is the mean of the worst α-fraction of the batch's users'
+    mean next-item losses (mixed with the plain mean loss by `mix`)."""
+
+    kind: Literal["cvar"]
+    alpha: float = Field(0.2, gt=0, le=1, description="share of the batch's users whose losses count (1 = the "
+                         "mean over users)")
+    mix: float = Field(0.0, ge=0, le=1, description="weight of the plain mean loss: (1 − mix)·CVaR + mix·mean")
+
+
+class GroupDRO(Strict):
+    """Group DRO (Sagawa et al. 2020): users in groups by training-history length; each step moves the group
+    weights q toward the groups with the higher loss, q_g ← q_g·exp(step·loss_g), and the loss is Σ_g q_g·loss_g."""
+
+    kind: Literal["group_dro"]
+    groups: Literal["length_quantiles", "head_tail"] = Field(
+        "length_quantiles", description="length_quantiles: n_groups groups of about equally many users by "
+        "training events; head_tail: the two slices")
+    n_groups: int = Field(4, ge=2, le=64, description="groups with groups: length_quantiles")
+    step: float = Field(0.01, gt=0, le=10, description="η, the step of the exponentiated-gradient update of q")
+
+
+Robust = Annotated[Union[CVaR, GroupDRO], Field(discriminator="kind")]
+ROBUST_KINDS = {"cvar": CVaR, "group_dro": GroupDRO}
+
+
+class UserBranch(Strict):
+    """A head→tail map of user states (MELT's user branch): trained on head users, where the state of a short
+    recent suffix of the history should map to the state of the whole window; applied at inference (inside the
+    exported graph too) to every history shorter than the head threshold."""
+
+    weight: float = Field(1.0, ge=0, description="weight of the branch loss, the mean squared difference of "
+                          "f(h_suffix) and h_full")
+    suffix_max: int | None = Field(None, ge=1, le=4096, description="longest suffix drawn (default: the head "
+                                   "threshold − 1, the longest tail history)")
+    hidden: int = Field(0, ge=0, le=65536, description="hidden units of the map (0 = linear)")
+
+
 class Transfer(Strict):
     grad_align: GradAlign | None = None
     adversarial: Adversarial | None = None
+    robust: Robust | None = Field(None, description="a distributionally robust objective over users: "
+                                  "{kind: cvar, alpha, mix} or {kind: group_dro, groups, n_groups, step}")
+    user_branch: UserBranch | None = None

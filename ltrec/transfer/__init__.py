@@ -1,8 +1,10 @@
 """How one epoch updates the model: plain mini-batch training and the paper's two transfer components.
 
 An epoch is three parts, composed by `Runner`:
-- an **objective** (`objective.py`): the loss of a batch of windows — the backbone's own objective plus the
-  enabled terms (`adversarial.py`: the head/tail discriminator through gradient reversal);
+- an **objective** (`objective.py`): the loss of a batch of windows — the backbone's own objective, or a
+  robust objective over the batch's users (`robust.py`: CVaR, group DRO), plus the enabled terms
+  (`adversarial.py`: the head/tail discriminator through gradient reversal; `user_branch.py`: the head→tail
+  map of user states);
 - a **plan** (`ltrec.sampling`): which windows each update sees — shuffled batches, users drawn uniformly,
   or gradient alignment's k user-disjoint batches per outer iteration;
 - an **update** (`grad_align.py`, `chains.py`): how those windows move the weights — one Adam step per batch,
@@ -24,6 +26,8 @@ from ..sampling import UserSampler, drawn_plan, window_batches, permuted_plan, w
 from .chains import Chains
 from .grad_align import AdamSteps, Reptile
 from .objective import Objective
+from .robust import robust_loss
+from .user_branch import BranchLoss
 
 
 class Runner:
@@ -40,6 +44,8 @@ class Runner:
         for _ in range(self.dist.sum_ints([count], "max")[0]):  # the same count on every rank
             self.update(next(groups, None), on_batch)  # None: this rank has run out, it joins with weight 0
         self.dist.sum_stats(self.objective.sums)
+        if self.objective.robust is not None:
+            self.objective.robust.sync()
         return self.objective.stats()
 
     def parameters(self) -> list:
@@ -64,7 +70,10 @@ def make_runner(recipe, model, seqs, windows, device, gen: torch.Generator, dist
     """The epoch runner a recipe asks for, over training windows (inputs, targets, owner) as numpy arrays."""
     inputs, targets, owner = (torch.from_numpy(a) for a in windows)
     user_head = torch.from_numpy(seqs.head)
-    objective = Objective(recipe, model, inputs, targets, user_head[owner], device, gen)
+    t = recipe.transfer
+    branch = BranchLoss(t.user_branch, model, gen) if t.user_branch else None
+    objective = Objective(recipe, model, inputs, targets, owner, user_head[owner], device, gen,
+                          robust_loss(t.robust, seqs, dist), branch)
     cfg, ga = recipe.train, recipe.transfer.grad_align
     if ga is None:
         update = AdamSteps(objective, cfg.lr, cfg.weight_decay,

@@ -1,0 +1,93 @@
+"""Commands that set a project up: init, validate, schema."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import UserError
+from .app import SCHEMA_DIR, Sets, app, checked_recipe, fail
+
+
+@app.command()
+def init(
+    directory: Annotated[Path, typer.Argument(help="folder for recipe.yaml")] = Path("."),
+    data: Annotated[Optional[str], typer.Option(help="your own events file instead of MovieLens-100K")] = None,
+    source: Annotated[str, typer.Option(help="where to get MovieLens-100K: pypi | grouplens")] = "pypi",
+    force: Annotated[bool, typer.Option(help="overwrite an existing recipe.yaml")] = False,
+    user_col: Annotated[Optional[str], typer.Option(help="with --data: the user column (default: from the header)")] = None,
+    item_col: Annotated[Optional[str], typer.Option(help="with --data: the item column (default: from the header)")] = None,
+    time_col: Annotated[Optional[str], typer.Option(help="with --data: the time column (default: from the header)")] = None,
+    sweep: Annotated[bool, typer.Option("--sweep", help="also write sweep.yaml: plain training against the tail "
+                                        "methods, for `ltrec sweep`")] = False,
+) -> None:
+    """Write a commented starter recipe.yaml (and its JSON Schema) that trains on a real dataset."""
+    from ..init_recipe import init_project, write_sweep
+
+    try:
+        recipe, path = init_project(directory, data, source, force,
+                                    {"user": user_col, "item": item_col, "time": time_col})
+        plan = write_sweep(directory, force) if sweep else None
+    except UserError as exc:
+        fail(exc)
+    typer.echo(f"wrote {recipe} (data: {path})" + (f" and {plan}" if plan else "")
+               + f"\nnext: ltrec train {recipe}" + (f"  or  ltrec sweep {plan} --jobs 2" if plan else ""))
+
+
+@app.command()
+def validate(
+    recipes: Annotated[list[Path], typer.Argument(help="recipe files")],
+    set_: Sets = None,
+    data: Annotated[bool, typer.Option(help="also check the data source and its columns")] = True,
+) -> None:
+    """Check recipes: every problem in each file is reported at once, as `file: key: message`."""
+    problems = []
+    for path in recipes:
+        try:
+            checked_recipe(path, set_ or [], data)
+            typer.echo(f"{path}: ok")
+        except UserError as exc:
+            problems.append(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}")
+    if problems:
+        typer.echo("\n".join(problems), err=True)
+        raise typer.Exit(2)
+
+
+@app.command()
+def schema(
+    check: Annotated[bool, typer.Option(help="fail if the committed schema differs from the code")] = False,
+    out: Annotated[Optional[str], typer.Option(help="where to write it (- for standard output; default: "
+                                               "schemas/<recipe|sweep>.schema.json)")] = None,
+    sweep: Annotated[bool, typer.Option("--sweep", help="the sweep plan's schema instead of the recipe's")] = False,
+) -> None:
+    """Write the recipe's JSON Schema (or the sweep plan's) for editor completion, or --check it is up to date."""
+    from ..fileio import atomic_write
+    from ..recipe import recipe_schema
+
+    if sweep:
+        from ..sweep import plan_schema as make
+    else:
+        make = recipe_schema
+    out = out or str(SCHEMA_DIR / f"{'sweep' if sweep else 'recipe'}.schema.json")
+    text = json.dumps(make(), indent=2) + "\n"
+    try:
+        if check:
+            current = Path(out).read_text() if Path(out).is_file() else ""
+            if current != text:
+                typer.echo(f"{out}: out of date; run `ltrec schema{' --sweep' if sweep else ''}` and commit it",
+                           err=True)
+                raise typer.Exit(1)
+            typer.echo(f"{out}: up to date")
+            return
+        if out != "-":
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, text, "--out")
+    except UserError as exc:
+        fail(exc)
+    except OSError as exc:
+        fail(UserError(f"--out {out}: cannot write here ({exc.strerror})"))
+    if out != "-":
+        typer.echo(f"wrote {out}")

@@ -1,0 +1,112 @@
+"""Distributionally robust objectives over users (`transfer.robust`): instead of the mean next-item loss of a
+batch, a loss that weighs the users the model serves worst more.
+
+- CVaR (`kind: cvar`): each user of the batch has a loss, the mean over its targets, and a weight, its share of
+  the batch's targets. The loss is the mean over the worst users that make up a share α of the weight, i.e.
+  CVaR_α = min_η η + E_w[(ℓ_u − η)_+] / α of that distribution; α = 1 is exactly the plain mean over targets.
+  `mix` blends in the plain mean, which a hard top-α alone learns slowly from.
+- Group DRO (`kind: group_dro`, Sagawa et al. 2020): users in fixed groups (by training-history length: equal-
+  sized quantiles, or head/tail). Each step the group weights q move toward the worse groups,
+  q_g ← q_g·exp(η·ℓ_g), renormalised, and the loss is Σ_g q_g·ℓ_g (ℓ_g: the mean loss of the group's targets
+  in the batch, 0 for a group absent from it). q is training state: checkpointed, logged every epoch, and
+  under torchrun averaged over the ranks at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..distributed import LOCAL, Dist
+
+
+def user_means(losses: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean loss (U,), number of targets (U,)) of each distinct user among the targets."""
+    _, inv = torch.unique(users, return_inverse=True)
+    counts = torch.bincount(inv).to(losses.dtype)  # (U,)
+    sums = torch.zeros(len(counts), dtype=losses.dtype, device=losses.device).index_add(0, inv, losses)
+    return sums / counts, counts
+
+
+def cvar(losses: torch.Tensor, users: torch.Tensor, alpha: float) -> torch.Tensor:
+    """CVaR_α of the users' mean losses, each user weighted by its share of the targets."""
+    means, counts = user_means(losses, users)
+    weight = counts / counts.sum()  # (U,)
+    order = torch.argsort(means.detach(), descending=True)
+    before = torch.cumsum(weight[order], 0) - weight[order]  # weight of the worse users
+    take = torch.minimum(weight[order], (alpha - before).clamp(min=0))  # each user's part of the top α
+    return (take * means[order]).sum() / alpha
+
+
+class CVaRLoss:
+    def __init__(self, cfg):
+        self.alpha, self.mix = cfg.alpha, cfg.mix
+
+    def __call__(self, losses: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        robust = cvar(losses, users, self.alpha)
+        return robust if self.mix == 0 else (1 - self.mix) * robust + self.mix * losses.mean()
+
+    def stats(self) -> dict:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+    def sync(self) -> None:
+        pass
+
+
+def length_groups(train_lengths: np.ndarray, head: np.ndarray, cfg) -> np.ndarray:
+    """(U,) the group of every user: head/tail, or quantiles of training events (ties kept together, so
+    there can be fewer groups than asked where many users share a length)."""
+    if cfg.groups == "head_tail":
+        return head.astype(np.int64)
+    edges = np.unique(np.quantile(train_lengths, np.linspace(0, 1, cfg.n_groups + 1)[1:-1], method="higher"))
+    return np.searchsorted(edges, train_lengths, side="right").astype(np.int64)
+
+
+class GroupDROLoss:
+    def __init__(self, cfg, user_group: torch.Tensor, dist: Dist = LOCAL):
+        self.step, self.user_group, self.dist = cfg.step, user_group, dist
+        self.n = int(user_group.max()) + 1 if len(user_group) else 1
+        self.q = torch.full((self.n,), 1.0 / self.n, dtype=torch.float64)
+
+    def __call__(self, losses: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        group = self.user_group.to(losses.device)[users]  # (M,)
+        sums = torch.zeros(self.n, dtype=losses.dtype, device=losses.device).index_add(0, group, losses)
+        counts = torch.bincount(group, minlength=self.n).to(losses.dtype)
+        group_loss = sums / counts.clamp(min=1)  # (G,), 0 for a group not in the batch
+        with torch.no_grad():  # the exponentiated-gradient step on q, then the loss with the new q
+            q = self.q * torch.exp(self.step * group_loss.detach().double().cpu())
+            self.q = q / q.sum()
+        return (self.q.to(losses.device, losses.dtype) * group_loss).sum()
+
+    def stats(self) -> dict:
+        return {f"dro_q{g}": float(v) for g, v in enumerate(self.q.tolist())}
+
+    def state_dict(self) -> dict:
+        return {"q": self.q.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.q = state["q"].double().clone()
+
+    def sync(self) -> None:
+        """Every rank ends the epoch with the mean of the ranks' q (each updated it on its own batches)."""
+        if self.dist.world > 1:
+            q = [self.q.float()]
+            self.dist.mean_(q)
+            self.q = q[0].double() / q[0].double().sum()
+
+
+def robust_loss(cfg, seqs, dist: Dist = LOCAL):
+    """The recipe's robust objective, or None."""
+    if cfg is None:
+        return None
+    if cfg.kind == "cvar":
+        return CVaRLoss(cfg)
+    groups = torch.from_numpy(length_groups(seqs.train_lengths, seqs.head, cfg))
+    return GroupDROLoss(cfg, groups, dist)
+

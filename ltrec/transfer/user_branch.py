@@ -1,0 +1,70 @@
+"""The head→tail user branch (`transfer.user_branch`), the user side of MELT (Kim et al., SIGIR 2023).
+
+A head user's state from the whole window is what a tail user's short history cannot give. The branch learns
+it: for head users' windows, the state of a random recent suffix (at most `suffix_max` items, tail-length) is
+mapped by f(h) = h + W(h) toward the state of the whole window (the target is detached), with loss
+weight·mean over windows and dimensions of (f(h_suffix) − h_full)². At inference f is applied to every history with fewer items than the
+cut-off (the head threshold, or max_len where that is smaller): `Branched.encode` does it, so evaluation, the
+exported ONNX graph and `predict` all get it. W starts at zero, so f starts as the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from ..models import Backbone
+from .adversarial import matched_prefix
+
+
+class Branched(Backbone):
+    """A backbone whose user state passes through the branch for short histories; training (encode_all,
+    training_loss) is the backbone's own."""
+
+    def __init__(self, backbone: Backbone, cutoff: int, hidden: int = 0):
+        super().__init__()
+        self.backbone, self.cutoff = backbone, cutoff
+        self.n_items, self.max_len, self.dim = backbone.n_items, backbone.max_len, backbone.dim
+        self.item_emb = backbone.item_emb  # tied scores: the backbone's table
+        dim = backbone.dim
+        self.map = nn.Linear(dim, dim) if hidden == 0 else nn.Sequential(
+            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        last = self.map if hidden == 0 else self.map[-1]
+        nn.init.zeros_(last.weight)  # f starts as the identity: the untrained branch changes nothing
+        nn.init.zeros_(last.bias)
+
+    def encode_all(self, history: torch.Tensor) -> torch.Tensor:
+        return self.backbone.encode_all(history)
+
+    def training_loss(self, *args, **kwargs):
+        return self.backbone.training_loss(*args, **kwargs)
+
+    def branch(self, h: torch.Tensor) -> torch.Tensor:
+        return h + self.map(h)  # (B, D)
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        h = self.backbone.encode(history)  # (B, D)
+        short = (history > 0).sum(dim=1, keepdim=True) < self.cutoff  # (B, 1)
+        return torch.where(short, self.branch(h), h)
+
+
+class BranchLoss:
+    """The branch's training term on a batch: head windows' suffix states mapped toward their full states."""
+
+    def __init__(self, cfg, model: Branched, gen: torch.Generator):
+        self.weight, self.model, self.gen = cfg.weight, model, gen
+        self.longest = cfg.suffix_max or max(model.cutoff - 1, 1)
+
+    def __call__(self, states: torch.Tensor, inputs: torch.Tensor, lengths: torch.Tensor,
+                 is_head: torch.Tensor) -> torch.Tensor | None:
+        """weight·mean (f(h_suffix) − h_full)² over the batch's head windows with ≥ 2 items (None if none)."""
+        rows = is_head & (lengths >= 2)
+        if not bool(rows.any()):
+            return None
+        n = lengths[rows].to(self.gen.device)
+        top = torch.clamp(n - 1, max=self.longest)  # a suffix is shorter than its window
+        draw = torch.rand(len(n), generator=self.gen, device=self.gen.device)
+        seen = (1 + (draw * top).long()).to(inputs.device)  # uniform over 1..top
+        suffix = self.model.backbone.encode(matched_prefix(inputs[rows], seen, self.longest))  # (H, D)
+        target = states[rows, -1].detach()  # the whole window's state
+        return self.weight * (self.model.branch(suffix) - target).pow(2).mean()
