@@ -43,7 +43,7 @@ def check_run(folder: Path) -> Path:
         raise UserError(f"{folder}: no such run directory; pass the folder `ltrec train` wrote")
     marker = folder / MARKER
     if not marker.is_file():
-        if (folder / "recipe.yaml").is_file():
+        if (folder / "recipe.yaml").is_file() and any((folder / f).is_file() for f in ("data.json", "last.pt")):
             raise UserError(f"{folder}: this run was written by an older ltrec (no {MARKER}); retrain it")
         raise UserError(f"{folder}: not a run directory (no {MARKER}); pass the folder `ltrec train` wrote")
     info = read_json(marker, RunMarker)

@@ -102,3 +102,74 @@ def test_adversarial_training_without_head_users_is_refused(recipe, tmp_path):
                             "--set", "transfer.adversarial={weight: 0.1}", "--set", "train.monitor.slice=all"])
     assert r.exit_code == 2 and "transfer.adversarial: no head user has training windows" in r.output
     assert not (tmp_path / "runs" / "my-sasrec").exists() or not (tmp_path / "runs/my-sasrec/last.pt").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "proj/recipe.yaml", "--set", "backbone.dimm=3"], "backbone.dimm: unknown key"),
+    (["train", "proj/recipe.yaml", "--set", "data.columns.user=customer"], "no column 'customer'"),
+    (["train", "proj/recipe.yaml", "--set", "data.source=missing.csv"], "missing.csv: no such file"),
+    (["eval", "proj"], "not a run directory"),
+    (["eval", "runs/nope"], "no such run directory"),
+    (["export", "proj"], "not a run directory"),
+])
+def test_user_errors_answer_before_torch_is_imported(recipe, tmp_path, args, message):
+    """A stand-in `torch` that fails on import: the error the user made must come first, without it."""
+    import subprocess
+    import sys
+
+    fake = tmp_path / "fake"
+    (fake / "torch").mkdir(parents=True)
+    (fake / "torch" / "__init__.py").write_text("raise ImportError('torch was imported')\n")
+    env = {**__import__("os").environ, "PYTHONPATH": str(fake)}
+    r = subprocess.run([sys.executable, "-m", "ltrec", *args], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and message in r.stderr and "torch was imported" not in r.stderr, r.stderr
+
+
+def _mixed_ids(n_users: int = 120) -> list[tuple[str, str, int]]:
+    """Ids that look numeric for the first rows and then are not: `00123`, `u-17`, `B000ABC`, `NA`."""
+    rng = __import__("numpy").random.default_rng(0)
+    rows = []
+    for u in range(n_users):
+        user = f"{u:05d}" if u < 100 else f"u-{u}"
+        for t in range(int(rng.integers(3, 12))):
+            item = str(int(rng.integers(1, 40))) if u < 100 else ["B000ABC", "NA", "00123", "0123"][t % 4]
+            rows.append((user, item, 1000 + t))
+    return rows
+
+
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_a_newcomer_with_their_own_columns_needs_no_column_flags(tmp_path, monkeypatch, fmt):
+    """init reads the header (customer, product, ts), train/export/predict never ask for a column, ids keep
+    their text (leading zeros included), and predict writes the user column under its own name."""
+    monkeypatch.chdir(tmp_path)
+    csv = tmp_path / "events.csv"
+    csv.write_text("customer,product,ts\n" + "".join(f"{u},{i},{t}\n" for u, i, t in _mixed_ids()))
+    data = csv
+    if fmt == "parquet":
+        import duckdb
+
+        data = tmp_path / "events.parquet"
+        duckdb.execute(f"COPY (SELECT * FROM read_csv('{csv}', all_varchar=true)) TO '{data}' (FORMAT parquet)")
+    out = ok(["init", "mine", "--data", data])
+    assert "columns: {user: customer, item: product, time: ts}" in (tmp_path / "mine/recipe.yaml").read_text(), out
+    ok(["train", "mine/recipe.yaml", *TINY, "--set", "train.epochs=1"])
+    ok(["export", "runs/my-sasrec"])
+    out = ok(["predict", "runs/my-sasrec/bundle", "--input", data, "--output", "p.csv"])
+    assert "seen items excluded" in out
+    lines = (tmp_path / "p.csv").read_text().splitlines()
+    assert lines[0] == "customer,rank,item_id,score,source"
+    users = {line.split(",")[0] for line in lines[1:]}
+    assert "00007" in users and "u-101" in users  # text ids, zeros kept
+
+
+def test_init_names_every_column_it_cannot_tell(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "e.csv").write_text("who,what,uid,userid\n1,2,3,4\n")
+    r = runner.invoke(app, ["init", "mine", "--data", "e.csv"])
+    lines = r.output.strip().splitlines()
+    assert r.exit_code == 2 and len(lines) == 3, r.output
+    assert "cannot tell the user column (several fit: uid, userid); pass --user-col NAME" in lines[0]
+    assert "cannot tell the item column (none of the usual names)" in lines[1] and "(columns: who, what, uid, userid)" in lines[1]
+    assert "cannot tell the time column" in lines[2]
+    out = ok(["init", "mine", "--data", "e.csv", "--user-col", "uid", "--item-col", "what", "--time-col", "who"])
+    assert "columns: {user: uid, item: what, time: who}" in (tmp_path / "mine/recipe.yaml").read_text(), out

@@ -61,6 +61,11 @@ def test_report_shows_eval_numbers(report):
     assert re.search(r"<td>[+-]\d\.\d{4} \([+-]\d+\.\d%, p[=<][\d.]+\)</td>", page)  # Δ and p against run 1
 
 
+def test_report_has_no_nan_cells(report):
+    _, path = report
+    assert ">nan<" not in path.read_text(encoding="utf-8")
+
+
 def test_report_is_self_contained(report):
     runs, path = report
     page = path.read_text(encoding="utf-8")
@@ -119,3 +124,13 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
     for colour in ("#1f77b4", "#d62728"):  # the two runs' lines on the long-tail curve
         rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
         assert (np.abs(pixels - rgb).max(axis=2) < 0.1).sum() > 200, colour
+
+
+def test_empty_activity_buckets_are_left_out_and_the_histogram_starts_at_the_least_active_user():
+    from ltrec.report import buckets, long_tail
+
+    run = {"slices": np.array(["tail"] * 4 + ["head"] * 2), "events": np.array([20, 21, 25, 30, 60, 70]),
+           "per_user": {"ndcg@10": np.linspace(0, 0.5, 6), "hr@10": np.ones(6)}}
+    rows = long_tail(run, buckets(50))
+    assert [r["label"] for r in rows if r["users"]] == ["20-49", "50+"]
+    assert all(r["users"] == 0 for r in rows if r["label"] not in ("20-49", "50+"))  # the page drops these

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -24,9 +25,7 @@ def train(
 
     Data-parallel on N processes: torchrun --nproc_per_node=N -m ltrec train RECIPE."""
     try:
-        from ..distributed import from_env
-
-        if from_env().main:  # one process checks; under torchrun every rank checks again below, together
+        if int(os.environ.get("RANK", "0") or 0) == 0:  # one process checks; under torchrun all check again below
             checked_recipe(recipe, set_ or [])
         from ..distributed import session
         from ..recipe import load_recipe
