@@ -1,14 +1,13 @@
-"""Epoch time of each transfer mode relative to plain training, side by side in one process.
+"""Epoch time of each tail component relative to plain training, side by side in one process.
 
     python bench/bench_transfer.py recipes/sasrec-music.yaml [--threads 1] [--fraction 0.25] [--rounds 2]
 
-Modes: plain (batch 256 and the step-matched batch 64, random or length-bucketed batches), plain with `train.sampling: users`, +GA
-(users_per_step 64), +AT, +GA+AT, GA with 4 vmapped chains, and the paper's faithful one-user-per-step GA
-(`--modes` picks some by name prefix). Each mode trains on the same first `fraction` of the training windows
-(whole users), scaled to a full epoch; the modes run in turn for `rounds` rounds and the fastest round counts,
-which damps a shared machine's noise. Beside wall seconds it reports the process's CPU seconds, which other
-jobs on a shared machine disturb far less. The faithful mode is timed over --faithful-iters outer iterations
-and scaled (stated as such).
+Modes: plain, +GA+AT (the shipped recipe's), +CVaR, +group DRO, +user branch, and the paper's one-user-per-step
+gradient alignment as one chain and as 32 vmapped chains (`--modes` picks some by name prefix). Each mode
+trains on the same first `fraction` of the training windows (whole users), scaled to a full epoch; the modes
+run in turn for `rounds` rounds and the fastest round counts, which damps a shared machine's noise. Beside wall
+seconds it reports the process's CPU seconds, which other jobs on a shared machine disturb far less. The
+one-user modes are timed over --faithful-iters outer iterations and scaled (stated as such).
 """
 
 from __future__ import annotations
@@ -27,26 +26,18 @@ from bench.bench_ingest import machine  # noqa: E402
 from ltrec.data import load  # noqa: E402
 from ltrec.recipe import load_recipe  # noqa: E402
 from ltrec.build import build_model  # noqa: E402
-from ltrec.transfer import make_epoch  # noqa: E402
+from ltrec.transfer import make_runner  # noqa: E402
 
-GA = {"k": 5, "beta": 0.5, "users_per_step": 64, "sampling": "uniform"}
-WIN = {"k": 5, "beta": 0.5, "sampling": "windows"}
+FAITHFUL = {"k": 5, "beta": 0.5, "sampling": "permuted", "users_per_step": 1, "inner_optimizer": "sgd",
+            "inner_lr": 0.05}
 MODES = {  # name: (transfer, train overrides)
-    "plain (batch 256)": ({}, {"batch_size": 256}),
-    "plain (batch 64)": ({}, {"batch_size": 64}),
-    "plain (batch 256, length buckets)": ({}, {"batch_size": 256, "length_buckets": True}),
-    "plain (batch 64, length buckets)": ({}, {"batch_size": 64, "length_buckets": True}),
-    "plain, sampling: users (64 users/step)": ({}, {"batch_size": 256, "sampling": "users"}),
-    "+GA (k 5, 64 users/step)": ({"grad_align": GA}, {"batch_size": 256}),
-    "+AT (λ 0.1)": ({"adversarial": {}}, {"batch_size": 256}),
-    "+GA+AT": ({"grad_align": GA, "adversarial": {}}, {"batch_size": 256}),
-    "+GA+AT, sampling: windows (batch 64)": ({"grad_align": WIN, "adversarial": {}}, {"batch_size": 64}),
-    "+GA+AT, windows, outer Adam (batch 64)": ({"grad_align": {**WIN, "outer": "adam"}, "adversarial": {}},
-                                              {"batch_size": 64}),
-    "+GA+AT, windows, matched states (batch 64)": ({"grad_align": WIN, "adversarial": {"state": "matched"}},
-                                                  {"batch_size": 64}),
-    "+GA 4 chains (vmap)": ({"grad_align": {**GA, "chains": 4}}, {"batch_size": 256}),
-    "+GA faithful (1 user/step)": ({"grad_align": {**GA, "users_per_step": 1}}, {"batch_size": 256}),
+    "plain": ({}, {}),
+    "+GA+AT (k 5, outer Adam)": ({"grad_align": {"k": 5, "beta": 0.5, "outer": "adam"}, "adversarial": {}}, {}),
+    "+CVaR (α 0.5, mix 0.5)": ({"robust": {"kind": "cvar", "alpha": 0.5, "mix": 0.5}}, {}),
+    "+group DRO (4 length groups)": ({"robust": {"kind": "group_dro"}}, {}),
+    "+user branch": ({"user_branch": {}}, {}),
+    "+GA faithful, 1 chain (1 user/step)": ({"grad_align": FAITHFUL}, {}),
+    "+GA faithful, 32 chains (vmap)": ({"grad_align": {**FAITHFUL, "chains": 32}}, {}),
 }
 
 
@@ -63,9 +54,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     base = load_recipe(args.recipe)
     seqs = load(base.data, base.split, base.head, base.seed)
-    inputs, targets, owner = (torch.from_numpy(a) for a in seqs.train_windows(base.data.max_len))
-    n = int(len(inputs) * args.fraction)
-    sub = (inputs[:n], targets[:n], owner[:n])  # windows are grouped by user: a prefix is whole users
+    windows = seqs.train_windows(base.data.max_len)
+    n = int(len(windows[0]) * args.fraction)
+    sub = tuple(a[:n] for a in windows)  # windows are grouped by user: a prefix is whole users
     best: dict[str, tuple[float, float, float, bool]] = {}
     for _ in range(args.rounds):
         for name, (transfer, train) in modes.items():
@@ -73,14 +64,14 @@ def main() -> None:
                                              "train": base.train.model_copy(update=train)})
             torch.manual_seed(0)
             model = build_model(recipe, seqs)
-            epoch = make_epoch(recipe, model, seqs, *sub, "cpu", torch.Generator().manual_seed(0))
+            epoch = make_runner(recipe, model, seqs, sub, "cpu", torch.Generator().manual_seed(0))
             scale = 1.0 / args.fraction
             if "faithful" in name:  # even a fraction of an epoch takes long: time a few iterations
-                us, k = epoch.sampler, recipe.transfer.grad_align.k
-                full_iters = math.ceil(len(us.users) / k)
-                us.users = us.users[: args.faithful_iters * k]
-                us.weights = us.weights[: len(us.users)]
-                epoch.all_users = len(us.users)
+                us, ga = epoch.sampler, recipe.transfer.grad_align
+                full_iters = math.ceil(len(us.users) / (ga.k * ga.chains))
+                keep = args.faithful_iters * ga.k * ga.chains
+                us.users, us.counts, us.starts = us.users[:keep], us.counts[:keep], us.starts[:keep]
+                us.weights = us.weights[:keep]
                 scale *= full_iters / args.faithful_iters
             t0, c0 = time.perf_counter(), time.process_time()
             stats = epoch(lambda n, loss: None)
@@ -92,7 +83,7 @@ def main() -> None:
     rows = [(name, *best[name]) for name in modes]
     plain, plain_cpu = rows[0][1], rows[0][2]
     print(f"{machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` — "
-          f"{args.recipe}: {len(inputs):,} windows, {seqs.n_items:,} items; {args.fraction:.0%} of the windows "
+          f"{args.recipe}: {len(windows[0]):,} windows, {seqs.n_items:,} items; {args.fraction:.0%} of the windows "
           f"per timing, fastest of {args.rounds} rounds, scaled to an epoch\n")
     print(f"| mode | s/epoch (wall) | × {rows[0][0]} | CPU s/epoch | × (CPU) | training loss on the timed part |\n"
           "|---|---|---|---|---|---|")

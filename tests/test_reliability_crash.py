@@ -2,7 +2,7 @@
 --overwrite, when no checkpoint was written yet) then ends with the metrics of an uninterrupted run.
 A full disk and a run directory that cannot be written are clear errors that keep the last good checkpoint.
 
-The number of crash points tried is printed (pytest -s) and listed in docs/RELIABILITY.md.
+The number of crash points tried is printed (pytest -s) and listed in docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Bad data files: each is a clear error naming the key and the file, or a documented handling that is
 reported (counts in Sequences.report and the `data:` line) and checked here tensor by tensor.
 
-Complements tests/test_data.py (no case of its BAD_DATA table is repeated). docs/RELIABILITY.md lists them.
+Complements tests/test_data.py (no case of its BAD_DATA table is repeated). docs/reliability.md lists them.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 the file and the key (or the YAML line), and never print a traceback.
 
 The catalogue complements tests/test_recipe.py (which checks the loader's exact messages for its own cases):
-none of its cases is repeated here. docs/RELIABILITY.md lists what is rejected and how.
+none of its cases is repeated here. docs/reliability.md lists what is rejected and how.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Safe loading: user files never run code (YAML tags, pickled checkpoints), paths are bound as SQL parameters,
 and a recipe's SQL cannot read, write or fetch anything outside the loaded table. The trust model these
-tests hold the code to is in docs/RELIABILITY.md."""
+tests hold the code to is in docs/reliability.md."""
 
 from __future__ import annotations
 

@@ -108,3 +108,11 @@ def test_the_starter_plan_validates(project):
 
     plan, base = load_plan(project / "demo" / "sweep.yaml")
     assert plan.baseline == "plain" and {a.name for a in plan.arms} >= {"plain", "cvar", "group-dro", "user-branch"}
+
+
+@pytest.mark.parametrize("plan", sorted((Path(__file__).resolve().parents[1] / "bench" / "plans").rglob("*.yaml")),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_bench_plan_is_a_valid_sweep(plan):
+    from ltrec.sweep import load_plan
+
+    load_plan(plan)  # every arm × grid combination's recipe validates

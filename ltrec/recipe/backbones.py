@@ -19,7 +19,7 @@ class _Transformer(Strict):
     dim: Dim = 64
     layers: Layers = 2
     heads: Heads = 2
-    dropout: float = Field(0.2, ge=0, lt=1)
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout probability")
 
     @model_validator(mode="after")
     def _heads_divide_dim(self):
@@ -31,21 +31,21 @@ class _Transformer(Strict):
 class GRU4RecConfig(_Recurrent):
     """GRU4Rec: a bias-free GRU over the item embeddings."""
 
-    kind: Literal["gru4rec"]
-    dropout: float = Field(0.2, ge=0, lt=1)
+    kind: Literal["gru4rec"] = Field(description="selects this backbone")
+    dropout: float = Field(0.2, ge=0, lt=1, description="dropout probability")
 
 
 class NARMConfig(_Recurrent):
     """NARM: a GRU (global encoder) plus attention over its outputs (local encoder), bilinear decoder."""
 
-    kind: Literal["narm"]
-    dropout: float = Field(0.25, ge=0, lt=1)
+    kind: Literal["narm"] = Field(description="selects this backbone")
+    dropout: float = Field(0.25, ge=0, lt=1, description="dropout probability")
 
 
 class SASRecConfig(_Transformer):
     """SASRec: a causal transformer."""
 
-    kind: Literal["sasrec"]
+    kind: Literal["sasrec"] = Field(description="selects this backbone")
     input_norm: bool = Field(
         True, description="LayerNorm on item + position embedding before the first block, position embeddings "
         "initialised small; false: the original SASRec's input (item + position, no LayerNorm)")
@@ -58,7 +58,7 @@ class BERT4RecConfig(_Transformer):
     """BERT4Rec: a bidirectional transformer trained on masked items (cloze); train.loss applies at the
     masked positions."""
 
-    kind: Literal["bert4rec"]
+    kind: Literal["bert4rec"] = Field(description="selects this backbone")
     mask_prob: float = Field(0.2, gt=0, le=1, description="chance that each item of a training window is masked")
     last_only: float = Field(0.1, ge=0, le=1, description="share of windows in which only the newest item is "
                              "masked (what inference looks like)")
@@ -67,18 +67,18 @@ class BERT4RecConfig(_Transformer):
 class CaserConfig(Strict):
     """Caser: horizontal (heights 1..window) and vertical convolutions over the last `window` items."""
 
-    kind: Literal["caser"]
+    kind: Literal["caser"] = Field(description="selects this backbone")
     dim: Dim = 64
     window: int = Field(5, ge=1, le=64, description="how many of the newest items the convolutions see (L')")
     n_h: int = Field(16, ge=1, le=1024, description="horizontal filters per height h = 1..window")
     n_v: int = Field(4, ge=1, le=1024, description="vertical filters")
-    dropout: float = Field(0.4, ge=0, lt=1)
+    dropout: float = Field(0.4, ge=0, lt=1, description="dropout probability")
 
 
 class PopConfig(Strict):
     """Popularity: every user gets the items ranked by training events."""
 
-    kind: Literal["pop"]
+    kind: Literal["pop"] = Field(description="selects this backbone")
 
 
 Backbone = Annotated[Union[GRU4RecConfig, SASRecConfig, PopConfig, CaserConfig, NARMConfig, BERT4RecConfig],

@@ -48,7 +48,7 @@ ColumnName = Annotated[str, AfterValidator(_column_name)]
 # Upper bounds on sizes: a value past them passes as a number but cannot be allocated or run (dim 10⁹, 10⁶
 # threads), so it is a recipe error, stated in the schema, rather than a crash minutes later.
 Dim = Annotated[int, Field(ge=1, le=4096, description="width of embeddings and states")]
-Layers = Annotated[int, Field(ge=1, le=64)]
-Heads = Annotated[int, Field(ge=1, le=64)]
+Layers = Annotated[int, Field(ge=1, le=64, description="stacked layers (blocks)")]
+Heads = Annotated[int, Field(ge=1, le=64, description="attention heads; must divide dim")]
 Count = Annotated[int, Field(ge=1, le=1_000_000)]
 Seed = Annotated[int, Field(ge=0, le=2**32 - 1)]

@@ -13,28 +13,27 @@ from .transfer import Transfer
 class Columns(Strict):
     """Which source columns hold the user, the item and the time of each event."""
 
-    user: ColumnName = "user_id"
-    item: ColumnName = "item_id"
-    time: ColumnName = "timestamp"
+    user: ColumnName = Field("user_id", description="the column of user ids (read as text)")
+    item: ColumnName = Field("item_id", description="the column of item ids (read as text)")
+    time: ColumnName = Field("timestamp", description="the column of event times: unix seconds, or dates")
 
 
 class Data(Strict):
     """Where the events come from. Relative paths are resolved against the current directory."""
 
     source: str = Field(description="CSV / Parquet / JSON file or glob of files")
-    format: Literal["auto", "csv", "parquet", "json"] = "auto"
+    format: Literal["auto", "csv", "parquet", "json"] = Field("auto", description="auto: from the file extension")
     query: str | None = Field(
         None, description="optional SQL over the table `source` (e.g. `SELECT * FROM source WHERE rating >= 4`)"
     )
-    columns: Columns = Columns()
+    columns: Columns = Field(Columns(), description="which source columns are the user, the item and the time")
     min_user_events: int = Field(1, ge=1, description="drop users with fewer events (one pass, before items)")
     min_item_events: int = Field(1, ge=1, description="drop items with fewer events (one pass, on the raw counts)")
     max_len: int = Field(50, ge=1, le=4096, description="history length the model sees")
     stride: int | None = Field(
         None, ge=1, description="step between a user's training windows (null = max_len: windows do not "
-        "overlap). Smaller: windows overlap, each target is still trained once, in the newest window that has it "
-        "among its newest `stride` positions, so every target but those of a user's oldest window sees at least "
-        "max_len − stride items before it (more windows per epoch; what long histories need)")
+        "overlap). Smaller: windows overlap and each target is still trained once, with at least max_len − "
+        "stride items before it (more windows per epoch)")
 
     @model_validator(mode="after")
     def _stride_fits(self) -> "Data":
@@ -71,7 +70,8 @@ class Split(Strict):
         "train", description="users with < 3 events: use for training only, or drop them"
     )
     cold_users: float = Field(0.0, ge=0, lt=1, description="fraction of users held out of training entirely")
-    cold_from: Literal["all", "tail"] = "all"
+    cold_from: Literal["all", "tail"] = Field("all", description="hold cold users out of all users, or of "
+                                              "the tail only")
     seed: Seed | None = Field(
         None, description="seed of the cold hold-out; default: the recipe's seed. Fix it so runs at "
         "different seeds hold out the same users and can be compared user by user"
@@ -79,24 +79,27 @@ class Split(Strict):
 
 
 class Monitor(Strict):
-    metric: str = Field("ndcg@10", pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$")
-    slice: Literal["all", "head", "tail"] = "all"
+    metric: str = Field("ndcg@10", pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$", description="validation metric that "
+                        "picks the best epoch and stops training")
+    slice: Literal["all", "head", "tail"] = Field("all", description="the users it is measured on")
 
 
 class Train(Strict):
-    epochs: int = Field(30, ge=1, le=100_000)
-    batch_size: Count = 256
-    lr: float = Field(1.0e-3, gt=0)
-    weight_decay: float = Field(0.0, ge=0)
+    epochs: int = Field(30, ge=1, le=100_000, description="at most this many epochs (early stopping may end sooner)")
+    batch_size: Count = Field(256, description="training windows per step")
+    lr: float = Field(1.0e-3, gt=0, description="Adam's learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="Adam's weight decay")
     sampling: Literal["windows", "users"] = Field(
         "windows", description="windows: every training window once per epoch, shuffled; users: each step "
         "draws users_per_step users uniformly (up to batch_size / users_per_step windows of each), so tail "
         "users get as many steps as head users")
     users_per_step: Count = Field(64, description="with sampling: users, the users of one step")
-    loss: Literal["ce", "bce", "sampled"] = "ce"
+    loss: Literal["ce", "bce", "sampled"] = Field("ce", description="ce: full softmax; bce: binary CE with "
+                                                  "`negatives` random negatives per target; sampled: softmax over "
+                                                  "the target and `negatives` shared negatives")
     negatives: int = Field(1, ge=1, le=100_000, description="negatives per position for bce / per batch for sampled")
     patience: int = Field(5, ge=1, le=100_000, description="stop after this many epochs without improvement on monitor")
-    monitor: Monitor = Monitor()
+    monitor: Monitor = Field(Monitor(), description="what early stopping watches")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto: CUDA when torch sees a GPU (under torchrun, the LOCAL_RANK's), else CPU")
     precision: Literal["fp32", "bf16"] = Field(
@@ -107,18 +110,21 @@ class Train(Strict):
 class Adapt(Strict):
     """Few-step adaptation of cold users: `steps` SGD steps on the user's own history before scoring."""
 
-    steps: int = Field(3, ge=1, le=1000)
+    steps: int = Field(3, ge=1, le=1000, description="SGD steps on each cold user's own history")
     lr: float = Field(1.0e-2, gt=0, description="SGD learning rate of the adaptation steps")
     params: Literal["encoder", "all"] = Field(
         "encoder", description="what each user adapts: the encoder (item table shared) or every parameter")
 
 
 class Eval(Strict):
-    ks: list[Annotated[int, Field(ge=1, le=100_000)]] = Field([5, 10, 20], min_length=1)
+    ks: list[Annotated[int, Field(ge=1, le=100_000)]] = Field([5, 10, 20], min_length=1, description="cut-offs of "
+                                                               "HR, NDCG and MRR")
     mask_seen: bool = Field(True, description="exclude the user's history items from the ranking (as RecBole)")
-    mode: Literal["full", "sampled"] = "full"
+    mode: Literal["full", "sampled"] = Field("full", description="full: rank the target among all items; "
+                                             "sampled: among `negatives` stored random items (for comparison "
+                                             "with papers only)")
     negatives: int = Field(100, ge=1, le=1_000_000, description="negatives per user in sampled mode")
-    batch_size: Count = 1024
+    batch_size: Count = Field(1024, description="users scored at once")
     adapt: Adapt | None = Field(None, description="also rank cold users after a few SGD steps on their own "
                                 "history (slice cold-adapted); null = zero-shot only")
 

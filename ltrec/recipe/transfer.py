@@ -15,7 +15,8 @@ class GradAlign(Strict):
     k: int = Field(5, ge=1, le=1000, description="inner steps per outer step")
     inner_lr: float = Field(2.0e-3, gt=0, description="α, the inner step size (α·β is the effective step)")
     beta: float = Field(0.5, gt=0, le=1, description="β, the outer step")
-    inner_optimizer: Literal["sgd", "adam"] = "adam"
+    inner_optimizer: Literal["sgd", "adam"] = Field("adam", description="the inner steps' optimiser (sgd: the "
+                                                    "paper's)")
     outer: Literal["interpolate", "adam"] = Field(
         "interpolate", description="θ₀ + β(θ_k − θ₀), or Adam on the pseudo-gradient θ₀ − θ_k"
     )
@@ -48,21 +49,20 @@ class Adversarial(Strict):
 
     weight: float = Field(0.1, ge=0, description="λ, the gradient-reversal weight")
     hidden: int = Field(64, ge=0, le=65536, description="hidden units of the MLP discriminator (0 = linear)")
-    lr: float = Field(1.0e-3, gt=0)
-    warmup_epochs: int = Field(0, ge=0)
+    lr: float = Field(1.0e-3, gt=0, description="the discriminator's learning rate")
+    warmup_epochs: int = Field(0, ge=0, description="epochs before the reversal starts (the discriminator trains "
+                               "throughout)")
     state: Literal["last", "matched"] = Field(
-        "last", description="the user state D reads. last: each window's (the paper's); but head windows hold "
-        "more items than tail windows (on Amazon Music the count alone tells them apart 99.6% of the time), so "
-        "the encoder is pushed to hide how much it has seen. matched: a head window's state is encoded from only "
-        "as many of its newest items as a random tail window holds, so only what the items say can tell them "
-        "apart (one extra encoder pass over those short sequences per batch)")
+        "last", description="the user state the discriminator reads. last: each window's newest (the paper's). "
+        "matched: a head window's state is encoded from only as many of its newest items as a random tail window "
+        "holds, so the item count cannot give a user away (one extra encoder pass over those short sequences)")
 
 
 class CVaR(Strict):
     """Conditional value at risk over users: the loss is the mean of the worst α-fraction of the batch's users'
     mean next-item losses (mixed with the plain mean loss by `mix`)."""
 
-    kind: Literal["cvar"]
+    kind: Literal["cvar"] = Field(description="selects this objective")
     alpha: float = Field(0.2, gt=0, le=1, description="share of the batch's users whose losses count (1 = the "
                          "mean over users)")
     mix: float = Field(0.0, ge=0, le=1, description="weight of the plain mean loss: (1 − mix)·CVaR + mix·mean")
@@ -72,7 +72,7 @@ class GroupDRO(Strict):
     """Group DRO (Sagawa et al. 2020): users in groups by training-history length; each step moves the group
     weights q toward the groups with the higher loss, q_g ← q_g·exp(step·loss_g), and the loss is Σ_g q_g·loss_g."""
 
-    kind: Literal["group_dro"]
+    kind: Literal["group_dro"] = Field(description="selects this objective")
     groups: Literal["length_quantiles", "head_tail"] = Field(
         "length_quantiles", description="length_quantiles: n_groups groups of about equally many users by "
         "training events; head_tail: the two slices")
