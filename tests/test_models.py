@@ -293,3 +293,26 @@ def test_sasrec_item_scale_off_adds_the_item_embedding_as_it_is():
         plain.item_emb.weight.copy_(scaled.item_emb.weight * DIM ** 0.5)
         x = left_pad(SEQS, 8)
         torch.testing.assert_close(plain.encode_all(x), scaled.encode_all(x), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(7, 50, 4), (1000, 3000, 16)])
+def test_chunked_cross_entropy_equals_the_whole_logits(shape, monkeypatch):
+    """The chunked loss (never holding the targets × items logits) gives the loss and both gradients of
+    F.cross_entropy on the whole matrix, to float rounding; several chunks and one."""
+    import ltrec.models.losses as losses
+
+    M, N, D = shape
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(M, D, generator=g, dtype=torch.float64, requires_grad=True)
+    W = (torch.randn(N, D, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    t = torch.randint(0, N, (M,), generator=g)
+    w = torch.rand(M, generator=g, dtype=torch.float64)
+    want = (torch.nn.functional.cross_entropy(h @ W.T, t, reduction="none") * w).sum()
+    want_grads = torch.autograd.grad(want, [h, W])
+    for chunk in (8 * 4 * N, 1 << 40):  # 8 targets a chunk, then all at once
+        monkeypatch.setattr(losses, "CHUNK_BYTES", chunk)
+        got = (losses.chunked_ce(h, W, t) * w).sum()
+        grads = torch.autograd.grad(got, [h, W])
+        torch.testing.assert_close(got, want)
+        for a, b in zip(grads, want_grads):
+            torch.testing.assert_close(a, b)

@@ -4,6 +4,48 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ("ce", "bce", "sampled")
+CHUNK_BYTES = 8 << 20  # logits per chunk of targets: reused from the heap, never mapped afresh each step
+
+
+class _ChunkedCE(torch.autograd.Function):
+    """Per-target full-softmax cross-entropy of states h (M, D) against item rows W (N, D), targets t (M,) in
+    0..N-1, without ever holding the (M, N) logits: chunks of targets are scored, reduced and dropped in the
+    forward, and scored again in the backward. A (M, N) matrix of a long-tailed catalogue runs to hundreds of
+    megabytes a step; allocating and freeing that much every step costs more in page faults than the work."""
+
+    @staticmethod
+    def forward(ctx, h, W, t):
+        ctx.dtypes = h.dtype, W.dtype  # under autocast h may be bf16: the softmax is done in fp32 at least
+        dtype = torch.promote_types(torch.promote_types(h.dtype, W.dtype), torch.float32)
+        h, W = h.to(dtype), W.to(dtype)
+        rows = max(1, CHUNK_BYTES // (4 * W.shape[0]))
+        lse = torch.empty(h.shape[0], dtype=h.dtype, device=h.device)
+        losses = torch.empty_like(lse)
+        for lo in range(0, h.shape[0], rows):
+            logits = h[lo:lo + rows] @ W.T  # (c, N)
+            lse[lo:lo + rows] = torch.logsumexp(logits, dim=1)
+            losses[lo:lo + rows] = lse[lo:lo + rows] - logits.gather(1, t[lo:lo + rows, None]).squeeze(1)
+        ctx.save_for_backward(h, W, t, lse)
+        ctx.rows = rows
+        return losses
+
+    @staticmethod
+    def backward(ctx, grad):
+        h, W, t, lse = ctx.saved_tensors
+        grad_h, grad_W = torch.empty_like(h), torch.zeros_like(W)
+        for lo in range(0, h.shape[0], ctx.rows):
+            hc, tc = h[lo:lo + ctx.rows], t[lo:lo + ctx.rows]
+            p = torch.exp(hc @ W.T - lse[lo:lo + ctx.rows, None])  # (c, N): the softmax
+            p[torch.arange(len(tc), device=p.device), tc] -= 1.0  # minus the one-hot target
+            p *= grad[lo:lo + ctx.rows, None]
+            grad_h[lo:lo + ctx.rows] = p @ W
+            grad_W.addmm_(p.T, hc)
+        return grad_h.to(ctx.dtypes[0]), grad_W.to(ctx.dtypes[1]), None
+
+
+def chunked_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(M,) cross-entropy of each state in h (M, D) over the rows of W (N, D), targets in 0..N-1."""
+    return _ChunkedCE.apply(h, W, targets)
 
 
 def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=None, per_target=False):
@@ -29,8 +71,9 @@ def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=N
 
 def _losses(model, h, pos, loss, negatives, generator, reduction):
     n_items = model.n_items
-    if loss == "ce":
-        return F.cross_entropy(model.score(h), pos - 1, reduction=reduction)  # (M, N) logits, class j is item j+1
+    if loss == "ce":  # class j is item j + 1: the table without its padding row
+        each = chunked_ce(h, model.item_emb.weight[1:], pos - 1)  # (M,)
+        return each.mean() if reduction == "mean" else each
 
     W = model.item_emb.weight  # (N+1, D), tied with score()
     dev = generator.device if generator is not None else h.device
