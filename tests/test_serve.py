@@ -218,6 +218,19 @@ def test_other_endpoints(setup):
     assert info["columns"]["item"] == "item_id" and info["server"]["ltrec"] == "0.1.0"
 
 
+def test_keep_alive_answers_without_delay(setup):
+    """With Nagle's algorithm on, each answer on a kept-alive connection waits ~40 ms for a delayed ACK."""
+    conn = http.client.HTTPConnection("127.0.0.1", setup["server"].port, timeout=10)
+    try:
+        start = time.perf_counter()
+        for _ in range(10):
+            conn.request("GET", "/health")
+            assert conn.getresponse().read() == b'{"status":"ok"}'
+        assert time.perf_counter() - start < 0.3
+    finally:
+        conn.close()
+
+
 def test_metrics_count_requests(setup):
     server = setup["server"]
     ok_line, bad_line = (f'ltrec_requests_total{{endpoint="/recommend",status="{s}"}}' for s in (200, 400))
