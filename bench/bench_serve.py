@@ -197,7 +197,8 @@ def main() -> None:
           f"starlette {starlette.__version__}, uvicorn {uvicorn.__version__}; load average at the end "
           f"{os.getloadavg()[0]:.1f}\n\n**Command**: `python {' '.join(sys.argv)}` (one server process, "
           "--max-wait-ms 2; the client runs on the same machine)\n")
-    print("| model | batching | concurrency | requests | failed | req/s | p50 ms | p95 ms | p99 ms | histories per call |")
+    print("| model | batching | concurrency | requests | failed | req/s | p50 ms | p95 ms | p99 ms "
+          "| histories per call |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, batching, conc, n, failed, rps, p50, p95, p99, per_call in rows:
         print(f"| {model} | {batching} | {conc} | {n:,} | {failed} | {rps:,.0f} | {p50:.2f} | {p95:.2f} | {p99:.2f} "

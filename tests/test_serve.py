@@ -294,6 +294,20 @@ def test_sigterm_finishes_in_flight_requests(setup):
         server.stop()
 
 
+def test_workers(setup):
+    """--workers 2: each process loads the bundle (its settings come through the environment), same answers."""
+    body = {"history": ["i1", "i2", "i3"], "k": 5}
+    expected = setup["server"].post("/recommend", body)
+    server = Server(setup["bundle"], setup["folder"] / "workers.log", "--workers", 2, "--max-queue", 8)
+    try:
+        assert [server.post("/recommend", body)[::2] for _ in range(4)] == [expected[::2]] * 4
+        assert server.request("GET", "/info")[2]["server"]["max_queue"] == 8
+        server.proc.send_signal(signal.SIGTERM)
+        server.proc.wait(timeout=30)
+    finally:
+        server.stop()
+
+
 def test_bad_bundle_or_port_exit_2(setup, tmp_path):
     r = runner.invoke(app, ["serve", str(tmp_path / "missing")])
     assert r.exit_code == 2 and "no bundle.json" in r.output and len(r.output.strip().splitlines()) == 1

@@ -45,7 +45,8 @@ class Metrics:
 
     def render(self, queued: int) -> str:
         out = _head("ltrec_requests_total", "counter", "HTTP requests answered, by endpoint and status.")
-        out += [f'ltrec_requests_total{{endpoint="{e}",status="{s}"}} {n}' for (e, s), n in sorted(self.requests.items())]
+        out += [f'ltrec_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}'
+                for (endpoint, status), n in sorted(self.requests.items())]
         out += _head("ltrec_request_duration_seconds", "histogram", "Time from request to response, by endpoint.")
         for endpoint, hist in sorted(self.latency.items()):
             out += hist.lines("ltrec_request_duration_seconds", f'endpoint="{endpoint}"')
