@@ -19,7 +19,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from .bundle import length_batches, load_bundle
+from .bundle import Bundle, length_batches, load_bundle
 from .data import connect, distinct_items, duckdb_errors, read_events, source_files
 from .errors import UserError
 from .fileio import open_output, refuse_inputs
@@ -98,6 +98,26 @@ def seen_items(h: Histories, users: np.ndarray, n_items: int) -> np.ndarray:
     return out
 
 
+def model_top_k(b: Bundle, h: Histories, users: np.ndarray, exclude_seen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(items (B, K), scores (B, K)) from one onnxruntime call: each user's last max_len known items in, and
+    their whole known history excluded where `exclude_seen` (B,) is True. Every user needs a known item."""
+    width = min(int((h.offsets[users + 1] - h.offsets[users]).max()), b.meta.max_len)
+    if exclude_seen.any():
+        exclude = seen_items(h, users, len(b.vocab))
+        exclude[~exclude_seen] = 0  # 0 = nothing: a row that keeps seen items
+    else:
+        exclude = np.zeros((len(users), 0), np.int64)
+    return b.run(last_items(h, users, width), exclude)
+
+
+def popular_items(popularity: list[float], k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fallback for a user with no known item: (k,) item ids by training popularity (ties: lower id first)
+    and (k,) float32 scores, each item's share of training events."""
+    counts = np.asarray(popularity, dtype=np.float64)
+    popular = np.argsort(-counts, kind="stable")[:k] + 1
+    return popular, (counts[popular - 1] / max(counts.sum(), 1.0)).astype(np.float32)
+
+
 def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
@@ -120,10 +140,8 @@ def run_predict(bundle: Path, input_path: Path, output: str | Path, k: int | Non
     if h.unknown:
         console.print(f"skipped {plural(h.unknown, 'event')} whose item the model does not know "
                       f"({plural(h.unknown_items, 'distinct item')})")
-    popularity = np.asarray(b.meta.popularity, dtype=np.float64)
-    share = popularity / max(popularity.sum(), 1.0)  # the fallback's score: an item's share of training events
-    popular = np.argsort(-popularity, kind="stable")[:k] + 1  # (k,) item ids; ties: lower id first
-    n_users, n_items = len(h.users), len(b.vocab)
+    popular, share = popular_items(b.meta.popularity, k)
+    n_users = len(h.users)
     lengths = np.diff(h.offsets)  # (U,) known items per user
     known = lengths > 0  # (U,) False = popularity fallback
     rows = 0
@@ -136,14 +154,12 @@ def run_predict(bundle: Path, input_path: Path, output: str | Path, k: int | Non
         for lo in range(0, n_users, CHUNK):  # chunks bound memory; the output stays in user order
             users = np.arange(lo, min(lo + CHUNK, n_users))
             items = np.broadcast_to(popular, (len(users), k)).copy()  # (C, k), fallback users keep these
-            scores = np.broadcast_to(share[popular - 1], (len(users), k)).astype(np.float32)  # (C, k)
+            scores = np.broadcast_to(share, (len(users), k)).copy()  # (C, k)
             progress.advance(task, int((~known[users]).sum()))
             run = users[known[users]]
             for batch in length_batches(lengths[run], batch_size):
                 who = run[batch]
-                history = last_items(h, who, min(int(lengths[who].max()), b.meta.max_len))
-                exclude = seen_items(h, who, n_items) if exclude_seen else np.zeros((len(who), 0), np.int64)
-                got_items, got_scores = b.run(history, exclude)
+                got_items, got_scores = model_top_k(b, h, who, np.full(len(who), exclude_seen))
                 items[who - lo], scores[who - lo] = got_items[:, :k], got_scores[:, :k]
                 progress.advance(task, len(who))
             rows += _write_rows(f, user_ids[users], items, scores, ~known[users], item_ids)

@@ -9,7 +9,7 @@ import sys
 import typer
 
 from ..errors import UserError
-from . import results, runs, setup  # noqa: F401  (each registers its commands on app)
+from . import results, runs, serve, setup  # noqa: F401  (each registers its commands on app)
 from .app import app
 
 __all__ = ["app", "main"]
