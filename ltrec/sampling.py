@@ -6,8 +6,7 @@ random windows of each: plain training with `train.sampling: users` uses it, and
 alignment with `sampling: uniform / events / balanced` (and `permuted`, which takes the users in a random
 order, each once per epoch, through `UserSampler.subset`). Gradient alignment's default, `window_plan`, instead
 keeps plain training's data (every window once per epoch) and only splits each outer iteration's windows
-into user-disjoint batches: redrawing users every iteration left a third of them out of each epoch and
-trained worse on Amazon Music (RESULTS.md, stop 17).
+into user-disjoint batches: redrawing users every iteration leaves about a third of them out of each epoch.
 """
 
 from __future__ import annotations

@@ -288,7 +288,7 @@ def test_user_error_on_one_rank_ends_every_rank_with_exit_2(project, tmp_path, w
     try:
         spawn(_error_worker, str(project), where, str(tmp_path), timeout=180)
     except mp.ProcessExitedException as exc:
-        # Known, rare (1 of ~10 CI runs, stop 18): after the command has returned its exit code, gloo's teardown
+        # Known, rare (about 1 CI run in 10): after the command has returned its exit code, gloo's teardown
         # can abort the process ("terminate called without an active exception"). Tolerated only once both
         # ranks have recorded their outcome; anything earlier still fails the test.
         if exc.signal_name != "SIGABRT" or not all((tmp_path / f"rank{r}.json").exists() for r in range(2)):

@@ -22,7 +22,7 @@ class TwoRanks(Dist):
 
 
 def test_users_sampling_equals_grad_align_with_k1_beta1_adam(tiny_csv):
-    # the sampling-only control of RESULTS.md ("Which part does it?") ran as grad_align k 1, β 1; the option
+    # the sampling-only control is grad_align with k 1, β 1; the option
     # must be that very algorithm: the same batches and, up to the outer step's rounding, the same weights
     _, plain, users, _ = build(tiny_csv, train={"sampling": "users", "users_per_step": 4})
     _, ga_model, ga, _ = build(tiny_csv, transfer={"grad_align": {"k": 1, "beta": 1.0, "inner_optimizer": "adam",

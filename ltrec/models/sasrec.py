@@ -53,7 +53,7 @@ class SASRec(Backbone):
         self.drop = nn.Dropout(dropout)
         # Without it the residual stream starts at the item embeddings' small init scale while every block adds
         # O(1) outputs: items with few updates (the catalogue's long tail) stay drowned out. A unit-scale input
-        # trained far better on Amazon Music (RESULTS.md, "Correction"); recipes default to it.
+        # trains far better on long-tailed catalogues; recipes default to it.
         self.ln_in = nn.LayerNorm(dim) if input_norm else nn.Identity()
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
