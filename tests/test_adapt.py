@@ -1,4 +1,4 @@
-"""Cold-start users: held out of training, ranked zero-shot and after few-step adaptation, served by predict."""
+"""ltrec.adapt and the cold slice: cold users ranked zero-shot and after adaptation, exactly as a per-user loop would."""
 
 from __future__ import annotations
 
