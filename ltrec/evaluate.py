@@ -34,6 +34,8 @@ from .errors import UserError
 from .fileio import atomic_write
 from .metrics import Seen, sample_negatives, sampled_ranks, state_ranks, target_ranks
 from .models import Backbone
+from . import popblend
+from .popblend import Blend
 from .recipe import Eval
 from .runs import SLICES, read_epochs
 from .stats import metrics_from_ranks, summarize
@@ -49,6 +51,7 @@ class Result:
     slice_of: np.ndarray  # (B,) "head" | "tail" | "cold" | "cold-adapted" (a cold user's second row)
     per_user: dict[str, np.ndarray]  # metric → (B,)
     ks: list[int]
+    lengths: np.ndarray  # (B,) items of each history the model saw
 
     def mask(self, name: str) -> np.ndarray:
         return np.isin(self.slice_of, WARM) if name == "all" else self.slice_of == name
@@ -58,10 +61,11 @@ class Result:
 
 
 def protocol(cfg: Eval) -> str:
+    blend = "; scores blended with popularity per history length, fitted on validation" if cfg.pop_blend else ""
     if cfg.mode == "sampled":
-        return f"sampled: target vs {cfg.negatives} stored random negatives, pessimistic ties"
+        return f"sampled: target vs {cfg.negatives} stored random negatives, pessimistic ties{blend}"
     masked = "history masked" if cfg.mask_seen else "history not masked"
-    return f"full ranking over all items, {masked}, pessimistic ties, leave-one-out"
+    return f"full ranking over all items, {masked}, pessimistic ties, leave-one-out{blend}"
 
 
 class Evaluator:
@@ -74,7 +78,8 @@ class Evaluator:
         self.run_dir, self.seed, self.dist = run_dir, seed, dist
 
     @torch.no_grad()
-    def run(self, split: str, ks=None) -> Result:
+    def run(self, split: str, ks=None, blend: Blend | None = None) -> Result:
+        """Rank every evaluated (and cold) user's `split` target; `blend` adds the popularity blend."""
         model, seqs, cfg, dist, device = self.model, self.seqs, self.cfg, self.dist, self.device
         model.eval()
         parts = [seqs.eval_inputs(split, self.max_len, cold=c) for c in (False, True)]
@@ -106,12 +111,18 @@ class Evaluator:
             adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
             if negs is None and isinstance(model, Backbone) and model.tied and not adapt.any():
                 h = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
-                mine.append(state_ranks(h, model.item_emb.weight[1:].float(), tgt, seen).cpu())
+                table = model.item_emb.weight[1:].float()  # (N, D)
+                if blend is not None:  # [h, w]·[e, log(1 + count)]: still one dot product per item
+                    h = torch.cat([h, blend.weight(hist)[:, None]], dim=1)
+                    table = torch.cat([table, blend.prior.to(device)[:, None]], dim=1)
+                mine.append(state_ranks(h, table, tgt, seen).cpu())
                 continue
             scores = model(hist).float()  # (B, N)
             if adapt.any():
                 scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
                     model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
+            if blend is not None:
+                scores += blend.weight(hist)[:, None] * blend.prior.to(device)[None, :]
             if negs is None:
                 mine.append(target_ranks(scores, tgt, seen).cpu())
             else:
@@ -122,7 +133,7 @@ class Evaluator:
             rank[sel] = gathered[b % dist.world][b // dist.world].numpy()
         per_user = metrics_from_ranks(rank, ks or cfg.ks)
         per_user["rank"] = rank.astype(np.float64)
-        return Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks))
+        return Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks), lengths)
 
     def _negatives(self, split: str, history: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Sampled mode's negatives: drawn once with the recipe's seed and stored with the run (rank 0)."""
@@ -155,7 +166,8 @@ def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None,
     recipe, seqs = load_run(run, overrides)
     model = build_model(recipe, seqs)
     load_weights(model, run / "best.pt")
-    result = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed).run(split, ks)
+    evaluator = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed)
+    result = evaluator.run(split, ks, fit_blend(recipe, seqs, evaluator, run))
     write_per_user(result, seqs, run / f"users_{split}.csv")
     return result, {k: v for k, v in result.table(slices).items() if k in slices}
 
@@ -175,8 +187,9 @@ def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Co
     summary = {"best_epoch": max(history, key=lambda r: r["valid"][monitor.slice][monitor.metric])["epoch"]
                if history else 0, "epochs": len(history),
                "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0}
+    blend = fit_blend(recipe, seqs, evaluator, run_dir, dist)
     for split in ("valid", "test"):
-        result = evaluator.run(split)
+        result = evaluator.run(split, blend=blend)
         summary[split], summary["protocol"] = result.table(), result.protocol
         with dist.together():
             if dist.main:
@@ -187,6 +200,17 @@ def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Co
     console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
     console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail; pictures: ltrec report {run_dir})")
     return run_dir
+
+
+def fit_blend(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path, dist: Dist = LOCAL) -> Blend | None:
+    """The popularity blend the recipe asks for, fitted on validation and saved with the run (rank 0)."""
+    if recipe.eval.pop_blend is None:
+        return None
+    blend = popblend.fit(evaluator, recipe.eval.pop_blend, seqs.item_counts(), recipe.train.monitor.metric)
+    with dist.together():
+        if dist.main:
+            popblend.save(run_dir, blend)
+    return blend
 
 
 def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:

@@ -18,9 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
 
-from . import __version__
+from . import __version__, popblend
 from .build import build_model, load_run
 from .bundle import FORMAT_VERSION, length_batches, session, write_bundle
+from .popblend import Blend
 from .checkpoint import load_weights
 from .errors import UserError
 from .runs import Summary, read_json
@@ -33,21 +34,34 @@ PARITY_USERS = 2000
 class TopKScorer(nn.Module):
     """Backbone + exclusion + top-K: (history (B, L), exclude (B, E)) → (items (B, K), scores (B, K))."""
 
-    def __init__(self, backbone: nn.Module, k: int):
+    def __init__(self, backbone: nn.Module, k: int, blend: Blend | None = None):
         super().__init__()
-        self.backbone, self.k = backbone, k
+        self.backbone, self.k, self.blend = backbone, k, blend is not None
         # Scores are laid out over ids 0..N, so topk's column index IS the item id; column 0 (padding)
         # gets -inf through the bias. F.linear against the full embedding table (a Gemm) reuses the
         # weight the input lookup already holds, where `weight[1:].T` would store a second copy.
         bias = torch.zeros(backbone.n_items + 1)
         bias[0] = float("-inf")
         self.register_buffer("pad_bias", bias, persistent=False)
+        if blend is not None:  # the popularity blend: w of the history's length bucket × log(1 + count)
+            self.register_buffer("edges", blend.edges.clone(), persistent=False)
+            self.register_buffer("weights", blend.weights.clone(), persistent=False)
+            self.register_buffer("prior", F.pad(blend.prior, (1, 0)), persistent=False)  # (N+1,), 0 for padding
 
-    def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def scores(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, N+1): column j is item j, column 0 (padding) -inf."""
         if hasattr(self.backbone, "item_emb"):  # neural backbones: tied item embeddings
             scores = F.linear(self.backbone.encode(history), self.backbone.item_emb.weight, self.pad_bias)
         else:  # pop: scores do not come from a user state
             scores = F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # (B, N+1)
+        if self.blend:  # the bucket is how many edges the length reaches (torch.bucketize, in ONNX ops)
+            lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
+            bucket = (lengths >= self.edges.unsqueeze(0)).sum(dim=1)  # (B,)
+            scores = scores + self.weights[bucket].unsqueeze(1) * self.prior.unsqueeze(0)
+        return scores
+
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.scores(history)
         # adding -inf (not assigning) keeps repeated ids well defined: ScatterElements with reduction=add
         minus_inf = torch.full(exclude.shape, float("-inf"), dtype=scores.dtype)  # (B, E)
         scores = scores.scatter_add(1, exclude, minus_inf)  # (B, N+1)
@@ -55,20 +69,20 @@ class TopKScorer(nn.Module):
         return items, values
 
 
-def reference_topk(backbone: nn.Module, history: torch.Tensor, exclude: torch.Tensor, k: int):
+def reference_topk(scorer: TopKScorer, history: torch.Tensor, exclude: torch.Tensor, k: int):
     """Torch's answer, ties broken like ONNX TopK (lower index first), so tie order is not a difference."""
     with torch.inference_mode():
-        scores = F.pad(backbone(history).float(), (1, 0), value=float("-inf"))  # (B, N+1), column = item id
+        scores = scorer.scores(history).float()  # (B, N+1), column = item id
         scores = scores.scatter_add(1, exclude, torch.full(exclude.shape, float("-inf")))
         values, items = torch.sort(scores, dim=1, descending=True, stable=True)
     return scores, items[:, :k], values[:, :k]
 
 
-def to_onnx(backbone: nn.Module, k: int, max_len: int, metadata: dict[str, str]) -> bytes:
+def to_onnx(wrapper: TopKScorer, max_len: int, metadata: dict[str, str]) -> bytes:
     """Serialized, checked ONNX model (bytes) with `metadata` in its metadata_props."""
     import onnx
 
-    wrapper = TopKScorer(backbone, k).eval()
+    k = wrapper.k
     # batch ≥ 2 and a non-trivial exclude, so no dimension is specialised to 1 while tracing
     example = (torch.tensor([[0] * (max_len - 1) + [1]] * 2), torch.ones(2, 3, dtype=torch.long))
     buf = io.BytesIO()
@@ -88,7 +102,7 @@ def to_onnx(backbone: nn.Module, k: int, max_len: int, metadata: dict[str, str])
     return proto.SerializeToString()
 
 
-def check_parity(model_bytes: bytes, backbone: nn.Module, history: np.ndarray, k: int) -> dict:
+def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k: int) -> dict:
     """onnxruntime vs torch on real histories: once at full width with nothing excluded, once fed as
     `ltrec predict` feeds it (batches trimmed to their longest history, the history itself excluded)."""
     sess = session(model_bytes)
@@ -102,7 +116,7 @@ def check_parity(model_bytes: bytes, backbone: nn.Module, history: np.ndarray, k
         trimmed[0][batch], trimmed[1][batch] = got
     worst, same = 0.0, 0
     for exclude, (got_items, got_scores) in ((hist[:, :0], plain), (hist, trimmed)):
-        scores, want_items, want_scores = (t.numpy() for t in reference_topk(backbone, hist, exclude, k))
+        scores, want_items, want_scores = (t.numpy() for t in reference_topk(scorer, hist, exclude, k))
         at_got = np.take_along_axis(scores, got_items, axis=1)  # torch's scores for onnx's items
         finite = np.isfinite(want_scores)
         if not (np.isfinite(got_scores) == finite).all() or not (np.isfinite(at_got) == finite).all():
@@ -136,14 +150,16 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
     max_len = recipe.data.max_len
     metadata = {"ltrec.format_version": str(FORMAT_VERSION), "ltrec.n_items": str(seqs.n_items),
                 "ltrec.max_len": str(max_len), "ltrec.k": str(k), "ltrec.backbone": recipe.backbone.kind}
+    blend = popblend.load(run_dir, seqs.item_counts()) if recipe.eval.pop_blend else None
+    scorer = TopKScorer(backbone, k, blend).eval()
     try:
-        model_bytes = to_onnx(backbone, k, max_len, metadata)
+        model_bytes = to_onnx(scorer, max_len, metadata)
     except Exception as exc:  # an exporter or checker failure is a bug to report, but say where
         raise UserError(f"{run_dir}: ONNX export failed ({type(exc).__name__}: {exc})") from None
 
     _, history, _ = seqs.eval_inputs("test", max_len)
     pick = np.linspace(0, len(history) - 1, min(PARITY_USERS, len(history))).round().astype(int)
-    parity = check_parity(model_bytes, backbone, history[pick], k)
+    parity = check_parity(model_bytes, scorer, history[pick], k)
     console.print(f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
                   f"trimmed with seen items excluded, as predict runs it): max |score diff| "
                   f"{parity['max_abs_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}")
@@ -169,6 +185,7 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
         "parity": parity,
         "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
         "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
+        "pop_blend": json.loads(blend.to_json()) if blend else None,  # in the graph; here for the record
         "metrics": metrics,
         "versions": {"ltrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},

@@ -50,13 +50,13 @@ def ok(args) -> str:
 
 
 def train_run(folder: Path, csv: Path, kind: str, epochs: int = 2, dim: int = 16, max_len: int = MAX_LEN,
-              transfer: str = "", extra: str = "", name: str = "") -> Path:
+              transfer: str = "", extra: str = "", name: str = "", evaluation: str = "") -> Path:
     name = name or kind + ("-transfer" if transfer else "")
     recipe = folder / f"{name}.yaml"
     dims = (f", dim: {dim}" if kind != "pop" else "") + extra
     recipe.write_text(f"name: tiny-{kind}\ndata: {{source: {csv}, max_len: {max_len}}}\n"
                       f"backbone: {{kind: {kind}{dims}}}\ntrain: {{epochs: {epochs}, batch_size: 64}}\n"
-                      + (f"transfer: {transfer}\n" if transfer else ""))
+                      + (f"transfer: {transfer}\n" if transfer else "") + (f"eval: {evaluation}\n" if evaluation else ""))
     ok(["train", recipe, "--out", folder / name])
     return folder / name
 
@@ -73,6 +73,9 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     branch = "{user_branch: {weight: 1.0}}"  # the head→tail map is inside the exported graph
     runs.update({f"{kind}-branch": train_run(folder, csv, kind, transfer=branch, name=f"{kind}-branch")
                  for kind in ("gru4rec", "sasrec")})
+    # the popularity blend, fitted on validation, is inside the exported graph too
+    runs["sasrec-blend"] = train_run(folder, csv, "sasrec", name="sasrec-blend",
+                                     evaluation="{pop_blend: {weights: [0.0, 1.0, 3.0]}}")
     return runs
 
 
@@ -88,7 +91,7 @@ def session(bundle: Path):
 
 @pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", *NEW, "gru4rec-transfer", "sasrec-transfer",
                                   "bert4rec-transfer", "sasrec-plain-input", "gru4rec-branch",
-                                  "sasrec-branch"])
+                                  "sasrec-branch", "sasrec-blend"])
 def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     import onnx
 
@@ -117,7 +120,13 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     _, history, _ = seqs.eval_inputs("test", MAX_LEN)
     items, scores = session(bundle).run(None, {"history": history, "exclude": np.zeros((len(history), 0), np.int64)})
     with torch.no_grad():
-        full = model(torch.from_numpy(history)).numpy()  # (B, N), column j = item j + 1
+        full = model(torch.from_numpy(history))  # (B, N), column j = item j + 1
+        if recipe.eval.pop_blend:  # the blend fitted at training, applied as eval applies it
+            from ltrec.popblend import load as load_blend
+
+            blend = load_blend(run, seqs.item_counts())
+            full = full + blend.weight(torch.from_numpy(history))[:, None] * blend.prior[None, :]
+        full = full.numpy()
     want = np.argsort(-full, axis=1, kind="stable")[:, :10] + 1
     assert items.dtype == np.int64 and scores.dtype == np.float32 and items.shape == (len(history), 10)
     assert (items == want).all(axis=1).mean() >= 0.999

@@ -9,10 +9,10 @@ from .backbones import (BACKBONE_KINDS, Backbone, BERT4RecConfig, CaserConfig, G
 from .transfer import ROBUST_KINDS, CVaR, Adversarial, GradAlign, GroupDRO, Transfer, UserBranch
 from .load import (apply_overrides, dump_recipe, load_recipe, parse_override, parse_yaml, read_yaml, recipe_schema,
                    validate_dict)
-from .sections import Adapt, Columns, Data, Eval, Head, Monitor, Output, Recipe, Split, Train
+from .sections import Adapt, Columns, Data, Eval, Head, Monitor, Output, PopBlend, Recipe, Split, Train
 
 __all__ = ["BACKBONE_KINDS", "ROBUST_KINDS", "CVaR", "GroupDRO", "UserBranch", "IDENTIFIER", "Adapt", "Adversarial", "Backbone", "BERT4RecConfig", "CaserConfig",
            "Columns", "Data", "Eval", "GradAlign", "GRU4RecConfig", "Head", "Monitor", "NARMConfig", "Output",
-           "PopConfig", "Recipe", "SASRecConfig", "Split", "Strict", "Train", "Transfer", "apply_overrides",
+           "PopBlend", "PopConfig", "Recipe", "SASRecConfig", "Split", "Strict", "Train", "Transfer", "apply_overrides",
            "dump_recipe", "load_recipe", "parse_override", "parse_yaml", "read_yaml", "recipe_schema",
            "validate_dict"]

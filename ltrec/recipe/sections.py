@@ -116,6 +116,23 @@ class Adapt(Strict):
         "encoder", description="what each user adapts: the encoder (item table shared) or every parameter")
 
 
+class PopBlend(Strict):
+    """Scores plus w·log(1 + the item's training count), one weight w per history-length bucket, each chosen
+    on the validation split from `weights`: a short history can lean on popularity, a long one on the model."""
+
+    edges: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        [2, 3, 5, 8, 13, 21], min_length=1, description="history lengths (items the model sees) where a new bucket "
+        "starts; the first bucket holds the histories shorter than the first edge")
+    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
+        [0.0, 0.03, 0.1, 0.3, 1.0, 3.0], min_length=1, description="candidate weights (0: the model alone)")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "PopBlend":
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f"edges must increase (got {self.edges})")
+        return self
+
+
 class Eval(Strict):
     ks: list[Annotated[int, Field(ge=1, le=100_000)]] = Field([5, 10, 20], min_length=1, description="cut-offs of "
                                                                "HR, NDCG and MRR")
@@ -127,6 +144,8 @@ class Eval(Strict):
     batch_size: Count = Field(1024, description="users scored at once")
     adapt: Adapt | None = Field(None, description="also rank cold users after a few SGD steps on their own "
                                 "history (slice cold-adapted); null = zero-shot only")
+    pop_blend: PopBlend | None = Field(None, description="blend scores with item popularity per history-length "
+                                       "bucket, fitted on validation; in the exported graph too")
 
 
 class Output(Strict):
