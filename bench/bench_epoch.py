@@ -4,7 +4,7 @@
 
 Times, on the same first `fraction` of the training windows (scaled to an epoch): (1) the output layer alone
 — for every batch's targets, logits = h·Wᵀ over all items, softmax, and both backward matmuls, with random
-states: the work no implementation of full-softmax training avoids; (2) a plain epoch with the cross-entropy
+states, in chunks: the work no implementation of full-softmax training avoids; (2) a plain epoch with the cross-entropy
 computed in chunks of targets (ltrec's); (3) the same epoch with the (targets × items) logits held whole.
 Beside wall seconds: user and system CPU seconds and minor page faults of the process, which show the cost of
 allocating and freeing large logits every step.
@@ -40,16 +40,19 @@ def delta(a, b, scale):
 
 
 def bound(runner, W: torch.Tensor) -> None:
-    """The output layer's forward and backward for each batch of the epoch, on random states."""
+    """The output layer's forward and backward for each batch of the epoch, on random states: the logits, the
+    softmax and both gradient matmuls, in cache-sized chunks of targets (no allocation churn of its own)."""
+    rows = max(1, losses.CHUNK_BYTES // (4 * W.shape[0]))
+    grad_W = torch.zeros_like(W)
     count, groups = runner.plan()
     for group in groups:
         idx = group[0]
         m = int((runner.objective.targets[idx] > 0).sum())
         h = torch.randn(m, W.shape[1])
-        logits = h @ W.T  # (M, N)
-        p = torch.softmax(logits, dim=1)
-        p @ W  # grad wrt h
-        p.T @ h  # grad wrt W
+        for lo in range(0, m, rows):
+            p = torch.softmax(h[lo:lo + rows] @ W.T, dim=1)  # (c, N)
+            p @ W  # grad wrt h
+            grad_W.addmm_(p.T, h[lo:lo + rows])  # grad wrt W
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Full-ranking evaluation speed: users/s of `ltrec.evaluate.evaluate` (history masked, as `ltrec eval`).
+"""Full-ranking evaluation speed: users/s of `ltrec.evaluate.Evaluator` (history masked, as `ltrec eval`).
 
     python bench/bench_eval.py [--data ../shared/data/amazon-music/interactions.csv] [--threads 2] [--rounds 3]
 
@@ -7,7 +7,7 @@ evaluated user's test target against all items at 3.7k and 200k items (synthetic
 at Amazon Music's 20k items (its real sequences: the time for all of its evaluated users is the figure that
 matters). Each case runs --rounds times in turn and the fastest round counts (the machine is shared). The
 split columns time the two halves of the work separately: the model's forward pass (scores for every item)
-and the ranking (`seen_items` + `metrics.target_ranks`).
+and the ranking (seen items + `metrics.target_ranks`).
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_ingest import machine  # noqa: E402
-from ltrec.data import Sequences, _assign_roles, load  # noqa: E402
-import ltrec.evaluate as ev  # noqa: E402
-from ltrec.evaluate import evaluate  # noqa: E402
+from ltrec.data import Sequences, load  # noqa: E402
+from ltrec.data.load import _assign_roles  # noqa: E402
+from ltrec.evaluate import Evaluator  # noqa: E402
 from ltrec.models import SASRec  # noqa: E402
 from ltrec.recipe import Data, Eval, Head, Split  # noqa: E402
 
@@ -41,13 +41,13 @@ def synthetic(n_users: int, n_items: int, seed: int = 0) -> Sequences:
 
 
 def full_matrix(model, seqs: Sequences, cfg: Eval):
-    """evaluate() as it was before block-wise ranking: model(hist) → the (B, N) matrix → target_ranks."""
-    real = ev._tied
-    ev._tied = lambda model: False
+    """The evaluation without block-wise ranking: model(hist) → the (B, N) matrix → target_ranks."""
+    real = type(model).tied
+    type(model).tied = property(lambda self: False)
     try:
-        return evaluate(model, seqs, "test", cfg, 50)
+        return Evaluator(model, seqs, cfg, 50).run("test")
     finally:
-        ev._tied = real
+        type(model).tied = real
 
 
 def main() -> None:
@@ -68,7 +68,7 @@ def main() -> None:
             torch.manual_seed(0)
             model = SASRec(seqs.n_items, 50, dim=64, layers=2, heads=2).eval()
             t0 = time.perf_counter()
-            result = evaluate(model, seqs, "test", cfg, 50)
+            result = Evaluator(model, seqs, cfg, 50).run("test")
             t1 = time.perf_counter()
             full = full_matrix(model, seqs, cfg)
             t2 = time.perf_counter()

@@ -60,11 +60,15 @@ class CVaRLoss:
 
 
 def length_groups(train_lengths: np.ndarray, head: np.ndarray, cfg) -> np.ndarray:
-    """(U,) the group of every user: head/tail, or quantiles of training events (ties kept together, so
-    there can be fewer groups than asked where many users share a length)."""
+    """(U,) the group of every user: head/tail, or quantiles of training events over the users who train
+    (ties kept together, so there can be fewer groups than asked where many users share a length)."""
     if cfg.groups == "head_tail":
         return head.astype(np.int64)
-    edges = np.unique(np.quantile(train_lengths, np.linspace(0, 1, cfg.n_groups + 1)[1:-1], method="higher"))
+    trained = train_lengths[train_lengths >= 2]  # a user with fewer events has no training window
+    if not len(trained):
+        return np.zeros(len(train_lengths), np.int64)
+    edges = np.unique(np.quantile(trained, np.linspace(0, 1, cfg.n_groups + 1)[1:-1], method="higher"))
+    edges = edges[edges > trained.min()]  # the shortest trained users form the first group, never an empty one
     return np.searchsorted(edges, train_lengths, side="right").astype(np.int64)
 
 
