@@ -1,4 +1,4 @@
-"""How one epoch updates the model: plain mini-batch training and the paper's two transfer components.
+"""How one epoch updates the model: plain mini-batch training and the tail components that act on training.
 
 An epoch is three parts, composed by `Runner`:
 - an **objective** (`objective.py`): the loss of a batch of windows — the backbone's own objective, or a
