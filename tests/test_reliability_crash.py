@@ -292,7 +292,7 @@ def test_kill_9_during_export(tmp_path, monkeypatch):
         time.sleep(rng.uniform(0.3, 1.5) * seconds)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        ks.append(load_bundle(tmp_path / "b").meta["k"])  # whole: both files, and they match
+        ks.append(load_bundle(tmp_path / "b").meta.k)  # whole: both files, and they match
         # either the last bundle that was complete or this export's: never anything else
         assert ks[-1] in {3, *range(4, 5 + kill)}
     print(f"\n6 kill -9 points of ltrec export: the bundle had K = {ks}")
