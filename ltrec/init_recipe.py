@@ -66,6 +66,8 @@ arms:
     set: ["transfer.robust={{kind: group_dro, step: 0.1}}"]
   - name: user-branch           # map short histories' states toward long ones'
     set: ["transfer.user_branch={{weight: 1.0}}"]
+  - name: contrastive           # pull together states that lead to the same item
+    set: ["transfer.contrastive={{weight: 0.1}}"]
   - name: ga-at                 # the paper's two components
     set: ["transfer.grad_align={{k: 5, beta: 0.5}}", "transfer.adversarial={{weight: 0.1}}"]
 """

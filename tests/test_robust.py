@@ -96,7 +96,8 @@ ML100K = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/dat
                                           ("narm", "group_dro"), ("bert4rec", "cvar")])
 def test_the_tail_components_train_on_the_init_example_for_every_backbone(tmp_path, monkeypatch, kind, robust):
     """`ltrec init`'s recipe (MovieLens-100K; a synthetic log where the shared data is absent) with a robust
-    objective, the user branch and the popularity blend together, through the CLI, for every backbone."""
+    objective, the user branch, the contrastive term (not bert4rec's) and the popularity blend together, through
+    the CLI, for every backbone."""
     from conftest import write_long_tailed
 
     monkeypatch.chdir(tmp_path)
@@ -105,7 +106,9 @@ def test_the_tail_components_train_on_the_init_example_for_every_backbone(tmp_pa
     r = runner.invoke(app, ["train", "demo/recipe.yaml", "--set", f"backbone.kind={kind}", "--set", "backbone.dim=8",
                             "--set", "data.max_len=20", "--set", "train.epochs=1",
                             "--set", f"transfer.robust={{kind: {robust}}}", "--set", "transfer.user_branch={}",
-                            "--set", "eval.pop_blend={weights: [0.0, 0.3]}"])
+                            "--set", "eval.pop_blend={weights: [0.0, 0.3]}",
+                            "--set", "transfer.contrastive=" + ("null" if kind == "bert4rec" else "{}")])
     assert r.exit_code == 0, r.output
     assert "branch_loss" in r.output and ("dro_q0" in r.output) == (robust == "group_dro")
+    assert ("cl_loss" in r.output) == (kind != "bert4rec")
     assert "blended with popularity" in json.loads((tmp_path / "runs/my-sasrec/metrics.json").read_text())["protocol"]

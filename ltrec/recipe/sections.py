@@ -177,12 +177,16 @@ class Recipe(Strict):
             raise ValueError("transfer.grad_align.chains: bert4rec trains with its cloze objective, which "
                              "chains do not implement; set chains: 1")
         t = self.transfer
-        if ga is not None and ga.chains > 1 and (t.robust is not None or t.user_branch is not None):
+        if ga is not None and ga.chains > 1 and any(c is not None for c in (t.robust, t.user_branch, t.contrastive)):
             raise ValueError("transfer.grad_align.chains: chains train with the plain objective; set chains: 1 to "
-                             "use transfer.robust or transfer.user_branch")
-        if t.user_branch is not None and self.backbone.kind == "pop":
-            raise ValueError("transfer.user_branch: the popularity baseline has no user state to map; pick a "
-                             "neural backbone or set user_branch: null")
+                             "use transfer.robust, transfer.user_branch or transfer.contrastive")
+        for key in ("user_branch", "contrastive"):
+            if getattr(t, key) is not None and self.backbone.kind == "pop":
+                raise ValueError(f"transfer.{key}: the popularity baseline has no user state; pick a neural "
+                                 f"backbone or set {key}: null")
+        if t.contrastive is not None and self.backbone.kind == "bert4rec":
+            raise ValueError("transfer.contrastive pairs the states that predict the same next item; bert4rec's "
+                             "cloze states see their own targets; set contrastive: null for bert4rec")
         if ga is not None and self.train.sampling == "users":
             raise ValueError("train.sampling: users applies to plain training; gradient alignment draws its own "
                              "users (transfer.grad_align.sampling, users_per_step); set train.sampling: windows")

@@ -96,9 +96,20 @@ class UserBranch(Strict):
     hidden: int = Field(0, ge=0, le=65536, description="hidden units of the map (0 = linear)")
 
 
+class Contrastive(Strict):
+    """Contrastive regularisation of the user state (DuoRec-style): each window's state is pulled toward the
+    state of another training window with the same next item (itself under another dropout mask where there is
+    none) and pushed from the batch's other windows, by an InfoNCE loss."""
+
+    weight: float = Field(0.1, ge=0, description="λ, the weight of the InfoNCE term")
+    temperature: float = Field(1.0, gt=0, le=100, description="τ, the softmax temperature of the similarities "
+                               "(cosine similarity / τ)")
+
+
 class Transfer(Strict):
     grad_align: GradAlign | None = None
     adversarial: Adversarial | None = None
     robust: Robust | None = Field(None, description="a distributionally robust objective over users: "
                                   "{kind: cvar, alpha, mix} or {kind: group_dro, groups, n_groups, step}")
     user_branch: UserBranch | None = None
+    contrastive: Contrastive | None = None

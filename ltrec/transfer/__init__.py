@@ -4,7 +4,7 @@ An epoch is three parts, composed by `Runner`:
 - an **objective** (`objective.py`): the loss of a batch of windows — the backbone's own objective, or a
   robust objective over the batch's users (`robust.py`: CVaR, group DRO), plus the enabled terms
   (`adversarial.py`: the head/tail discriminator through gradient reversal; `user_branch.py`: the head→tail
-  map of user states);
+  map of user states; `contrastive.py`: InfoNCE between states that predict the same item);
 - a **plan** (`ltrec.sampling`): which windows each update sees — shuffled batches, users drawn uniformly,
   or gradient alignment's k user-disjoint batches per outer iteration;
 - an **update** (`grad_align.py`, `chains.py`): how those windows move the weights — one Adam step per batch,
@@ -24,6 +24,7 @@ import torch
 from ..distributed import LOCAL, Dist
 from ..sampling import UserSampler, drawn_plan, window_batches, permuted_plan, window_plan
 from .chains import Chains
+from .contrastive import Contrastive
 from .grad_align import AdamSteps, Reptile
 from .objective import Objective
 from .robust import robust_loss
@@ -73,7 +74,8 @@ def make_runner(recipe, model, seqs, windows, device, gen: torch.Generator, dist
     t = recipe.transfer
     branch = BranchLoss(t.user_branch, model, gen) if t.user_branch else None
     objective = Objective(recipe, model, inputs, targets, owner, user_head[owner], device, gen,
-                          robust_loss(t.robust, seqs, dist), branch)
+                          robust_loss(t.robust, seqs, dist), branch,
+                          Contrastive(t.contrastive, inputs, targets, gen) if t.contrastive else None)
     cfg, ga = recipe.train, recipe.transfer.grad_align
     if ga is None:
         update = AdamSteps(objective, cfg.lr, cfg.weight_decay,

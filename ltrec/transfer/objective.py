@@ -1,6 +1,7 @@
 """The loss of one batch of training windows: the backbone's own objective (its plain mean, or a robust
-objective over the batch's users) plus the enabled components' terms (adversarial, user branch), and the
-running statistics of an epoch (loss, skipped batches, the discriminator's accuracy, the robust weights)."""
+objective over the batch's users) plus the enabled components' terms (adversarial, user branch, contrastive),
+and the running statistics of an epoch (loss, skipped batches, the discriminator's accuracy, the robust
+weights)."""
 
 from __future__ import annotations
 
@@ -15,10 +16,10 @@ class Objective:
     one bad batch must not poison the weights; a diverged epoch ends the run)."""
 
     def __init__(self, recipe, model: nn.Module, inputs, targets, owner, owner_head, device, gen: torch.Generator,
-                 robust=None, branch=None):
+                 robust=None, branch=None, contrastive=None):
         self.cfg, self.model, self.device, self.gen = recipe.train, model, device, gen
         self.inputs, self.targets, self.owner, self.owner_head = inputs, targets, owner, owner_head
-        self.robust, self.branch = robust, branch
+        self.robust, self.branch, self.contrastive = robust, branch, contrastive
         self.lengths = (inputs > 0).sum(1)  # (W,)
         adv = recipe.transfer.adversarial
         self.adversary = Adversary(adv, model.dim, self.lengths, owner_head, gen).to(device) if adv else None
@@ -34,7 +35,8 @@ class Objective:
         if self.adversary is not None:
             self.adversary.set_epoch(epoch)
         self.sums = {"loss": 0.0, "batches": 0, "skipped": 0, "adv_loss": 0.0, "correct_head": 0.0,
-                     "correct_tail": 0.0, "n_head": 0.0, "n_tail": 0.0, "branch_loss": 0.0}
+                     "correct_tail": 0.0, "n_head": 0.0, "n_tail": 0.0, "branch_loss": 0.0,
+                     "cl_loss": 0.0}
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor | None:
         width = int(self.lengths[idx].max())  # drop leading all-pad columns: backbones are pad-invariant
@@ -52,6 +54,10 @@ class Objective:
                 if term is not None:
                     loss = loss + term
                     self.sums["branch_loss"] += float(term.detach())
+            if self.contrastive is not None:
+                term = self.contrastive(self.model, states, idx)
+                loss = loss + term
+                self.sums["cl_loss"] += float(term.detach())
         if not torch.isfinite(loss):
             self.sums["skipped"] += 1
             return None
@@ -92,6 +98,8 @@ class Objective:
             out["adv_loss"] = s["adv_loss"] / max(s["batches"], 1)
         if self.branch is not None:
             out["branch_loss"] = s["branch_loss"] / max(s["batches"], 1)
+        if self.contrastive is not None:
+            out["cl_loss"] = s["cl_loss"] / max(s["batches"], 1)
         if self.robust is not None:
             out.update(self.robust.stats())
         return out
