@@ -2,12 +2,13 @@
 
     python bench/bench_transfer.py recipes/sasrec-music.yaml [--threads 1] [--fraction 0.25] [--rounds 2]
 
-Modes: plain, +GA+AT (the shipped recipe's), +CVaR, +group DRO, +user branch, and the paper's one-user-per-step
-gradient alignment as one chain and as 32 vmapped chains (`--modes` picks some by name prefix). Each mode
-trains on the same first `fraction` of the training windows (whole users), scaled to a full epoch; the modes
-run in turn for `rounds` rounds and the fastest round counts, which damps a shared machine's noise. Beside wall
-seconds it reports the process's CPU seconds, which other jobs on a shared machine disturb far less. The
-one-user modes are timed over --faithful-iters outer iterations and scaled (stated as such).
+Modes: plain, +GA+AT (the shipped recipe's), +CVaR, +group DRO, +user branch, +contrastive, and the paper's
+one-user-per-step gradient alignment as one chain and as 32 vmapped chains (`--modes` picks some by name
+prefix). Each mode trains on the same first `fraction` of the training windows (whole users), scaled to a
+full epoch; the modes run in turn for `rounds` rounds and the fastest round counts, which damps a shared
+machine's noise. Beside wall seconds it reports the process's CPU seconds, which other jobs on a shared
+machine disturb far less. The one-user modes are timed over --faithful-iters outer iterations and scaled
+(stated as such).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ MODES = {  # name: (transfer, train overrides)
     "+CVaR (α 0.5, mix 0.5)": ({"robust": {"kind": "cvar", "alpha": 0.5, "mix": 0.5}}, {}),
     "+group DRO (4 length groups)": ({"robust": {"kind": "group_dro"}}, {}),
     "+user branch": ({"user_branch": {}}, {}),
+    "+contrastive": ({"contrastive": {}}, {}),
     "+GA faithful, 1 chain (1 user/step)": ({"grad_align": FAITHFUL}, {}),
     "+GA faithful, 32 chains (vmap)": ({"grad_align": {**FAITHFUL, "chains": 32}}, {}),
 }
