@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_ingest import machine  # noqa: E402
 
 import ltrec.models.losses as losses  # noqa: E402
+from ltrec.allocator import keep_freed_memory  # noqa: E402
 from ltrec.build import build_model  # noqa: E402
 from ltrec.data import load  # noqa: E402
 from ltrec.recipe import load_recipe  # noqa: E402
@@ -62,6 +63,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    keep_freed_memory()  # as `ltrec train` does
     recipe = load_recipe(args.recipe)
     seqs = load(recipe.data, recipe.split, recipe.head, recipe.seed)
     windows = seqs.train_windows(recipe.data.max_len, recipe.data.stride)

@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from . import checkpoint
+from .allocator import keep_freed_memory
 from .build import build_model, check_eval, check_precision, fingerprint, load_data, pick_device
 from .distributed import LOCAL, Dist, rank_seed, shard_users
 from .errors import UserError
@@ -53,6 +54,7 @@ def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resu
                                                              "head_threshold": seqs.head_threshold}, indent=2))
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
+    keep_freed_memory()
     torch.manual_seed(recipe.seed)
     with dist.together():
         model = build_model(recipe, seqs).to(device)
