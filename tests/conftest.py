@@ -64,3 +64,34 @@ def record(runner) -> list:
     runner.objective.loss = lambda idx: seen.append(idx) or real(idx)
     runner(lambda n, loss: None)
     return seen
+
+
+# the smallest recipe overrides that still train something: for CLI runs on the init example
+TINY = ["--set", "backbone.dim=16", "--set", "train.epochs=3", "--set", "data.max_len=20",
+        "--set", "train.batch_size=64"]
+
+
+def cli_ok(args) -> str:
+    """Run the CLI in-process; it must succeed. Returns its output."""
+    from typer.testing import CliRunner
+
+    from ltrec.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def cli_fails(args, *expected) -> str:
+    """Run the CLI in-process; it must fail as a user error (exit 2, no traceback) saying each of `expected`."""
+    from typer.testing import CliRunner
+
+    from ltrec.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    for text in expected:
+        assert text in result.output, result.output
+    return result.output
+

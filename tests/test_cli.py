@@ -6,17 +6,10 @@ import pytest
 from typer.testing import CliRunner
 
 import ltrec.train
+from conftest import TINY, cli_ok as ok
 from ltrec.cli import app
 
 runner = CliRunner()
-TINY = ["--set", "backbone.dim=16", "--set", "train.epochs=3", "--set", "data.max_len=20",
-        "--set", "train.batch_size=64"]
-
-
-def ok(args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 @pytest.fixture

@@ -11,27 +11,11 @@ import pytest
 from typer.testing import CliRunner
 
 import ltrec.evaluate
+from conftest import TINY, cli_fails as fails, cli_ok as ok
 from ltrec.cli import app
 from ltrec.runs import MARKER
 
 runner = CliRunner()
-TINY = ["--set", "backbone.dim=16", "--set", "train.epochs=3", "--set", "data.max_len=20",
-        "--set", "train.batch_size=64"]
-
-
-def ok(args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result.output
-
-
-def fails(args, *expected):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    for text in expected:
-        assert text in result.output, result.output
-    return result.output
 
 
 @pytest.fixture
