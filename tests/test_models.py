@@ -316,3 +316,26 @@ def test_chunked_cross_entropy_equals_the_whole_logits(shape, monkeypatch):
         torch.testing.assert_close(got, want)
         for a, b in zip(grads, want_grads):
             torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("shape", [(7, 50, 4), (1000, 3000, 16)])
+def test_mean_cross_entropy_gradients_from_the_forward_equal_autograd(shape, monkeypatch):
+    """mean_ce computes its gradients in the forward; they equal autograd's through F.cross_entropy's
+    mean, scaled by whatever multiplies the loss afterwards; without a gradient it is the plain mean."""
+    import ltrec.models.losses as losses
+
+    M, N, D = shape
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(M, D, generator=g, dtype=torch.float64, requires_grad=True)
+    W = (torch.randn(N, D, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
+    t = torch.randint(0, N, (M,), generator=g)
+    want = torch.nn.functional.cross_entropy(h @ W.T, t) * 2.5
+    want_grads = torch.autograd.grad(want, [h, W])
+    for chunk in (8 * 4 * N, 1 << 40):
+        monkeypatch.setattr(losses, "CHUNK_BYTES", chunk)
+        got = losses.mean_ce(h, W, t) * 2.5
+        torch.testing.assert_close(got, want)
+        for a, b in zip(torch.autograd.grad(got, [h, W]), want_grads):
+            torch.testing.assert_close(a, b)
+        with torch.no_grad():
+            torch.testing.assert_close(losses.mean_ce(h, W, t) * 2.5, want)

@@ -6,6 +6,24 @@ import torch.nn as nn
 from .losses import loss_from_states
 
 
+class Dropout(nn.Module):
+    """nn.Dropout with the mask drawn by torch.rand_like: on CPU nn.Dropout's bernoulli_ draws one element at
+    a time and took a fifth of a SASRec epoch; a uniform draw and a compare is 1.8x faster. Identity in eval,
+    so exported graphs hold nothing of it."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class Backbone(nn.Module):
     """Shared API: encode_all (B, L, D) -> encode (B, D) -> score (..., N) -> forward (B, N)."""
 

@@ -18,7 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
-from .base import Backbone
+from .base import Backbone, Dropout
 from .losses import loss_from_states
 from .sasrec import Block
 
@@ -34,7 +34,7 @@ class BERT4Rec(Backbone):
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.mask_emb = nn.Parameter(torch.randn(dim) * 0.02)  # the [MASK] token's embedding (id N+1)
         self.pos_emb = nn.Embedding(max_len, dim)  # counted from the right, as SASRec: pads never shift items
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
         self._init_items()

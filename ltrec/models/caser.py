@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Backbone
+from .base import Backbone, Dropout
 
 
 class Caser(Backbone):
@@ -31,7 +31,7 @@ class Caser(Backbone):
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.vertical = nn.Conv2d(1, n_v, (window, 1))  # each filter: a weighted sum of the window's rows
         self.horizontal = nn.ModuleList(nn.Conv2d(1, n_h, (h, dim)) for h in range(1, window + 1))
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.fc = nn.Linear(n_v * dim + n_h * window, dim)
         self._init_items()
 

@@ -3,7 +3,7 @@
 import torch
 import torch.nn as nn
 
-from .base import Backbone
+from .base import Backbone, Dropout
 
 
 class GRU4Rec(Backbone):
@@ -11,7 +11,7 @@ class GRU4Rec(Backbone):
         super().__init__()
         self.n_items, self.max_len, self.dim = n_items, max_len, dim
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         # bias=False is deliberate: the padding input is exactly 0, and with zero input, zero state
         # and no bias every gate pre-activation is 0, so h' = (1 - z) * n + z * h = 0.5 * tanh(0) + 0.5 * 0 = 0.
         # The GRU therefore stays at h = 0 through any number of left pads, and a history gives the

@@ -12,7 +12,7 @@ weight; a row with nothing to attend to just gets c_l = 0 (no NaN).
 import torch
 import torch.nn as nn
 
-from .base import Backbone
+from .base import Backbone, Dropout
 from .gru4rec import GRU4Rec
 
 
@@ -22,7 +22,7 @@ class NARM(Backbone):
         self.n_items, self.max_len, self.dim = n_items, max_len, dim
         self.gru4rec = GRU4Rec(n_items, max_len, dim, layers, dropout)  # the global encoder: h_1..h_L
         self.item_emb = self.gru4rec.item_emb  # one table, tied to the scores
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.a1 = nn.Linear(dim, dim, bias=False)  # transforms the query (the state attending)
         self.a2 = nn.Linear(dim, dim, bias=False)  # transforms the keys (every GRU output)
         self.v = nn.Linear(dim, 1, bias=False)

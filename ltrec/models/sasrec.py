@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Backbone
+from .base import Backbone, Dropout
 
 
 class Block(nn.Module):
@@ -19,10 +19,10 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(dim)
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
-        self.attn_drop = nn.Dropout(dropout)
-        self.resid_drop = nn.Dropout(dropout)
+        self.attn_drop = Dropout(dropout)
+        self.resid_drop = Dropout(dropout)
         self.ln2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim), nn.Dropout(dropout))
+        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim), Dropout(dropout))
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
         B, L, D = x.shape
@@ -50,7 +50,7 @@ class SASRec(Backbone):
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         # positions are counted from the right (newest item = 0), so extra left pads never shift real items
         self.pos_emb = nn.Embedding(max_len, dim)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         # Without it the residual stream starts at the item embeddings' small init scale while every block adds
         # O(1) outputs: items with few updates (the catalogue's long tail) stay drowned out. A unit-scale input
         # trains far better on long-tailed catalogues; recipes default to it.
