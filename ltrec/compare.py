@@ -11,17 +11,21 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .runs import check_run, protocol_of, read_per_user
+from .runs import check_run, protocol_of, ranking_protocol, read_per_user
 from .stats import paired_test
 
 
 def _check_protocols(runs: list[Path], split: str) -> str:
     protocols = [(run, protocol_of(run, split)) for run in runs]
+    first = ranking_protocol(protocols[0][1])
     for run, p in protocols[1:]:
-        if p != protocols[0][1]:
+        if ranking_protocol(p) != first:
             raise UserError(f"{run}: its per-user {split} metrics are '{p}', but {protocols[0][0]}'s are "
                             f"'{protocols[0][1]}'; a comparison needs one protocol: re-run `ltrec eval` on one of "
                             "them with the other's --set (plain `ltrec eval RUN` restores the run's own recipe)")
+    blended = [run.name for run, p in protocols if p != ranking_protocol(p)]
+    if blended and len(blended) < len(runs):
+        return f"{first}; scores blended with popularity in {', '.join(blended)}"
     return protocols[0][1]
 
 

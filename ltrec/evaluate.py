@@ -37,7 +37,7 @@ from .models import Backbone
 from . import popblend
 from .popblend import Blend
 from .recipe import Eval
-from .runs import SLICES, read_epochs
+from .runs import BLENDED, SLICES, read_epochs
 from .stats import metrics_from_ranks, summarize
 
 WARM = ("head", "tail")  # `all` = the evaluated users who trained; cold users are reported apart
@@ -61,7 +61,7 @@ class Result:
 
 
 def protocol(cfg: Eval) -> str:
-    blend = "; scores blended with popularity per history length, fitted on validation" if cfg.pop_blend else ""
+    blend = BLENDED if cfg.pop_blend else ""
     if cfg.mode == "sampled":
         return f"sampled: target vs {cfg.negatives} stored random negatives, pessimistic ties{blend}"
     masked = "history masked" if cfg.mask_seen else "history not masked"

@@ -208,5 +208,14 @@ def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[s
     return users[order], slices[order], metrics, values[order, 0]
 
 
+BLENDED = "; scores blended with popularity per history length, fitted on validation"
+
+
 def protocol_of(run: Path, split: str) -> str:
     return read_json(run / f"users_{split}.json", Protocol).protocol
+
+
+def ranking_protocol(protocol: str) -> str:
+    """The protocol without the popularity blend's note: a blend changes the scores, not how they are ranked,
+    so blended and unblended runs compare (that is the question the blend answers)."""
+    return protocol.removesuffix(BLENDED)
