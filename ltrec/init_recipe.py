@@ -58,17 +58,23 @@ set: [train.epochs={epochs}]
 seeds: [0, 1, 2]
 baseline: plain
 arms:
-  - name: plain                 # the control, its learning rate tuned like the others'
+  - name: plain                 # the control, its learning rate chosen on validation
     grid: {{train.lr: [1.0e-3, 2.0e-3]}}
+  # every method at the control's chosen learning rate (at_baseline), so a gain is not a better lr
   - name: cvar                  # weigh the batch's worst-served users more
+    at_baseline: true
     set: ["transfer.robust={{kind: cvar, alpha: 0.5, mix: 0.5}}"]
   - name: group-dro             # weigh the worse history-length groups more
-    set: ["transfer.robust={{kind: group_dro, step: 0.1}}"]
+    at_baseline: true
+    set: ["transfer.robust={{kind: group_dro, step: 0.01}}"]
   - name: user-branch           # map short histories' states toward long ones'
-    set: ["transfer.user_branch={{weight: 1.0}}"]
+    at_baseline: true
+    set: ["transfer.user_branch={{weight: 0.1}}"]
   - name: contrastive           # pull together states that lead to the same item
+    at_baseline: true
     set: ["transfer.contrastive={{weight: 0.1}}"]
   - name: ga-at                 # the paper's two components
+    at_baseline: true
     set: ["transfer.grad_align={{k: 5, beta: 0.5}}", "transfer.adversarial={{weight: 0.1}}"]
 """
 

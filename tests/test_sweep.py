@@ -85,7 +85,27 @@ def test_a_failed_arm_is_reported_and_the_rest_carries_on(project, tmp_path):
     assert "failed: sampled-s0" in (tmp_path / "s" / "table.md").read_text()
 
 
+def test_an_arm_at_the_baseline_trains_at_its_chosen_setting(project, tmp_path):
+    (project / "demo" / "at.yaml").write_text(PLAN.replace("seeds: [0, 1]", "seeds: [0]").replace(
+        "  - name: plain\n", "  - name: plain\n    grid: {train.lr: [1.0e-9, 5.0e-3]}\n").replace(
+        "    grid: {transfer.robust.mix: [0.0, 0.5]}\n", "    at_baseline: true\n"))
+    import os
+
+    os.chdir(project)
+    r = runner.invoke(app, ["sweep", "demo/at.yaml", "--out", str(tmp_path / "s")])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "s" / "table.json").read_text())
+    [chosen] = result["chosen"]["plain"]
+    import yaml
+
+    recipe = yaml.safe_load((tmp_path / "s" / "cvar-s0" / "recipe.yaml").read_text())
+    assert recipe["train"]["lr"] == float(chosen.removeprefix("train.lr=")) and recipe["transfer"]["robust"]["kind"] == "cvar"
+    assert next(a for a in result["arms"] if a["arm"] == "cvar")["seeds"] == [0]
+
+
 @pytest.mark.parametrize("plan, message", [
+    ("recipe: recipe.yaml\nbaseline: a\narms: [{name: a}, {name: b, at_baseline: true}]\n",
+     "arms: b: at_baseline needs a baseline with a grid to take the chosen combination from (baseline a has none)"),
     ("recipe: recipe.yaml\nbaseline: x\narms: [{name: plain}]\n", "plan.yaml: baseline: 'x' is not an arm (arms: plain)"),
     ("recipe: recipe.yaml\nbaseline: a\narms: [{name: a}, {name: a}]\n", "plan.yaml: arms: the name a is given twice"),
     ("recipe: recipe.yaml\nbaseline: a\narms: [{name: a, sett: [x=1]}]\n", "plan.yaml: arms.0.sett: unknown key (did you mean 'set'?)"),

@@ -26,6 +26,9 @@ class Arm(Strict):
     set: list[str] = Field([], description="overrides of the base recipe, as `--set` takes them: key=value")
     grid: dict[str, list[Any]] = Field({}, description="key → values: every combination is trained at the first "
                                        "seed and the one best on the validation split runs at every seed")
+    at_baseline: bool = Field(False, description="train at the baseline's chosen grid combination (its learning "
+                              "rate, batch, …), then this arm's own set and grid: every method at the control's "
+                              "tuned setting; the arm starts once the baseline's grid has chosen")
 
     @model_validator(mode="after")
     def _grid_is_small(self) -> "Arm":
@@ -65,6 +68,11 @@ class Plan(Strict):
             raise ValueError(f"baseline: {self.baseline!r} is not an arm (arms: {', '.join(names)})")
         if len(set(self.seeds)) != len(self.seeds):
             raise ValueError("seeds: a seed is given twice")
+        base = next(a for a in self.arms if a.name == self.baseline)
+        for arm in self.arms:
+            if arm.at_baseline and (arm is base or not base.grid):
+                raise ValueError(f"arms: {arm.name}: at_baseline needs a baseline with a grid to take the chosen "
+                                 f"combination from ({'it is the baseline' if arm is base else 'baseline ' + base.name + ' has none'})")
         return self
 
 
@@ -90,10 +98,12 @@ def load_plan(path: Path) -> tuple[Plan, Path]:
     except UserError as exc:
         raise UserError(f"{path}: recipe: {exc}") from None
     problems = []
+    baseline = next(a for a in plan.arms if a.name == plan.baseline)
     for i, arm in enumerate(plan.arms):
+        inherited = points(baseline)[0] if arm.at_baseline else []  # the baseline's choice is one of these
         for point in points(arm):
             try:
-                recipe_for(plan, base, arm, point, plan.seeds[0])
+                recipe_for(plan, base, arm, [*inherited, *point], plan.seeds[0])
             except UserError as exc:
                 first = str(exc).splitlines()[0]
                 problems.append(f"{path}: arms.{i} ({arm.name}){' ' + ','.join(point) if point else ''}: "

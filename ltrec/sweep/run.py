@@ -56,16 +56,20 @@ class Sweep:
                       "chosen": {}, "grid": {}, "failed": {}}
         self.queue: list[Job] = []
         for arm in plan.arms:
-            grid = points(arm)
-            if arm.grid:
-                self.queue += [self._job(arm, grid_point, plan.seeds[0], f"grid/{arm.name}/{point_name(grid_point)}")
-                               for grid_point in grid]
-            else:
-                self.state["chosen"][arm.name] = []
-                self.queue += [self._job(arm, [], seed) for seed in plan.seeds]
+            if not arm.at_baseline:  # the others wait for the baseline's choice (_grid_done)
+                self._queue_arm(arm)
+
+    def _queue_arm(self, arm) -> None:
+        if arm.grid:
+            self.queue += [self._job(arm, point, self.plan.seeds[0], f"grid/{arm.name}/{point_name(point)}")
+                           for point in points(arm)]
+        else:
+            self.state["chosen"][arm.name] = []
+            self.queue += [self._job(arm, [], seed) for seed in self.plan.seeds]
 
     def _job(self, arm, point: list[str], seed: int, folder: str | None = None) -> Job:
-        sets = overrides(self.plan, self.recipe, arm, point, seed)
+        inherited = self.state["chosen"][self.plan.baseline] if arm.at_baseline else []
+        sets = overrides(self.plan, self.recipe, arm, [*inherited, *point], seed)
         return Job(arm.name, seed, sets, folder or f"{arm.name}-s{seed}", point)
 
     # -- running --------------------------------------------------------------------------------------------
@@ -152,6 +156,9 @@ class Sweep:
                                      f"valid {sel.slice} {sel.metric}": scores.get(j.folder)} for j in grid]
         if not scores:
             self.state["failed"][name] = "every grid combination failed"
+            if name == self.plan.baseline:
+                for waiting in (a for a in self.plan.arms if a.at_baseline):
+                    self.state["failed"][waiting.name] = f"not run: it trains at {name}'s choice, and {name} has none"
             return
         best = next(j for j in grid if j.folder == max(scores, key=scores.get))
         self.state["chosen"][name] = best.point
@@ -164,6 +171,9 @@ class Sweep:
                 shutil.rmtree(run, ignore_errors=True)
                 shutil.copytree(self.out / best.folder, run)
             self.queue.append(job)
+        if name == self.plan.baseline:
+            for waiting in (a for a in self.plan.arms if a.at_baseline):
+                self._queue_arm(waiting)
 
     def _stop(self) -> None:
         for job in self.queue:

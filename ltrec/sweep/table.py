@@ -25,7 +25,8 @@ def sweep_table(plan: Plan, out: Path, state: dict) -> dict:
     done = {a.name: [s for s in plan.seeds if finished(out / f"{a.name}-s{s}")] for a in plan.arms}
     base = plan.baseline
     result = {"baseline": base, "seeds": plan.seeds, "protocol": None, "chosen": state.get("chosen", {}),
-              "grid": state.get("grid", {}), "failed": state.get("failed", {}), "arms": []}
+              "grid": state.get("grid", {}), "failed": state.get("failed", {}), "arms": [],
+              "at_baseline": [a.name for a in plan.arms if a.at_baseline]}
     for arm in plan.arms:
         seeds = done[arm.name]
         row = {"arm": arm.name, "seeds": seeds, "slices": {}}
@@ -66,7 +67,8 @@ def format_table(result: dict, command: str) -> str:
         cells += [f"{a['epochs']:.1f}" if "epochs" in a else "–",
                   f"{a['seconds_per_epoch']:.1f}" if "seconds_per_epoch" in a else "–"]
         lines.append("| " + " | ".join(cells) + " |")
-    chosen = [f"{arm}: {', '.join(p) or '(no grid)'}" for arm, p in result["chosen"].items() if p]
+    chosen = [f"{arm}: {', '.join(p)}" + (f" at {result['baseline']}'s" if arm in result.get("at_baseline", []) else "")
+              for arm, p in result["chosen"].items() if p]
     notes = [f"test split; {result['protocol'] or 'no run finished yet'}; mean ± std over seeds; Δ% vs "
              f"{result['baseline']} with a two-sided paired bootstrap p over users (seeds averaged per user)",
              f"reproduce: {command}"]
