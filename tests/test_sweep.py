@@ -4,6 +4,11 @@ reported; bad plans are one-line errors; a failed arm is reported while the rest
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -101,6 +106,40 @@ def test_an_arm_at_the_baseline_trains_at_its_chosen_setting(project, tmp_path):
     recipe = yaml.safe_load((tmp_path / "s" / "cvar-s0" / "recipe.yaml").read_text())
     assert recipe["train"]["lr"] == float(chosen.removeprefix("train.lr=")) and recipe["transfer"]["robust"]["kind"] == "cvar"
     assert next(a for a in result["arms"] if a["arm"] == "cvar")["seeds"] == [0]
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text in (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(pid))
+        except OSError:  # ended meanwhile
+            pass
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
+def test_a_killed_sweep_stops_the_runs_it_started(project, tmp_path):
+    """Runs are process groups of their own; SIGTERM to the sweep stops them as Ctrl-C does (none trains on,
+    orphaned) and says how to continue."""
+    (project / "demo" / "long.yaml").write_text(PLAN.replace("train.epochs=1", "train.epochs=200").replace(
+        "seeds: [0, 1]", "seeds: [0]"))
+    out = tmp_path / "s"
+    sweep = subprocess.Popen([sys.executable, "-m", "ltrec", "sweep", "demo/long.yaml", "--out", str(out), "--jobs", "1"],
+                             cwd=project, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 180
+    while not list(out.glob("*/metrics.jsonl")) and time.time() < deadline and sweep.poll() is None:
+        time.sleep(0.5)
+    runs = [pid for pid in _processes_naming(str(out)) if pid != sweep.pid]
+    assert runs, "no training run started"
+    sweep.send_signal(signal.SIGTERM)
+    output = sweep.communicate(timeout=120)[0]
+    left = [pid for pid in runs if pid in _processes_naming(str(out))]
+    for pid in left:  # a failing check must not leave them training
+        os.kill(pid, signal.SIGKILL)
+    assert sweep.returncode == 2 and "--resume" in output, output
+    assert not left
 
 
 @pytest.mark.parametrize("plan, message", [

@@ -41,6 +41,10 @@ class Job:
     started: float = 0.0
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def finished(run: Path) -> bool:
     return (run / "metrics.json").is_file() and (run / MARKER).is_file()
 
@@ -81,6 +85,9 @@ class Sweep:
         self._save()
         live = Live(self._view(), console=self.console, refresh_per_second=1, transient=True) \
             if self.console.is_terminal else None
+        # runs are process groups of their own (so one Ctrl-C is not every run's): a `kill` of the sweep must
+        # stop them as Ctrl-C does, or they train on, orphaned
+        previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             if live:
                 live.start()
@@ -96,6 +103,7 @@ class Sweep:
             self._stop()
             raise UserError(f"sweep stopped; continue it with: ltrec sweep {self.plan_path} --out {self.out} --resume")
         finally:
+            signal.signal(signal.SIGTERM, previous)
             if live:
                 live.stop()
         self._stop()
