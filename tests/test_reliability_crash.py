@@ -177,16 +177,20 @@ while True:
 def test_kill_9_during_atomic_writes(tmp_path):
     """The primitive every run file goes through, killed 12 times mid-stream: the file is always one whole
     version, the log always whole lines in order."""
-    rng, kills = random.Random(2), 12
+    rng, kills, path = random.Random(2), 12, tmp_path / "log.jsonl"
+    log: list[int] = []
     for _ in range(kills):
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path)], cwd=ROOT)
-        time.sleep(rng.uniform(0.1, 0.5))
+        deadline = time.time() + 60  # a loaded machine may take seconds to start Python: wait for a write
+        while time.time() < deadline and len(path.read_bytes().splitlines() if path.exists() else []) <= len(log):
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.2))  # then kill it at a random point of its stream of writes
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         if (tmp_path / "blob.bin").exists():
             blob = np.fromfile(tmp_path / "blob.bin", np.uint8)
             assert len(blob) == 3_000_000 and (blob == blob[0]).all()
-        log = [json.loads(line)["i"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+        log = [json.loads(line)["i"] for line in path.read_text().splitlines()]
         assert log == list(range(1, len(log) + 1))
     assert len(log) > kills  # it did write between kills
     ltrec.fileio.remove_stale_temps(tmp_path)
