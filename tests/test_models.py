@@ -339,3 +339,14 @@ def test_mean_cross_entropy_gradients_from_the_forward_equal_autograd(shape, mon
             torch.testing.assert_close(a, b)
         with torch.no_grad():
             torch.testing.assert_close(losses.mean_ce(h, W, t) * 2.5, want)
+
+
+def test_dropout_drops_at_its_rate_keeps_the_mean_and_is_off_in_eval():
+    from ltrec.models.base import Dropout
+
+    torch.manual_seed(0)
+    drop, x = Dropout(0.2), torch.ones(200_000)
+    y = drop(x)
+    assert abs((y == 0).float().mean().item() - 0.2) < 0.005  # the rate asked for
+    assert abs(y.mean().item() - 1.0) < 0.01 and set(y.unique().tolist()) == {0.0, 1.25}  # survivors scaled by 1/(1-p)
+    assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
