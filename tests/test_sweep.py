@@ -106,6 +106,7 @@ def test_an_arm_at_the_baseline_trains_at_its_chosen_setting(project, tmp_path):
     recipe = yaml.safe_load((tmp_path / "s" / "cvar-s0" / "recipe.yaml").read_text())
     assert recipe["train"]["lr"] == float(chosen.removeprefix("train.lr=")) and recipe["transfer"]["robust"]["kind"] == "cvar"
     assert next(a for a in result["arms"] if a["arm"] == "cvar")["seeds"] == [0]
+    assert "cvar: at plain's choice" in (tmp_path / "s" / "table.md").read_text()
 
 
 def _processes_naming(text: str) -> list[int]:

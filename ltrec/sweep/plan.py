@@ -71,8 +71,9 @@ class Plan(Strict):
         base = next(a for a in self.arms if a.name == self.baseline)
         for arm in self.arms:
             if arm.at_baseline and (arm is base or not base.grid):
+                why = "it is the baseline" if arm is base else f"baseline {base.name} has none"
                 raise ValueError(f"arms: {arm.name}: at_baseline needs a baseline with a grid to take the chosen "
-                                 f"combination from ({'it is the baseline' if arm is base else 'baseline ' + base.name + ' has none'})")
+                                 f"combination from ({why})")
         return self
 
 

@@ -164,9 +164,8 @@ class Sweep:
                                      f"valid {sel.slice} {sel.metric}": scores.get(j.folder)} for j in grid]
         if not scores:
             self.state["failed"][name] = "every grid combination failed"
-            if name == self.plan.baseline:
-                for waiting in (a for a in self.plan.arms if a.at_baseline):
-                    self.state["failed"][waiting.name] = f"not run: it trains at {name}'s choice, and {name} has none"
+            for waiting in self._waiting(name):
+                self.state["failed"][waiting.name] = f"not run: it trains at {name}'s choice, and {name} has none"
             return
         best = next(j for j in grid if j.folder == max(scores, key=scores.get))
         self.state["chosen"][name] = best.point
@@ -179,9 +178,12 @@ class Sweep:
                 shutil.rmtree(run, ignore_errors=True)
                 shutil.copytree(self.out / best.folder, run)
             self.queue.append(job)
-        if name == self.plan.baseline:
-            for waiting in (a for a in self.plan.arms if a.at_baseline):
-                self._queue_arm(waiting)
+        for waiting in self._waiting(name):
+            self._queue_arm(waiting)
+
+    def _waiting(self, name: str) -> list:
+        """The arms that wait for `name`'s grid: the at_baseline arms, if `name` is the baseline."""
+        return [a for a in self.plan.arms if a.at_baseline] if name == self.plan.baseline else []
 
     def _stop(self) -> None:
         for job in self.queue:

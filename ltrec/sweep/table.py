@@ -67,8 +67,9 @@ def format_table(result: dict, command: str) -> str:
         cells += [f"{a['epochs']:.1f}" if "epochs" in a else "–",
                   f"{a['seconds_per_epoch']:.1f}" if "seconds_per_epoch" in a else "–"]
         lines.append("| " + " | ".join(cells) + " |")
-    chosen = [f"{arm}: {', '.join(p)}" + (f" at {result['baseline']}'s" if arm in result.get("at_baseline", []) else "")
-              for arm, p in result["chosen"].items() if p]
+    at_base = result.get("at_baseline", [])
+    chosen = [f"{arm}: " + ", ".join([f"at {result['baseline']}'s choice"] * (arm in at_base) + p)
+              for arm, p in result["chosen"].items() if p or arm in at_base]
     notes = [f"test split; {result['protocol'] or 'no run finished yet'}; mean ± std over seeds; Δ% vs "
              f"{result['baseline']} with a two-sided paired bootstrap p over users (seeds averaged per user)",
              f"reproduce: {command}"]
