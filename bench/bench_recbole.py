@@ -58,6 +58,7 @@ from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
 model_name, data_path, epochs, workdir, seed, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
+curve = sys.argv[7:] == ["curve"]  # also score test after every epoch (bench_ttq.py), outside the timed part
 common = {
     "data_path": data_path, "dataset": name, "checkpoint_dir": workdir + "/saved",
     "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
@@ -80,17 +81,20 @@ train_data, valid_data, test_data = data_preparation(config, dataset)
 init_seed(config["seed"], config["reproducibility"])
 model = {"SASRec": SASRec, "GRU4Rec": GRU4Rec}[model_name](config, train_data.dataset)
 trainer = Trainer(config, model)
-seconds = []
+seconds, tests = [], []
 inner = trainer._train_epoch
 def timed(*a, **k):  # training time only, as ltrec's seconds per epoch (validation excluded)
     t0 = time.perf_counter()
     out = inner(*a, **k)
     seconds.append(time.perf_counter() - t0)
+    if curve:  # the next _train_epoch puts the model back in train mode
+        r = trainer.evaluate(test_data, load_best_model=False, show_progress=False)
+        tests.append([float(r["ndcg@10"]), float(r["hit@10"])])
     return out
 trainer._train_epoch = timed
 trainer.fit(train_data, valid_data, saved=True, show_progress=False)
 test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-print(json.dumps({"seconds": seconds, "train_sequences": len(train_data.dataset), "test_users": len(test_data.dataset),
+print(json.dumps({"seconds": seconds, "test_curve": tests, "train_sequences": len(train_data.dataset), "test_users": len(test_data.dataset),
                   "valid_users": len(valid_data.dataset), "ndcg@10": float(test["ndcg@10"]),
                   "hr@10": float(test["hit@10"]), "params": sum(p.numel() for p in model.parameters())}))
 """
@@ -134,6 +138,7 @@ def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
         cmd = [sys.executable, "-m", "ltrec", "train", recipe, "--set", f"train.epochs={args.epochs}",
                "--set", "train.patience=1000", "--set", "train.threads=1", "--set", "eval.mask_seen=false",
                "--set", f"seed={seed}", "--set", f"data.source={args.data}", "--out", str(run_dir), "--overwrite",
+               "--set", "train.lr=1e-3", "--set", "train.batch_size=256",  # RecBole's settings, whatever the recipe's
                *[a for kv in args.ltrec_set for a in ("--set", kv)]]
         _, wall, rss, rc = run(cmd, env, ROOT, args.work / f"ltrec-{model}-s{seed}.log")
         if rc:

@@ -51,10 +51,11 @@ def main() -> None:
     ap.add_argument("--fraction", type=float, default=0.25)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--modes", nargs="+", help="time only the modes whose names start with one of these")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe override (repeatable)")
     args = ap.parse_args()
     modes = {k: v for k, v in MODES.items() if not args.modes or any(k.startswith(m) for m in args.modes)}
     torch.set_num_threads(args.threads)
-    base = load_recipe(args.recipe)
+    base = load_recipe(args.recipe, args.set)
     seqs = load(base.data, base.split, base.head, base.seed)
     windows = seqs.train_windows(base.data.max_len)
     n = int(len(windows[0]) * args.fraction)
