@@ -1,20 +1,20 @@
 """Time to quality against RecBole 1.2.1: training seconds until test NDCG@10 reaches what RecBole reaches.
 
     bash bench/recbole_env.sh && python bench/bench_ttq.py [--dataset music|ml1m] [--models sasrec gru4rec] \
-        [--ltrec fast=train.batch_size=64,train.lr=2e-3 ...] [--plot docs/ttq-music.png]
+        [--ltrec 'sasrec:lr 2e-3=train.lr=2e-3' ...] [--only ltrec|recbole] [--plot docs/ttq-music.png]
 
-The target, per model: RecBole's test NDCG@10 after its own --recbole-epochs (3) epochs at the settings of
-bench_recbole.py (its defaults but for the model sizes both share), its best-validation epoch tested; its time
-is the training seconds of those epochs. ltrec trains the shipped recipe (`recipes/<model>-<dataset>.yaml`)
-and every --ltrec setting, as a user would (early stopping on validation); after each epoch the same weights
-are also scored on test, only to find when the target was first reached (nothing is chosen on test). Time to
+The target, per model: RecBole's test NDCG@10 after --recbole-epochs (3) epochs at bench_recbole.py's
+settings (RecBole's default Adam lr 1e-3; batch 256, d 64, dropout 0.2 and layer sizes set to ltrec's), its
+best-validation epoch tested; its time is the training seconds of those epochs. ltrec trains the shipped
+recipe (`recipes/<model>-<dataset>.yaml`) and every --ltrec setting, as a user would (early stopping on
+validation); after each epoch the same weights are also scored on test, only to find when the target was
+first reached (nothing is chosen on test). Time to
 quality = training seconds up to that epoch; validation and the test passes are excluded on both sides.
 Same protocol on both: history not masked (RecBole's), full ranking, the same test users and targets (see
 bench_recbole.py). Each framework runs in its own process with one thread, one after the other; a finished
 run is kept in --work and reused (delete it to measure again). The plot shows test NDCG@10 against training
 seconds for every run. `--only ltrec` / `--only recbole` run one side (two invocations, one per core, put the
-frameworks side by side under the same load); `--recbole-known NDCG SECONDS EPOCHS` takes RecBole's side from
-an earlier bench_recbole.py run (MovieLens-1M, where a RecBole epoch takes 27-35 minutes here).
+frameworks side by side under the same load); a last invocation without it reuses both and prints the table.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def ltrec_curve(model: str, label: str, sets: list[str], args, env: dict) -> dic
     run_dir = args.work / f"ltrec-{model}-{label}-s{args.seed}"
     done = run_dir / "ttq.json"
     sets = [f"data.source={args.data}", "eval.mask_seen=false", "train.threads=1", f"seed={args.seed}",
-            f"train.epochs={args.ltrec_epochs}", *sets]
+            *([f"train.epochs={args.ltrec_epochs}"] if args.ltrec_epochs else []), *sets]
     recipe = ROOT / f"recipes/{model}-{args.dataset}.yaml"
     key = {"sets": sets, "recipe": hashlib.sha256(recipe.read_bytes()).hexdigest()}  # a changed recipe reruns
     if not (done.exists() and all(json.loads(done.read_text()).get(k) == v for k, v in key.items())):
@@ -102,8 +102,9 @@ def reached(c: dict, target: float) -> tuple[int, float] | None:
     return None
 
 
-def plot(curves: dict[str, list[dict]], targets: dict[str, float], path: Path, title: str) -> None:
+def plot(curves: dict[str, list[dict]], targets: dict[str, float], path: Path, title: str, epochs: int) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
@@ -114,9 +115,13 @@ def plot(curves: dict[str, list[dict]], targets: dict[str, float], path: Path, t
                 total += sec
                 xs.append(total)
             ax.plot(xs, c["ndcg@10"], marker="o", markersize=3, label=c["name"])
-        ax.axhline(targets[model], color="grey", linestyle="--", linewidth=1, label="RecBole's 3-epoch score")
+        ax.axhline(targets[model], color="grey", linestyle="--", linewidth=1, label=f"RecBole's {epochs}-epoch score")
         ax.set(title=f"{model}, {title}", xlabel="training seconds (one thread)", ylabel="test NDCG@10",
                xscale="log")
+        longest = max(sum(c["seconds"]) for c in cs)
+        ticks = [t for t in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if t <= 2 * longest]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.legend(fontsize=8)
     fig.tight_layout()
     tmp = path.with_name(path.name + ".tmp.png")
@@ -130,39 +135,34 @@ def main() -> None:
     ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recbole-epochs", type=int, default=3)
-    ap.add_argument("--ltrec-epochs", type=int, default=30, help="cap on ltrec's epochs (early stopping still applies)")
-    ap.add_argument("--ltrec", action="append", default=[], metavar="LABEL=K=V,K=V",
-                    help="an ltrec setting besides the recipe, e.g. fast=train.batch_size=64,train.lr=2e-3")
+    ap.add_argument("--ltrec-epochs", type=int, help="ltrec's epochs (default: the recipe's; early stopping applies)")
+    ap.add_argument("--ltrec", action="append", default=[], metavar="[MODEL:]LABEL=K=V,K=V",
+                    help="an ltrec setting besides the recipe, e.g. 'sasrec:lr 2e-3=train.lr=2e-3' "
+                         "(without MODEL: for every model)")
     ap.add_argument("--data", help="the events CSV (default: the dataset's file under ../shared/data)")
     ap.add_argument("--venv", type=Path, default=Path("/tmp/ltrec-bench/recbole-venv"))
     ap.add_argument("--work", type=Path, help="results (default: /tmp/ltrec-bench/ttq-<dataset>)")
     ap.add_argument("--plot", type=Path, help="write the NDCG@10-against-seconds plot here (PNG)")
     ap.add_argument("--only", choices=["ltrec", "recbole"],
-                    help="run one framework's side only (e.g. both at once, one per core); a run without it reuses both")
-    ap.add_argument("--recbole-known", nargs=3, metavar=("NDCG", "SECONDS", "EPOCHS"), type=float,
-                    help="take RecBole's score and training seconds from an earlier bench_recbole.py run instead")
+                    help="run one framework's side only (e.g. both at once, one per core); "
+                         "a run without it reuses both")
     args = ap.parse_args()
-    if args.recbole_known and len(args.models) > 1:
-        ap.error("--recbole-known is one model's RecBole result: give one --models")
     args.data = os.path.abspath(args.data or ROOT / DATASETS[args.dataset])
     args.work = (args.work or Path(f"/tmp/ltrec-bench/ttq-{args.dataset}")).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    settings = [("recipe", [])]
+    settings = [(None, "recipe", [])]
     for spec in args.ltrec:
         label, _, sets = spec.partition("=")
-        settings.append((label, sets.split(",") if sets else []))
+        model, _, name = label.rpartition(":")
+        settings.append((model or None, name, sets.split(",") if sets else []))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    recbole_runs = args.only != "ltrec" and not args.recbole_known
-    data_path = to_atomic(Path(args.data), args.work / "data", args.dataset) if recbole_runs else None
+    data_path = to_atomic(Path(args.data), args.work / "data", args.dataset) if args.only != "ltrec" else None
     curves, targets = {}, {}
     for model in args.models:
-        if args.recbole_known:
-            ndcg, seconds, epochs = args.recbole_known
-            theirs = {"name": "RecBole 1.2.1 (earlier run)", "seconds": [seconds / epochs] * int(epochs),
-                      "ndcg@10": [float("nan")] * int(epochs - 1) + [ndcg], "final": ndcg, "rss": float("nan")}
-        elif recbole_runs:
+        if args.only != "ltrec":
             theirs = recbole_curve(model, args, env, data_path)
-        ours = [] if args.only == "recbole" else [ltrec_curve(model, label, sets, args, env) for label, sets in settings]
+        ours = [] if args.only == "recbole" else [ltrec_curve(model, label, sets, args, env)
+                                                  for only, label, sets in settings if only in (None, model)]
         if args.only:
             continue
         curves[model], targets[model] = [theirs, *ours], theirs["final"]
@@ -171,8 +171,8 @@ def main() -> None:
         return
     print(f"**Machine**: {machine()}\n\n**Command**: `python {' '.join(sys.argv)}` (one thread per framework, "
           f"seed {args.seed}; test NDCG@10, history not masked, full ranking)\n")
-    print("| model | run | target (RecBole, 3 epochs) | epochs to target | training s to target | RecBole's s ÷ ltrec's "
-          "| s/epoch | peak RSS (MB) | test NDCG@10 at its own stop |")
+    print(f"| model | run | target (RecBole, {args.recbole_epochs} epochs) | epochs to target | training s to target "
+          "| RecBole's s ÷ ltrec's | s/epoch | peak RSS (MB) | test NDCG@10 at its own stop |")
     print("|---|---|---|---|---|---|---|---|---|")
     for model, cs in curves.items():
         base = sum(cs[0]["seconds"])
@@ -180,11 +180,11 @@ def main() -> None:
             hit = reached(c, targets[model]) if c is not cs[0] else (len(c["seconds"]), base)
             when = f"{hit[0]} | {hit[1]:,.0f} | {base / hit[1]:.1f}×" if hit else "not reached | – | –"
             per_epoch = sum(c["seconds"]) / len(c["seconds"])
-            rss = "–" if c["rss"] != c["rss"] else f"{c['rss']:,.0f}"  # nan: not measured here
-            print(f"| {model} | {c['name']} | {targets[model]:.4f} | {when} | {per_epoch:,.1f} | {rss} "
+            print(f"| {model} | {c['name']} | {targets[model]:.4f} | {when} | {per_epoch:,.1f} | {c['rss']:,.0f} "
                   f"| {c['final']:.4f} |")
     if args.plot:
-        plot(curves, targets, args.plot, {"music": "Amazon Music", "ml1m": "MovieLens-1M"}[args.dataset])
+        plot(curves, targets, args.plot, {"music": "Amazon Music", "ml1m": "MovieLens-1M"}[args.dataset],
+             args.recbole_epochs)
 
 
 if __name__ == "__main__":
