@@ -8,13 +8,13 @@ settings (RecBole's default Adam lr 1e-3; batch 256, d 64, dropout 0.2 and layer
 best-validation epoch tested; its time is the training seconds of those epochs. ltrec trains the shipped
 recipe (`recipes/<model>-<dataset>.yaml`) and every --ltrec setting, as a user would (early stopping on
 validation); after each epoch the same weights are also scored on test, only to find when the target was
-first reached (nothing is chosen on test). Time to
-quality = training seconds up to that epoch; validation and the test passes are excluded on both sides.
-Same protocol on both: history not masked (RecBole's), full ranking, the same test users and targets (see
-bench_recbole.py). Each framework runs in its own process with one thread, one after the other; a finished
-run is kept in --work and reused (delete it to measure again). The plot shows test NDCG@10 against training
-seconds for every run. `--only ltrec` / `--only recbole` run one side (two invocations, one per core, put the
-frameworks side by side under the same load); a last invocation without it reuses both and prints the table.
+first reached (nothing is chosen on test). Time to quality = training seconds up to that epoch; validation
+and the test passes are excluded on both sides. Same protocol on both: history not masked (RecBole's), full
+ranking, the same test users and targets (see bench_recbole.py). Every run is a process of its own with one
+thread; a finished run is kept in --work and reused (delete it to measure again). The plot shows test
+NDCG@10 against training seconds for every run. `--only ltrec` / `--only recbole` run one side (two
+invocations, one per core, put the frameworks side by side under the same load); a last invocation without
+it reuses both and prints the table.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import sys
+from itertools import accumulate
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -62,7 +63,9 @@ def ltrec_curve(model: str, label: str, sets: list[str], args, env: dict) -> dic
     sets = [f"data.source={args.data}", "eval.mask_seen=false", "train.threads=1", f"seed={args.seed}",
             *([f"train.epochs={args.ltrec_epochs}"] if args.ltrec_epochs else []), *sets]
     recipe = ROOT / f"recipes/{model}-{args.dataset}.yaml"
-    key = {"sets": sets, "recipe": hashlib.sha256(recipe.read_bytes()).hexdigest()}  # a changed recipe reruns
+    from ltrec.recipe import load_recipe  # the validated recipe, so an edited comment does not rerun
+    resolved = load_recipe(recipe, sets).model_dump_json()
+    key = {"sets": sets, "recipe": hashlib.sha256(resolved.encode()).hexdigest()}
     if not (done.exists() and all(json.loads(done.read_text()).get(k) == v for k, v in key.items())):
         curve = args.work / f"ltrec-{model}-{label}-s{args.seed}.curve.jsonl"
         cmd = [sys.executable, "-c", LTREC_CHILD, str(recipe), str(run_dir), str(curve), *sets]
@@ -94,12 +97,9 @@ def recbole_curve(model: str, args, env: dict, data_path: Path) -> dict:
 
 def reached(c: dict, target: float) -> tuple[int, float] | None:
     """(epochs, training seconds) when the test curve first reaches `target`, or None."""
-    total = 0.0
-    for epoch, (sec, ndcg) in enumerate(zip(c["seconds"], c["ndcg@10"]), 1):
-        total += sec
-        if ndcg >= target:
-            return epoch, total
-    return None
+    totals = accumulate(c["seconds"])
+    return next(((epoch, total) for epoch, (total, ndcg) in enumerate(zip(totals, c["ndcg@10"]), 1)
+                 if ndcg >= target), None)
 
 
 def plot(curves: dict[str, list[dict]], targets: dict[str, float], path: Path, title: str, epochs: int) -> None:
@@ -110,11 +110,7 @@ def plot(curves: dict[str, list[dict]], targets: dict[str, float], path: Path, t
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
     for ax, (model, cs) in zip(axes[0], curves.items()):
         for c in cs:
-            xs, total = [], 0.0
-            for sec in c["seconds"]:
-                total += sec
-                xs.append(total)
-            ax.plot(xs, c["ndcg@10"], marker="o", markersize=3, label=c["name"])
+            ax.plot(list(accumulate(c["seconds"])), c["ndcg@10"], marker="o", markersize=3, label=c["name"])
         ax.axhline(targets[model], color="grey", linestyle="--", linewidth=1, label=f"RecBole's {epochs}-epoch score")
         ax.set(title=f"{model}, {title}", xlabel="training seconds (one thread)", ylabel="test NDCG@10",
                xscale="log")
