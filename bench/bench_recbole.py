@@ -45,6 +45,7 @@ from bench.bench_ingest import machine  # noqa: E402
 DATASETS = {"music": "../shared/data/amazon-music/interactions.csv",
             "ml1m": "../shared/data/movielens-1m/interactions.csv"}
 
+RECBOLE_NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser", "narm": "NARM", "bert4rec": "BERT4Rec"}
 RECBOLE_CHILD = r"""
 import json, sys, time
 import torch
@@ -53,7 +54,7 @@ _load = torch.load  # RecBole 1.2.1 reloads its own best checkpoint (a pickled C
 torch.load = lambda *a, **k: _load(*a, **{"weights_only": False, **k})
 from recbole.config import Config
 from recbole.data import create_dataset, data_preparation
-from recbole.model.sequential_recommender import GRU4Rec, SASRec
+from recbole.model.sequential_recommender import BERT4Rec, Caser, GRU4Rec, NARM, SASRec
 from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
@@ -73,13 +74,19 @@ common = {
 }
 sizes = {"SASRec": {"hidden_size": 64, "inner_size": 64, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.2,
                     "attn_dropout_prob": 0.2, "hidden_act": "gelu"},
-         "GRU4Rec": {"embedding_size": 64, "hidden_size": 64, "num_layers": 1, "dropout_prob": 0.2}}[model_name]
+         "GRU4Rec": {"embedding_size": 64, "hidden_size": 64, "num_layers": 1, "dropout_prob": 0.2},
+         # Caser convolves the newest MAX_ITEM_LIST_LENGTH items: ltrec's window 5 (RecBole keeps its user embedding)
+         "Caser": {"embedding_size": 64, "nh": 16, "nv": 4, "dropout_prob": 0.4, "MAX_ITEM_LIST_LENGTH": 5},
+         "NARM": {"embedding_size": 64, "hidden_size": 64, "n_layers": 1, "dropout_probs": [0.25, 0.25]},
+         "BERT4Rec": {"hidden_size": 64, "inner_size": 64, "n_layers": 2, "n_heads": 2, "hidden_dropout_prob": 0.2,
+                      "attn_dropout_prob": 0.2, "hidden_act": "gelu", "mask_ratio": 0.2, "ft_ratio": 0.1}}[model_name]
 config = Config(model=model_name, dataset=name, config_dict={**common, **sizes})
 init_seed(config["seed"], config["reproducibility"])
 dataset = create_dataset(config)
 train_data, valid_data, test_data = data_preparation(config, dataset)
 init_seed(config["seed"], config["reproducibility"])
-model = {"SASRec": SASRec, "GRU4Rec": GRU4Rec}[model_name](config, train_data.dataset)
+model = {"SASRec": SASRec, "GRU4Rec": GRU4Rec, "Caser": Caser, "NARM": NARM, "BERT4Rec": BERT4Rec}[model_name](
+    config, train_data.dataset)
 trainer = Trainer(config, model)
 seconds, tests = [], []
 inner = trainer._train_epoch
@@ -154,7 +161,7 @@ def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
 def recbole_run(model: str, seed: int, args, env: dict, data_path: Path) -> tuple:
     result = args.work / f"result-{model}-e{args.epochs}-s{seed}.json"
     if not result.exists():
-        name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model]
+        name = RECBOLE_NAMES[model]
         cmd = [str(args.venv / "bin/python"), "-c", RECBOLE_CHILD, name, str(data_path), str(args.epochs),
                str(args.work), str(seed), args.dataset]
         out, wall, rss, rc = run(cmd, env, args.work, args.work / f"recbole-{model}-s{seed}.log")
@@ -174,7 +181,7 @@ def mean_std(xs: list[float]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=5)
-    ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"])
+    ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"], choices=sorted(RECBOLE_NAMES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="music",
                     help="which recipes/<model>-<dataset>.yaml and which data file")

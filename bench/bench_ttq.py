@@ -30,7 +30,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_ingest import machine  # noqa: E402
-from bench.bench_recbole import DATASETS, RECBOLE_CHILD, run, to_atomic  # noqa: E402
+from bench.bench_recbole import DATASETS, RECBOLE_CHILD, RECBOLE_NAMES, run, to_atomic  # noqa: E402
 
 # ltrec's own `train`, with one addition: after each epoch's validation, the same weights' test score is
 # appended to a curve file. The extra pass runs after the epoch's timer stopped, so the training seconds in
@@ -83,7 +83,7 @@ def ltrec_curve(model: str, label: str, sets: list[str], args, env: dict) -> dic
 def recbole_curve(model: str, args, env: dict, data_path: Path) -> dict:
     result = args.work / f"recbole-{model}-e{args.recbole_epochs}-s{args.seed}.curve.json"
     if not result.exists():
-        name = {"sasrec": "SASRec", "gru4rec": "GRU4Rec"}[model]
+        name = RECBOLE_NAMES[model]
         cmd = [str(args.venv / "bin/python"), "-c", RECBOLE_CHILD, name, str(data_path), str(args.recbole_epochs),
                str(args.work), str(args.seed), args.dataset, "curve"]
         out, wall, rss, rc = run(cmd, env, args.work, args.work / f"recbole-{model}.log")
@@ -128,7 +128,7 @@ def plot(curves: dict[str, list[dict]], targets: dict[str, float], path: Path, t
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", choices=sorted(DATASETS), default="music")
-    ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"])
+    ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"], choices=sorted(RECBOLE_NAMES))
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recbole-epochs", type=int, default=3)
     ap.add_argument("--ltrec-epochs", type=int, help="ltrec's epochs (default: the recipe's; early stopping applies)")
