@@ -2,9 +2,9 @@
 
     python bench/bench_transfer.py recipes/sasrec-music.yaml [--threads 1] [--fraction 0.25] [--rounds 2]
 
-Modes: plain, +GA+AT (the shipped recipe's), +CVaR, +group DRO, +user branch, +contrastive, and the paper's
-one-user-per-step gradient alignment as one chain and as 32 vmapped chains (`--modes` picks some by name
-prefix). Each mode trains on the same first `fraction` of the training windows (whole users), scaled to a
+Modes: plain, +GA+AT (the shipped recipe's), +CVaR, +group DRO, +balanced, +user branch, +contrastive, and
+the paper's one-user-per-step gradient alignment as one chain and as 32 vmapped chains (`--modes` picks some
+by name prefix). Each mode trains on the same first `fraction` of the training windows (whole users), scaled to a
 full epoch; the modes run in turn for `rounds` rounds and the fastest round counts, which damps a shared
 machine's noise. Beside wall seconds it reports the process's CPU seconds, which other jobs on a shared
 machine disturb far less. The one-user modes are timed over --faithful-iters outer iterations and scaled
@@ -36,6 +36,7 @@ MODES = {  # name: (transfer, train overrides)
     "+GA+AT (k 5, outer Adam)": ({"grad_align": {"k": 5, "beta": 0.5, "outer": "adam"}, "adversarial": {}}, {}),
     "+CVaR (α 0.5, mix 0.5)": ({"robust": {"kind": "cvar", "alpha": 0.5, "mix": 0.5}}, {}),
     "+group DRO (4 length groups)": ({"robust": {"kind": "group_dro"}}, {}),
+    "+balanced (power 1)": ({"robust": {"kind": "balanced"}}, {}),
     "+user branch": ({"user_branch": {}}, {}),
     "+contrastive": ({"contrastive": {}}, {}),
     "+GA faithful, 1 chain (1 user/step)": ({"grad_align": FAITHFUL}, {}),

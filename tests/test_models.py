@@ -318,10 +318,12 @@ def test_chunked_cross_entropy_equals_the_whole_logits(shape, monkeypatch):
             torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("weighted", [False, True])
 @pytest.mark.parametrize("shape", [(7, 50, 4), (1000, 3000, 16)])
-def test_mean_cross_entropy_gradients_from_the_forward_equal_autograd(shape, monkeypatch):
+def test_mean_cross_entropy_gradients_from_the_forward_equal_autograd(shape, weighted, monkeypatch):
     """mean_ce computes its gradients in the forward; they equal autograd's through F.cross_entropy's
-    mean, scaled by whatever multiplies the loss afterwards; without a gradient it is the plain mean."""
+    mean (or weighted mean Σ w·ce / Σ w), scaled by whatever multiplies the loss afterwards; without a
+    gradient it is the plain (weighted) mean."""
     import ltrec.models.losses as losses
 
     M, N, D = shape
@@ -329,16 +331,41 @@ def test_mean_cross_entropy_gradients_from_the_forward_equal_autograd(shape, mon
     h = torch.randn(M, D, generator=g, dtype=torch.float64, requires_grad=True)
     W = (torch.randn(N, D, generator=g, dtype=torch.float64) * 0.3).requires_grad_()
     t = torch.randint(0, N, (M,), generator=g)
-    want = torch.nn.functional.cross_entropy(h @ W.T, t) * 2.5
+    w = torch.rand(M, generator=g, dtype=torch.float64) * 3 if weighted else None
+    each = torch.nn.functional.cross_entropy(h @ W.T, t, reduction="none")
+    want = (each.mean() if w is None else (w * each).sum() / w.sum()) * 2.5
     want_grads = torch.autograd.grad(want, [h, W])
     for chunk in (8 * 4 * N, 1 << 40):
         monkeypatch.setattr(losses, "CHUNK_BYTES", chunk)
-        got = losses.mean_ce(h, W, t) * 2.5
+        got = losses.mean_ce(h, W, t, w) * 2.5
         torch.testing.assert_close(got, want)
         for a, b in zip(torch.autograd.grad(got, [h, W]), want_grads):
             torch.testing.assert_close(a, b)
         with torch.no_grad():
-            torch.testing.assert_close(losses.mean_ce(h, W, t) * 2.5, want)
+            torch.testing.assert_close(losses.mean_ce(h, W, t, w) * 2.5, want)
+
+
+@pytest.mark.parametrize("loss", ["ce", "bce", "sampled"])
+def test_row_weights_weigh_each_window_s_targets(loss):
+    """loss_from_states with weights (B,): the mean over targets in which each target weighs its window's
+    weight; equal weights give the plain mean, and a window of weight 0 drops out."""
+    torch.manual_seed(0)
+    m = SASRec(30, max_len=6, dim=8, heads=2, layers=1)
+    states = torch.randn(3, 6, 8)
+    targets = torch.tensor([[0, 0, 0, 4, 5, 6], [1, 2, 3, 4, 5, 6], [0, 0, 0, 0, 7, 8]])
+
+    def at(weights, rows=(0, 1, 2)):
+        g = torch.Generator().manual_seed(3)  # the same negatives for every call
+        return loss_from_states(m, states[list(rows)], targets[list(rows)], loss, 4, g, weights=weights)
+
+    g = torch.Generator().manual_seed(3)
+    torch.testing.assert_close(at(torch.full((3,), 2.0)), loss_from_states(m, states, targets, loss, 4, g))
+    if loss == "ce":  # uniform negatives differ with the rows drawn for, so only the full softmax compares
+        torch.testing.assert_close(at(torch.tensor([1.0, 0.0, 1.0])), at(None, rows=(0, 2)))
+    g = torch.Generator().manual_seed(3)
+    each, rows = loss_from_states(m, states, targets, loss, 4, g, per_target=True)  # (11,): 3, 6, 2 targets
+    w = torch.tensor([3.0, 1.0, 0.5])[rows]
+    torch.testing.assert_close(at(torch.tensor([3.0, 1.0, 0.5])), (w * each).sum() / w.sum())
 
 
 def test_dropout_drops_at_its_rate_keeps_the_mean_and_is_off_in_eval():

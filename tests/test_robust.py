@@ -1,4 +1,5 @@
-"""ltrec.transfer.robust: CVaR and group DRO over the batch's users, exactly, and through training."""
+"""ltrec.transfer.robust: CVaR, group DRO and the balanced loss over the batch's users, exactly, and through
+training."""
 
 import json
 
@@ -9,8 +10,8 @@ from typer.testing import CliRunner
 
 from conftest import runner_for
 from ltrec.cli import app
-from ltrec.recipe import GroupDRO
-from ltrec.transfer.robust import GroupDROLoss, cvar, length_groups
+from ltrec.recipe import Balanced, GroupDRO
+from ltrec.transfer.robust import BalancedLoss, GroupDROLoss, cvar, length_groups
 
 runner = CliRunner()
 
@@ -34,6 +35,31 @@ def test_cvar_is_the_mean_of_the_worst_users_by_weight():
     assert x.grad.tolist() == [1.0, 0.0, 0.0, 0.0]  # only the worst user's targets are trained on
 
 
+def test_balanced_weights_fall_with_a_user_s_training_targets():
+    lengths = np.array([2, 3, 5, 0])  # 1, 2 and 4 training targets; a user without any weighs as one target
+    users = torch.tensor([2, 0, 1, 3, 0])
+    assert BalancedLoss(Balanced(kind="balanced", power=0), lengths).weights(users).tolist() == [1.0] * 5
+    assert BalancedLoss(Balanced(kind="balanced"), lengths).weights(users).tolist() == [0.25, 1.0, 0.5, 1.0, 1.0]
+    assert BalancedLoss(Balanced(kind="balanced", power=0.5), lengths).weights(users).tolist() == \
+        [0.5, 1.0, pytest.approx(2 ** -0.5), 1.0, 1.0]
+
+
+def test_the_balanced_objective_is_the_batch_s_targets_weighted_by_their_users(tiny_csv):
+    """Through the objective's fused mean: Σ_t w_u(t)·ℓ_t / Σ_t w_u(t), w_u = 1 / (training targets of u)."""
+    _, seqs, _, runner_ = runner_for(tiny_csv, "gru4rec", robust={"kind": "balanced", "power": 1.0})
+    obj = runner_.objective
+    idx = torch.arange(min(16, len(obj.inputs)))
+    width = int(obj.lengths[idx].max())
+    inputs, targets = obj.inputs[idx, -width:], obj.targets[idx, -width:]
+    with torch.no_grad():
+        got = obj._objective(idx, inputs, width)[0]
+        (each, rows), _ = obj.model.training_loss(inputs, targets, per_target=True)
+    w = 1 / torch.from_numpy(seqs.train_lengths - 1).float()[obj.owner[idx][rows]]
+    assert len(set(w.tolist())) > 1  # users of different lengths: the weighting matters
+    torch.testing.assert_close(got, (w * each).sum() / w.sum())
+    assert not torch.allclose(got, each.mean())
+
+
 def test_group_dro_moves_weight_to_the_worse_group():
     loss = GroupDROLoss(GroupDRO(kind="group_dro", step=0.5), torch.tensor([0, 0, 1, 1]))
     users = torch.tensor([0, 1, 2, 3])
@@ -54,7 +80,8 @@ def test_length_groups_are_quantiles_or_head_tail():
     assert groups.tolist() == sorted(groups.tolist()) and len(set(groups.tolist())) == 4
 
 
-@pytest.mark.parametrize("robust", [{"kind": "cvar", "alpha": 0.3, "mix": 0.2}, {"kind": "group_dro", "step": 0.1}])
+@pytest.mark.parametrize("robust", [{"kind": "cvar", "alpha": 0.3, "mix": 0.2}, {"kind": "group_dro", "step": 0.1},
+                                    {"kind": "balanced", "power": 0.5}])
 @pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "caser", "narm", "bert4rec"])
 def test_every_backbone_trains_with_a_robust_objective(tiny_csv, kind, robust):
     *_, runner_ = runner_for(tiny_csv, kind, robust=robust)
@@ -112,3 +139,13 @@ def test_the_tail_components_train_on_the_init_example_for_every_backbone(tmp_pa
     assert "branch_loss" in r.output and ("dro_q0" in r.output) == (robust == "group_dro")
     assert ("cl_loss" in r.output) == (kind != "bert4rec")
     assert "blended with popularity" in json.loads((tmp_path / "runs/my-sasrec/metrics.json").read_text())["protocol"]
+
+
+@pytest.mark.parametrize("value, message", [("{kind: balanced, power: 3}", "transfer.robust.power"),
+                                            ("{kind: balance}", "expected one of cvar, group_dro, balanced"),
+                                            ("{kind: balanced, alpha: 0.5}", "transfer.robust.alpha")])
+def test_a_bad_robust_section_is_a_clear_user_error(tmp_path, monkeypatch, value, message):
+    monkeypatch.chdir(tmp_path)
+    assert runner.invoke(app, ["init", "demo"]).exit_code == 0
+    r = runner.invoke(app, ["validate", "demo/recipe.yaml", "--set", f"transfer.robust={value}"])
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output

@@ -51,9 +51,10 @@ class Backbone(nn.Module):
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         return self.score(self.encode(history))  # (B, N); this is what gets exported to ONNX
 
-    def training_loss(self, inputs, targets, loss="ce", negatives=1, generator=None, per_target=False):
+    def training_loss(self, inputs, targets, loss="ce", negatives=1, generator=None, per_target=False, weights=None):
         """The training objective on windows inputs/targets (B, L) → (scalar loss, states (B, L, D)); with
-        `per_target`, ((losses (M,), window row of each (M,)), states).
+        `per_target`, ((losses (M,), window row of each (M,)), states); with `weights` (B,), each window's
+        targets weigh its weight in the mean.
 
         Default: the next-item loss at every position (targets[:, t] follows inputs[:, t]). A backbone with
         another objective (BERT4Rec's cloze) overrides this; the trainer and both transfer components only
@@ -61,4 +62,4 @@ class Backbone(nn.Module):
         (the newest, states[:, -1], by default).
         """
         states = self.encode_all(inputs)  # (B, L, D)
-        return loss_from_states(self, states, targets, loss, negatives, generator, per_target), states
+        return loss_from_states(self, states, targets, loss, negatives, generator, per_target, weights), states

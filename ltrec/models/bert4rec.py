@@ -63,7 +63,7 @@ class BERT4Rec(Backbone):
         ids = torch.cat([history, mask], dim=1)[:, -self.max_len:]  # (B, ≤ max_len): the oldest may drop out
         return self.encode_all(ids)[:, -1]  # (B, D): the state at the [MASK] asks "what comes next?"
 
-    def training_loss(self, inputs, targets, loss="ce", negatives=1, generator=None, per_target=False):
+    def training_loss(self, inputs, targets, loss="ce", negatives=1, generator=None, per_target=False, weights=None):
         """Cloze objective on the window; returns (loss, states (B, L, D), each seeing the whole window)."""
         # the window's newest L items: inputs shifted by one plus the last target (what encode sees at
         # inference is also L ids ending at the newest event); the dropped oldest item is the newest of the
@@ -79,4 +79,4 @@ class BERT4Rec(Backbone):
         masked |= newest & real & ~masked.any(dim=1, keepdim=True)  # no window without a target
         states = self.encode_all(seq.masked_fill(masked, self.mask_id))  # (B, L, D)
         cloze = torch.where(masked, seq, torch.zeros_like(seq))  # (B, L): targets only where masked
-        return loss_from_states(self, states, cloze, loss, negatives, generator, per_target), states
+        return loss_from_states(self, states, cloze, loss, negatives, generator, per_target, weights), states

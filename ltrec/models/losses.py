@@ -44,12 +44,13 @@ class _ChunkedCE(torch.autograd.Function):
 
 
 class _MeanCE(torch.autograd.Function):
-    """The mean of _ChunkedCE's losses, with both gradients computed in the forward while each chunk's
-    softmax is at hand: a mean's upstream gradient is one scalar, so nothing is left for the backward but a
-    scale. Three matmuls and one exp per chunk (the output layer's bound) instead of four and two."""
+    """The mean of _ChunkedCE's losses (or their weighted mean, weights w (M,) summing to 1), with both
+    gradients computed in the forward while each chunk's softmax is at hand: a mean's upstream gradient is one
+    scalar, so nothing is left for the backward but a scale. Three matmuls and one exp per chunk (the output
+    layer's bound) instead of four and two."""
 
     @staticmethod
-    def forward(ctx, h, W, t):
+    def forward(ctx, h, W, t, w=None):
         ctx.dtypes = h.dtype, W.dtype
         dtype = torch.promote_types(torch.promote_types(h.dtype, W.dtype), torch.float32)
         h, W = h.to(dtype), W.to(dtype)
@@ -61,22 +62,30 @@ class _MeanCE(torch.autograd.Function):
             p = hc @ W.T  # (c, N): the logits, then in place the softmax minus the one-hot target
             picked = torch.arange(len(tc), device=p.device), tc
             top = p.amax(dim=1, keepdim=True)  # (c, 1)
-            total -= (p[picked] - top.squeeze(1)).sum()
+            shifted = p[picked] - top.squeeze(1)  # (c,)
+            if w is None:
+                total -= shifted.sum()
             p.sub_(top).exp_()  # one exp serves the loss and the softmax
             norm = p.sum(dim=1, keepdim=True)  # (c, 1)
-            total += norm.log().sum()
+            if w is None:
+                total += norm.log().sum()
+            else:
+                wc = w[lo:lo + rows].to(dtype)
+                total += (wc * (norm.squeeze(1).log() - shifted)).sum()
             p.div_(norm)
             p[picked] -= 1.0
+            if w is not None:
+                p.mul_(wc[:, None])
             grad_h[lo:lo + rows] = p @ W
             grad_W.addmm_(p.T, hc)
-        n = max(1, h.shape[0])
+        n = max(1, h.shape[0]) if w is None else 1  # weights summing to 1 are already the mean's scale
         ctx.save_for_backward(grad_h / n, grad_W / n)
         return total / n
 
     @staticmethod
     def backward(ctx, grad):
         grad_h, grad_W = ctx.saved_tensors
-        return (grad * grad_h).to(ctx.dtypes[0]), (grad * grad_W).to(ctx.dtypes[1]), None
+        return (grad * grad_h).to(ctx.dtypes[0]), (grad * grad_W).to(ctx.dtypes[1]), None, None
 
 
 def chunked_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -84,20 +93,26 @@ def chunked_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor) -> torch
     return _ChunkedCE.apply(h, W, targets)
 
 
-def mean_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """The mean of chunked_ce(h, W, targets); when a gradient is wanted it is computed on the way."""
+def mean_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None):
+    """The mean of chunked_ce(h, W, targets), or its weighted mean Σ w·ce / Σ w with `weights` (M,); when a
+    gradient is wanted it is computed on the way."""
+    if weights is not None:
+        weights = weights / weights.sum()
     if torch.is_grad_enabled() and (h.requires_grad or W.requires_grad):
-        return _MeanCE.apply(h, W, targets)
-    return chunked_ce(h, W, targets).mean()
+        return _MeanCE.apply(h, W, targets, weights)
+    each = chunked_ce(h, W, targets)
+    return each.mean() if weights is None else (weights * each).sum()
 
 
-def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=None, per_target=False):
+def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=None, per_target=False,
+                     weights=None):
     """Next-item loss from precomputed states (B, L, D) and targets (B, L); target 0 = no target.
 
     ce: full softmax over all N items. bce: SASRec-style binary CE, `negatives` uniform negatives per
     position (summed). sampled: softmax over the positive plus `negatives` uniform negatives shared by
-    the batch. All are means over positions with a target (0 if there are none). With `per_target`:
-    (losses (M,), the row of each target (M,)) instead of their mean, for objectives that weigh users.
+    the batch. All are means over positions with a target (0 if there are none); with `weights` (B,), means
+    in which each target weighs its row's weight. With `per_target`: (losses (M,), the row of each target
+    (M,)) instead of their mean, for objectives that weigh users by their losses.
     """
     if loss not in LOSSES:
         raise ValueError(f"unknown loss {loss!r} (expected one of {', '.join(LOSSES)})")
@@ -109,7 +124,11 @@ def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=N
         return _losses(model, h, pos, loss, negatives, generator, "none"), rows
     if h.shape[0] == 0:
         return states.sum() * 0.0  # keeps the graph (and the device) and avoids 0/0
-    return _losses(model, h, pos, loss, negatives, generator, "mean")
+    w = None if weights is None else weights.to(h.dtype)[mask.nonzero()[:, 0]]  # (M,)
+    if loss == "ce":  # the fused mean: its gradients in the forward
+        return mean_ce(h, model.item_emb.weight[1:], pos - 1, w)
+    each = _losses(model, h, pos, loss, negatives, generator, "mean" if w is None else "none")
+    return each if w is None else (w * each).sum() / w.sum()
 
 
 def _losses(model, h, pos, loss, negatives, generator, reduction):

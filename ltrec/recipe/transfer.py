@@ -80,8 +80,17 @@ class GroupDRO(Strict):
     step: float = Field(0.01, gt=0, le=10, description="η, the step of the exponentiated-gradient update of q")
 
 
-Robust = Annotated[Union[CVaR, GroupDRO], Field(discriminator="kind")]
-ROBUST_KINDS = {"cvar": CVaR, "group_dro": GroupDRO}
+class Balanced(Strict):
+    """Every user weighed more alike: each next-item target weighs n^−power, n the number of training targets of
+    its user (power 1: every user counts once, as in the test metrics; power 0: the plain mean over targets)."""
+
+    kind: Literal["balanced"] = Field(description="selects this objective")
+    power: float = Field(1.0, ge=0, le=2, description="how far a user's weight falls with its training targets "
+                         "(0 = the plain mean, 1 = every user equally)")
+
+
+Robust = Annotated[Union[CVaR, GroupDRO, Balanced], Field(discriminator="kind")]
+ROBUST_KINDS = {"cvar": CVaR, "group_dro": GroupDRO, "balanced": Balanced}
 
 
 class UserBranch(Strict):
@@ -109,7 +118,8 @@ class Contrastive(Strict):
 class Transfer(Strict):
     grad_align: GradAlign | None = None
     adversarial: Adversarial | None = None
-    robust: Robust | None = Field(None, description="a distributionally robust objective over users: "
-                                  "{kind: cvar, alpha, mix} or {kind: group_dro, groups, n_groups, step}")
+    robust: Robust | None = Field(None, description="how the batch's losses are weighed over users: "
+                                  "{kind: cvar, alpha, mix}, {kind: group_dro, groups, n_groups, step} or "
+                                  "{kind: balanced, power}")
     user_branch: UserBranch | None = None
     contrastive: Contrastive | None = None

@@ -67,10 +67,13 @@ class Objective:
 
     def _objective(self, idx: torch.Tensor, inputs: torch.Tensor, width: int):
         """The backbone's own objective (next-item at every position by default, BERT4Rec's cloze): its mean
-        over the batch's targets, or the robust objective over the users they belong to."""
+        over the batch's targets (weighted by user, for a balanced objective), or the robust objective over the
+        users they belong to."""
         targets = self.targets[idx, -width:].to(self.device)
-        if self.robust is None:
-            return self.model.training_loss(inputs, targets, self.cfg.loss, self.cfg.negatives, self.gen)
+        if self.robust is None or hasattr(self.robust, "weights"):  # fixed weights: the fused mean takes them
+            weights = None if self.robust is None else self.robust.weights(self.owner[idx].to(self.device))
+            return self.model.training_loss(inputs, targets, self.cfg.loss, self.cfg.negatives, self.gen,
+                                            weights=weights)
         (losses, rows), states = self.model.training_loss(inputs, targets, self.cfg.loss, self.cfg.negatives,
                                                           self.gen, per_target=True)
         if not len(losses):

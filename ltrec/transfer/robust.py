@@ -1,5 +1,6 @@
-"""Distributionally robust objectives over users (`transfer.robust`): instead of the mean next-item loss of a
-batch, a loss that weighs the users the model serves worst more.
+"""How a batch's next-item losses are weighed over its users (`transfer.robust`): instead of the plain mean over
+targets, where a user counts by how many targets it has, a loss that weighs the users the model serves worst
+more (CVaR, group DRO), or every user more alike (balanced).
 
 - CVaR (`kind: cvar`): each user of the batch has a loss, the mean over its targets, and a weight, its share of
   the batch's targets. The loss is the mean over the worst users that make up a share α of the weight, i.e.
@@ -10,6 +11,11 @@ batch, a loss that weighs the users the model serves worst more.
   q_g ← q_g·exp(η·ℓ_g), renormalised, and the loss is Σ_g q_g·ℓ_g (ℓ_g: the mean loss of the group's targets
   in the batch, 0 for a group absent from it). q is training state: checkpointed, logged every epoch, and
   under torchrun averaged over the ranks at the end of each epoch.
+- Balanced (`kind: balanced`): each target weighs n_u^−power, n_u the number of training targets of its user,
+  normalised over the batch. The test metrics average over users, the plain loss over targets, so a user with
+  200 events counts 200 times as much in training as one with 2 events and once in the test score; power 1
+  trains on the test's weighting, power 0 is the plain mean. The weights are fixed, so the backbone's fused
+  mean loss takes them and the epoch costs what a plain one does.
 """
 
 from __future__ import annotations
@@ -38,13 +44,8 @@ def cvar(losses: torch.Tensor, users: torch.Tensor, alpha: float) -> torch.Tenso
     return (take * means[order]).sum() / alpha
 
 
-class CVaRLoss:
-    def __init__(self, cfg):
-        self.alpha, self.mix = cfg.alpha, cfg.mix
-
-    def __call__(self, losses: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
-        robust = cvar(losses, users, self.alpha)
-        return robust if self.mix == 0 else (1 - self.mix) * robust + self.mix * losses.mean()
+class Stateless:
+    """An objective with no training state: nothing to log, checkpoint or average over ranks."""
 
     def stats(self) -> dict:
         return {}
@@ -57,6 +58,27 @@ class CVaRLoss:
 
     def sync(self) -> None:
         pass
+
+
+class CVaRLoss(Stateless):
+    def __init__(self, cfg):
+        self.alpha, self.mix = cfg.alpha, cfg.mix
+
+    def __call__(self, losses: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        robust = cvar(losses, users, self.alpha)
+        return robust if self.mix == 0 else (1 - self.mix) * robust + self.mix * losses.mean()
+
+
+class BalancedLoss(Stateless):
+    """Fixed weights, known before the loss: the backbone's fused mean takes them (no per-target losses)."""
+
+    def __init__(self, cfg, train_lengths: np.ndarray):
+        targets = np.maximum(train_lengths.astype(np.float64) - 1, 1)  # n events give n − 1 next-item targets
+        self.weight = torch.from_numpy(targets ** -cfg.power).float()  # (U,)
+
+    def weights(self, users: torch.Tensor) -> torch.Tensor:
+        """(B,) the weight of each window's targets, from its user."""
+        return self.weight.to(users.device)[users]
 
 
 def length_groups(train_lengths: np.ndarray, head: np.ndarray, cfg) -> np.ndarray:
@@ -111,6 +133,8 @@ def robust_loss(cfg, seqs, dist: Dist = LOCAL):
         return None
     if cfg.kind == "cvar":
         return CVaRLoss(cfg)
+    if cfg.kind == "balanced":
+        return BalancedLoss(cfg, seqs.train_lengths)
     groups = torch.from_numpy(length_groups(seqs.train_lengths, seqs.head, cfg))
     return GroupDROLoss(cfg, groups, dist)
 
