@@ -67,6 +67,9 @@ arms:
   - name: group-dro             # weigh the worse history-length groups more
     at_baseline: true
     set: ["transfer.robust={{kind: group_dro, step: 0.01}}"]
+  - name: balanced              # weigh every user alike, as the test metrics do
+    at_baseline: true
+    set: ["transfer.robust={{kind: balanced, power: 1.0}}"]
   - name: user-branch           # map short histories' states toward long ones'
     at_baseline: true
     set: ["transfer.user_branch={{weight: 0.1}}"]
