@@ -59,3 +59,22 @@ def test_the_branch_with_every_other_component(tiny_csv):
                             grad_align={"k": 2}, adversarial={"weight": 0.1}, robust={"kind": "cvar", "alpha": 0.5})
     stats = runner(lambda n, loss: None)
     assert np.isfinite(stats["loss"]) and "branch_loss" in stats and "disc_acc" in stats
+
+
+def test_the_discriminator_reads_the_encoder_not_the_branch(tiny_csv):
+    """With state: matched the discriminator re-encodes short prefixes; it must read the encoder's own state (as
+    with state: last), so the reversed gradient never reaches the branch's map, only the encoder."""
+    recipe, seqs, backbone, _ = runner_for(tiny_csv, "gru4rec")
+    model = Branched(backbone, cutoff=min(seqs.head_threshold, 10), hidden=0)
+    *_, runner = runner_for(tiny_csv, "gru4rec", model=model, user_branch={"weight": 0.5},
+                            adversarial={"weight": 1.0, "state": "matched"})
+    obj = runner.objective
+    idx = torch.arange(len(obj.lengths))
+    is_head = obj.owner_head[idx]
+    assert is_head.any() and (~is_head).any()
+    seen = obj.adversary.counts(obj.lengths[idx], is_head, "cpu")
+    states = model.encode_all(obj.inputs[idx])
+    adv_loss, _ = obj.adversary(model, states, obj.inputs[idx], is_head, seen)
+    adv_loss.backward()
+    assert model.map.weight.grad is None or not model.map.weight.grad.any()
+    assert any(p.grad is not None and p.grad.any() for p in backbone.parameters())
