@@ -7,7 +7,8 @@ from ltrec.models import BACKBONES, BERT4Rec, SASRec, loss_from_states, next_ite
 from ltrec.recipe import BACKBONE_KINDS, Backbone
 
 N, MAX_LEN, DIM = 20, 12, 16
-NEURAL = (*(k for k in BACKBONES if k != "pop"), "sasrec-legacy", "sasrec-unscaled")  # every backbone with a user state, new ones included
+# every backbone with a user state, new ones included, and SASRec's variants
+NEURAL = (*(k for k in BACKBONES if k != "pop"), "sasrec-legacy", "sasrec-unscaled", "sasrec-relative")
 
 
 def make(name, **kw):
@@ -16,10 +17,16 @@ def make(name, **kw):
         name, kw = "sasrec", {"input_norm": False, **kw}
     if name == "sasrec-unscaled":  # backbone.item_scale: false
         name, kw = "sasrec", {"item_scale": False, **kw}
+    if name == "sasrec-relative":  # backbone.positions: relative
+        name, kw = "sasrec", {"positions": "relative", **kw}
     kw = {"dim": DIM, **kw}
     if name in ("gru4rec", "narm"):
         kw.setdefault("layers", 2)  # two layers also checks that zeros propagate between layers
-    return BACKBONES[name](N, MAX_LEN, **kw).eval()
+    m = BACKBONES[name](N, MAX_LEN, **kw).eval()
+    if getattr(m, "relative", False):  # trained biases, not the zero init, so the tests see them act
+        with torch.no_grad():
+            m.dist_bias.weight.normal_(0, 1.0)
+    return m
 
 
 def left_pad(seqs, L):
@@ -149,6 +156,19 @@ def test_pop():
         out = m(left_pad([[1, 2]] * b, 4))
         assert out.shape == (b, N)
         torch.testing.assert_close(out, counts.expand(b, N))
+
+
+@pytest.mark.parametrize("positions", ["newest", "relative"])
+def test_relative_positions_encode_a_short_history_as_the_start_of_a_long_one(positions):
+    """With positions: relative a state depends only on the items before it and their distances: a 3-item
+    history (left-padded) ends in the same state as the third position of a full window that starts with it.
+    Counted from the newest, the same items sit at other positions and the states differ."""
+    m = make("sasrec-relative" if positions == "relative" else "sasrec")
+    long = torch.tensor([[3, 7, 5, 9, 2, 11, 4, 6, 8, 1, 12, 10]])  # MAX_LEN items
+    with torch.no_grad():
+        inside = m.encode_all(long)[0, 2]  # (D,) after 3, 7, 5
+        short = m.encode(left_pad([[3, 7, 5]], MAX_LEN))[0]  # (D,)
+    assert torch.allclose(inside, short, atol=1e-5) == (positions == "relative")
 
 
 @pytest.mark.parametrize("name", NEURAL)

@@ -24,13 +24,16 @@ class Block(nn.Module):
         self.ln2 = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim), Dropout(dropout))
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """x (B, L, D); allowed (B, 1, L, L) [query, key]; bias (H, L, L) added to the attention scores."""
         B, L, D = x.shape
         q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)  # 3 x (B, L, D)
         q = q.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
         k = k.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
         v = v.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
         att = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, L, L)
+        if bias is not None:
+            att = att + bias
         att = att.masked_fill(~allowed, float("-inf"))  # every row keeps its diagonal, so never all -inf
         att = self.attn_drop(F.softmax(att, dim=-1))  # (B, H, L, L)
         y = (att @ v).transpose(1, 2).reshape(B, L, D)  # (B, L, D)
@@ -40,7 +43,7 @@ class Block(nn.Module):
 
 class SASRec(Backbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
-                 input_norm: bool = True, item_scale: bool = True):
+                 input_norm: bool = True, item_scale: bool = True, positions: str = "newest"):
         super().__init__()
         if dim % heads:
             raise ValueError(f"SASRec: dim={dim} must be divisible by heads={heads}")
@@ -48,8 +51,15 @@ class SASRec(Backbone):
         # sqrt(dim) as in the original SASRec; a Python constant, so the exported graph holds one Mul or none
         self.item_mult = math.sqrt(dim) if item_scale else 1.0
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
-        # positions are counted from the right (newest item = 0), so extra left pads never shift real items
-        self.pos_emb = nn.Embedding(max_len, dim)
+        # newest: a position embedding counted from the right (newest item = 0), so extra left pads never shift
+        # real items. relative: none; each head adds a learned bias of the query-key distance to its scores
+        # (shared by the blocks), so a state depends only on the items before it and how far back they are
+        self.relative = positions == "relative"
+        if self.relative:
+            self.dist_bias = nn.Embedding(max_len, heads)
+            nn.init.zeros_(self.dist_bias.weight)
+        else:
+            self.pos_emb = nn.Embedding(max_len, dim)
         self.drop = Dropout(dropout)
         # Without it the residual stream starts at the item embeddings' small init scale while every block adds
         # O(1) outputs: items with few updates (the catalogue's long tail) stay drowned out. A unit-scale input
@@ -58,7 +68,7 @@ class SASRec(Backbone):
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
         self._init_items()
-        if input_norm:  # nn.Embedding's N(0, 1) would outweigh the items' 0.02 * sqrt(dim) in the sum
+        if input_norm and not self.relative:  # nn.Embedding's N(0, 1) would outweigh the items' 0.02 * sqrt(dim)
             nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     def encode_all(self, history: torch.Tensor) -> torch.Tensor:
@@ -66,9 +76,13 @@ class SASRec(Backbone):
         valid = history > 0  # (B, L)
         keep = valid.unsqueeze(-1).to(self.item_emb.weight.dtype)  # (B, L, 1)
         t = torch.arange(L, device=history.device)  # (L,)
-        # items older than max_len share the oldest position (only pads should ever get there)
-        pos = (L - 1 - t).clamp(max=self.max_len - 1)  # (L,)
-        x = self.item_emb(history) * self.item_mult + self.pos_emb(pos)  # (B, L, D)
+        x = self.item_emb(history) * self.item_mult  # (B, L, D)
+        bias = None
+        if self.relative:  # distances beyond max_len share the farthest bias (only pads should get there)
+            dist = (t.unsqueeze(1) - t.unsqueeze(0)).clamp(0, self.max_len - 1)  # (L, L), [query, key]
+            bias = self.dist_bias(dist).permute(2, 0, 1)  # (H, L, L)
+        else:  # items older than max_len share the oldest position (only pads should ever get there)
+            x = x + self.pos_emb((L - 1 - t).clamp(max=self.max_len - 1))  # (B, L, D)
         x = self.drop(self.ln_in(x)) * keep  # (B, L, D), pads zeroed
         # query i may see key j if j <= i (causal) and j is a real item; the diagonal is always allowed
         # so a pad query has one visible key: an all-masked row would give NaN, and 0 * NaN poisons later layers
@@ -76,5 +90,5 @@ class SASRec(Backbone):
         diag = t.unsqueeze(1) == t.unsqueeze(0)  # (L, L)
         allowed = (causal & valid[:, None, None, :]) | diag  # (B, 1, L, L), broadcast over heads
         for block in self.blocks:
-            x = block(x, allowed) * keep  # (B, L, D); zero pads so they stay inert
+            x = block(x, allowed, bias) * keep  # (B, L, D); zero pads so they stay inert
         return self.ln_f(x) * keep  # (B, L, D)

@@ -52,6 +52,10 @@ class SASRecConfig(_Transformer):
     item_scale: bool = Field(
         True, description="multiply the item embedding by sqrt(dim) before adding the position embedding (the "
         "SASRec paper's scaling); false: add them unscaled, which weighs order more")
+    positions: Literal["newest", "relative"] = Field(
+        "newest", description="newest: a position embedding counted from the newest item; relative: none, each "
+        "head adds a learned bias of the distance between query and key to its attention scores, so a short "
+        "history is encoded exactly as the same items at the start of a long one")
 
 
 class BERT4RecConfig(_Transformer):
