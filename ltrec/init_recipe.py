@@ -67,6 +67,9 @@ arms:
   - name: group-dro             # weigh the worse history-length groups more
     at_baseline: true
     set: ["transfer.robust={{kind: group_dro, step: 0.01}}"]
+  - name: pop-blend             # add the items' popularity to the scores, per history length, fitted on validation
+    at_baseline: true
+    set: ["eval.pop_blend={{}}"]
   - name: balanced              # weigh every user alike, as the test metrics do
     at_baseline: true
     set: ["transfer.robust={{kind: balanced, power: 1.0}}"]

@@ -168,7 +168,8 @@ def test_the_starter_plan_validates(project):
 
     plan, base = load_plan(project / "demo" / "sweep.yaml")
     assert plan.baseline == "plain"
-    assert {a.name for a in plan.arms} >= {"plain", "cvar", "group-dro", "balanced", "user-branch"}
+    wanted = {"plain", "pop-blend", "cvar", "group-dro", "balanced", "user-branch"}
+    assert {a.name for a in plan.arms} >= wanted
 
 
 @pytest.mark.parametrize("plan", sorted((Path(__file__).resolve().parents[1] / "bench" / "plans").rglob("*.yaml")),
