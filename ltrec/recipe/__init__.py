@@ -14,5 +14,5 @@ from .sections import Adapt, Columns, Data, Eval, Head, Monitor, Output, PopBlen
 __all__ = ["BACKBONE_KINDS", "ROBUST_KINDS", "IDENTIFIER", "Adapt", "Adversarial", "Backbone", "Balanced",
            "BERT4RecConfig", "CaserConfig", "Columns", "Contrastive", "CVaR", "Data", "Eval", "GradAlign", "GroupDRO",
            "GRU4RecConfig", "Head", "Monitor", "NARMConfig", "Output", "PopBlend", "PopConfig", "Recipe",
-           "SASRecConfig", "Split", "Strict", "Train", "Transfer", "UserBranch", "apply_overrides", "dump_recipe", "load_recipe",
-           "parse_override", "parse_yaml", "read_yaml", "recipe_schema", "validate_dict"]
+           "SASRecConfig", "Split", "Strict", "Train", "Transfer", "UserBranch", "apply_overrides", "dump_recipe",
+           "load_recipe", "parse_override", "parse_yaml", "read_yaml", "recipe_schema", "validate_dict"]
