@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import UserError
-from .runs import check_run, protocol_of, ranking_protocol, read_per_user
+from .runs import BLENDED, TRANSITIONS, check_run, protocol_of, ranking_protocol, read_per_user
 from .stats import paired_test
 
 
@@ -23,10 +23,13 @@ def _check_protocols(runs: list[Path], split: str) -> str:
             raise UserError(f"{run}: its per-user {split} metrics are '{p}', but {protocols[0][0]}'s are "
                             f"'{protocols[0][1]}'; a comparison needs one protocol: re-run `ltrec eval` on one of "
                             "them with the other's --set (plain `ltrec eval RUN` restores the run's own recipe)")
-    blended = [run.name for run, p in protocols if p != ranking_protocol(p)]
-    if blended and len(blended) < len(runs):
-        return f"{first}; scores blended with popularity in {', '.join(blended)}"
-    return protocols[0][1]
+    for note, prior in ((BLENDED, "popularity"), (TRANSITIONS, "transitions")):
+        blended = [run.name for run, p in protocols if note in p]
+        if len(blended) == len(runs):
+            first += note
+        elif blended:
+            first += f"; scores blended with {prior} in {', '.join(blended)}"
+    return first
 
 
 def _check_same(ref: tuple, other: tuple, ref_name: str, name: str) -> None:

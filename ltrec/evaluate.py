@@ -36,8 +36,10 @@ from .metrics import Seen, sample_negatives, sampled_ranks, state_ranks, target_
 from .models import Backbone
 from . import popblend
 from .popblend import Blend
+from . import transitions as transition_blend
+from .transitions import TransitionBlend
 from .recipe import Eval
-from .runs import BLENDED, SLICES, read_epochs
+from .runs import BLENDED, SLICES, TRANSITIONS, read_epochs
 from .stats import metrics_from_ranks, summarize
 
 WARM = ("head", "tail")  # `all` = the evaluated users who trained; cold users are reported apart
@@ -61,7 +63,7 @@ class Result:
 
 
 def protocol(cfg: Eval) -> str:
-    blend = BLENDED if cfg.pop_blend else ""
+    blend = (BLENDED if cfg.pop_blend else "") + (TRANSITIONS if cfg.transition_blend else "")
     if cfg.mode == "sampled":
         return f"sampled: target vs {cfg.negatives} stored random negatives, pessimistic ties{blend}"
     masked = "history masked" if cfg.mask_seen else "history not masked"
@@ -78,8 +80,10 @@ class Evaluator:
         self.run_dir, self.seed, self.dist = run_dir, seed, dist
 
     @torch.no_grad()
-    def run(self, split: str, ks=None, blend: Blend | None = None) -> Result:
-        """Rank every evaluated (and cold) user's `split` target; `blend` adds the popularity blend."""
+    def run(self, split: str, ks=None, blend: Blend | None = None,
+            transitions: TransitionBlend | None = None) -> Result:
+        """Rank every evaluated (and cold) user's `split` target; `blend` adds the popularity blend,
+        `transitions` the transition blend."""
         model, seqs, cfg, dist, device = self.model, self.seqs, self.cfg, self.dist, self.device
         model.eval()
         parts = [seqs.eval_inputs(split, self.max_len, cold=c) for c in (False, True)]
@@ -109,7 +113,7 @@ class Evaluator:
             seen = Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users[sel], split))).to(device) \
                 if cfg.mask_seen and negs is None else None
             adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
-            if negs is None and isinstance(model, Backbone) and model.tied and not adapt.any():
+            if negs is None and isinstance(model, Backbone) and model.tied and not adapt.any() and transitions is None:
                 h = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
                 table = model.item_emb.weight[1:].float()  # (N, D)
                 if blend is not None:  # [h, w]·[e, log(1 + count)]: still one dot product per item
@@ -123,6 +127,8 @@ class Evaluator:
                     model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
             if blend is not None:
                 scores += blend.weight(hist)[:, None] * blend.prior.to(device)[None, :]
+            if transitions is not None:  # a prior per user, not per item: no longer one dot product
+                scores += transitions.scores(hist)
             if negs is None:
                 mine.append(target_ranks(scores, tgt, seen).cpu())
             else:
@@ -167,7 +173,7 @@ def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None,
     model = build_model(recipe, seqs)
     load_weights(model, run / "best.pt")
     evaluator = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed)
-    result = evaluator.run(split, ks, fit_blend(recipe, seqs, evaluator, run))
+    result = evaluator.run(split, ks, *fit_blend(recipe, seqs, evaluator, run))
     write_per_user(result, seqs, run / f"users_{split}.csv")
     return result, {k: v for k, v in result.table(slices).items() if k in slices}
 
@@ -187,9 +193,9 @@ def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Co
     summary = {"best_epoch": max(history, key=lambda r: r["valid"][monitor.slice][monitor.metric])["epoch"]
                if history else 0, "epochs": len(history),
                "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0}
-    blend = fit_blend(recipe, seqs, evaluator, run_dir, dist)
+    blends = fit_blend(recipe, seqs, evaluator, run_dir, dist)
     for split in ("valid", "test"):
-        result = evaluator.run(split, blend=blend)
+        result = evaluator.run(split, None, *blends)
         summary[split], summary["protocol"] = result.table(), result.protocol
         with dist.together():
             if dist.main:
@@ -202,15 +208,20 @@ def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Co
     return run_dir
 
 
-def fit_blend(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path, dist: Dist = LOCAL) -> Blend | None:
-    """The popularity blend the recipe asks for, fitted on validation and saved with the run (rank 0)."""
-    if recipe.eval.pop_blend is None:
-        return None
-    blend = popblend.fit(evaluator, recipe.eval.pop_blend, seqs.item_counts(), recipe.train.monitor.metric)
+def fit_blend(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path,
+              dist: Dist = LOCAL) -> tuple[Blend | None, TransitionBlend | None]:
+    """The blends the recipe asks for (popularity, then transitions on top), fitted on validation and saved
+    with the run (rank 0)."""
+    cfg, metric = recipe.eval, recipe.train.monitor.metric
+    blend = popblend.fit(evaluator, cfg.pop_blend, seqs.item_counts(), metric) if cfg.pop_blend else None
+    transitions = transition_blend.fit(evaluator, cfg.transition_blend, seqs, metric, blend) \
+        if cfg.transition_blend else None
     with dist.together():
         if dist.main:
-            popblend.save(run_dir, blend)
-    return blend
+            for module, fitted in ((popblend, blend), (transition_blend, transitions)):
+                if fitted is not None:
+                    module.save(run_dir, fitted)
+    return blend, transitions
 
 
 def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:

@@ -21,7 +21,9 @@ from rich.console import Console
 from . import __version__, popblend
 from .build import build_model, load_run
 from .bundle import FORMAT_VERSION, length_batches, session, write_bundle
+from . import transitions as transition_blend
 from .popblend import Blend
+from .transitions import TransitionBlend
 from .checkpoint import load_weights
 from .errors import UserError
 from .runs import Summary, read_json
@@ -34,9 +36,10 @@ PARITY_USERS = 2000
 class TopKScorer(nn.Module):
     """Backbone + exclusion + top-K: (history (B, L), exclude (B, E)) → (items (B, K), scores (B, K))."""
 
-    def __init__(self, backbone: nn.Module, k: int, blend: Blend | None = None):
+    def __init__(self, backbone: nn.Module, k: int, blend: Blend | None = None,
+                 transitions: TransitionBlend | None = None):
         super().__init__()
-        self.backbone, self.k, self.blend = backbone, k, blend is not None
+        self.backbone, self.k, self.blend, self.transitions = backbone, k, blend is not None, transitions
         # Scores are laid out over ids 0..N, so topk's column index IS the item id; column 0 (padding)
         # gets -inf through the bias. F.linear against the full embedding table (a Gemm) reuses the
         # weight the input lookup already holds, where `weight[1:].T` would store a second copy.
@@ -47,6 +50,9 @@ class TopKScorer(nn.Module):
             self.register_buffer("edges", blend.edges.clone(), persistent=False)
             self.register_buffer("weights", blend.weights.clone(), persistent=False)
             self.register_buffer("prior", F.pad(blend.prior, (1, 0)), persistent=False)  # (N+1,), 0 for padding
+        if transitions is not None:  # tables as constants of the graph: (N+1, K) ids and strengths
+            self.register_buffer("transition_edges", transitions.edges.clone(), persistent=False)
+            self.register_buffer("transition_weights", transitions.weights.clone(), persistent=False)
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1): column j is item j, column 0 (padding) -inf."""
@@ -58,6 +64,11 @@ class TopKScorer(nn.Module):
             lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
             bucket = (lengths >= self.edges.unsqueeze(0)).sum(dim=1)  # (B,)
             scores = scores + self.weights[bucket].unsqueeze(1) * self.prior.unsqueeze(0)
+        if self.transitions is not None:
+            lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
+            bucket = (lengths >= self.transition_edges.unsqueeze(0)).sum(dim=1)  # (B,)
+            prior = self.transitions.table.prior(history, self.transitions.last)  # (B, N+1), 0 at padding
+            scores = scores + self.transition_weights[bucket].unsqueeze(1) * prior
         return scores
 
     def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -151,7 +162,9 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
     metadata = {"ltrec.format_version": str(FORMAT_VERSION), "ltrec.n_items": str(seqs.n_items),
                 "ltrec.max_len": str(max_len), "ltrec.k": str(k), "ltrec.backbone": recipe.backbone.kind}
     blend = popblend.load(run_dir, seqs.item_counts()) if recipe.eval.pop_blend else None
-    scorer = TopKScorer(backbone, k, blend).eval()
+    transitions = transition_blend.load(run_dir, seqs, recipe.eval.transition_blend) \
+        if recipe.eval.transition_blend else None
+    scorer = TopKScorer(backbone, k, blend, transitions).eval()
     try:
         model_bytes = to_onnx(scorer, max_len, metadata)
     except Exception as exc:  # an exporter or checker failure is a bug to report, but say where
@@ -186,6 +199,8 @@ def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
         "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
         "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
         "pop_blend": json.loads(blend.to_json()) if blend else None,  # in the graph; here for the record
+        "transition_blend": {**json.loads(transitions.to_json()), "last": transitions.last,
+                             "neighbours": int(transitions.table.ids.shape[1])} if transitions else None,
         "metrics": metrics,
         "versions": {"ltrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},

@@ -32,8 +32,7 @@ class Blend:
 
     def weight(self, history: torch.Tensor) -> torch.Tensor:
         """(B,) the weight of each left-padded history's length bucket."""
-        lengths = (history > 0).sum(dim=1)
-        return self.weights.to(history.device)[torch.bucketize(lengths, self.edges.to(history.device), right=True)]
+        return bucket_weight(self.edges, self.weights, history)
 
     def to_json(self) -> str:
         return json.dumps({"edges": self.edges.tolist(), "weights": [round(w, 6) for w in self.weights.tolist()]}) + "\n"
@@ -43,18 +42,35 @@ def prior(item_counts: np.ndarray) -> torch.Tensor:
     return torch.log1p(torch.from_numpy(np.asarray(item_counts, dtype=np.float64))).float()
 
 
+def bucket_weight(edges: torch.Tensor, weights: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+    """(B,) the weight of each left-padded history's length bucket."""
+    lengths = (history > 0).sum(dim=1)
+    return weights.to(history.device)[torch.bucketize(lengths, edges.to(history.device), right=True)]
+
+
+def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: str, blend_with) -> tuple[list[float], float]:
+    """Each length bucket's weight: the candidate whose blend (`blend_with(weights)`, all buckets at that
+    weight) has the best mean validation `metric` over the bucket's users. Returns the weights and the mean
+    validation metric of the users under them."""
+    per_weight = []
+    for w in candidates:
+        result = evaluator.run("valid", **blend_with(torch.full((len(edges) + 1,), float(w))))
+        rows = result.slice_of != "cold-adapted"  # each user once
+        per_weight.append(result.per_user[metric][rows])
+    bucket = np.searchsorted(np.asarray(edges), result.lengths[rows], side="right")
+    scores = np.stack(per_weight)  # (weights, users)
+    best = [int(np.argmax(scores[:, bucket == b].mean(axis=1))) if (bucket == b).any() else None
+            for b in range(len(edges) + 1)]
+    chosen = [candidates[i] if i is not None else 0.0 for i in best]
+    picked = [scores[best[b], j] for j, b in enumerate(bucket)]
+    return chosen, float(np.mean(picked)) if picked else 0.0
+
+
 def fit(evaluator, cfg, item_counts: np.ndarray, metric: str) -> Blend:
     """Each bucket's weight: the candidate with the best mean validation `metric` over the bucket's users."""
     edges, p = torch.tensor(cfg.edges), prior(item_counts)
-    per_weight = []
-    for w in cfg.weights:
-        result = evaluator.run("valid", blend=Blend(edges, torch.full((len(edges) + 1,), float(w)), p))
-        rows = result.slice_of != "cold-adapted"  # each user once
-        per_weight.append(result.per_user[metric][rows])
-    bucket = np.searchsorted(np.asarray(cfg.edges), result.lengths[rows], side="right")
-    scores = np.stack(per_weight)  # (weights, users)
-    chosen = [cfg.weights[int(np.argmax(scores[:, bucket == b].mean(axis=1)))] if (bucket == b).any() else 0.0
-              for b in range(len(edges) + 1)]
+    chosen, _ = fit_buckets(evaluator, cfg.edges, cfg.weights, metric,
+                            lambda weights: {"blend": Blend(edges, weights, p)})
     return Blend(edges, torch.tensor(chosen, dtype=torch.float32), p)
 
 

@@ -209,6 +209,7 @@ def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[s
 
 
 BLENDED = "; scores blended with popularity per history length, fitted on validation"
+TRANSITIONS = "; scores blended with the newest items' transitions per history length, fitted on validation"
 
 
 def protocol_of(run: Path, split: str) -> str:
@@ -216,6 +217,6 @@ def protocol_of(run: Path, split: str) -> str:
 
 
 def ranking_protocol(protocol: str) -> str:
-    """The protocol without the popularity blend's note: a blend changes the scores, not how they are ranked,
-    so blended and unblended runs compare (that is the question the blend answers)."""
-    return protocol.removesuffix(BLENDED)
+    """The protocol without the blends' notes: a blend changes the scores, not how they are ranked, so
+    blended and unblended runs compare (that is the question a blend answers)."""
+    return protocol.removesuffix(TRANSITIONS).removesuffix(BLENDED)

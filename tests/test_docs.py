@@ -67,12 +67,13 @@ def key_tables() -> str:
     """The reference tables of every recipe key: name, default, meaning (from the pydantic models)."""
     sys.path.insert(0, str(ROOT))
     from ltrec.recipe import BACKBONE_KINDS, ROBUST_KINDS
-    from ltrec.recipe.sections import Adapt, Columns, Data, Eval, Head, Monitor, Output, PopBlend, Split, Train
+    from ltrec.recipe.sections import (Adapt, Columns, Data, Eval, Head, Monitor, Output, PopBlend, Split, Train,
+                                       TransitionBlend)
     from ltrec.recipe.transfer import Adversarial, Contrastive, GradAlign, UserBranch
 
     sections = [(Data, "data"), (Columns, "data.columns"), (Split, "split"), (Head, "head"), (Train, "train"),
                 (Monitor, "train.monitor"), (Eval, "eval"), (Adapt, "eval.adapt"), (PopBlend, "eval.pop_blend"),
-                (Output, "output"),
+                (TransitionBlend, "eval.transition_blend"), (Output, "output"),
                 *((m, f"backbone: {k}") for k, m in BACKBONE_KINDS.items()),
                 (GradAlign, "transfer.grad_align"), (Adversarial, "transfer.adversarial"),
                 *((m, f"transfer.robust: {k}") for k, m in ROBUST_KINDS.items()), (UserBranch, "transfer.user_branch"),

@@ -73,9 +73,10 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     branch = "{user_branch: {weight: 1.0}}"  # the head→tail map is inside the exported graph
     runs.update({f"{kind}-branch": train_run(folder, csv, kind, transfer=branch, name=f"{kind}-branch")
                  for kind in ("gru4rec", "sasrec")})
-    # the popularity blend, fitted on validation, is inside the exported graph too
+    # both blends, fitted on validation, are inside the exported graph too
     runs["sasrec-blend"] = train_run(folder, csv, "sasrec", name="sasrec-blend",
-                                     evaluation="{pop_blend: {weights: [0.0, 1.0, 3.0]}}")
+                                     evaluation="{pop_blend: {weights: [0.0, 1.0, 3.0]}, "
+                                                "transition_blend: {weights: [0.0, 1.0], neighbours: 5}}")
     return runs
 
 
@@ -126,6 +127,13 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
 
             blend = load_blend(run, seqs.item_counts())
             full = full + blend.weight(torch.from_numpy(history))[:, None] * blend.prior[None, :]
+        if recipe.eval.transition_blend:
+            from ltrec.transitions import load as load_transitions
+
+            transitions = load_transitions(run, seqs, recipe.eval.transition_blend)
+            assert meta["transition_blend"]["direction"] == transitions.direction
+            assert transitions.weights.max() > 0  # the blend is in play, so parity covers it
+            full = full + transitions.scores(torch.from_numpy(history))
         full = full.numpy()
     want = np.argsort(-full, axis=1, kind="stable")[:, :10] + 1
     assert items.dtype == np.int64 and scores.dtype == np.float32 and items.shape == (len(history), 10)

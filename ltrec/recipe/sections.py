@@ -133,6 +133,35 @@ class PopBlend(Strict):
         return self
 
 
+class TransitionBlend(Strict):
+    """Scores plus w·log(1 + the transitions from the user's newest items to the item), one weight w per
+    history-length bucket chosen on the validation split: a short history's next item is often a neighbour of
+    its last one in other users' histories, a relation the model learns least from the tail."""
+
+    window: int = Field(5, ge=1, le=50, description="two training events of one user at most this many apart "
+                        "count as a transition, weighted 1 / distance")
+    last: int = Field(5, ge=1, le=50, description="the user's newest items whose transitions are summed, the "
+                      "newest weighted 1, each older one half the next")
+    neighbours: int = Field(100, ge=1, le=10_000, description="transitions kept per item (the strongest); the "
+                            "exported graph stores items × neighbours of them")
+    directions: list[Literal["forward", "both"]] = Field(
+        ["forward", "both"], min_length=1, description="candidates, chosen on validation: forward counts only "
+        "a later event after an earlier one, both counts each pair both ways")
+    edges: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
+        [2, 3, 5, 8, 13, 21], min_length=1, description="history lengths (items the model sees) where a new bucket "
+        "starts; the first bucket holds the histories shorter than the first edge")
+    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
+        [0.0, 0.3, 1.0, 2.0, 4.0, 8.0], min_length=1, description="candidate weights (0: the model alone)")
+
+    @model_validator(mode="after")
+    def _increasing(self) -> "TransitionBlend":
+        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
+            raise ValueError(f"edges must increase (got {self.edges})")
+        if len(set(self.directions)) != len(self.directions):
+            raise ValueError(f"directions: each candidate once (got {self.directions})")
+        return self
+
+
 class Eval(Strict):
     ks: list[Annotated[int, Field(ge=1, le=100_000)]] = Field([5, 10, 20], min_length=1, description="cut-offs of "
                                                                "HR, NDCG and MRR")
@@ -146,6 +175,9 @@ class Eval(Strict):
                                 "history (slice cold-adapted); null = zero-shot only")
     pop_blend: PopBlend | None = Field(None, description="blend scores with item popularity per history-length "
                                        "bucket, fitted on validation; in the exported graph too")
+    transition_blend: TransitionBlend | None = Field(
+        None, description="blend scores with the item-to-item transitions of the user's newest items per "
+        "history-length bucket, fitted on validation (after pop_blend); in the exported graph too")
 
 
 class Output(Strict):
