@@ -60,9 +60,9 @@ def main() -> None:
     for name, cls in (("SASRec", SASRec), ("GRU4Rec", GRU4Rec)):
         torch.manual_seed(0)
         backbone = cls(args.items, args.max_len, dim=args.dim).eval()
-        model = to_onnx(backbone, args.k, args.max_len, {})
-        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         scorer = TopKScorer(backbone, args.k).eval()
+        model = to_onnx(scorer, args.max_len, {})
+        session = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
         for batch in (int(b) for b in args.batches.split(",")):
             history = rng.integers(1, args.items + 1, (batch, args.max_len))  # (B, L), no padding
             exclude = np.zeros((batch, 0), np.int64)

@@ -70,6 +70,9 @@ arms:
   - name: pop-blend             # add the items' popularity to the scores, per history length, fitted on validation
     at_baseline: true
     set: ["eval.pop_blend={{}}"]
+  - name: transition-blend      # add the transitions from the user's newest items, per history length, fitted on validation
+    at_baseline: true
+    set: ["eval.transition_blend={{}}"]
   - name: balanced              # weigh every user alike, as the test metrics do
     at_baseline: true
     set: ["transfer.robust={{kind: balanced, power: 1.0}}"]

@@ -1,4 +1,5 @@
-"""ltrec.popblend: scores + w·log(1 + count) per history-length bucket, w chosen on validation."""
+"""ltrec.popblend: scores + w·log(1 + count) per history-length bucket, w chosen on validation (and what
+every blend shares: `ltrec eval --set` fits one on a finished run, `ltrec compare` pairs it)."""
 
 import json
 import shutil
@@ -58,21 +59,24 @@ def test_fit_picks_each_buckets_best_weight_on_validation(tmp_path):
     assert evaluator.run("valid", blend=blend).per_user["ndcg@10"].mean() > plain
 
 
-def test_eval_fits_the_blend_and_compare_pairs_it_with_the_unblended_run(tiny_csv, tmp_path, monkeypatch):
+@pytest.mark.parametrize("key, words, prior", [("pop_blend", "blended with popularity", "popularity"),
+                                                ("transition_blend", "the newest items' transitions", "transitions")])
+def test_eval_fits_the_blend_and_compare_pairs_it_with_the_unblended_run(tiny_csv, tmp_path, monkeypatch, key,
+                                                                         words, prior):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "r.yaml").write_text(f"name: b\ndata: {{source: {tiny_csv}, max_len: 10}}\n"
                                      "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1}\n")
     assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
     shutil.copytree(tmp_path / "runs/b", tmp_path / "runs/unblended")
-    r = runner.invoke(app, ["eval", "runs/b", "--set", "eval.pop_blend={weights: [0.0, 1.0]}", "--json"])
+    r = runner.invoke(app, ["eval", "runs/b", "--set", f"eval.{key}={{weights: [0.0, 1.0]}}", "--json"])
     assert r.exit_code == 0, r.output
-    assert "blended with popularity" in json.loads(r.output)["protocol"]
-    saved = json.loads((tmp_path / "runs/b/pop_blend.json").read_text())
+    assert words in json.loads(r.output)["protocol"]
+    saved = json.loads((tmp_path / f"runs/b/{key}.json").read_text())
     assert saved["edges"] == [2, 3, 5, 8, 13, 21] and set(saved["weights"]) <= {0.0, 1.0}
     # a blend changes scores, not the ranking protocol: the question "does it help?" is a paired comparison
     r = runner.invoke(app, ["compare", "runs/unblended", "runs/b", "--json"])
     assert r.exit_code == 0, r.output
-    assert json.loads(r.output)["protocol"].endswith("scores blended with popularity in b")
+    assert json.loads(r.output)["protocol"].endswith(f"scores blended with {prior} in b")
 
 
 @pytest.mark.parametrize("edges, message", [([3, 3], "edges must increase"), ([], "at least 1 item")])

@@ -116,28 +116,35 @@ class Adapt(Strict):
         "encoder", description="what each user adapts: the encoder (item table shared) or every parameter")
 
 
-class PopBlend(Strict):
-    """Scores plus w·log(1 + the item's training count), one weight w per history-length bucket, each chosen
-    on the validation split from `weights`: a short history can lean on popularity, a long one on the model."""
+class BucketBlend(Strict):
+    """What every score blend shares: the history-length buckets, one weight each."""
 
     edges: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         [2, 3, 5, 8, 13, 21], min_length=1, description="history lengths (items the model sees) where a new bucket "
         "starts; the first bucket holds the histories shorter than the first edge")
-    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
-        [0.0, 0.03, 0.1, 0.3, 1.0, 3.0], min_length=1, description="candidate weights (0: the model alone)")
 
     @model_validator(mode="after")
-    def _increasing(self) -> "PopBlend":
+    def _increasing(self) -> "BucketBlend":
         if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
             raise ValueError(f"edges must increase (got {self.edges})")
         return self
 
 
-class TransitionBlend(Strict):
+class PopBlend(BucketBlend):
+    """Scores plus w·log(1 + the item's training count), one weight w per history-length bucket, each chosen
+    on the validation split from `weights`: a short history can lean on popularity, a long one on the model."""
+
+    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
+        [0.0, 0.03, 0.1, 0.3, 1.0, 3.0], min_length=1, description="candidate weights (0: the model alone)")
+
+
+class TransitionBlend(BucketBlend):
     """Scores plus w·log(1 + the transitions from the user's newest items to the item), one weight w per
     history-length bucket chosen on the validation split: a short history's next item is often a neighbour of
     its last one in other users' histories, a relation the model learns least from the tail."""
 
+    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
+        [0.0, 0.3, 1.0, 2.0, 4.0, 8.0], min_length=1, description="candidate weights (0: the model alone)")
     window: int = Field(5, ge=1, le=50, description="two training events of one user at most this many apart "
                         "count as a transition, weighted 1 / distance")
     last: int = Field(5, ge=1, le=50, description="the user's newest items whose transitions are summed, the "
@@ -147,16 +154,9 @@ class TransitionBlend(Strict):
     directions: list[Literal["forward", "both"]] = Field(
         ["forward", "both"], min_length=1, description="candidates, chosen on validation: forward counts only "
         "a later event after an earlier one, both counts each pair both ways")
-    edges: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        [2, 3, 5, 8, 13, 21], min_length=1, description="history lengths (items the model sees) where a new bucket "
-        "starts; the first bucket holds the histories shorter than the first edge")
-    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
-        [0.0, 0.3, 1.0, 2.0, 4.0, 8.0], min_length=1, description="candidate weights (0: the model alone)")
 
     @model_validator(mode="after")
-    def _increasing(self) -> "TransitionBlend":
-        if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
-            raise ValueError(f"edges must increase (got {self.edges})")
+    def _once_each(self) -> "TransitionBlend":
         if len(set(self.directions)) != len(self.directions):
             raise ValueError(f"directions: each candidate once (got {self.directions})")
         return self
