@@ -126,9 +126,9 @@ class Evaluator:
                 scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
                     model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
             if blend is not None:
-                scores += blend.weight(hist)[:, None] * blend.prior.to(device)[None, :]
+                scores = scores + blend.weight(hist)[:, None] * blend.prior.to(device)[None, :]
             if transitions is not None:  # a prior per user, not per item: no longer one dot product
-                scores += transitions.scores(hist)
+                scores = scores + transitions.scores(hist)
             if negs is None:
                 mine.append(target_ranks(scores, tgt, seen).cpu())
             else:

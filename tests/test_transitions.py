@@ -73,10 +73,13 @@ def chain_csv(tmp_path):
     return tmp_path / "e.csv"
 
 
-def test_blended_ranks_are_the_blended_score_matrix_ranked(tmp_path):
+@pytest.mark.parametrize("kind", ["sasrec", "pop"])  # tied: eval would otherwise rank by dot products; pop's
+def test_blended_ranks_are_the_blended_score_matrix_ranked(tmp_path, kind):  # scores are one row for everyone
     seqs = load(Data(source=str(chain_csv(tmp_path))), Split(), Head())
     torch.manual_seed(0)
-    model = BACKBONES["sasrec"](seqs.n_items, 20, dim=8)  # tied: eval would otherwise rank by dot products
+    model = BACKBONES[kind](seqs.n_items, 20, dim=8)
+    if kind == "pop":
+        model.fit(torch.from_numpy(seqs.item_counts()))
     table = build(seqs.items, seqs.offsets, seqs.train_lengths, seqs.n_items, 3, 10, "both")
     blend = Blend(torch.tensor([3, 6]), torch.tensor([2.0, 0.5, 0.0]), table, 2, "both")
     fast = Evaluator(model, seqs, Eval(), 20).run("test", transitions=blend)

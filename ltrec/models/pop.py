@@ -5,7 +5,8 @@ import torch.nn as nn
 
 
 class Pop(nn.Module):
-    """Popularity baseline: every user gets the training counts as scores. No trainable parameters."""
+    """Popularity baseline: every user gets log(1 + training count) as scores (the popularity blend's prior,
+    so a transition blend on top is on a comparable scale). No trainable parameters."""
 
     def __init__(self, n_items: int, max_len: int, **_):
         super().__init__()
@@ -13,7 +14,7 @@ class Pop(nn.Module):
         self.register_buffer("counts", torch.zeros(n_items))  # (N,), column j is item j+1
 
     def fit(self, item_counts: torch.Tensor) -> "Pop":
-        self.counts.copy_(torch.as_tensor(item_counts, dtype=self.counts.dtype))
+        self.counts.copy_(torch.log1p(torch.as_tensor(item_counts, dtype=torch.float64)).to(self.counts.dtype))
         return self
 
     def encode_all(self, history: torch.Tensor) -> torch.Tensor:
