@@ -46,6 +46,7 @@ train:
 eval:
   ks: [5, 10, 20]
   mask_seen: true      # the user's own history items are not ranked
+  # transition_blend: {{}}  # add where other users went next from this user's newest items (docs/method.md)
 """
 
 SWEEP = """\
