@@ -141,14 +141,15 @@ def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k:
     return {"users": len(history), "max_abs_score_diff": worst, "topk_agreement": same / (2 * len(history))}
 
 
-def export_bundle(run_dir: Path, out: Path, k: int) -> Path:
-    """Write `out/model.onnx` and `out/bundle.json` for the run's best checkpoint; returns `out`."""
+def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None = None) -> Path:
+    """Write `out/model.onnx` and `out/bundle.json` for the run's best checkpoint (its recipe with the eval.*
+    `overrides`); returns `out`."""
     import onnx
     import onnxruntime
 
     console = Console(stderr=True, soft_wrap=True)
     run_dir, out = Path(run_dir), Path(out)
-    recipe, seqs = load_run(run_dir)
+    recipe, seqs = load_run(run_dir, overrides)
     metrics_path = run_dir / "metrics.json"  # read first: a damaged file fails before minutes of export
     metrics = read_json(metrics_path, Summary).model_dump() if metrics_path.exists() else None
     if not 1 <= k <= seqs.n_items:

@@ -62,7 +62,7 @@ def test_adapted_slice_sits_beside_zero_shot(cold_run):
 
 def test_eval_may_only_override_eval_keys(cold_run):
     r = runner.invoke(app, ["eval", str(cold_run), "--set", "data.max_len=5"])
-    assert r.exit_code == 2 and "--set data.max_len: ltrec eval can only change eval.* keys" in r.output
+    assert r.exit_code == 2 and "--set data.max_len: only eval.* keys can change after training" in r.output
     r = runner.invoke(app, ["eval", str(cold_run), "--set", "eval.adapt.steps=0"])
     assert r.exit_code == 2 and "eval.adapt.steps" in r.output
 

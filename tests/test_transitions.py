@@ -1,5 +1,6 @@
 """ltrec.transitions: scores + w·log(1 + the transitions of the newest items) per history-length bucket."""
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -117,6 +118,25 @@ def test_a_damaged_fitted_blend_is_named_with_the_way_out(tiny_csv, tmp_path, mo
     r = runner.invoke(app, ["export", "runs/b"])
     assert r.exit_code == 2 and "transition_blend.json: no fitted transition blend" in r.output, r.output
     assert "ltrec eval runs/b" in r.output and "Traceback" not in r.output and not (tmp_path / "runs/b/bundle").exists()
+
+
+def test_a_blend_fitted_on_a_finished_run_exports_with_set(tiny_csv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "r.yaml").write_text(f"name: b\ndata: {{source: {tiny_csv}, max_len: 10}}\n"
+                                     "backbone: {kind: sasrec, dim: 8}\ntrain: {epochs: 1}\n")
+    assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
+    blend = "eval.transition_blend={weights: [1.0]}"
+    r = runner.invoke(app, ["export", "runs/b", "--set", blend])
+    assert r.exit_code == 2 and "no fitted transition blend" in r.output, r.output  # fit it first
+    assert runner.invoke(app, ["eval", "runs/b", "--set", blend]).exit_code == 0
+    r = runner.invoke(app, ["export", "runs/b", "--set", blend])
+    assert r.exit_code == 0 and "parity on" in r.output, r.output
+    meta = json.loads((tmp_path / "runs/b/bundle/bundle.json").read_text())
+    weights = meta["transition_blend"]["weights"]  # 1.0 wherever a bucket has users, 0.0 where none
+    assert 1.0 in weights and set(weights) <= {0.0, 1.0} and meta["transition_blend"]["last"] == 5
+    r = runner.invoke(app, ["export", "runs/b", "--out", "other", "--set", "train.lr=0.1"])
+    assert r.exit_code == 2 and "only eval.* keys can change after training" in r.output
+    assert not (tmp_path / "other").exists()
 
 
 @pytest.mark.parametrize("cfg, message", [({"edges": [3, 3]}, "edges must increase"),

@@ -95,7 +95,7 @@ def _eval_overrides(sets: list[str], cuts: Optional[list[int]]) -> tuple[list[st
         key, _, value = text.partition("=")
         key = key.strip()
         if not key.startswith("eval."):
-            raise UserError(f"--set {key}: ltrec eval can only change eval.* keys (the run was trained with the "
+            raise UserError(f"--set {key}: only eval.* keys can change after training (the run was trained with the "
                             "rest); train a new run to change it")
         if key == "eval.ks":
             cuts = _parse_ks(value.strip().strip("[]"), f"--set {text}")
@@ -122,15 +122,21 @@ def export(
     onnx: Annotated[bool, typer.Option("--onnx", help="write an ONNX bundle (the only format so far)")] = True,
     out: Annotated[Optional[Path], typer.Option(help="bundle directory (default: RUN_DIR/bundle)")] = None,
     k: Annotated[int, typer.Option(min=1, help="top-K computed inside the graph")] = 10,
+    set_: Annotated[Optional[list[str]], typer.Option(
+        "--set", help="override an eval key of the run's recipe, e.g. a blend `ltrec eval --set` fitted: "
+        "--set eval.transition_blend={}")] = None,
 ) -> None:
     """Export the best checkpoint as an ONNX bundle (model.onnx + bundle.json), checked against torch."""
     try:
+        from ..recipe import load_recipe
         from ..runs import find_run
 
         run = find_run(run_dir)
+        overrides, _ = _eval_overrides(set_ or [], None)
+        load_recipe(run / "recipe.yaml", overrides)  # a bad --set answers before torch loads
         from ..export import export_bundle
 
-        bundle = export_bundle(run, out or run / "bundle", k)
+        bundle = export_bundle(run, out or run / "bundle", k, overrides)
     except UserError as exc:
         fail(exc)
     typer.echo(f"bundle: {bundle}  (next: ltrec predict {bundle} --input histories.csv)")
