@@ -60,15 +60,11 @@ class TopKScorer(nn.Module):
             scores = F.linear(self.backbone.encode(history), self.backbone.item_emb.weight, self.pad_bias)
         else:  # pop: scores do not come from a user state
             scores = F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # (B, N+1)
-        if self.blend:  # the bucket is how many edges the length reaches (torch.bucketize, in ONNX ops)
-            lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
-            bucket = (lengths >= self.edges.unsqueeze(0)).sum(dim=1)  # (B,)
-            scores = scores + self.weights[bucket].unsqueeze(1) * self.prior.unsqueeze(0)
+        if self.blend:
+            scores = scores + bucket_weight(history, self.edges, self.weights) * self.prior.unsqueeze(0)
         if self.transitions is not None:
-            lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
-            bucket = (lengths >= self.transition_edges.unsqueeze(0)).sum(dim=1)  # (B,)
             prior = self.transitions.table.prior(history, self.transitions.last)  # (B, N+1), 0 at padding
-            scores = scores + self.transition_weights[bucket].unsqueeze(1) * prior
+            scores = scores + bucket_weight(history, self.transition_edges, self.transition_weights) * prior
         return scores
 
     def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,6 +74,13 @@ class TopKScorer(nn.Module):
         scores = scores.scatter_add(1, exclude, minus_inf)  # (B, N+1)
         values, items = torch.topk(scores, self.k, dim=1)  # (B, K) each, best first
         return items, values
+
+
+def bucket_weight(history: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, 1) the weight of each history's length bucket: the bucket is how many edges the length reaches
+    (torch.bucketize, in ONNX ops)."""
+    lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
+    return weights[(lengths >= edges.unsqueeze(0)).sum(dim=1)].unsqueeze(1)
 
 
 def reference_topk(scorer: TopKScorer, history: torch.Tensor, exclude: torch.Tensor, k: int):

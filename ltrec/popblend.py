@@ -48,7 +48,8 @@ def bucket_weight(edges: torch.Tensor, weights: torch.Tensor, history: torch.Ten
     return weights.to(history.device)[torch.bucketize(lengths, edges.to(history.device), right=True)]
 
 
-def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: str, blend_with) -> tuple[list[float], float]:
+def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: str,
+                blend_with) -> tuple[list[float], float]:
     """Each length bucket's weight: the candidate whose blend (`blend_with(weights)`, all buckets at that
     weight) has the best mean validation `metric` over the bucket's users. Returns the weights and the mean
     validation metric of the users under them."""
@@ -62,8 +63,8 @@ def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: st
     best = [int(np.argmax(scores[:, bucket == b].mean(axis=1))) if (bucket == b).any() else None
             for b in range(len(edges) + 1)]
     chosen = [candidates[i] if i is not None else 0.0 for i in best]
-    picked = [scores[best[b], j] for j, b in enumerate(bucket)]
-    return chosen, float(np.mean(picked)) if picked else 0.0
+    picked = scores[np.array([i or 0 for i in best])[bucket], np.arange(len(bucket))]  # each user's pick
+    return chosen, float(picked.mean()) if len(picked) else 0.0
 
 
 def fit(evaluator, cfg, item_counts: np.ndarray, metric: str) -> Blend:

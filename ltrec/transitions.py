@@ -65,7 +65,7 @@ def build(items: np.ndarray, offsets: np.ndarray, train_lengths: np.ndarray, n_i
     rows, cols, values = rows[order], cols[order], values[order]
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
     keep = rank < neighbours
-    k = int(min(neighbours, max(int(rank.max()) + 1 if len(rank) else 1, 1)))
+    k = min(neighbours, int(rank.max(initial=0)) + 1)  # as wide as the most-connected item needs
     ids = np.zeros((stride, k), np.int64)
     strength = np.zeros((stride, k), np.float32)
     ids[rows[keep], rank[keep]] = cols[keep]
@@ -125,7 +125,8 @@ def load(run_dir: Path, seqs, cfg) -> TransitionBlend:
         if len(weights) != len(edges) + 1 or direction not in DIRECTIONS:
             raise ValueError(f"one weight per bucket and a direction of {DIRECTIONS}")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: no fitted transition blend ({exc}); run `ltrec eval {run_dir}` to fit it") from None
+        raise UserError(f"{path}: no fitted transition blend ({exc}); run `ltrec eval {run_dir}` to fit it (with "
+                        "--set eval.transition_blend=... if the run's recipe has none)") from None
     return TransitionBlend(edges, weights.float(), table_for(seqs, cfg, direction), cfg.last, direction)
 
 
