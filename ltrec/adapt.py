@@ -8,7 +8,8 @@ zero-shot scoring sees.
 Every user gets a private copy of the adapted parameters — by default the encoder only (`params:
 encoder`): a handful of events cannot reshape a 20k-item catalogue, and leaving the item table shared makes
 adaptation cheap. Users are adapted side by side with torch.func (`vmap` over per-user parameter copies),
-in chunks of similar history length. Dropout is off, so adapted scores are deterministic, and the model
+in chunks of similar history length (one by one for recurrent backbones: torch has no batching rule for
+its GRU, and the arithmetic is the same). Dropout is off, so adapted scores are deterministic, and the model
 itself is never modified.
 """
 
@@ -58,13 +59,14 @@ def adapted_scores(model, history: np.ndarray, steps: int, lr: float, device="cp
     order = torch.argsort(lengths, stable=True)  # similar lengths share a chunk: few pad columns
     out = torch.empty(len(hist), model.n_items, device=device)
 
+    # tie_weights=False: a shared table is one shared module, swapped once (see transfer/chains.py)
     def loss(p, inputs, targets):
-        return functional_call(objective, p, (inputs[None], targets[None]))
+        return functional_call(objective, p, (inputs[None], targets[None]), tie_weights=False)
 
     def scores(p, row):
-        return functional_call(model, {k[len("model."):]: v for k, v in p.items()}, (row[None],))[0]
+        return functional_call(model, {k[len("model."):]: v for k, v in p.items()}, (row[None],), tie_weights=False)[0]
 
-    step = vmap(grad(loss))
+    step, each = per_user(model, grad(loss)), per_user(model, scores)
     lo = 0
     with torch.no_grad():
         while lo < len(order):
@@ -84,5 +86,20 @@ def adapted_scores(model, history: np.ndarray, steps: int, lr: float, device="cp
                     ok = torch.stack([torch.isfinite(v).flatten(1).all(1) for v in g.values()]).all(0)  # (b,)
                     for k, v in g.items():  # a user whose step is not finite keeps the weights it has
                         p[k] = p[k] - lr * torch.where(ok.view(-1, *[1] * (v.dim() - 1)), v, 0.0)
-            out[idx] = vmap(scores)(p, rows).float()
+            out[idx] = each(p, rows).float()
     return out
+
+
+def per_user(model: nn.Module, fn):
+    """fn mapped over a leading user axis of its arguments: vmapped, or looped where a layer of the model has
+    no batching rule."""
+    if not any(isinstance(m, nn.RNNBase) for m in model.modules()):
+        return vmap(fn)
+
+    def looped(p: dict, *rows: torch.Tensor):
+        outs = [fn({k: v[i] for k, v in p.items()}, *(r[i] for r in rows)) for i in range(len(rows[0]))]
+        if isinstance(outs[0], dict):
+            return {k: torch.stack([o[k] for o in outs]) for k in outs[0]}
+        return torch.stack(outs)
+
+    return looped

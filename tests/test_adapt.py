@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from ltrec.adapt import adapted_scores
 from ltrec.cli import app
 from ltrec.data import COLD, EVAL
-from ltrec.models import SASRec, next_item_loss
+from ltrec.models import BACKBONES, SASRec, next_item_loss
 from ltrec.build import load_run
 from test_export import ok, write_events
 
@@ -91,9 +91,11 @@ def test_predict_serves_cold_users_as_eval_ranks_them(cold_run, tmp_path):
     assert np.mean(list(ndcg.values())) == pytest.approx(expected["ndcg@10"], abs=1e-6)
 
 
-def _model():
+def _model(kind: str = "sasrec"):
     torch.manual_seed(0)
-    return SASRec(n_items=30, max_len=10, dim=8, layers=1, heads=2, dropout=0.2)
+    if kind == "sasrec":
+        return SASRec(n_items=30, max_len=10, dim=8, layers=1, heads=2, dropout=0.2)
+    return BACKBONES[kind](30, 10, dim=8, dropout=0.2)
 
 
 def _one_by_one(model, history, steps, lr, params):
@@ -118,9 +120,10 @@ def _one_by_one(model, history, steps, lr, params):
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("params", ["encoder", "all"])
-def test_vmapped_adaptation_equals_a_copy_per_user(params):
-    model = _model()
+@pytest.mark.parametrize("params, kind", [("encoder", "sasrec"), ("all", "sasrec"), ("encoder", "gru4rec"),
+                                         ("all", "narm"), ("encoder", "caser")])
+def test_vmapped_adaptation_equals_a_copy_per_user(params, kind):  # recurrent backbones: looped, not vmapped
+    model = _model(kind)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     history = np.array([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 9, 8, 7], [0, 0, 0, 0, 0, 0, 0, 4],
                         [1, 2, 3, 4, 5, 6, 7, 8]])

@@ -24,7 +24,8 @@ def build(path, kind="gru4rec", vectorized=True, adversarial=None, **ga):
 # not sasrec + adam: attention's key bias has an exactly-zero gradient (softmax ignores a shift), so Adam
 # turns float noise of either sign into full-size steps and the two orders of summation part ways
 @pytest.mark.parametrize("kind, inner, state", [("gru4rec", "sgd", "last"), ("gru4rec", "adam", "last"),
-                                               ("sasrec", "sgd", "last"), ("sasrec", "sgd", "matched")])
+                                               ("sasrec", "sgd", "last"), ("sasrec", "sgd", "matched"),
+                                               ("narm", "sgd", "last")])  # narm: a table shared by two modules
 def test_vmapped_chains_match_a_loop(tiny_csv, kind, inner, state):
     runs = []
     for vectorized in (True, False):
@@ -36,6 +37,7 @@ def test_vmapped_chains_match_a_loop(tiny_csv, kind, inner, state):
     for p, q in zip(a.parameters(), b.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
     assert sa["loss"] == pytest.approx(sb["loss"], rel=1e-5)
+    assert isinstance(a.objective.model.item_emb.weight, torch.nn.Parameter)  # the swapped weights went back
     assert sa["disc_acc"] == pytest.approx(sb["disc_acc"])
     fresh = build(tiny_csv, kind, adversarial={"weight": 0.2})
     assert any(not torch.equal(p, q) for p, q in zip(a.parameters(), fresh.parameters()))  # it trained

@@ -56,7 +56,9 @@ class Chains:
         self.grad_fn = vmap(grad_fn, in_dims=(0,) * 8, randomness="different") if vectorized else grad_fn
 
     def _loss(self, params, *batch):
-        loss, logits, adv = functional_call(self.padded, params, batch)
+        # Backbones tie tables by sharing a module (NARM's item_emb is its GRU4Rec's), which swaps as one;
+        # torch's tie_weights would restore such an alias twice and leave the swapped tensor in the model
+        loss, logits, adv = functional_call(self.padded, params, batch, tie_weights=False)
         return loss, (logits, adv)
 
     def __call__(self, group, on_batch) -> None:
