@@ -67,7 +67,7 @@ def main() -> None:
         seconds, table = fastest(lambda d=direction: build(seqs.items, seqs.offsets, seqs.train_lengths, n, 5,
                                                            args.neighbours, d), args.rounds)
         tables[direction] = table
-        mb = (table.ids.numel() * 8 + table.strength.numel() * 4) / 2**20
+        mb = sum(t.numel() * t.element_size() for t in (table.ids, table.strength)) / 2**20
         rows.append(f"| build the transition tables ({direction}, window 5, {args.neighbours} neighbours) | "
                     f"{seconds:.2f} s | {mb:.1f} MB |")
 

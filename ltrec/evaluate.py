@@ -79,11 +79,17 @@ class Evaluator:
         self.model, self.seqs, self.cfg, self.max_len, self.device = model, seqs, cfg, max_len, device
         self.run_dir, self.seed, self.dist = run_dir, seed, dist
 
-    @torch.no_grad()
     def run(self, split: str, ks=None, blend: Blend | None = None,
             transitions: TransitionBlend | None = None) -> Result:
         """Rank every evaluated (and cold) user's `split` target; `blend` adds the popularity blend,
         `transitions` the transition blend."""
+        return self.run_many(split, [(blend, transitions)], ks)[0]
+
+    @torch.no_grad()
+    def run_many(self, split: str, blends: list[tuple[Blend | None, TransitionBlend | None]],
+                 ks=None) -> list[Result]:
+        """`run` once per (popularity, transition) blend pair, sharing each batch's forward pass: fitting a
+        blend ranks the same users under many weights."""
         model, seqs, cfg, dist, device = self.model, self.seqs, self.cfg, self.dist, self.device
         model.eval()
         parts = [seqs.eval_inputs(split, self.max_len, cold=c) for c in (False, True)]
@@ -103,7 +109,9 @@ class Evaluator:
         lengths = (history > 0).sum(axis=1)
         order = np.argsort(seqs.lengths[users], kind="stable")
         batches = [order[lo:lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
-        mine = []
+        # a transition prior is per user, not per item: its scores are no longer one dot product per item
+        blocks = negs is None and isinstance(model, Backbone) and model.tied and all(t is None for _, t in blends)
+        mine = [[] for _ in blends]
         for b, sel in enumerate(batches):
             if b % dist.world != dist.rank:  # under torchrun batch b is rank b mod world's
                 continue
@@ -113,33 +121,45 @@ class Evaluator:
             seen = Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users[sel], split))).to(device) \
                 if cfg.mask_seen and negs is None else None
             adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
-            if negs is None and isinstance(model, Backbone) and model.tied and not adapt.any() and transitions is None:
-                h = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
-                table = model.item_emb.weight[1:].float()  # (N, D)
-                if blend is not None:  # [h, w]·[e, log(1 + count)]: still one dot product per item
-                    h = torch.cat([h, blend.weight(hist)[:, None]], dim=1)
-                    table = torch.cat([table, blend.prior.to(device)[:, None]], dim=1)
-                mine.append(state_ranks(h, table, tgt, seen).cpu())
+            if blocks and not adapt.any():
+                state = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
+                items = model.item_emb.weight[1:].float()  # (N, D)
+                for out, (blend, _) in zip(mine, blends):
+                    h, table = state, items
+                    if blend is not None:  # [h, w]·[e, log(1 + count)]: still one dot product per item
+                        h = torch.cat([h, blend.weight(hist)[:, None]], dim=1)
+                        table = torch.cat([table, blend.prior.to(device)[:, None]], dim=1)
+                    out.append(state_ranks(h, table, tgt, seen).cpu())
                 continue
-            scores = model(hist).float()  # (B, N)
+            model_scores = model(hist).float()  # (B, N)
             if adapt.any():
-                scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
+                model_scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
                     model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
-            if blend is not None:
-                scores = scores + blend.weight(hist)[:, None] * blend.prior.to(device)[None, :]
-            if transitions is not None:  # a prior per user, not per item: no longer one dot product
-                scores = scores + transitions.scores(hist)
-            if negs is None:
-                mine.append(target_ranks(scores, tgt, seen).cpu())
-            else:
-                mine.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[sel]).to(device)).cpu())
-        gathered = dist.all_gather(mine)  # rank r holds batches r, r + world, ...
-        rank = np.zeros(len(users), dtype=np.int64)
-        for b, sel in enumerate(batches):
-            rank[sel] = gathered[b % dist.world][b // dist.world].numpy()
-        per_user = metrics_from_ranks(rank, ks or cfg.ks)
-        per_user["rank"] = rank.astype(np.float64)
-        return Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks), lengths)
+            priors = {}  # one transition prior per table for this batch, whatever the candidates' weights
+            for out, (blend, transitions) in zip(mine, blends):
+                scores = model_scores
+                if blend is not None:
+                    scores = scores + blend.weight(hist)[:, None] * blend.prior.to(device)[None, :]
+                if transitions is not None:
+                    key = (id(transitions.table), transitions.last)
+                    if key not in priors:
+                        priors[key] = transitions.prior(hist)
+                    scores = scores + transitions.weight(hist)[:, None] * priors[key]
+                if negs is None:
+                    out.append(target_ranks(scores, tgt, seen).cpu())
+                else:
+                    out.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[sel]).to(device)).cpu())
+        results = []
+        for ranks in mine:
+            gathered = dist.all_gather(ranks)  # rank r holds batches r, r + world, ...
+            rank = np.zeros(len(users), dtype=np.int64)
+            for b, sel in enumerate(batches):
+                rank[sel] = gathered[b % dist.world][b // dist.world].numpy()
+            per_user = metrics_from_ranks(rank, ks or cfg.ks)
+            per_user["rank"] = rank.astype(np.float64)
+            results.append(Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks),
+                                  lengths))
+        return results
 
     def _negatives(self, split: str, history: np.ndarray, targets: np.ndarray) -> np.ndarray:
         """Sampled mode's negatives: drawn once with the recipe's seed and stored with the run (rank 0)."""

@@ -50,15 +50,13 @@ def bucket_weight(edges: torch.Tensor, weights: torch.Tensor, history: torch.Ten
 
 def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: str,
                 blend_with) -> tuple[list[float], float]:
-    """Each length bucket's weight: the candidate whose blend (`blend_with(weights)`, all buckets at that
-    weight) has the best mean validation `metric` over the bucket's users. Returns the weights and the mean
-    validation metric of the users under them."""
-    per_weight = []
-    for w in candidates:
-        result = evaluator.run("valid", **blend_with(torch.full((len(edges) + 1,), float(w))))
-        rows = result.slice_of != "cold-adapted"  # each user once
-        per_weight.append(result.per_user[metric][rows])
-    bucket = np.searchsorted(np.asarray(edges), result.lengths[rows], side="right")
+    """Each length bucket's weight: the candidate whose blends (`blend_with(weights)`: the popularity and
+    transition blends, all buckets at that weight) have the best mean validation `metric` over the bucket's
+    users. Returns the weights and the mean validation metric of the users under them."""
+    results = evaluator.run_many("valid", [blend_with(torch.full((len(edges) + 1,), float(w))) for w in candidates])
+    rows = results[0].slice_of != "cold-adapted"  # each user once
+    per_weight = [result.per_user[metric][rows] for result in results]
+    bucket = np.searchsorted(np.asarray(edges), results[0].lengths[rows], side="right")
     scores = np.stack(per_weight)  # (weights, users)
     best = [int(np.argmax(scores[:, bucket == b].mean(axis=1))) if (bucket == b).any() else None
             for b in range(len(edges) + 1)]
@@ -71,7 +69,7 @@ def fit(evaluator, cfg, item_counts: np.ndarray, metric: str) -> Blend:
     """Each bucket's weight: the candidate with the best mean validation `metric` over the bucket's users."""
     edges, p = torch.tensor(cfg.edges), prior(item_counts)
     chosen, _ = fit_buckets(evaluator, cfg.edges, cfg.weights, metric,
-                            lambda weights: {"blend": Blend(edges, weights, p)})
+                            lambda weights: (Blend(edges, weights, p), None))
     return Blend(edges, torch.tensor(chosen, dtype=torch.float32), p)
 
 

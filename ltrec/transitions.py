@@ -30,7 +30,8 @@ DIRECTIONS = ("forward", "both")
 
 @dataclass
 class Table:
-    ids: torch.Tensor  # (N + 1, K) int64: row a holds the items most often after item a (0 = none)
+    ids: torch.Tensor  # (N + 1, K) int32 (half an int64 table, in memory and in the graph): row a holds the
+                       # items most often after item a (0 = none)
     strength: torch.Tensor  # (N + 1, K) float32: their summed 1 / distance
 
     def prior(self, history: torch.Tensor, last: int) -> torch.Tensor:
@@ -38,7 +39,7 @@ class Table:
         column 0 (padding) is 0."""
         newest = history[:, -last:]  # (B, m); padding rows of the tables are zeros
         decay = 0.5 ** torch.arange(newest.shape[1] - 1, -1, -1, dtype=torch.float32, device=history.device)
-        ids = self.ids.to(history.device)[newest].flatten(1)  # (B, m·K)
+        ids = self.ids.to(history.device)[newest].flatten(1).long()  # (B, m·K); scatter indices are int64
         strength = (self.strength.to(history.device)[newest] * decay[None, :, None]).flatten(1)
         out = torch.zeros(history.shape[0], self.ids.shape[0], device=history.device)
         return torch.log1p(out.scatter_add(1, ids, strength))
@@ -66,7 +67,7 @@ def build(items: np.ndarray, offsets: np.ndarray, train_lengths: np.ndarray, n_i
     rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
     keep = rank < neighbours
     k = min(neighbours, int(rank.max(initial=0)) + 1)  # as wide as the most-connected item needs
-    ids = np.zeros((stride, k), np.int64)
+    ids = np.zeros((stride, k), np.int32)
     strength = np.zeros((stride, k), np.float32)
     ids[rows[keep], rank[keep]] = cols[keep]
     strength[rows[keep], rank[keep]] = values[keep]
@@ -89,9 +90,13 @@ class TransitionBlend:
         """(B,) the weight of each left-padded history's length bucket."""
         return bucket_weight(self.edges, self.weights, history)
 
+    def prior(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, N) the transition prior of items 1..N, before the bucket's weight."""
+        return self.table.prior(history, self.last)[:, 1:]
+
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N) what the blend adds to items 1..N."""
-        return self.weight(history)[:, None] * self.table.prior(history, self.last)[:, 1:]
+        return self.weight(history)[:, None] * self.prior(history)
 
     def to_json(self) -> str:
         return json.dumps({"direction": self.direction, "edges": self.edges.tolist(),
@@ -106,7 +111,7 @@ def fit(evaluator, cfg, seqs, metric: str, pop_blend=None) -> TransitionBlend:
         table = table_for(seqs, cfg, direction)
 
         def blend_with(weights, table=table, direction=direction):
-            return {"blend": pop_blend, "transitions": TransitionBlend(edges, weights, table, cfg.last, direction)}
+            return pop_blend, TransitionBlend(edges, weights, table, cfg.last, direction)
 
         chosen, score = fit_buckets(evaluator, cfg.edges, cfg.weights, metric, blend_with)
         if best is None or score > best[0]:

@@ -11,6 +11,7 @@ from ltrec.data import load
 from ltrec.evaluate import Evaluator
 from ltrec.metrics import target_ranks
 from ltrec.models import BACKBONES
+from ltrec.popblend import Blend as PopBlend, prior
 from ltrec.recipe import Data, Eval, Head, Split, TransitionBlend
 from ltrec.transitions import Table, build, fit
 from ltrec.transitions import TransitionBlend as Blend
@@ -94,6 +95,25 @@ def test_blended_ranks_are_the_blended_score_matrix_ranked(tmp_path, kind):  # s
     seen = Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users, "test")))
     want = target_ranks(scores, torch.from_numpy(target), seen).numpy()
     assert np.array_equal(fast.per_user["rank"][: len(want)], want)
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "gru4rec"])
+def test_blends_ranked_together_are_each_ranked_alone(tmp_path, kind):  # the fit shares one forward pass
+    seqs = load(Data(source=str(chain_csv(tmp_path))), Split(cold_users=0.2), Head())
+    torch.manual_seed(0)
+    model = BACKBONES[kind](seqs.n_items, 20, dim=8)
+    evaluator = Evaluator(model, seqs, Eval(adapt={"steps": 1, "lr": 0.1}), 20)
+    table = build(seqs.items, seqs.offsets, seqs.train_lengths, seqs.n_items, 3, 10, "forward")
+    edges = torch.tensor([3, 6])
+    pop = PopBlend(edges, torch.tensor([1.0, 0.3, 0.0]), prior(seqs.item_counts()))
+    trans = Blend(edges, torch.tensor([2.0, 0.5, 0.0]), table, 2, "forward")
+    for pairs in ([(None, None), (pop, None)], [(None, None), (pop, None), (None, trans), (pop, trans)]):
+        together = evaluator.run_many("valid", pairs)
+        for (blend, transitions), result in zip(pairs, together):
+            alone = evaluator.run("valid", blend=blend, transitions=transitions)
+            assert np.array_equal(result.per_user["rank"], alone.per_user["rank"])
+            assert list(result.slice_of) == list(alone.slice_of) and "cold-adapted" in alone.slice_of
+        assert not np.array_equal(together[0].per_user["rank"], together[1].per_user["rank"])
 
 
 def test_fit_picks_the_direction_and_weights_on_validation(tmp_path):
