@@ -94,10 +94,6 @@ class TransitionBlend:
         """(B, N) the transition prior of items 1..N, before the bucket's weight."""
         return self.table.prior(history, self.last)[:, 1:]
 
-    def scores(self, history: torch.Tensor) -> torch.Tensor:
-        """(B, N) what the blend adds to items 1..N."""
-        return self.weight(history)[:, None] * self.prior(history)
-
     def to_json(self) -> str:
         return json.dumps({"direction": self.direction, "edges": self.edges.tolist(),
                            "weights": [round(w, 6) for w in self.weights.tolist()]}) + "\n"

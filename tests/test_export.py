@@ -133,7 +133,8 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
             transitions = load_transitions(run, seqs, recipe.eval.transition_blend)
             assert meta["transition_blend"]["direction"] == transitions.direction
             assert transitions.weights.max() > 0  # the blend is in play, so parity covers it
-            full = full + transitions.scores(torch.from_numpy(history))
+            h = torch.from_numpy(history)
+            full = full + transitions.weight(h)[:, None] * transitions.prior(h)
         full = full.numpy()
     want = np.argsort(-full, axis=1, kind="stable")[:, :10] + 1
     assert items.dtype == np.int64 and scores.dtype == np.float32 and items.shape == (len(history), 10)
