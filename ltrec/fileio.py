@@ -96,14 +96,40 @@ def atomic_write(path: str | Path, data: str | bytes, what: str = "") -> None:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
-def read_text(path: Path, what: str = "file") -> str:
-    """A UTF-8 text file's content; a missing or unreadable file is a one-line error naming it."""
+# What ltrec parses is small: a recipe or plan is a few kB, a fitted blend or bundle.json at most a few MB
+# (vocabulary and popularity of a 1M-item catalogue). A file past its limit is refused before it is read,
+# so a hostile file cannot spend minutes and gigabytes in a parser. docs/reliability.md lists the limits.
+MB = 1 << 20
+LIMITS = {"recipe": 1 * MB, "plan": 1 * MB, "run file": 64 * MB, "bundle": 256 * MB, "fitted file": 256 * MB}
+
+
+def read_bytes(path: Path, what: str = "file", limit: int | None = None) -> bytes:
+    """A file's bytes, refused (one line naming it and the limit) when larger than `limit`, which defaults to
+    the limit of the first LIMITS key found in `what`; a missing or unreadable file is a one-line error too."""
+    if limit is None:
+        limit = next((v for k, v in LIMITS.items() if k in what), 64 * MB)
     try:
-        return Path(path).read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: no such {what}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path}: cannot read the {what} ({getattr(exc, 'strerror', None) or exc})") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a folder, expected a {what}") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise UserError(f"{path}: the {what} is larger than {limit // MB} MB, the most ltrec reads for one; "
+                        f"is this the right file?")
+    return data
+
+
+def read_text(path: Path, what: str = "file", limit: int | None = None) -> str:
+    """A UTF-8 text file's content, size-limited as `read_bytes`; errors are one line naming the file."""
+    data = read_bytes(path, what, limit)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path}: cannot read the {what} ({exc})") from None
 
 
 def same_or_inside(path: Path, folder: Path) -> bool:
