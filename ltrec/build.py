@@ -12,6 +12,7 @@ import torch
 from . import data as data_mod
 from .distributed import LOCAL, Dist
 from .errors import UserError
+from .metrics import require_eligible
 from .models import BACKBONES
 from .recipe import Recipe, load_recipe
 from .runs import DataInfo, check_run, read_json
@@ -99,11 +100,4 @@ def check_eval(recipe: Recipe, seqs: data_mod.Sequences) -> None:
     for split in ("valid", "test"):
         for cold in (False, True):
             _, history, target = seqs.eval_inputs(split, recipe.data.max_len, cold)
-            items = np.sort(np.concatenate([target[:, None], history], axis=1), axis=1)  # (B, L + 1)
-            new = np.ones(items.shape, bool)
-            new[:, 1:] = items[:, 1:] != items[:, :-1]
-            eligible = seqs.n_items - (new & (items > 0)).sum(axis=1)  # (B,)
-            if len(eligible) and eligible.min() < recipe.eval.negatives:
-                raise UserError(f"eval.negatives: {recipe.eval.negatives} negatives per user, but some user has "
-                                f"only {eligible.min()} items besides the target and history ({seqs.n_items} "
-                                "items in all); lower eval.negatives")
+            require_eligible(seqs.n_items, target, history, recipe.eval.negatives)

@@ -11,6 +11,7 @@ The graph (opset 17, one file):
            scores   float32 (B, K)      the model's scores; -inf where fewer than K items were left
 `bundle.json` carries what a reader needs besides the graph: the vocabulary, popularity for users with no
 known item, the recipe's column names and whether evaluation excluded seen items (predict's defaults).
+Its fields, and what the graph returns, are validated by ltrec/fitted.py, for export as for predict and serve.
 """
 
 from __future__ import annotations
@@ -23,50 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import UserError
-from .fileio import atomic_write
+from .fileio import MB, atomic_write, read_bytes
+from .fitted import BundleMeta, check_outputs, read_meta
 
-FORMAT_VERSION = 2
 INPUTS = {"history": "tensor(int64)", "exclude": "tensor(int64)"}
 OUTPUTS = {"items": "tensor(int64)", "scores": "tensor(float)"}
-
-
-class BundleColumns(BaseModel):
-    user: str
-    item: str
-    time: str
-
-
-class BundleMeta(BaseModel):
-    model_config = ConfigDict(extra="allow", strict=True)
-
-    format_version: int
-    backbone: str
-    max_len: int = Field(ge=1)
-    k: int = Field(ge=1)
-    n_items: int = Field(ge=1)
-    vocab: list[str]
-    popularity: list[float]
-    columns: BundleColumns
-    exclude_seen: bool
-    model_sha256: str
-
-    @model_validator(mode="before")
-    @classmethod
-    def _version_first(cls, value):
-        if isinstance(value, dict) and value.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
-            raise ValueError(f"format_version {value.get('format_version')!r} is not supported (this ltrec reads "
-                             f"{FORMAT_VERSION}); re-export the run with this version of ltrec")
-        return value
-
-    @model_validator(mode="after")
-    def _sizes_agree(self) -> "BundleMeta":
-        if not len(self.vocab) == len(self.popularity) == self.n_items or self.k > self.n_items:
-            raise ValueError(f"vocab ({len(self.vocab)}), popularity ({len(self.popularity)}), n_items "
-                             f"({self.n_items}) and k ({self.k}) do not agree")
-        return self
+MODEL_LIMIT = 2048 * MB  # protobuf's own limit; the transition tables of a large catalogue are most of it
 
 
 @dataclass
@@ -78,11 +43,18 @@ class Bundle:
 
     def run(self, history: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(items (B, K), scores (B, K)) for left-padded histories (B, ≤ max_len) and exclusions (B, E)."""
-        try:
-            return tuple(self.session.run(["items", "scores"], {"history": history, "exclude": exclude}))
-        except Exception as exc:  # a graph that loads but cannot run these shapes: not one `ltrec export` wrote
-            first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-            raise UserError(f"{self.path / 'model.onnx'}: onnxruntime failed ({first}); re-run `ltrec export`") from None
+        items, scores = _run(self.session, history, exclude, self.path / "model.onnx")
+        check_outputs(items, scores, len(history), self.meta, self.path / "model.onnx")
+        return items, scores
+
+
+def _run(sess, history: np.ndarray, exclude: np.ndarray, where: Path):
+    try:
+        items, scores = sess.run(["items", "scores"], {"history": history, "exclude": exclude})
+    except Exception as exc:  # a graph that loads but cannot run these shapes: not one `ltrec export` wrote
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"{where}: onnxruntime failed ({first}); re-run `ltrec export`") from None
+    return items, scores
 
 
 def session(model: str | bytes, threads: int = 0):
@@ -97,25 +69,15 @@ def session(model: str | bytes, threads: int = 0):
 
 
 def load_bundle(path: Path, threads: int = 0) -> Bundle:
-    """bundle.json + model.onnx, checked to belong together."""
+    """bundle.json + model.onnx, each validated, checked to belong together, and the graph run once on a tiny
+    batch: a graph whose outputs are not what its declaration says fails here, not at the first request."""
     path = Path(path)
     meta_path, model_path = path / "bundle.json", path / "model.onnx"
     for f in (meta_path, model_path):
         if not f.is_file():
             raise UserError(f"{path}: no {f.name}; pass a bundle folder written by `ltrec export`")
-    try:
-        meta = BundleMeta.model_validate_json(meta_path.read_bytes())
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        if err["type"] == "json_invalid":
-            raise UserError(f"{meta_path}: not valid JSON ({err['msg'].removeprefix('Invalid JSON: ')}); "
-                            "re-run `ltrec export`") from None
-        key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-        raise UserError(f"{meta_path}: {key}: {err['msg'].removeprefix('Value error, ')}; not a bundle.json "
-                        "written by this ltrec (re-run `ltrec export`)") from None
-    except OSError as exc:
-        raise UserError(f"{meta_path}: cannot read ({exc.strerror})") from None
-    model_bytes = model_path.read_bytes()
+    meta = read_meta(read_bytes(meta_path, "bundle file"), meta_path)
+    model_bytes = read_bytes(model_path, "bundle file", MODEL_LIMIT)
     try:
         sess = session(model_bytes, threads)
     except Exception as exc:  # truncated, not ONNX, unsupported ops: onnxruntime says which
@@ -125,7 +87,17 @@ def load_bundle(path: Path, threads: int = 0) -> Bundle:
     if hashlib.sha256(model_bytes).hexdigest() != meta.model_sha256:  # same shapes, other weights: an edit
         raise UserError(f"{path}: model.onnx does not match bundle.json (its sha256 differs from model_sha256); "
                         "the two files come from different exports or were modified (re-run `ltrec export`)")
+    probe(sess, meta, model_path)
     return Bundle(path, meta, sess, np.asarray(meta.vocab, dtype=object))
+
+
+def probe(sess, meta: BundleMeta, model_path: Path) -> None:
+    """Two short histories, nothing excluded: every output must have its documented type and shape, with
+    finite scores (a NaN weight anywhere in the graph shows here)."""
+    width = min(meta.max_len, 2)
+    history = np.minimum(np.array([[0, 1], [1, 2]], np.int64)[:, -width:], meta.n_items)
+    items, scores = _run(sess, history, np.zeros((2, 1), np.int64), model_path)
+    check_outputs(items, scores, 2, meta, model_path, probe=True)
 
 
 def _check_graph(sess, meta: BundleMeta, model_path: Path) -> None:

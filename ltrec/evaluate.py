@@ -31,8 +31,9 @@ from .checkpoint import load_weights, save_torch
 from .data import Sequences
 from .distributed import LOCAL, Dist
 from .errors import UserError
-from .fileio import atomic_write
-from .metrics import Seen, sample_negatives, sampled_ranks, state_ranks, target_ranks
+from .fileio import MB, atomic_write, read_bytes
+from .fitted import check_negatives, fit_settings
+from .metrics import Seen, require_eligible, sample_negatives, sampled_ranks, state_ranks, target_ranks
 from .models import Backbone
 from . import popblend
 from .popblend import Blend
@@ -165,18 +166,17 @@ class Evaluator:
         """Sampled mode's negatives: drawn once with the recipe's seed and stored with the run (rank 0)."""
         main = self.run_dir is not None and self.dist.main
         path = self.run_dir / f"negatives_{split}_{self.cfg.negatives}.npy" if main else None
-        shape = (len(targets), self.cfg.negatives)
+        n = self.cfg.negatives
         if path is not None and path.exists():
+            # int64 ids plus the .npy header: anything much larger is not this file
+            data = read_bytes(path, "stored negatives file", max(len(targets) * n * 8 + 4096, MB))
             try:
-                negs = np.load(path, allow_pickle=False)
-            except (OSError, ValueError) as exc:
-                raise UserError(f"{path}: not a stored negatives array ({exc}); delete it to draw them again") from None
-            if negs.shape != shape or negs.dtype.kind not in "iu" or (negs.size and not (
-                    1 <= negs.min() and negs.max() <= self.seqs.n_items)):
-                raise UserError(f"{path}: expected {shape} item ids 1..{self.seqs.n_items}, found {negs.shape} "
-                                f"{negs.dtype}; the file is damaged or from other settings: delete it to draw "
-                                "them again")
-            return negs
+                negs = np.load(io.BytesIO(data), allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise UserError(f"{path}: not a stored negatives array ({' '.join(str(exc).split())[:200]}); delete "
+                                "it to draw them again") from None
+            return check_negatives(negs, targets, history, self.seqs.n_items, n, path)
+        require_eligible(self.seqs.n_items, targets, history, n)
         negs = sample_negatives(self.seqs.n_items, targets, history, self.cfg.negatives, self.seed)
         if path is not None:
             buf = io.BytesIO()
@@ -236,11 +236,14 @@ def fit_blend(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path,
     blend = popblend.fit(evaluator, cfg.pop_blend, seqs.item_counts(), metric) if cfg.pop_blend else None
     transitions = transition_blend.fit(evaluator, cfg.transition_blend, seqs, metric, blend) \
         if cfg.transition_blend else None
+    fits = [(key, module, fitted) for key, module, fitted in (("pop_blend", popblend, blend),
+            ("transition_blend", transition_blend, transitions)) if fitted is not None]
+    for key, _, fitted in fits:
+        fitted.settings = fit_settings(recipe, key)
     with dist.together():
         if dist.main:
-            for module, fitted in ((popblend, blend), (transition_blend, transitions)):
-                if fitted is not None:
-                    module.save(run_dir, fitted)
+            for _, module, fitted in fits:
+                module.save(run_dir, fitted)
     return blend, transitions
 
 

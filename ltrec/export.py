@@ -20,12 +20,14 @@ from rich.console import Console
 
 from . import __version__, popblend
 from .build import build_model, load_run
-from .bundle import FORMAT_VERSION, length_batches, session, write_bundle
+from .bundle import length_batches, session, write_bundle
 from . import transitions as transition_blend
 from .popblend import Blend
 from .transitions import TransitionBlend
 from .checkpoint import load_weights
 from .errors import UserError
+from .fileio import read_bytes
+from .fitted import BUNDLE_FORMAT, read_meta, refit_command
 from .runs import Summary, read_json
 
 OPSET = 17
@@ -131,15 +133,20 @@ def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k:
     worst, same = 0.0, 0
     for exclude, (got_items, got_scores) in ((hist[:, :0], plain), (hist, trimmed)):
         scores, want_items, want_scores = (t.numpy() for t in reference_topk(scorer, hist, exclude, k))
+        if any(np.isnan(a).any() or np.isposinf(a).any() for a in (scores, got_scores)):
+            return {"users": len(history), "max_abs_score_diff": float("nan"), "topk_agreement": 0.0}
+        if got_items.min(initial=0) < 0 or got_items.max(initial=0) >= scores.shape[1]:
+            worst = float("inf")
+            continue
         at_got = np.take_along_axis(scores, got_items, axis=1)  # torch's scores for onnx's items
-        finite = np.isfinite(want_scores)
-        if not (np.isfinite(got_scores) == finite).all() or not (np.isfinite(at_got) == finite).all():
+        masked = np.isneginf(want_scores)  # -inf only where fewer than K items were left
+        if not ((np.isneginf(got_scores) == masked) & (np.isneginf(at_got) == masked)).all():
             worst = float("inf")  # a masked item returned, or a real one lost
         else:
             # the scores at onnx's items and the K best scores must both agree: a tie reordered is fine,
             # a better item missed is not
             diff = np.maximum(np.abs(got_scores - at_got), np.abs(got_scores - want_scores))
-            worst = max(worst, float(diff[finite].max(initial=0.0)))
+            worst = max(worst, float(diff[~masked].max(initial=0.0)))
         same += int((got_items == want_items).all(axis=1).sum())
     return {"users": len(history), "max_abs_score_diff": worst, "topk_agreement": same / (2 * len(history))}
 
@@ -157,17 +164,18 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
     metrics = read_json(metrics_path, Summary).model_dump() if metrics_path.exists() else None
     if not 1 <= k <= seqs.n_items:
         raise UserError(f"--k {k}: expected 1..{seqs.n_items} (the number of items the model knows)")
+    # read before minutes of export, and only under the settings they were fitted with
+    blend = popblend.load(run_dir, recipe, seqs.item_counts(), overrides or ()) if recipe.eval.pop_blend else None
+    transitions = transition_blend.load(run_dir, recipe, seqs, overrides or ()) \
+        if recipe.eval.transition_blend else None
     backbone = build_model(recipe, seqs)
     if not (run_dir / "best.pt").exists():
         raise UserError(f"{run_dir}: no best.pt (training did not finish an epoch); train it first")
     load_weights(backbone, run_dir / "best.pt")
     backbone.eval()
     max_len = recipe.data.max_len
-    metadata = {"ltrec.format_version": str(FORMAT_VERSION), "ltrec.n_items": str(seqs.n_items),
+    metadata = {"ltrec.format_version": str(BUNDLE_FORMAT), "ltrec.n_items": str(seqs.n_items),
                 "ltrec.max_len": str(max_len), "ltrec.k": str(k), "ltrec.backbone": recipe.backbone.kind}
-    blend = popblend.load(run_dir, seqs.item_counts()) if recipe.eval.pop_blend else None
-    transitions = transition_blend.load(run_dir, seqs, recipe.eval.transition_blend) \
-        if recipe.eval.transition_blend else None
     scorer = TopKScorer(backbone, k, blend, transitions).eval()
     try:
         model_bytes = to_onnx(scorer, max_len, metadata)
@@ -177,19 +185,23 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
     _, history, _ = seqs.eval_inputs("test", max_len)
     pick = np.linspace(0, len(history) - 1, min(PARITY_USERS, len(history))).round().astype(int)
     parity = check_parity(model_bytes, scorer, history[pick], k)
-    console.print(f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
-                  f"trimmed with seen items excluded, as predict runs it): max |score diff| "
-                  f"{parity['max_abs_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}")
+    if np.isnan(parity["max_abs_score_diff"]):
+        raise UserError(f"{run_dir}: the model's scores are not finite (NaN or +inf) on the parity histories; "
+                        "nothing was written (the checkpoint or a fitted blend holds non-finite numbers: retrain "
+                        f"the run, or refit its blends with `{refit_command(run_dir, overrides or ())}`)")
     if not parity["max_abs_score_diff"] <= TOLERANCE:
         raise UserError(f"{run_dir}: onnxruntime and torch disagree (max |score diff| "
                         f"{parity['max_abs_score_diff']:.3g} > {TOLERANCE}); nothing was written")
+    console.print(f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
+                  f"trimmed with seen items excluded, as predict runs it): max |score diff| "
+                  f"{parity['max_abs_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}")
 
     meta = {
-        "format_version": FORMAT_VERSION,
+        "format_version": BUNDLE_FORMAT,
         "model": "model.onnx",
         "backbone": recipe.backbone.kind,
         "run": recipe.name,
-        "recipe_sha256": hashlib.sha256((run_dir / "recipe.yaml").read_bytes()).hexdigest(),
+        "recipe_sha256": hashlib.sha256(read_bytes(run_dir / "recipe.yaml", "recipe")).hexdigest(),
         "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
         "max_len": max_len,
         "pad_id": 0,
@@ -202,15 +214,16 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
         "parity": parity,
         "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
         "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
-        "pop_blend": json.loads(blend.to_json()) if blend else None,  # in the graph; here for the record
-        "transition_blend": {**json.loads(transitions.to_json()), "last": transitions.last,
-                             "neighbours": int(transitions.table.ids.shape[1])} if transitions else None,
+        "pop_blend": blend.record() if blend else None,  # in the graph; here for the record
+        "transition_blend": transitions.record() if transitions else None,
         "metrics": metrics,
         "versions": {"ltrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": OPSET},
         "popularity": seqs.item_counts().tolist(),  # training counts, index i = item i+1: predict's fallback
         "vocab": seqs.vocab.tolist(),  # original item ids as strings, index i = item i+1
     }
-    write_bundle(out, model_bytes, json.dumps(meta, indent=1))
+    text = json.dumps(meta, indent=1)
+    read_meta(text, out / "bundle.json")  # what predict and serve will read back
+    write_bundle(out, model_bytes, text)
     return out
 

@@ -12,6 +12,8 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from .errors import UserError
+
 
 class Seen(NamedTuple):
     """The items each user of a batch has seen, as distinct (row, item) pairs: memory grows with the histories'
@@ -124,6 +126,28 @@ def _sorted_unique(x: np.ndarray) -> np.ndarray:
     return x[np.r_[True, x[1:] != x[:-1]]] if x.size else x
 
 
+def _excluded(n_items: int, targets: np.ndarray, histories: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the sorted keys row·(N+1) + item of each row's target and history, (B,) items left to draw from)."""
+    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
+    B = targets.shape[0]
+    items = np.concatenate([targets[:, None], np.asarray(histories, dtype=np.int64).reshape(B, -1)], axis=1)
+    rows = np.broadcast_to(np.arange(B)[:, None], items.shape)
+    excl = _sorted_unique((rows * (n_items + 1) + items)[items > 0])
+    return excl, n_items - np.bincount(excl // (n_items + 1), minlength=B)
+
+
+def require_eligible(n_items: int, targets: np.ndarray, histories: np.ndarray, n: int) -> None:
+    """Sampled evaluation draws `n` negatives per user outside its target and history: refuse, as the recipe
+    error it is, a number some user cannot supply (training checks it too, before the first epoch)."""
+    if not len(targets):
+        return
+    _, eligible = _excluded(n_items, targets, histories)
+    if len(eligible) and eligible.min() < n:
+        raise UserError(f"eval.negatives: {n} negatives per user, but some user has only {eligible.min()} items "
+                        f"besides the target and history ({n_items} items in all); lower eval.negatives (e.g. "
+                        f"--set eval.negatives={eligible.min()})")
+
+
 def sample_negatives(n_items: int, targets: np.ndarray, histories: np.ndarray, n: int = 100, seed: int = 0) -> np.ndarray:
     """(B, n) int64 negatives per user, uniform over 1..N minus {target} ∪ history, no repeats.
 
@@ -134,14 +158,8 @@ def sample_negatives(n_items: int, targets: np.ndarray, histories: np.ndarray, n
     matrix, so it scales to large catalogues).
     """
     rng = np.random.default_rng(seed)
-    targets = np.asarray(targets, dtype=np.int64).reshape(-1)
-    B = targets.shape[0]
-    hist = np.asarray(histories, dtype=np.int64).reshape(B, -1)
-    stride = n_items + 1
-    items = np.concatenate([targets[:, None], hist], axis=1)
-    rows = np.broadcast_to(np.arange(B)[:, None], items.shape)
-    excl = _sorted_unique((rows * stride + items)[items > 0])
-    eligible = n_items - np.bincount(excl // stride, minlength=B)
+    excl, eligible = _excluded(n_items, targets, histories)
+    B, stride = len(eligible), n_items + 1
     if B and eligible.min() < n:
         u = int(eligible.argmin())
         raise ValueError(f"sample_negatives: user {u} has only {int(eligible[u])} eligible items "

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .errors import UserError
-from .fileio import atomic_write
+from .fileio import atomic_write, read_bytes
+from .fitted import fitted_record, read_fitted, refit_command
 
 FILE = "pop_blend.json"
 
@@ -29,13 +30,15 @@ class Blend:
     edges: torch.Tensor  # (E,) int64, history lengths where a bucket starts
     weights: torch.Tensor  # (E + 1,) float32, one per bucket
     prior: torch.Tensor  # (N,) float32, log(1 + training count) of item 1..N
+    settings: dict | None = None  # what it was fitted with (ltrec.fitted.fit_settings); set once saved or read
 
     def weight(self, history: torch.Tensor) -> torch.Tensor:
         """(B,) the weight of each left-padded history's length bucket."""
         return bucket_weight(self.edges, self.weights, history)
 
-    def to_json(self) -> str:
-        return json.dumps({"edges": self.edges.tolist(), "weights": [round(w, 6) for w in self.weights.tolist()]}) + "\n"
+    def record(self) -> dict:
+        """The fitted file's content, which the bundle records too."""
+        return fitted_record("pop_blend", self.settings, self.edges.tolist(), self.weights.tolist())
 
 
 def prior(item_counts: np.ndarray) -> torch.Tensor:
@@ -73,18 +76,24 @@ def fit(evaluator, cfg, item_counts: np.ndarray, metric: str) -> Blend:
     return Blend(edges, torch.tensor(chosen, dtype=torch.float32), p)
 
 
-def load(run_dir: Path, item_counts: np.ndarray) -> Blend:
-    """The blend fitted for a run (by training or `ltrec eval`)."""
-    path = run_dir / FILE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        edges, weights = torch.tensor(saved["edges"], dtype=torch.long), torch.tensor(saved["weights"])
-        if len(weights) != len(edges) + 1:
-            raise ValueError("one weight per bucket")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: no fitted popularity blend ({exc}); run `ltrec eval {run_dir}` to fit it") from None
-    return Blend(edges, weights.float(), prior(item_counts))
+def read(run_dir: Path, key: str, recipe, overrides=()):
+    """The validated content of the run's fitted `key` blend (ltrec.fitted), fitted with the settings of
+    `recipe` (the run's, with the eval.* `overrides`)."""
+    path = run_dir / f"{key}.json"
+    if not path.is_file():
+        hint = "" if any(o.startswith(f"eval.{key}") for o in overrides) else \
+            f" (add --set eval.{key}=... if the run's recipe has none)"
+        raise UserError(f"{path}: no fitted {'popularity' if key == 'pop_blend' else 'transition'} blend; fit it "
+                        f"with `{refit_command(run_dir, overrides)}`{hint}")
+    return read_fitted(read_bytes(path, "fitted file"), path, key, recipe, run_dir, overrides)
+
+
+def load(run_dir: Path, recipe, item_counts: np.ndarray, overrides=()) -> Blend:
+    """The blend fitted for a run (by training or `ltrec eval`), for the run's recipe with `overrides`."""
+    fitted = read(run_dir, "pop_blend", recipe, overrides)
+    return Blend(torch.tensor(fitted.edges, dtype=torch.long), torch.tensor(fitted.weights, dtype=torch.float32),
+                 prior(item_counts), fitted.settings.model_dump())
 
 
 def save(run_dir: Path, blend: Blend) -> None:
-    atomic_write(run_dir / FILE, blend.to_json())
+    atomic_write(run_dir / FILE, json.dumps(blend.record()) + "\n")

@@ -20,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import UserError
 from .fileio import atomic_write
-from .popblend import bucket_weight, fit_buckets
+from .fitted import fitted_record
+from .popblend import bucket_weight, fit_buckets, read
 
 FILE = "transition_blend.json"
-DIRECTIONS = ("forward", "both")
 
 
 @dataclass
@@ -85,6 +84,7 @@ class TransitionBlend:
     table: Table
     last: int
     direction: str
+    settings: dict | None = None  # what it was fitted with (ltrec.fitted.fit_settings); set once saved or read
 
     def weight(self, history: torch.Tensor) -> torch.Tensor:
         """(B,) the weight of each left-padded history's length bucket."""
@@ -94,9 +94,10 @@ class TransitionBlend:
         """(B, N) the transition prior of items 1..N, before the bucket's weight."""
         return self.table.prior(history, self.last)[:, 1:]
 
-    def to_json(self) -> str:
-        return json.dumps({"direction": self.direction, "edges": self.edges.tolist(),
-                           "weights": [round(w, 6) for w in self.weights.tolist()]}) + "\n"
+    def record(self) -> dict:
+        """The fitted file's content, which the bundle records too."""
+        return fitted_record("transition_blend", self.settings, self.edges.tolist(), self.weights.tolist(),
+                             direction=self.direction)
 
 
 def fit(evaluator, cfg, seqs, metric: str, pop_blend=None) -> TransitionBlend:
@@ -116,20 +117,16 @@ def fit(evaluator, cfg, seqs, metric: str, pop_blend=None) -> TransitionBlend:
     return best[1]
 
 
-def load(run_dir: Path, seqs, cfg) -> TransitionBlend:
-    """The blend fitted for a run (by training or `ltrec eval`), its tables rebuilt from the training data."""
-    path = run_dir / FILE
-    try:
-        saved = json.loads(path.read_text(encoding="utf-8"))
-        edges, weights = torch.tensor(saved["edges"], dtype=torch.long), torch.tensor(saved["weights"])
-        direction = saved["direction"]
-        if len(weights) != len(edges) + 1 or direction not in DIRECTIONS:
-            raise ValueError(f"one weight per bucket and a direction of {DIRECTIONS}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise UserError(f"{path}: no fitted transition blend ({exc}); run `ltrec eval {run_dir}` to fit it (with "
-                        "--set eval.transition_blend=... if the run's recipe has none)") from None
-    return TransitionBlend(edges, weights.float(), table_for(seqs, cfg, direction), cfg.last, direction)
+def load(run_dir: Path, recipe, seqs, overrides=()) -> TransitionBlend:
+    """The blend fitted for a run (by training or `ltrec eval`), for the run's recipe with `overrides`; its
+    tables rebuilt from the training data with the settings it was fitted with."""
+    fitted = read(run_dir, "transition_blend", recipe, overrides)
+    cfg = fitted.section
+    return TransitionBlend(torch.tensor(fitted.edges, dtype=torch.long),
+                           torch.tensor(fitted.weights, dtype=torch.float32),
+                           table_for(seqs, cfg, fitted.direction), cfg.last, fitted.direction,
+                           fitted.settings.model_dump())
 
 
 def save(run_dir: Path, blend: TransitionBlend) -> None:
-    atomic_write(run_dir / FILE, blend.to_json())
+    atomic_write(run_dir / FILE, json.dumps(blend.record()) + "\n")

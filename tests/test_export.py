@@ -105,7 +105,7 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
 
     meta = json.loads((bundle / "bundle.json").read_text())
     recipe, seqs = load_run(run)
-    assert meta["format_version"] == 2 and meta["pad_id"] == 0 and meta["k"] == 10
+    assert meta["format_version"] == 3 and meta["pad_id"] == 0 and meta["k"] == 10
     assert meta["max_len"] == MAX_LEN and meta["backbone"] == kind.split("-")[0] and meta["n_items"] == seqs.n_items
     assert meta["vocab"] == seqs.vocab.tolist() and meta["vocab"][:2] == ["i1", "i10"]
     assert meta["popularity"] == seqs.item_counts().tolist()
@@ -125,12 +125,12 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
         if recipe.eval.pop_blend:  # the blend fitted at training, applied as eval applies it
             from ltrec.popblend import load as load_blend
 
-            blend = load_blend(run, seqs.item_counts())
+            blend = load_blend(run, recipe, seqs.item_counts())
             full = full + blend.weight(torch.from_numpy(history))[:, None] * blend.prior[None, :]
         if recipe.eval.transition_blend:
             from ltrec.transitions import load as load_transitions
 
-            transitions = load_transitions(run, seqs, recipe.eval.transition_blend)
+            transitions = load_transitions(run, recipe, seqs)
             assert meta["transition_blend"]["direction"] == transitions.direction
             assert transitions.weights.max() > 0  # the blend is in play, so parity covers it
             h = torch.from_numpy(history)

@@ -76,6 +76,43 @@ def foreign_onnx(inputs=("x",), outputs=("y",)):
     return edit
 
 
+def nan_in(key, index):
+    """NaN written as Python's json writes it (the JSON standard has no NaN, but most readers accept it)."""
+    def edit(bundle: Path, _) -> None:
+        meta = json.loads((bundle / "bundle.json").read_text())
+        meta[key][index] = float("nan")
+        (bundle / "bundle.json").write_text(json.dumps(meta))
+    return edit
+
+
+def crafted(make_outputs):
+    """An ONNX graph that declares ltrec's inputs and outputs, (B, L) → (B, K), with the bundle's metadata and
+    a bundle.json whose model_sha256 matches it, but computes `make_outputs(history) → (items, scores)` nodes."""
+    def edit(bundle: Path, _) -> None:
+        import hashlib
+
+        import onnx
+        from onnx import TensorProto, helper
+
+        meta = json.loads((bundle / "bundle.json").read_text())
+        declared = lambda name, kind: helper.make_tensor_value_info(name, kind, ["batch", meta["k"]])
+        graph = helper.make_graph(
+            make_outputs(helper), "g",
+            [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "length"]) for n in ("history", "exclude")],
+            [declared("items", TensorProto.INT64), declared("scores", TensorProto.FLOAT)])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        for key in ("max_len", "n_items"):
+            model.metadata_props.add(key=f"ltrec.{key}", value=str(meta[key]))
+        data = model.SerializeToString()
+        (bundle / "model.onnx").write_bytes(data)
+        meta["model_sha256"] = hashlib.sha256(data).hexdigest()
+        (bundle / "bundle.json").write_text(json.dumps(meta))
+    return edit
+
+
+# items = the history itself, (B, L) instead of (B, K): right names, types and ranks, wrong shape
+wrong_output_shape = crafted(lambda h: [h.make_node("Identity", ["history"], ["items"]),
+                                        h.make_node("Cast", ["history"], ["scores"], to=1)])
 def tampered_weights(bundle: Path, _) -> None:
     """Same graph, shapes and metadata; one weight changed (as an edit, or a retrain exported elsewhere)."""
     import onnx
@@ -89,6 +126,25 @@ def tampered_weights(bundle: Path, _) -> None:
     onnx.save(model, str(bundle / "model.onnx"))
 
 
+def nan_weights(bundle: Path, _) -> None:
+    """The graph's largest float weight all NaN, and bundle.json's model_sha256 updated to match: a model
+    whose every declaration is right and whose every score is NaN."""
+    import hashlib
+
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(bundle / "model.onnx"))
+    init = max((t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT),
+               key=lambda t: int(np.prod(t.dims)))
+    init.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(init).shape, np.nan, np.float32), init.name))
+    data = model.SerializeToString()
+    (bundle / "model.onnx").write_bytes(data)
+    meta = json.loads((bundle / "bundle.json").read_text())
+    meta["model_sha256"] = hashlib.sha256(data).hexdigest()
+    (bundle / "bundle.json").write_text(json.dumps(meta))
+
+
 def other_k(bundle: Path, bundles) -> None:
     shutil.copy(bundles["k5"] / "model.onnx", bundle / "model.onnx")
 
@@ -98,17 +154,39 @@ BAD_BUNDLES = [
     ("max-len-text", edit_meta(max_len="50"), "bundle.json: max_len: Input should be a valid integer"),
     ("max-len-negative", edit_meta(max_len=-3), "bundle.json: max_len: Input should be greater than or equal to 1"),
     ("meta-is-a-list", write("bundle.json", b"[1, 2]"), "bundle.json: (top level): Input should be an object"),
-    ("format-version-1", edit_meta(format_version=1), "bundle.json: (top level): format_version 1 is not supported"),
+    ("format-version-1", edit_meta(format_version=1),
+     "bundle.json: written by an older ltrec (format 1, this ltrec reads 3); re-export the run"),
+    ("format-version-newer", edit_meta(format_version=4),
+     "bundle.json: written by a newer ltrec (format 4, this ltrec reads 3); upgrade ltrec or re-export the run"),
+    ("format-version-missing", edit_meta(format_version=None), "bundle.json: no format_version; re-export the run"),
+    ("unknown-key", edit_meta(note="mine"), "bundle.json: note: Extra inputs are not permitted"),
     ("columns-missing", edit_meta(columns=None), "bundle.json: columns: Field required"),
     ("popularity-short", edit_meta(popularity=lambda p: p[:-1]), "popularity (94), n_items (95) and k (10) do not agree"),
     ("vocab-numbers", edit_meta(vocab=lambda v: list(range(len(v)))), "bundle.json: vocab.0: Input should be a valid string"),
     ("popularity-text", edit_meta(popularity=lambda p: ["many"] * len(p)), "popularity.0: Input should be a valid number"),
+    ("popularity-nan", nan_in("popularity", 3), "bundle.json: popularity.3: Input should be a finite number"),
+    ("popularity-inf", edit_meta(popularity=lambda p: [1e999] + p[1:]),
+     "popularity.0: Input should be a finite number"),
+    ("popularity-negative", edit_meta(popularity=lambda p: [-1] + p[1:]),
+     "popularity.0: Input should be greater than or equal to 0 (got -1)"),
+    ("vocab-duplicate", edit_meta(vocab=lambda v: [v[1], *v[1:]]),
+     "vocab holds 'i10' twice; item ids must be distinct"),
+    ("vocab-empty-id", edit_meta(vocab=lambda v: ["", *v[1:]]), "vocab.0: String should have at least 1 character"),
+    ("parity-nan", nan_in("parity", "max_abs_score_diff"),
+     "parity.max_abs_score_diff: Input should be a finite number"),
+    ("max-len-huge", edit_meta(max_len=10**9), "max_len: Input should be less than or equal to 4096"),
+    ("k-zero", edit_meta(k=0), "bundle.json: k: Input should be greater than or equal to 1 (got 0)"),
+    ("pad-id", edit_meta(pad_id=1), "bundle.json: pad_id: Input should be 0"),
+    ("model-sha-not-hex", edit_meta(model_sha256="x"), "model_sha256: String should match pattern"),
     ("meta-not-utf8", write("bundle.json", b'{"k": "\xff"}'), "bundle.json: not valid JSON"),
     ("model-missing", lambda b, _: (b / "model.onnx").unlink(), "no model.onnx; pass a bundle folder"),
     ("model-empty", write("model.onnx", b""), "model.onnx: not a loadable ONNX model"),
     ("model-foreign", foreign_onnx(), "expected int64 inputs history, exclude (B, L) and outputs items"),
     ("model-foreign-same-names", foreign_onnx(("history", "exclude"), ("items", "scores")),
      "expected int64 inputs history, exclude (B, L) and outputs items"),
+    ("model-declares-k-returns-l", wrong_output_shape,
+     "model.onnx: the graph returned items int64 (2, 2) and scores float32 (2, 2), expected int64 and float32 (2, 10)"),
+    ("model-returns-nan", nan_weights, "model.onnx: the graph returned non-finite scores; not a model written by"),
     ("model-of-other-k", other_k, "bundle.json says k 10 but model.onnx has 5"),
     ("model-tampered", tampered_weights, "model.onnx does not match bundle.json (its sha256 differs"),
 ]
@@ -186,4 +264,4 @@ def test_empty_histories_are_reported_not_guessed(bundles, tmp_path):
 
 
 def test_catalogue_sizes():
-    assert len(BAD_BUNDLES) + 1 >= 10 and len(BAD_INPUTS) >= 8
+    assert len(BAD_BUNDLES) + 1 >= 30 and len(BAD_INPUTS) >= 8

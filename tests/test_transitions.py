@@ -136,8 +136,9 @@ def test_a_damaged_fitted_blend_is_named_with_the_way_out(tiny_csv, tmp_path, mo
     assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
     (tmp_path / "runs/b/transition_blend.json").write_text('{"direction": "sideways", "edges": [], "weights": [1]}')
     r = runner.invoke(app, ["export", "runs/b"])
-    assert r.exit_code == 2 and "transition_blend.json: no fitted transition blend" in r.output, r.output
-    assert "ltrec eval runs/b" in r.output and "Traceback" not in r.output and not (tmp_path / "runs/b/bundle").exists()
+    assert r.exit_code == 2 and "transition_blend.json: written by an older ltrec, which did not record the " \
+        "settings" in r.output and "refit it: `ltrec eval runs/b`" in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "runs/b/bundle").exists()
 
 
 def test_a_blend_fitted_on_a_finished_run_exports_with_set(tiny_csv, tmp_path, monkeypatch):
@@ -153,7 +154,8 @@ def test_a_blend_fitted_on_a_finished_run_exports_with_set(tiny_csv, tmp_path, m
     assert r.exit_code == 0 and "parity on" in r.output, r.output
     meta = json.loads((tmp_path / "runs/b/bundle/bundle.json").read_text())
     weights = meta["transition_blend"]["weights"]  # 1.0 wherever a bucket has users, 0.0 where none
-    assert 1.0 in weights and set(weights) <= {0.0, 1.0} and meta["transition_blend"]["last"] == 5
+    assert 1.0 in weights and set(weights) <= {0.0, 1.0}
+    assert meta["transition_blend"]["settings"]["eval"]["transition_blend"]["last"] == 5
     r = runner.invoke(app, ["export", "runs/b", "--out", "other", "--set", "train.lr=0.1"])
     assert r.exit_code == 2 and "only eval.* keys can change after training" in r.output
     assert not (tmp_path / "other").exists()
