@@ -10,30 +10,33 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
 from ..bundle import Bundle, load_bundle
 from .batcher import Batcher, QueueFull, Recommender
+from .connections import STATE, Connections, Limits
+from .guard import RETRY_AFTER, Guard
 from .metrics import CONTENT_TYPE, Metrics
-from .queries import MAX_BODY, MAX_HISTORY, MAX_USERS, BadRequest, Query, QueryReader
+from .queries import MAX_BODY, MAX_USERS, BadRequest, Query, QueryReader
 
 ENV = "LTREC_SERVE"  # the settings each --workers process builds its app from
-RETRY_AFTER = "1"  # seconds: a full queue drains in a few batches
+EXTRA_REQUESTS = 256  # requests in progress beyond --max-queue: bodies being read, popularity answers, errors
+INFO = ("backbone", "n_items", "max_len", "k", "columns", "exclude_seen")  # no paths, metrics or versions
 
 
-def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, max_queue: int = 1024) -> Starlette:
+def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, max_queue: int = 1024,
+               header_timeout: float = 10.0, body_timeout: float = 10.0, max_connections: int = 4096,
+               api_key: str | None = None) -> Observe:
     metrics = Metrics()
     recommender = Recommender(bundle)
     batcher = Batcher(recommender, metrics, max_batch, max_wait_ms / 1000, max_queue)
     reader = QueryReader(bundle, max_users=min(MAX_USERS, max_queue))  # a larger batch could never be admitted
+    connections = Connections(Limits(header_timeout, body_timeout, max_connections))
     state = {"ready": False}
-    info = {**bundle.meta.model_dump(exclude={"vocab", "popularity"}), "bundle": str(bundle.path),
-            "server": {"ltrec": __version__, "max_batch": max_batch, "max_wait_ms": max_wait_ms,
-                       "max_queue": max_queue, "max_body_bytes": MAX_BODY, "max_history": MAX_HISTORY,
-                       "max_users": reader.max_users}}
+    info = {**bundle.meta.model_dump(include=set(INFO)), "ltrec": __version__}
 
     async def answer(queries: list[Query]) -> list[dict]:
         model = [q for q in queries if len(q.known)]
@@ -54,7 +57,8 @@ def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, ma
 
     async def ready(request: Request) -> Response:
         if not state["ready"]:
-            return JSONResponse({"error": "not ready: the bundle is loading or the server is stopping"}, 503)
+            return JSONResponse({"error": "not ready: the bundle is loading or the server is stopping"}, 503,
+                                headers={"Retry-After": RETRY_AFTER})
         return JSONResponse({"status": "ready"})
 
     @contextlib.asynccontextmanager
@@ -62,7 +66,7 @@ def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, ma
         await batcher.start()
         state["ready"] = True
         try:
-            yield
+            yield {STATE: connections}  # uvicorn hands this state to every connection's protocol
         finally:
             state["ready"] = False
             await batcher.stop()
@@ -74,14 +78,15 @@ def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, ma
         return JSONResponse(info)
 
     async def show_metrics(request: Request) -> Response:
-        return Response(metrics.render(batcher.pending), media_type=CONTENT_TYPE)
+        return Response(metrics.render(batcher.pending, connections), media_type=CONTENT_TYPE)
 
     routes = [Route("/recommend", recommend, methods=["POST"]), Route("/recommend/batch", recommend_batch,
               methods=["POST"]), Route("/health", health), Route("/ready", ready), Route("/info", show_info),
               Route("/metrics", show_metrics)]
     app = Starlette(routes=routes, lifespan=lifespan,
                     exception_handlers={HTTPException: _http_error, Exception: _server_error})
-    return Observe(app, metrics, {r.path for r in routes})
+    guard = Guard(app, api_key, max_queue + EXTRA_REQUESTS, connections)
+    return Observe(guard, metrics, {r.path for r in routes})
 
 
 class Observe:
@@ -114,10 +119,13 @@ async def _body(request: Request) -> bytes:
     if length and (not length.isdigit() or int(length) > MAX_BODY):
         raise HTTPException(413, f"body of {length[:20]} bytes, over the limit of {MAX_BODY:,}")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY:
-            raise HTTPException(413, f"body over the limit of {MAX_BODY:,} bytes")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_BODY:
+                raise HTTPException(413, f"body over the limit of {MAX_BODY:,} bytes")
+    except ClientDisconnect:  # nobody to answer; 499 (nginx's "client closed request") only shows in /metrics
+        raise HTTPException(499, "the client closed the connection before sending the whole body") from None
     return bytes(body)
 
 
@@ -133,8 +141,8 @@ async def _http_error(request: Request, exc: HTTPException) -> Response:
 
 
 async def _server_error(request: Request, exc: Exception) -> Response:
-    first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-    return JSONResponse({"error": f"internal error: {first}"}, 500)
+    # the details (which may name server paths) go to the server's log, where uvicorn writes the traceback
+    return JSONResponse({"error": "internal error; the server log has the details"}, 500)
 
 
 def from_env() -> Observe:

@@ -10,6 +10,7 @@ from collections import defaultdict
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)  # seconds
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+CLOSE_REASONS = ("idle_timeout", "header_timeout", "body_timeout", "send_timeout", "evicted")
 
 
 class Histogram:
@@ -43,7 +44,7 @@ class Metrics:
         self.requests[endpoint, status] += 1
         self.latency[endpoint].observe(seconds)
 
-    def render(self, queued: int) -> str:
+    def render(self, queued: int, connections) -> str:
         out = _head("ltrec_requests_total", "counter", "HTTP requests answered, by endpoint and status.")
         out += [f'ltrec_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}'
                 for (endpoint, status), n in sorted(self.requests.items())]
@@ -55,7 +56,20 @@ class Metrics:
         out += _head("ltrec_queue_rejections_total", "counter", "Requests answered 503 because the queue was full.")
         out += [f"ltrec_queue_rejections_total {self.rejected}"]
         out += _head("ltrec_queue_histories", "gauge", "Histories admitted and not yet answered (waiting or running).")
-        return "\n".join([*out, f"ltrec_queue_histories {queued}"]) + "\n"
+        out += [f"ltrec_queue_histories {queued}"]
+        out += _head("ltrec_busy_rejections_total", "counter", "Requests answered 503 because too many requests "
+                     "were in progress, or every open connection had one.")
+        out += [f"ltrec_busy_rejections_total {connections.refused}"]
+        out += _head("ltrec_requests_in_progress", "gauge",
+                     "Requests received and not yet answered (/health and /metrics aside).")
+        out += [f"ltrec_requests_in_progress {connections.busy}"]
+        out += _head("ltrec_connections_open", "gauge", "Open client connections.")
+        out += [f"ltrec_connections_open {connections.open}"]
+        out += _head("ltrec_connections_closed_total", "counter", "Connections the server closed, by reason: a "
+                     "deadline passed, or room was made for a new one.")
+        out += [f'ltrec_connections_closed_total{{reason="{reason}"}} {connections.closed[reason]}'
+                for reason in CLOSE_REASONS]
+        return "\n".join(out) + "\n"
 
 
 def _head(name: str, kind: str, text: str) -> list[str]:
