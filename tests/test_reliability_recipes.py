@@ -218,3 +218,24 @@ def test_real_process_prints_no_traceback(project):
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith("recipe.yaml: data.query: the query failed: Parser Error") and "Traceback" not in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_huge_file_is_refused_before_it_is_parsed(project):
+    """A 5 MB recipe (one long YAML flow list) once took minutes and died of MemoryError in the parser: every
+    parsed file is refused past its limit before a byte of it is parsed."""
+    (project / "recipe.yaml").write_text("name: x\ndata: {source: [" + "1, " * 1_700_000 + "1]}\n")
+    line = one_line(runner.invoke(app, ["validate", "recipe.yaml"]))
+    assert line == "recipe.yaml: the recipe file is larger than 1 MB, the most ltrec reads for one; is this the right file?"
+    (project / "plan.yaml").write_text("recipe: recipe.yaml\narms: [" + "{name: a}, " * 200_000 + "]\n")
+    line = one_line(runner.invoke(app, ["sweep", "plan.yaml"]))
+    assert line.startswith("plan.yaml: the sweep plan file is larger than 1 MB"), line
+    from ltrec.errors import UserError
+    from ltrec.fileio import LIMITS, MB, read_bytes
+
+    for what in ("run file", "bundle.json", "fitted file"):
+        limit = next(v for k, v in LIMITS.items() if k in what)
+        big = project / "big.json"
+        with open(big, "wb") as f:
+            f.truncate(limit + 1)  # sparse: costs no disk
+        with pytest.raises(UserError, match=rf"the {what} is larger than {limit // MB} MB"):
+            read_bytes(big, what)
