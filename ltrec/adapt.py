@@ -37,7 +37,7 @@ class _NextItem(nn.Module):
 
 def adaptable(model: nn.Module, params: str = "encoder") -> list[str]:
     """Names of the parameters each user adapts."""
-    table = getattr(getattr(model, "item_emb", None), "weight", None)
+    table = model.item_table if model.tied else None
     return [n for n, p in model.named_parameters() if p.requires_grad and (params == "all" or p is not table)]
 
 

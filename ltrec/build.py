@@ -16,7 +16,7 @@ from .metrics import require_eligible
 from .models import BACKBONES
 from .recipe import Recipe, load_recipe
 from .runs import DataInfo, check_run, read_json
-from .transfer.user_branch import Branched
+from .models.branched import Branched
 
 
 def pick_device(name: str, dist: Dist = LOCAL) -> torch.device:
@@ -43,8 +43,8 @@ def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
     except (MemoryError, RuntimeError) as exc:  # a size that passes validation but does not fit in memory
         raise UserError(f"backbone: the model does not fit in memory with {seqs.n_items:,} items "
                         f"({type(exc).__name__}); lower backbone.dim or layers") from None
-    if recipe.backbone.kind == "pop":
-        model.fit(torch.from_numpy(seqs.item_counts()).float())
+    if not model.trainable:
+        model.fit(seqs)
     branch = recipe.transfer.user_branch
     if branch is not None:  # histories shorter than the head threshold (or max_len) get the head→tail map
         model = Branched(model, min(seqs.head_threshold, recipe.data.max_len), branch.hidden)
@@ -85,7 +85,7 @@ def check_eval(recipe: Recipe, seqs: data_mod.Sequences) -> None:
     which = recipe.train.monitor.slice
     evaluated = seqs.role == data_mod.EVAL
     users = {"all": evaluated, "head": evaluated & seqs.head, "tail": evaluated & ~seqs.head}[which]
-    if recipe.backbone.kind != "pop" and not users.any():
+    if BACKBONES[recipe.backbone.kind].trainable and not users.any():
         raise UserError(f"train.monitor.slice: no evaluated user is {which} (head = at least "
                         f"{seqs.head_threshold} training events), so no epoch could be picked; monitor another "
                         "slice or change head.fraction / head.count")

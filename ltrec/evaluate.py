@@ -34,7 +34,7 @@ from .errors import UserError
 from .fileio import MB, atomic_write, read_bytes
 from .fitted import check_negatives, fit_settings
 from .metrics import Seen, require_eligible, sample_negatives, sampled_ranks, state_ranks, target_ranks
-from .models import Backbone
+
 from . import popblend
 from .popblend import Blend
 from . import transitions as transition_blend
@@ -111,7 +111,7 @@ class Evaluator:
         order = np.argsort(seqs.lengths[users], kind="stable")
         batches = [order[lo:lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
         # a transition prior is per user, not per item: its scores are no longer one dot product per item
-        blocks = negs is None and isinstance(model, Backbone) and model.tied and all(t is None for _, t in blends)
+        blocks = negs is None and model.tied and all(t is None for _, t in blends)
         mine = [[] for _ in blends]
         for b, sel in enumerate(batches):
             if b % dist.world != dist.rank:  # under torchrun batch b is rank b mod world's
@@ -124,7 +124,7 @@ class Evaluator:
             adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
             if blocks and not adapt.any():
                 state = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
-                items = model.item_emb.weight[1:].float()  # (N, D)
+                items = model.item_table[1:].float()  # (N, D)
                 for out, (blend, _) in zip(mine, blends):
                     h, table = state, items
                     if blend is not None:  # [h, w]·[e, log(1 + count)]: still one dot product per item

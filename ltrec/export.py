@@ -58,9 +58,9 @@ class TopKScorer(nn.Module):
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1): column j is item j, column 0 (padding) -inf."""
-        if hasattr(self.backbone, "item_emb"):  # neural backbones: tied item embeddings
-            scores = F.linear(self.backbone.encode(history), self.backbone.item_emb.weight, self.pad_bias)
-        else:  # pop: scores do not come from a user state
+        if self.backbone.tied:
+            scores = F.linear(self.backbone.encode(history), self.backbone.item_table, self.pad_bias)
+        else:  # scores that do not come from a user state times the item table (pop)
             scores = F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # (B, N+1)
         if self.blend:
             scores = scores + bucket_weight(history, self.edges, self.weights) * self.prior.unsqueeze(0)

@@ -40,6 +40,10 @@ class Lookup:
     def __init__(self, table: torch.Tensor):
         self.table = table
 
+    @property
+    def encoder(self) -> "Lookup":
+        return self
+
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         return self.table[history[:, -1]]
 
@@ -65,7 +69,7 @@ def test_the_term_is_infonce_over_cosines_without_same_target_negatives():
 
 
 def test_a_branched_model_contrasts_the_backbone_states(tiny_csv):
-    from ltrec.transfer.user_branch import Branched
+    from ltrec.models.branched import Branched
 
     _, seqs, backbone, _ = runner_for(tiny_csv, "gru4rec")
     model = Branched(backbone, cutoff=min(seqs.head_threshold, 10))

@@ -1,3 +1,5 @@
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -151,7 +153,7 @@ def test_pop():
     m = BACKBONES["pop"](N, MAX_LEN)
     assert list(m.parameters()) == []
     counts = torch.arange(N, dtype=torch.float)
-    m.fit(counts)
+    m.fit(SimpleNamespace(item_counts=lambda: counts.numpy()))
     for b in (1, 5):
         out = m(left_pad([[1, 2]] * b, 4))
         assert out.shape == (b, N)

@@ -7,7 +7,7 @@ import torch
 
 from conftest import runner_for
 from ltrec.models import BACKBONES
-from ltrec.transfer.user_branch import Branched
+from ltrec.models.branched import Branched
 
 
 def test_the_branch_changes_only_histories_shorter_than_the_cutoff():

@@ -1,4 +1,7 @@
-"""What every neural backbone shares: tied item scoring, the (B, L) → (B, D) API, the default objective."""
+"""What every backbone offers (`Recommender`), and what the neural ones share (`Backbone`): tied item
+scoring, the (B, L) → (B, D) API, the default objective."""
+
+from typing import ClassVar, Protocol
 
 import torch
 import torch.nn as nn
@@ -24,8 +27,27 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+class Recommender(Protocol):
+    """What evaluation, export and training ask of every backbone, neural or fitted. Code dispatches on the
+    two declared capabilities, never on the kind's name or on attributes it happens to have."""
+
+    n_items: int
+    max_len: int
+    trainable: ClassVar[bool]  # trained by the loop (neural); False: fitted in closed form by `fit(seqs)`
+
+    @property
+    def tied(self) -> bool:
+        """Scores are `encode(history) @ item_table[1:].T`: rankable block by block, exported as one matmul."""
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor: ...  # (B, L) → (B, D)
+
+    def forward(self, history: torch.Tensor) -> torch.Tensor: ...  # (B, L) → (B, N), column j is item j+1
+
+
 class Backbone(nn.Module):
     """Shared API: encode_all (B, L, D) -> encode (B, D) -> score (..., N) -> forward (B, N)."""
+
+    trainable: ClassVar[bool] = True
 
     def _init_items(self) -> None:
         # nn.Embedding's N(0, 1) makes tied logits of size ~sqrt(D): softmax starts saturated and the loss
@@ -44,6 +66,16 @@ class Backbone(nn.Module):
     def tied(self) -> bool:
         """Scores are the state times the item table, so they can be made and ranked block by block."""
         return type(self).score is Backbone.score
+
+    @property
+    def item_table(self) -> torch.Tensor:
+        """(N + 1, D) the tied item embeddings, row 0 padding."""
+        return self.item_emb.weight
+
+    @property
+    def encoder(self) -> "Backbone":
+        """The model whose states training sees (a user branch wraps it and acts at inference only)."""
+        return self
 
     def score(self, h: torch.Tensor) -> torch.Tensor:
         return h @ self.item_emb.weight[1:].T  # (..., N), row 0 is padding and never scored

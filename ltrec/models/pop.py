@@ -1,5 +1,7 @@
 """Popularity baseline."""
 
+from typing import ClassVar
+
 import torch
 import torch.nn as nn
 
@@ -8,13 +10,18 @@ class Pop(nn.Module):
     """Popularity baseline: every user gets log(1 + training count) as scores (the popularity blend's prior,
     so a transition blend on top is on a comparable scale). No trainable parameters."""
 
+    trainable: ClassVar[bool] = False
+    tied = False  # one row of scores for every user, not a user state times an item table
+
     def __init__(self, n_items: int, max_len: int, **_):
         super().__init__()
         self.n_items, self.max_len, self.dim = n_items, max_len, 1
         self.register_buffer("counts", torch.zeros(n_items))  # (N,), column j is item j+1
 
-    def fit(self, item_counts: torch.Tensor) -> "Pop":
-        self.counts.copy_(torch.log1p(torch.as_tensor(item_counts, dtype=torch.float64)).to(self.counts.dtype))
+    def fit(self, seqs) -> "Pop":
+        """Counts of the training events of `seqs` (a `Sequences`)."""
+        counts = torch.as_tensor(seqs.item_counts(), dtype=torch.float64)
+        self.counts.copy_(torch.log1p(counts).to(self.counts.dtype))
         return self
 
     def encode_all(self, history: torch.Tensor) -> torch.Tensor:

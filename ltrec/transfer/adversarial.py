@@ -92,9 +92,8 @@ class Adversary(nn.Module):
                 seen: torch.Tensor | None, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """(balanced BCE through gradient reversal, logits (B,)) for windows `inputs` (B, L) whose
         per-position states are `states` (B, L, D)."""
-        # the encoder's own state, as with state: last: a user branch's map (`backbone` wraps the encoder) is
+        # the encoder's own state, as with state: last: a user branch's map (`model.encoder` is what it wraps) is
         # for inference, and trained through the reversal it would learn to hide short histories, not rank them
-        encoder = getattr(model, "backbone", model)
-        state = states[:, -1] if seen is None else encoder.encode(matched_prefix(inputs, seen, self.longest_tail))
+        state = states[:, -1] if seen is None else model.encoder.encode(matched_prefix(inputs, seen, self.longest_tail))
         logits = self.disc(GradReverse.apply(state, self.weight))  # (B,)
         return balanced_bce(logits, is_head, rows), logits

@@ -35,8 +35,7 @@ class Contrastive:
     def __call__(self, model, states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         pos = self.positives(idx)
         width = int((self.inputs[pos] > 0).sum(1).max())
-        encoder = getattr(model, "backbone", model)  # the states of training: before any user branch
-        other = encoder.encode(self.inputs[pos, -width:].to(states.device))  # (B, D), its own dropout
+        other = model.encoder.encode(self.inputs[pos, -width:].to(states.device))  # (B, D), its own dropout
         h = states[:, -1]  # (B, D)
         logits = F.normalize(h, dim=1) @ F.normalize(other, dim=1).T / self.tau  # (B, B)
         last = self.last[idx].to(states.device)

@@ -70,7 +70,7 @@ class Objective:
         over the batch's targets (weighted by user, for a balanced objective), or the robust objective over the
         users they belong to."""
         targets = self.targets[idx, -width:].to(self.device)
-        if self.robust is None or hasattr(self.robust, "weights"):  # fixed weights: the fused mean takes them
+        if self.robust is None or self.robust.fixed_weights:  # the fused mean takes fixed weights
             weights = None if self.robust is None else self.robust.weights(self.owner[idx].to(self.device))
             return self.model.training_loss(inputs, targets, self.cfg.loss, self.cfg.negatives, self.gen,
                                             weights=weights)

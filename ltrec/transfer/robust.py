@@ -47,6 +47,8 @@ def cvar(losses: torch.Tensor, users: torch.Tensor, alpha: float) -> torch.Tenso
 class Stateless:
     """An objective with no training state: nothing to log, checkpoint or average over ranks."""
 
+    fixed_weights = False  # True: per-window weights known before the loss (`weights(users)`), no per-target losses
+
     def stats(self) -> dict:
         return {}
 
@@ -72,6 +74,8 @@ class CVaRLoss(Stateless):
 class BalancedLoss(Stateless):
     """Fixed weights, known before the loss: the backbone's fused mean takes them (no per-target losses)."""
 
+    fixed_weights = True
+
     def __init__(self, cfg, train_lengths: np.ndarray):
         targets = np.maximum(train_lengths.astype(np.float64) - 1, 1)  # n events give n − 1 next-item targets
         self.weight = torch.from_numpy(targets ** -cfg.power).float()  # (U,)
@@ -95,6 +99,7 @@ def length_groups(train_lengths: np.ndarray, head: np.ndarray, cfg) -> np.ndarra
 
 
 class GroupDROLoss:
+    fixed_weights = False
     def __init__(self, cfg, user_group: torch.Tensor, dist: Dist = LOCAL):
         self.step, self.user_group, self.dist = cfg.step, user_group, dist
         self.n = int(user_group.max()) + 1 if len(user_group) else 1

@@ -11,41 +11,9 @@ exported ONNX graph and `predict` all get it. W starts at zero, so f starts as t
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
-from ..models import Backbone
+from ..models.branched import Branched
 from .adversarial import matched_prefix
-
-
-class Branched(Backbone):
-    """A backbone whose user state passes through the branch for short histories; training (encode_all,
-    training_loss) is the backbone's own."""
-
-    def __init__(self, backbone: Backbone, cutoff: int, hidden: int = 0):
-        super().__init__()
-        self.backbone, self.cutoff = backbone, cutoff
-        self.n_items, self.max_len, self.dim = backbone.n_items, backbone.max_len, backbone.dim
-        self.item_emb = backbone.item_emb  # tied scores: the backbone's table
-        dim = backbone.dim
-        self.map = nn.Linear(dim, dim) if hidden == 0 else nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
-        last = self.map if hidden == 0 else self.map[-1]
-        nn.init.zeros_(last.weight)  # f starts as the identity: the untrained branch changes nothing
-        nn.init.zeros_(last.bias)
-
-    def encode_all(self, history: torch.Tensor) -> torch.Tensor:
-        return self.backbone.encode_all(history)
-
-    def training_loss(self, *args, **kwargs):
-        return self.backbone.training_loss(*args, **kwargs)
-
-    def branch(self, h: torch.Tensor) -> torch.Tensor:
-        return h + self.map(h)  # (B, D)
-
-    def encode(self, history: torch.Tensor) -> torch.Tensor:
-        h = self.backbone.encode(history)  # (B, D)
-        short = (history > 0).sum(dim=1, keepdim=True) < self.cutoff  # (B, 1)
-        return torch.where(short, self.branch(h), h)
 
 
 class BranchLoss:
