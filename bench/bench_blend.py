@@ -29,10 +29,10 @@ from ltrec.data import load  # noqa: E402
 from ltrec.evaluate import Evaluator  # noqa: E402
 from ltrec.export import TopKScorer, to_onnx  # noqa: E402
 from ltrec.models import SASRec  # noqa: E402
-from ltrec.popblend import Blend, prior  # noqa: E402
+from ltrec.popblend import FittedPopBlend, prior  # noqa: E402
 from ltrec.recipe import Data, Eval, Head, Split  # noqa: E402
-from ltrec.recipe import TransitionBlend as TransitionBlendConfig  # noqa: E402
-from ltrec.transitions import TransitionBlend, build, fit  # noqa: E402
+from ltrec.recipe import TransitionBlend  # noqa: E402
+from ltrec.transitions import FittedTransitionBlend, build, fit  # noqa: E402
 
 from machine import cpu_model  # bench/ is on sys.path when a script runs
 
@@ -74,8 +74,8 @@ def main() -> None:
     torch.manual_seed(0)
     model = SASRec(n, 50, dim=64).eval()
     ones = torch.ones(len(EDGES) + 1)
-    blends = {"model alone": {}, "+ popularity blend": {"blend": Blend(EDGES, ones, prior(seqs.item_counts()))},
-              "+ transition blend": {"transitions": TransitionBlend(EDGES, ones, tables["both"], 5, "both")}}
+    blends = {"model alone": {}, "+ popularity blend": {"blend": FittedPopBlend(EDGES, ones, prior(seqs.item_counts()))},
+              "+ transition blend": {"transitions": FittedTransitionBlend(EDGES, ones, tables["both"], 5, "both")}}
     evaluator = Evaluator(model, seqs, Eval(), 50)
     times = {name: float("inf") for name in blends}
     for _ in range(args.rounds):  # the cases alternate, so a busy spell hits all of them
@@ -83,7 +83,7 @@ def main() -> None:
             start = time.perf_counter()
             evaluator.run("test", **kw)
             times[name] = min(times[name], time.perf_counter() - start)
-    cfg = TransitionBlendConfig()
+    cfg = TransitionBlend()
     start = time.perf_counter()
     fit(evaluator, cfg, seqs, "ndcg@10")
     fitting = time.perf_counter() - start
@@ -100,7 +100,7 @@ def main() -> None:
     _, history, _ = seqs.eval_inputs("test", 50)
     rng = np.random.default_rng(0)
     graphs = {"model alone": TopKScorer(model, 10), "+ transition blend": TopKScorer(
-        model, 10, transitions=TransitionBlend(EDGES, ones, tables["both"], 5, "both"))}
+        model, 10, transitions=FittedTransitionBlend(EDGES, ones, tables["both"], 5, "both"))}
     sessions = {}
     for name, scorer in graphs.items():
         graph = to_onnx(scorer.eval(), 50, {})

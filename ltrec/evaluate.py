@@ -36,9 +36,9 @@ from .fitted import check_negatives, fit_settings
 from .metrics import Seen, require_eligible, sample_negatives, sampled_ranks, state_ranks, target_ranks
 
 from . import popblend
-from .popblend import Blend
+from .popblend import FittedPopBlend
 from . import transitions as transition_blend
-from .transitions import TransitionBlend
+from .transitions import FittedTransitionBlend
 from .recipe import Eval
 from .runs import BLENDED, SLICES, TRANSITIONS, read_epochs
 from .stats import metrics_from_ranks, summarize
@@ -80,14 +80,14 @@ class Evaluator:
         self.model, self.seqs, self.cfg, self.max_len, self.device = model, seqs, cfg, max_len, device
         self.run_dir, self.seed, self.dist = run_dir, seed, dist
 
-    def run(self, split: str, ks=None, blend: Blend | None = None,
-            transitions: TransitionBlend | None = None) -> Result:
+    def run(self, split: str, ks=None, blend: FittedPopBlend | None = None,
+            transitions: FittedTransitionBlend | None = None) -> Result:
         """Rank every evaluated (and cold) user's `split` target; `blend` adds the popularity blend,
         `transitions` the transition blend."""
         return self.run_many(split, [(blend, transitions)], ks)[0]
 
     @torch.no_grad()
-    def run_many(self, split: str, blends: list[tuple[Blend | None, TransitionBlend | None]],
+    def run_many(self, split: str, blends: list[tuple[FittedPopBlend | None, FittedTransitionBlend | None]],
                  ks=None) -> list[Result]:
         """`run` once per (popularity, transition) blend pair, sharing each batch's forward pass: fitting a
         blend ranks the same users under many weights."""
@@ -229,7 +229,7 @@ def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Co
 
 
 def fit_blend(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path,
-              dist: Dist = LOCAL) -> tuple[Blend | None, TransitionBlend | None]:
+              dist: Dist = LOCAL) -> tuple[FittedPopBlend | None, FittedTransitionBlend | None]:
     """The blends the recipe asks for (popularity, then transitions on top), fitted on validation and saved
     with the run (rank 0)."""
     cfg, metric = recipe.eval, recipe.train.monitor.metric

@@ -22,8 +22,8 @@ from . import __version__, popblend
 from .build import build_model, load_run
 from .bundle import length_batches, session, write_bundle
 from . import transitions as transition_blend
-from .popblend import Blend
-from .transitions import TransitionBlend
+from .popblend import FittedPopBlend
+from .transitions import FittedTransitionBlend
 from .checkpoint import load_weights
 from .errors import UserError
 from .fileio import read_bytes
@@ -38,8 +38,8 @@ PARITY_USERS = 2000
 class TopKScorer(nn.Module):
     """Backbone + exclusion + top-K: (history (B, L), exclude (B, E)) → (items (B, K), scores (B, K))."""
 
-    def __init__(self, backbone: nn.Module, k: int, blend: Blend | None = None,
-                 transitions: TransitionBlend | None = None):
+    def __init__(self, backbone: nn.Module, k: int, blend: FittedPopBlend | None = None,
+                 transitions: FittedTransitionBlend | None = None):
         super().__init__()
         self.backbone, self.k, self.blend, self.transitions = backbone, k, blend is not None, transitions
         # Scores are laid out over ids 0..N, so topk's column index IS the item id; column 0 (padding)

@@ -26,7 +26,7 @@ FILE = "pop_blend.json"
 
 
 @dataclass
-class Blend:
+class FittedPopBlend:
     edges: torch.Tensor  # (E,) int64, history lengths where a bucket starts
     weights: torch.Tensor  # (E + 1,) float32, one per bucket
     prior: torch.Tensor  # (N,) float32, log(1 + training count) of item 1..N
@@ -68,12 +68,12 @@ def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: st
     return chosen, float(picked.mean()) if len(picked) else 0.0
 
 
-def fit(evaluator, cfg, item_counts: np.ndarray, metric: str) -> Blend:
+def fit(evaluator, cfg, item_counts: np.ndarray, metric: str) -> FittedPopBlend:
     """Each bucket's weight: the candidate with the best mean validation `metric` over the bucket's users."""
     edges, p = torch.tensor(cfg.edges), prior(item_counts)
     chosen, _ = fit_buckets(evaluator, cfg.edges, cfg.weights, metric,
-                            lambda weights: (Blend(edges, weights, p), None))
-    return Blend(edges, torch.tensor(chosen, dtype=torch.float32), p)
+                            lambda weights: (FittedPopBlend(edges, weights, p), None))
+    return FittedPopBlend(edges, torch.tensor(chosen, dtype=torch.float32), p)
 
 
 def read(run_dir: Path, key: str, recipe, overrides=()):
@@ -88,12 +88,12 @@ def read(run_dir: Path, key: str, recipe, overrides=()):
     return read_fitted(read_bytes(path, "fitted file"), path, key, recipe, run_dir, overrides)
 
 
-def load(run_dir: Path, recipe, item_counts: np.ndarray, overrides=()) -> Blend:
+def load(run_dir: Path, recipe, item_counts: np.ndarray, overrides=()) -> FittedPopBlend:
     """The blend fitted for a run (by training or `ltrec eval`), for the run's recipe with `overrides`."""
     fitted = read(run_dir, "pop_blend", recipe, overrides)
-    return Blend(torch.tensor(fitted.edges, dtype=torch.long), torch.tensor(fitted.weights, dtype=torch.float32),
+    return FittedPopBlend(torch.tensor(fitted.edges, dtype=torch.long), torch.tensor(fitted.weights, dtype=torch.float32),
                  prior(item_counts), fitted.settings.model_dump())
 
 
-def save(run_dir: Path, blend: Blend) -> None:
+def save(run_dir: Path, blend: FittedPopBlend) -> None:
     atomic_write(run_dir / FILE, json.dumps(blend.record()) + "\n")

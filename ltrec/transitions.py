@@ -78,7 +78,7 @@ def table_for(seqs, cfg, direction: str) -> Table:
 
 
 @dataclass
-class TransitionBlend:
+class FittedTransitionBlend:
     edges: torch.Tensor  # (E,) int64, history lengths where a bucket starts
     weights: torch.Tensor  # (E + 1,) float32, one per bucket
     table: Table
@@ -100,7 +100,7 @@ class TransitionBlend:
                              direction=self.direction)
 
 
-def fit(evaluator, cfg, seqs, metric: str, pop_blend=None) -> TransitionBlend:
+def fit(evaluator, cfg, seqs, metric: str, pop_blend=None) -> FittedTransitionBlend:
     """The direction and each bucket's weight with the best mean validation `metric` (over the bucket's users
     for the weight, over all users for the direction), on top of the fitted popularity blend if any."""
     edges, best = torch.tensor(cfg.edges), None
@@ -108,25 +108,25 @@ def fit(evaluator, cfg, seqs, metric: str, pop_blend=None) -> TransitionBlend:
         table = table_for(seqs, cfg, direction)
 
         def blend_with(weights, table=table, direction=direction):
-            return pop_blend, TransitionBlend(edges, weights, table, cfg.last, direction)
+            return pop_blend, FittedTransitionBlend(edges, weights, table, cfg.last, direction)
 
         chosen, score = fit_buckets(evaluator, cfg.edges, cfg.weights, metric, blend_with)
         if best is None or score > best[0]:
-            best = (score, TransitionBlend(edges, torch.tensor(chosen, dtype=torch.float32), table, cfg.last,
+            best = (score, FittedTransitionBlend(edges, torch.tensor(chosen, dtype=torch.float32), table, cfg.last,
                                            direction))
     return best[1]
 
 
-def load(run_dir: Path, recipe, seqs, overrides=()) -> TransitionBlend:
+def load(run_dir: Path, recipe, seqs, overrides=()) -> FittedTransitionBlend:
     """The blend fitted for a run (by training or `ltrec eval`), for the run's recipe with `overrides`; its
     tables rebuilt from the training data with the settings it was fitted with."""
     fitted = read(run_dir, "transition_blend", recipe, overrides)
     cfg = fitted.section
-    return TransitionBlend(torch.tensor(fitted.edges, dtype=torch.long),
+    return FittedTransitionBlend(torch.tensor(fitted.edges, dtype=torch.long),
                            torch.tensor(fitted.weights, dtype=torch.float32),
                            table_for(seqs, cfg, fitted.direction), cfg.last, fitted.direction,
                            fitted.settings.model_dump())
 
 
-def save(run_dir: Path, blend: TransitionBlend) -> None:
+def save(run_dir: Path, blend: FittedTransitionBlend) -> None:
     atomic_write(run_dir / FILE, json.dumps(blend.record()) + "\n")

@@ -14,14 +14,14 @@ from ltrec.data import load
 from ltrec.evaluate import Evaluator
 from ltrec.metrics import target_ranks
 from ltrec.models import BACKBONES
-from ltrec.popblend import Blend, fit, prior
+from ltrec.popblend import FittedPopBlend, fit, prior
 from ltrec.recipe import Data, Eval, Head, PopBlend, Split
 
 runner = CliRunner()
 
 
 def test_the_weight_follows_the_history_length_bucket():
-    blend = Blend(torch.tensor([2, 5]), torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3))
+    blend = FittedPopBlend(torch.tensor([2, 5]), torch.tensor([1.0, 2.0, 3.0]), torch.zeros(3))
     history = torch.tensor([[0, 0, 0, 0, 0, 7], [0, 0, 0, 0, 7, 8], [0, 0, 0, 7, 8, 9], [0, 6, 7, 8, 9, 1]])
     assert blend.weight(history).tolist() == [1.0, 2.0, 2.0, 3.0]  # 1 item | 2-4 | 5+
 
@@ -30,7 +30,7 @@ def test_blended_ranks_are_the_blended_score_matrix_ranked(tiny_csv):
     seqs = load(Data(source=str(tiny_csv)), Split(), Head())
     torch.manual_seed(0)
     model = BACKBONES["sasrec"](seqs.n_items, 20, dim=8)
-    blend = Blend(torch.tensor([3, 6]), torch.tensor([2.0, 0.5, 0.0]), prior(seqs.item_counts()))
+    blend = FittedPopBlend(torch.tensor([3, 6]), torch.tensor([2.0, 0.5, 0.0]), prior(seqs.item_counts()))
     fast = Evaluator(model, seqs, Eval(mask_seen=False), 20).run("test", blend=blend)
     users, history, target = seqs.eval_inputs("test", 20)
     with torch.no_grad():

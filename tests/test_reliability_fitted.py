@@ -175,13 +175,13 @@ def test_parity_sees_nan():
     """NaN compares unequal to everything, so a check that only measures |a - b| reports 0 for NaN."""
     from ltrec.export import TopKScorer, check_parity, to_onnx
     from ltrec.models import BACKBONES
-    from ltrec.popblend import Blend
+    from ltrec.popblend import FittedPopBlend
 
     torch.manual_seed(0)
     backbone = BACKBONES["gru4rec"](9, 4, dim=4).eval()
     history = np.array([[0, 0, 1, 2], [3, 4, 5, 6]], np.int64)
     for weights, finite in (([0.5, 0.5], True), ([float("nan"), 0.5], False)):
-        scorer = TopKScorer(backbone, 3, Blend(torch.tensor([3]), torch.tensor(weights), torch.ones(9))).eval()
+        scorer = TopKScorer(backbone, 3, FittedPopBlend(torch.tensor([3]), torch.tensor(weights), torch.ones(9))).eval()
         parity = check_parity(to_onnx(scorer, 4, {}), scorer, history, 3)
         assert np.isfinite(parity["max_abs_score_diff"]) == finite, parity
 

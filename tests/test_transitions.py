@@ -11,10 +11,10 @@ from ltrec.data import load
 from ltrec.evaluate import Evaluator
 from ltrec.metrics import target_ranks
 from ltrec.models import BACKBONES
-from ltrec.popblend import Blend as PopBlend, prior
+from ltrec.popblend import FittedPopBlend, prior
 from ltrec.recipe import Data, Eval, Head, Split, TransitionBlend
 from ltrec.transitions import Table, build, fit
-from ltrec.transitions import TransitionBlend as Blend
+from ltrec.transitions import FittedTransitionBlend
 
 runner = CliRunner()
 
@@ -81,9 +81,9 @@ def test_blended_ranks_are_the_blended_score_matrix_ranked(tmp_path, kind):  # s
     torch.manual_seed(0)
     model = BACKBONES[kind](seqs.n_items, 20, dim=8)
     if kind == "pop":
-        model.fit(torch.from_numpy(seqs.item_counts()))
+        model.fit(seqs)
     table = build(seqs.items, seqs.offsets, seqs.train_lengths, seqs.n_items, 3, 10, "both")
-    blend = Blend(torch.tensor([3, 6]), torch.tensor([2.0, 0.5, 0.0]), table, 2, "both")
+    blend = FittedTransitionBlend(torch.tensor([3, 6]), torch.tensor([2.0, 0.5, 0.0]), table, 2, "both")
     fast = Evaluator(model, seqs, Eval(), 20).run("test", transitions=blend)
     users, history, target = seqs.eval_inputs("test", 20)
     with torch.no_grad():
@@ -105,8 +105,8 @@ def test_blends_ranked_together_are_each_ranked_alone(tmp_path, kind):  # the fi
     evaluator = Evaluator(model, seqs, Eval(adapt={"steps": 1, "lr": 0.1}), 20)
     table = build(seqs.items, seqs.offsets, seqs.train_lengths, seqs.n_items, 3, 10, "forward")
     edges = torch.tensor([3, 6])
-    pop = PopBlend(edges, torch.tensor([1.0, 0.3, 0.0]), prior(seqs.item_counts()))
-    trans = Blend(edges, torch.tensor([2.0, 0.5, 0.0]), table, 2, "forward")
+    pop = FittedPopBlend(edges, torch.tensor([1.0, 0.3, 0.0]), prior(seqs.item_counts()))
+    trans = FittedTransitionBlend(edges, torch.tensor([2.0, 0.5, 0.0]), table, 2, "forward")
     for pairs in ([(None, None), (pop, None)], [(None, None), (pop, None), (None, trans), (pop, trans)]):
         together = evaluator.run_many("valid", pairs)
         for (blend, transitions), result in zip(pairs, together):
