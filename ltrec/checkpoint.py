@@ -11,7 +11,8 @@ import io
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from contextlib import ExitStack
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from .recipe import Recipe, dump_recipe, load_recipe
 from .runs import open_for_resume, prepare_run_dir, read_epochs
 
 FORMAT = 2
+DAMAGED = "the file is damaged (retrain the run, or restore the file)"
 RESUME_MAY_CHANGE = ("epochs", "patience", "threads", "device", "precision")
 
 
@@ -74,6 +76,10 @@ def load_torch(path: Path) -> dict:
         raise UserError(f"{path}: not a readable ltrec checkpoint ({_reason(exc)})") from None
     if not isinstance(obj, dict) or not isinstance(obj.get("model"), dict):
         raise UserError(f"{path}: not an ltrec checkpoint (no model weights in it); retrain the run")
+    if "epoch" in obj and not _whole(obj["epoch"]):  # best.pt's epoch
+        raise UserError(f"{path}: epoch: expected a whole number ≥ 0 (got {obj['epoch']!r:.60}); {DAMAGED}")
+    if "state" in obj:  # last.pt's: where training continues
+        check_state(obj["state"], path)
     return obj
 
 
@@ -86,6 +92,32 @@ def load_weights(model: torch.nn.Module, path: Path) -> dict:
         raise UserError(f"{path}: does not hold this run's model ({type(exc).__name__}: {_reason(exc)}); was it "
                         "copied from another run?") from None
     return ckpt
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def check_state(state, path: Path) -> TrainState:
+    """last.pt's training state, each field checked: a damaged one would otherwise resume at a wrong epoch."""
+    if not isinstance(state, dict) or set(state) != {f.name for f in fields(TrainState)}:
+        keys = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise UserError(f"{path}: state: expected the fields {', '.join(f.name for f in fields(TrainState))} "
+                        f"(got {keys}); {DAMAGED}")
+    epoch = state["epoch"]
+    problems = {
+        "epoch": (_whole(epoch), "a whole number ≥ 0"),
+        "best_epoch": (_whole(state["best_epoch"]) and _whole(epoch) and state["best_epoch"] <= epoch,
+                       "a whole number from 0 to the epoch"),
+        "bad": (_whole(state["bad"]) and _whole(epoch) and state["bad"] <= epoch, "a whole number from 0 to the epoch"),
+        "best": (isinstance(state["best"], (int, float)) and not isinstance(state["best"], bool)
+                 and not math.isnan(state["best"]) and state["best"] != math.inf, "a number or -inf"),
+        "stopped": (isinstance(state["stopped"], bool), "true or false"),
+    }
+    for key, (good, expected) in problems.items():
+        if not good:
+            raise UserError(f"{path}: state.{key}: expected {expected} (got {state[key]!r:.60}); {DAMAGED}")
+    return TrainState(**state)
 
 
 def resumable(given: Recipe, saved: Recipe, run_dir: Path) -> Recipe:
@@ -124,15 +156,14 @@ def restore(run_dir: Path, model, runner, gen: torch.Generator, seed: int, dist:
         if dist.main:
             ckpt = load_torch(run_dir / "last.pt")
             if ckpt.get("format") != FORMAT:
-                raise UserError(f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')} is not {FORMAT} "
+                raise UserError(f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')!r:.60} is not {FORMAT} "
                                 "(written by another ltrec version); retrain the run")
+            check_state(ckpt.get("state"), run_dir / "last.pt")  # a last.pt without one, too
     ckpt = dist.broadcast(ckpt)  # rank 0's file: other machines need not see the run directory
     saved_world = ckpt.get("world", 1)
     with dist.together():
         try:
-            state = TrainState(**ckpt["state"])
-            if not (isinstance(state.epoch, int) and state.epoch >= 0 and isinstance(state.stopped, bool)):
-                raise ValueError("state")
+            state = TrainState(**ckpt["state"])  # checked by rank 0
             model.load_state_dict(ckpt["model"])
             runner.load_state_dict(ckpt["optim"])
             if saved_world != dist.world:  # other shards: no way to continue the old streams; reseed
@@ -151,16 +182,16 @@ def restore(run_dir: Path, model, runner, gen: torch.Generator, seed: int, dist:
     return state, saved_world
 
 
-def open_run(recipe: Recipe, run_dir: Path, overwrite: bool, resume: bool) -> Recipe:
+def open_run(recipe: Recipe, run_dir: Path, overwrite: bool, resume: bool, held: ExitStack) -> Recipe:
     """Rank 0: a new run folder with its recipe written first (a crashed run is still explained), or the
-    saved recipe of the run to resume."""
+    saved recipe of the run to resume; either way the folder's lock is held in `held` until training ends."""
     if resume:
-        open_for_resume(run_dir)
+        open_for_resume(run_dir, held)
         recipe = resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
     else:
         protected = {"the working directory": Path.cwd(), "the recipe": Path(recipe._file or "."),
                      **{"the data": Path(f) for f in source_files(recipe.data.source)[0]}}
-        prepare_run_dir(run_dir, overwrite, protected)
+        prepare_run_dir(run_dir, overwrite, protected, held)
     atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
     return recipe
 
@@ -169,7 +200,12 @@ def resume(recipe, model, runner, gen, run_dir: Path, console: Console, dist: Di
     state, saved_world = restore(run_dir, model, runner, gen, recipe.seed, dist)
     with dist.together():
         if dist.main:  # epochs after the checkpoint were never saved whole: forget them
-            kept = [r for r in read_epochs(run_dir / "metrics.jsonl") if r["epoch"] <= state.epoch]
+            records = read_epochs(run_dir / "metrics.jsonl", console.print)
+            if len(records) < state.epoch:  # each epoch's line is written before its checkpoint
+                raise UserError(f"{run_dir}/last.pt: holds epoch {state.epoch}, but metrics.jsonl only "
+                                f"{len(records)}; the two files are not of one run (retrain the run, or restore "
+                                "the files)")
+            kept = [r for r in records if r["epoch"] <= state.epoch]
             atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
     if state.stopped or state.epoch >= recipe.train.epochs:
         why = "early stopping" if state.stopped else f"all {recipe.train.epochs} epochs"

@@ -11,13 +11,12 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserError
-from .fileio import atomic_write, same_or_inside
+from .fileio import atomic_write, read_text, same_or_inside
 from .runs import DataInfo, Summary, find_run, read_epochs, read_json, read_per_user
 
 K = 10
@@ -46,7 +45,7 @@ def read_run(path: Path) -> dict:
                    if on is not None)
     summary = run / "metrics.json"
     return {"dir": run, "name": run.name, "label": f"{run.name} ({recipe.backbone.kind}{tags})",
-            "recipe": (run / "recipe.yaml").read_text(encoding="utf-8"), "slices": slices, "per_user": per_user,
+            "recipe": read_text(run / "recipe.yaml", "recipe"), "slices": slices, "per_user": per_user,
             "events": events, "threshold": read_json(run / "data.json", DataInfo).head_threshold,
             "summary": read_json(summary, Summary).model_dump() if summary.is_file() else {},
             "history": read_epochs(run / "metrics.jsonl")}
@@ -216,16 +215,33 @@ td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:14px}pr
 
 def expand_sweep(path: Path) -> list[Path]:
     """A sweep folder stands for its arms' runs at the first seed, the baseline first; a run for itself."""
-    state = json.loads((path / "sweep.json").read_text(encoding="utf-8")) if (path / "sweep.json").is_file() else None
-    if not isinstance(state, dict):
+    from .sweep.state import read_state
+
+    state = read_state(path)
+    if state is None:
         return [path]
-    runs = [r for r in state.get("runs", []) if isinstance(r, dict) and not str(r.get("folder", "")).startswith("grid/")]
+    runs = [r for r in state["runs"] if not r["folder"].startswith("grid/")]
     first = min((r["seed"] for r in runs), default=None)
     chosen = [path / r["folder"] for r in runs if r["seed"] == first and (path / r["folder"] / "metrics.json").is_file()]
     if not chosen:
         raise UserError(f"{path}: a sweep with no finished run yet; run `ltrec sweep` on its plan first")
-    base = state.get("baseline")
+    base = state["baseline"]
     return sorted(chosen, key=lambda run: run.name != f"{base}-s{first}")
+
+
+def activity_html(runs: list[dict], curves: list[list[dict]], threshold: int | None) -> str:
+    """The histogram and the long-tail curve; both need evaluated (head or tail) users, which a run whose
+    users_test.csv holds cold users only has none of."""
+    if not curves[0]:
+        return ("<h2>Users by activity</h2><p class=note>no head or tail user in users_test.csv of "
+                f"{html.escape(runs[0]['name'])} (cold users only), so no activity histogram or long-tail "
+                "curve</p>")
+    return f"""<h2>Users by activity</h2><img alt="user activity histogram" src="{histogram_png(runs[0])}">
+<h2>The long-tail curve</h2><img alt="NDCG@{K} and HR@{K} by activity bucket" src="{curve_png(runs, curves, threshold)}">
+{curve_html(runs, curves)}
+<p class=note>Mean per-user metrics of the evaluated (non-cold) users in each bucket of training events,
+from users_test.csv; the dashed line is the head/tail threshold.</p>
+"""
 
 
 def write_report(runs: list[Path], out: str | Path) -> str | Path:
@@ -248,11 +264,7 @@ def write_report(runs: list[Path], out: str | Path) -> str | Path:
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>ltrec report</title><style>{CSS}</style></head>
 <body><h1>ltrec report: {html.escape(', '.join(r['name'] for r in loaded))}</h1>
 <p class=note>test split; {html.escape(protocol)}; head/tail threshold {threshold} training events.</p>
-<h2>Users by activity</h2><img alt="user activity histogram" src="{histogram_png(loaded[0])}">
-<h2>The long-tail curve</h2><img alt="NDCG@{K} and HR@{K} by activity bucket" src="{curve_png(loaded, curves, threshold)}">
-{curve_html(loaded, curves)}
-<p class=note>Mean per-user metrics of the evaluated (non-cold) users in each bucket of training events,
-from users_test.csv; the dashed line is the head/tail threshold.</p>
+{activity_html(loaded, curves, threshold)}
 <h2>By slice</h2>{slice_html(loaded, rows)}
 <p class=note>Values as computed by <code>ltrec eval</code>. Δ: difference to the first run; p: two-sided paired
 bootstrap over users (10,000 resamples), as <code>ltrec compare</code>.</p>

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -40,9 +41,14 @@ def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resu
     device = pick_device(recipe.train.device, dist)  # before anything is written: a wrong device is a recipe error
     check_precision(recipe.train.precision, device)
     run_dir = out or Path(recipe.output.dir) / recipe.name
-    with dist.together():
-        if dist.main:
-            recipe = checkpoint.open_run(recipe, run_dir, overwrite, resume)
+    with ExitStack() as held:  # rank 0 holds the run folder's lock until the run is written
+        with dist.together():
+            if dist.main:
+                recipe = checkpoint.open_run(recipe, run_dir, overwrite, resume, held)
+        return _train(recipe, run_dir, device, resume, console, dist)
+
+
+def _train(recipe: Recipe, run_dir: Path, device, resume: bool, console: Console, dist: Dist) -> Path:
     recipe = dist.broadcast(recipe)
     with dist.together():
         seqs = load_data(recipe)

@@ -166,3 +166,14 @@ def test_init_names_every_column_it_cannot_tell(tmp_path, monkeypatch):
     assert "cannot tell the time column" in lines[2]
     out = ok(["init", "mine", "--data", "e.csv", "--user-col", "uid", "--item-col", "what", "--time-col", "who"])
     assert "columns: {user: uid, item: what, time: who}" in (tmp_path / "mine/recipe.yaml").read_text(), out
+
+
+def test_init_reads_the_header_of_ids_that_stop_looking_numeric(tmp_path, monkeypatch):
+    """DuckDB types a CSV column from a sample of rows: user ids that look numeric for the first 60,000 rows and
+    then do not must not stop init, which needs the header only (nor validate, which reads ids as text)."""
+    monkeypatch.chdir(tmp_path)
+    rows = [f"{n % 997 if n < 60_000 else f'u-{n}'},{n % 50},{1000 + n}" for n in range(60_100)]
+    (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
+    out = ok(["init", "mine", "--data", "events.csv"])
+    assert "columns: {user: user_id, item: item_id, time: timestamp}" in (tmp_path / "mine/recipe.yaml").read_text(), out
+    assert "mine/recipe.yaml: ok" in ok(["validate", "mine/recipe.yaml"])

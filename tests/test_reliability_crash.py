@@ -28,6 +28,7 @@ from conftest import write_long_tailed
 from ltrec.cli import app
 from ltrec.recipe import load_recipe
 from ltrec.checkpoint import load_torch
+from ltrec.runlock import LOCK
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +42,8 @@ def whole(run: Path) -> list[str]:
     for path in sorted(run.iterdir()):
         if path.name.startswith(".") and path.name.endswith(".tmp"):
             temps.append(path.name)
+        elif path.name == LOCK:  # the killed trainer's lock file: the kernel released the lock itself
+            pass
         elif path.suffix == ".pt":
             assert "model" in load_torch(path), path
         elif path.name == "recipe.yaml":

@@ -43,6 +43,11 @@ def npy_bytes(array) -> bytes:
     return buf.getvalue()
 
 
+def with_epoch(real: bytes, epoch) -> bytes:
+    ckpt = torch.load(io.BytesIO(real), weights_only=True)
+    return torch_bytes({**ckpt, "epoch": epoch})
+
+
 JUNK = {"empty": b"", "not-text": b"\xff\xfe\x00garbage", "a-list": b"[1, 2, 3]", "a-number": b"42",
         "null": b"null"}
 DAMAGE = [
@@ -55,12 +60,16 @@ DAMAGE = [
                                                  b'"valid": {}, "test": {}, "protocol": "p"}'),
     ("metrics.json tables of text", "metrics.json", b'{"best_epoch": 1, "epochs": 1, "seconds_per_epoch": 1, '
                                                     b'"valid": {"all": "x"}, "test": [], "protocol": "p"}'),
-    ("metrics.jsonl torn", "metrics.jsonl", b'{"epoch": 1, "seconds": 1.0, "loss": 2.0, "valid": {"al'),
+    # a torn *last* line is what a writer killed mid-line leaves, and is left out (see below); elsewhere: damage
+    ("metrics.jsonl torn mid-file", "metrics.jsonl", b'{"epoch": 1, "seconds": 1.0, "loss": 2.0, "valid": {"al\n'
+                                                     b'{"epoch": 2, "seconds": 1, "loss": 1, "valid": {"all": {}, '
+                                                     b'"head": {}, "tail": {}}}\n'),
     ("metrics.jsonl a list per line", "metrics.jsonl", b"[1]\n[2]\n"),
     ("metrics.jsonl epochs out of order", "metrics.jsonl",
      b'{"epoch": 2, "seconds": 1, "loss": 1, "valid": {"all": {}, "head": {}, "tail": {}}}\n'),
     ("metrics.jsonl no slices", "metrics.jsonl", b'{"epoch": 1, "seconds": 1, "loss": 1, "valid": {}}\n'),
     ("users_test.csv empty", "users_test.csv", b""),
+    ("users_test.csv header only", "users_test.csv", b"user_id,slice,train_events,ndcg@10,hr@10\n"),
     ("users_test.csv other header", "users_test.csv", b"a,b,c\n1,2,3\n"),
     ("users_test.csv short row", "users_test.csv", b"user_id,slice,train_events,ndcg@10\nu1,tail\n"),
     ("users_test.csv unknown slice", "users_test.csv", b"user_id,slice,train_events,ndcg@10\nu1,middle,3,0.5\n"),
@@ -75,6 +84,8 @@ DAMAGE = [
     ("best.pt a list", "best.pt", torch_bytes([1, 2])),
     ("best.pt model of text", "best.pt", torch_bytes({"model": {"item_emb.weight": "x"}})),
     ("best.pt other shapes", "best.pt", torch_bytes({"model": {"item_emb.weight": torch.zeros(3, 3)}})),
+    ("best.pt epoch of text", "best.pt", lambda real: with_epoch(real, "3")),  # the run's weights, a bad epoch
+    ("best.pt negative epoch", "best.pt", lambda real: with_epoch(real, -1)),
 ]
 VERBS = {
     "eval": lambda run: ["eval", run],
@@ -99,6 +110,8 @@ def test_a_damaged_run_file_is_one_line_naming_it(base, tmp_path, verb, case, na
     shutil.copytree(base["run"], run)
     if data is None:  # truncated: the first half of the real file
         data = (run / name).read_bytes()[: (run / name).stat().st_size // 2]
+    elif callable(data):  # the real file, changed
+        data = data((run / name).read_bytes())
     (run / name).write_bytes(data)
     r = runner.invoke(app, [str(a) for a in VERBS[verb](run)])
     assert r.exit_code == 2, r.output
@@ -139,3 +152,67 @@ def test_a_checkpoint_with_python_objects_says_why_in_a_whole_sentence(base, tmp
 def test_the_catalogue_is_broad():
     assert len(DAMAGE) >= 40 and len(VERBS) == 4
     assert json.dumps(sorted(READS)) == json.dumps(sorted(VERBS))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("epoch", "2"), ("epoch", -1), ("epoch", True), ("epoch", 2.0), ("epoch", None), ("best_epoch", 9),
+    ("best_epoch", -1), ("bad", "none"), ("best", "high"), ("best", float("nan")), ("stopped", "no"),
+    ("epoch", 10**9),  # a whole number, but metrics.jsonl holds 2 epochs: the files are not of one run
+])
+def test_a_damaged_training_state_is_refused_on_resume(base, tmp_path, field, value):
+    """last.pt's state says where training continues: a damaged field is one line naming the file, never a
+    resume at a wrong epoch."""
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["state"][field] = value
+    (run / "last.pt").write_bytes(torch_bytes(ckpt))
+    r = runner.invoke(app, ["train", str(run / "recipe.yaml"), "--out", str(run), "--resume"])
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    [line] = [line for line in r.output.strip().splitlines() if not line.startswith("data: ")]
+    assert line.startswith(f"{run}/last.pt: ") and "retrain the run, or restore the file" in line, line
+
+
+def test_a_state_with_fields_missing_is_refused_on_resume(base, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    ckpt = torch.load(run / "last.pt", weights_only=True)
+    ckpt["state"] = {"epoch": 1}
+    (run / "last.pt").write_bytes(torch_bytes(ckpt))
+    r = runner.invoke(app, ["train", str(run / "recipe.yaml"), "--out", str(run), "--resume"])
+    assert r.exit_code == 2 and f"{run}/last.pt: state: expected the fields epoch, best, best_epoch" in r.output
+
+
+TORN = b'{"epoch": 3, "seconds": 0.2, "loss": 4.1, "valid": {"all": {"ndcg@10": 0.'
+
+
+def test_a_torn_last_line_of_metrics_jsonl_is_left_out_with_a_note(base, tmp_path):
+    """What a writer killed mid-line leaves: report shows the whole epochs and says what it left out; resume
+    continues from the checkpoint and writes the file whole again. A torn line elsewhere stays an error."""
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    whole = (run / "metrics.jsonl").read_bytes()
+    (run / "metrics.jsonl").write_bytes(whole + TORN)
+    note = f"note: {run}/metrics.jsonl: line 3 is incomplete (a write was cut short); it is left out"
+    r = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 0 and note in r.output, r.output
+    r = runner.invoke(app, ["train", str(run / "recipe.yaml"), "--out", str(run), "--resume",
+                            "--set", "train.epochs=3"])
+    assert r.exit_code == 0 and note in r.output and "resuming" in r.output, r.output
+    lines = (run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+    (run / "metrics.jsonl").write_bytes(TORN + b"\n" + whole)
+    r = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 2 and f"{run}/metrics.jsonl: line 1: not valid JSON" in r.output, r.output
+
+
+def test_a_run_whose_users_are_all_cold_gets_a_report_saying_why_a_part_is_missing(base, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(base["run"], run)
+    header, *rows = (run / "users_test.csv").read_text().splitlines()
+    cold = [",".join([r.split(",")[0], "cold", *r.split(",")[2:]]) for r in rows[:5]]
+    (run / "users_test.csv").write_text("\n".join([header, *cold]) + "\n")
+    r = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
+    assert r.exit_code == 0, r.output
+    page = (tmp_path / "r.html").read_text()
+    assert "no head or tail user in users_test.csv of run (cold users only)" in page and "<td>cold</td>" in page

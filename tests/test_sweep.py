@@ -178,3 +178,105 @@ def test_every_bench_plan_is_a_valid_sweep(plan):
     from ltrec.sweep import load_plan
 
     load_plan(plan)  # every arm × grid combination's recipe validates
+
+
+# -- the sweep folder and its runs' folders -------------------------------------------------------------------
+
+
+@pytest.fixture
+def tiny_plan(tmp_path):
+    """A plan over a tiny synthetic log (a few seconds per run), in its own folder."""
+    events = write_long_tailed(tmp_path / "events.csv", users=60)
+    (tmp_path / "recipe.yaml").write_text(f"name: t\ndata: {{source: {events}, max_len: 10}}\n"
+                                          "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1, threads: 1}\n")
+    return tmp_path
+
+
+@pytest.mark.parametrize("out, message", [
+    ("events.csv", "events.csv: exists and is not a directory; choose another --out"),
+    ("events.csv/s", "events.csv/s: events.csv is a file, not a folder; choose another --out"),
+    ("events.csv/a/b", "events.csv/a/b: events.csv is a file, not a folder; choose another --out"),
+])
+def test_out_naming_a_file_or_a_path_below_one_is_one_line(tiny_plan, monkeypatch, out, message):
+    monkeypatch.chdir(tiny_plan)
+    (tiny_plan / "plan.yaml").write_text("recipe: recipe.yaml\nseeds: [0]\nbaseline: a\narms: [{name: a}]\n")
+    for flags in ([], ["--resume"], ["--table"]):
+        r = runner.invoke(app, ["sweep", "plan.yaml", "--out", out, *flags])
+        assert r.exit_code == 2 and r.output.strip() == message, r.output
+    assert (tiny_plan / "events.csv").stat().st_size > 0
+
+
+def test_grid_points_have_bounded_distinct_stable_names():
+    from ltrec.sweep.plan import MAX_POINT_NAME, Arm, point_names
+
+    long = "SELECT * FROM source WHERE " + " AND ".join(["1 = 1"] * 60)
+    arm = Arm(name="q", grid={"data.query": [long, long + " AND 2 = 2", "a/b", "a_b"], "train.lr": [0.001]})
+    names = point_names(arm)
+    assert len(set(names)) == 4 and all(0 < len(n.encode()) <= MAX_POINT_NAME and "/" not in n for n in names)
+    assert names == point_names(arm)  # the same plan names the same folders (so --resume finds them)
+    short = Arm(name="p", grid={"train.lr": [0.002], "train.batch_size": [64]})
+    assert point_names(short) == ["train.lr=0.002+train.batch_size=64"]  # short names stay readable
+
+
+def test_a_grid_of_long_values_sweeps_with_two_jobs(tiny_plan, monkeypatch):
+    """Run names stay within what a file system allows, however long a grid value is."""
+    monkeypatch.chdir(tiny_plan)
+    long = "SELECT * FROM source WHERE " + " AND ".join(["1 = 1"] * 60)  # longer than a file name may be
+    (tiny_plan / "plan.yaml").write_text(
+        "recipe: recipe.yaml\nseeds: [0]\nbaseline: a\narms:\n  - name: a\n  - name: q\n"
+        f"    grid: {{data.query: [{json.dumps(long)}, {json.dumps(long + ' AND 2 = 2')}]}}\n")
+    r = runner.invoke(app, ["sweep", "plan.yaml", "--out", "s", "--jobs", "2"])
+    assert r.exit_code == 0, r.output
+    names = [p.name for p in (tiny_plan / "s" / "grid" / "q").iterdir()]
+    assert len(names) == 2 and all(len(n) <= 100 for n in names), names
+    assert (tiny_plan / "s" / "q-s0" / "metrics.json").is_file()
+
+
+def test_a_run_folder_the_file_system_refuses_stops_the_sweep_and_its_runs(tiny_plan, monkeypatch):
+    """An OS error while starting a run (here its log cannot be opened) is one line, and the run already
+    started with --jobs 2 is stopped, not left training."""
+    monkeypatch.chdir(tiny_plan)
+    (tiny_plan / "plan.yaml").write_text("recipe: recipe.yaml\nset: [train.epochs=100000, train.patience=100000]\n"
+                                         "seeds: [0]\nbaseline: a\narms: [{name: a}, {name: b}]\n")
+    out = tiny_plan / "s"
+    (out / "logs" / "b-s0.log").mkdir(parents=True)  # a folder where the log file should go
+    (out / "sweep.json").write_text(json.dumps({"plan": str(tiny_plan / "plan.yaml"), "baseline": "a", "runs": []}))
+    proc = subprocess.run([sys.executable, "-m", "ltrec", "sweep", "plan.yaml", "--out", "s", "--resume", "--jobs", "2"],
+                          cwd=tiny_plan, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    [line] = proc.stderr.strip().splitlines()
+    assert line == ("s/logs/b-s0.log: Is a directory; the sweep stopped its runs (continue it with: ltrec sweep "
+                    "plan.yaml --out s --resume)"), line
+    assert (out / "logs" / "a-s0.log").is_file() and _processes_naming(str(out)) == []  # a-s0 started, and stopped
+
+
+SWEEP_STATES = {
+    "empty": b"",
+    "not JSON": b"{runs: ",
+    "not UTF-8": b"\xff\xfe{}",
+    "a list": b"[1, 2]",
+    "no baseline": b'{"plan": "p", "runs": []}',
+    "runs of text": b'{"plan": "p", "baseline": "a", "runs": "all"}',
+    "a run outside the sweep": b'{"plan": "p", "baseline": "a", "runs": [{"folder": "../../etc", "arm": "a", '
+                               b'"seed": 0, "status": "done"}]}',
+    "an absolute run folder": b'{"plan": "p", "baseline": "a", "runs": [{"folder": "/tmp", "arm": "a", '
+                              b'"seed": 0, "status": "done"}]}',
+    "a seed of text": b'{"plan": "p", "baseline": "a", "runs": [{"folder": "a-s0", "arm": "a", "seed": "x", '
+                      b'"status": "done"}]}',
+    "chosen of numbers": b'{"plan": "p", "baseline": "a", "chosen": {"a": [1]}, "runs": []}',
+}
+
+
+@pytest.mark.parametrize("case", sorted(SWEEP_STATES))
+def test_a_damaged_sweep_json_is_one_line_for_sweep_and_report(tiny_plan, monkeypatch, case):
+    monkeypatch.chdir(tiny_plan)
+    (tiny_plan / "plan.yaml").write_text("recipe: recipe.yaml\nseeds: [0]\nbaseline: a\narms: [{name: a}]\n")
+    (tiny_plan / "s").mkdir()
+    (tiny_plan / "s" / "sweep.json").write_bytes(SWEEP_STATES[case])
+    for args in (["sweep", "plan.yaml", "--out", "s", "--resume"], ["sweep", "plan.yaml", "--out", "s", "--table"],
+                 ["report", "s", "--out", "r.html"]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and "Traceback" not in r.output, (args, r.output)
+        [line] = r.output.strip().splitlines()
+        assert line.startswith("s/sweep.json: "), (args, line)
+    assert not (tiny_plan / "r.html").exists()

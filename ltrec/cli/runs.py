@@ -24,9 +24,17 @@ def train(
     """Train a recipe: progress, validation every epoch, early stopping, checkpoints, a test table by slice.
 
     Data-parallel on N processes: torchrun --nproc_per_node=N -m ltrec train RECIPE."""
+    from ..lifeline import bind
+
+    bind()  # started by a sweep: end with it
     try:
         if int(os.environ.get("RANK", "0") or 0) == 0:  # one process checks; under torchrun all check again below
-            checked_recipe(recipe, set_ or [])
+            given = checked_recipe(recipe, set_ or [])
+            from ..runlock import holder
+
+            busy = holder(out or Path(given.output.dir) / given.name)  # told now, not after torch has loaded
+            if busy is not None:
+                raise busy
         from ..distributed import session
         from ..recipe import load_recipe
         from ..train import train as run_training

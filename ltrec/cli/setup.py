@@ -64,7 +64,7 @@ def schema(
     sweep: Annotated[bool, typer.Option("--sweep", help="the sweep plan's schema instead of the recipe's")] = False,
 ) -> None:
     """Write the recipe's JSON Schema (or the sweep plan's) for editor completion, or --check it is up to date."""
-    from ..fileio import atomic_write
+    from ..fileio import atomic_write, read_text
     from ..recipe import recipe_schema
 
     if sweep:
@@ -75,7 +75,7 @@ def schema(
     text = json.dumps(make(), indent=2) + "\n"
     try:
         if check:
-            current = Path(out).read_text() if Path(out).is_file() else ""
+            current = read_text(Path(out), "schema") if Path(out).is_file() else ""
             if current != text:
                 typer.echo(f"{out}: out of date; run `ltrec schema{' --sweep' if sweep else ''}` and commit it",
                            err=True)

@@ -13,8 +13,10 @@ from pathlib import Path
 from rich.console import Console
 
 from ..errors import UserError
+from ..runlock import LOCK, locked
 from .plan import Plan, load_plan
-from .run import STATE, Sweep, sweep_folder
+from .run import Sweep, sweep_folder
+from .state import STATE
 from .table import write_table
 
 __all__ = ["Plan", "load_plan", "plan_schema", "run_sweep", "sweep_folder"]
@@ -34,6 +36,7 @@ def run_sweep(plan_path: Path, out: Path | None, jobs: int, resume: bool, table_
     plan, base = load_plan(plan_path)
     out = out or Path("runs") / plan_path.stem
     command = f"ltrec sweep {plan_path}" + (f" --out {out}" if out != Path("runs") / plan_path.stem else "")
+    _check_out(out)
     state = sweep_folder(out)
     if state is not None and state.get("plan") != str(plan_path.resolve()):
         raise UserError(f"{out}: holds the sweep of another plan ({state.get('plan')}); choose another --out")
@@ -43,8 +46,26 @@ def run_sweep(plan_path: Path, out: Path | None, jobs: int, resume: bool, table_
         return write_table(plan, out, state, command), 0
     if state is not None and not resume:
         raise UserError(f"{out}: a sweep is already here; pass --resume to continue it, or choose another --out")
-    if state is None and out.exists() and any(out.iterdir()):
-        raise UserError(f"{out}: exists and is not a sweep folder; choose another --out")
-    sweep = Sweep(plan, base, plan_path, out, jobs, fail_fast, console)
-    failed = sweep.run()
-    return write_table(plan, out, sweep_folder(out), command), failed
+    try:
+        if state is None and out.exists() and any(p.name != LOCK for p in out.iterdir()):
+            raise UserError(f"{out}: exists and is not a sweep folder; choose another --out")
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"{out}: cannot create the sweep folder ({exc.strerror or exc}); choose another "
+                        "--out") from None
+    with locked(out, "ltrec sweep", "sweep folder"):
+        sweep = Sweep(plan, base, plan_path, out, jobs, fail_fast, console)
+        failed = sweep.run()
+        return write_table(plan, out, sweep_folder(out), command), failed
+
+
+def _check_out(out: Path) -> None:
+    """--out must be a folder or a path where one can be made: not a file, nor a path below a file."""
+    try:
+        if out.exists() and not out.is_dir():
+            raise UserError(f"{out}: exists and is not a directory; choose another --out")
+        for parent in out.parents:
+            if parent.exists() and not parent.is_dir():
+                raise UserError(f"{out}: {parent} is a file, not a folder; choose another --out")
+    except OSError as exc:
+        raise UserError(f"{out}: cannot use this folder ({exc.strerror or exc}); choose another --out") from None

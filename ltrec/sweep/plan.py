@@ -4,6 +4,7 @@ once, as `plan.yaml: key: message`; every arm's recipe is validated too, before 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 from pathlib import Path
@@ -17,6 +18,9 @@ from ..recipe.base import Seed
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_POINTS = 64
+# folder names stay far below the 255 bytes most file systems allow, log names (arm + point) included
+MAX_ARM_NAME = 64
+MAX_POINT_NAME = 100
 
 
 class Arm(Strict):
@@ -31,7 +35,10 @@ class Arm(Strict):
                               "tuned setting; the arm starts once the baseline's grid has chosen")
 
     @model_validator(mode="after")
-    def _grid_is_small(self) -> "Arm":
+    def _bounded(self) -> "Arm":
+        if len(self.name) > MAX_ARM_NAME:
+            raise ValueError(f"name: {len(self.name)} characters; at most {MAX_ARM_NAME} (it names the arm's run "
+                             "folders)")
         for key, values in self.grid.items():
             parse_override(f"{key}=0")  # a dotted key, or the same error --set gives
             if not values:
@@ -84,9 +91,19 @@ def points(arm: Arm) -> list[list[str]]:
             for combo in itertools.product(*(arm.grid[k] for k in keys))]
 
 
-def point_name(sets: list[str]) -> str:
-    """A folder name for a grid combination: `train.lr=0.002+train.batch_size=64`."""
-    return "+".join(s.replace("/", "_").replace(" ", "") for s in sets) or "default"
+def point_names(arm: Arm) -> list[str]:
+    """Folder names for the arm's grid combinations, in `points` order: `train.lr=0.002+train.batch_size=64`.
+    A name that would be long, or that two combinations would share once made a file name (`/` and spaces
+    replaced), ends in a short hash of the combination instead: names stay bounded, distinct and stable."""
+    combos = points(arm)
+    plain = ["+".join(s.replace("/", "_").replace(" ", "") for s in sets) or "default" for sets in combos]
+    names = []
+    for sets, name in zip(combos, plain):
+        if len(name.encode()) > MAX_POINT_NAME or plain.count(name) > 1:
+            digest = hashlib.sha256("\n".join(sets).encode()).hexdigest()[:12]
+            name = name.encode()[: MAX_POINT_NAME - len(digest) - 1].decode(errors="ignore") + "-" + digest
+        names.append(name)
+    return names
 
 
 def load_plan(path: Path) -> tuple[Plan, Path]:

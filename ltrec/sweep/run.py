@@ -21,12 +21,13 @@ from rich.live import Live
 from rich.table import Table
 
 from ..errors import UserError
-from ..fileio import atomic_write
+from ..fileio import atomic_write, read_bytes
+from ..lifeline import child_env
 from ..recipe import load_recipe
+from ..runlock import LOCK, holder
 from ..runs import MARKER, RUN_FORMAT, Summary, read_json
-from .plan import Plan, overrides, point_name, points
-
-STATE = "sweep.json"
+from .plan import Plan, overrides, point_names, points
+from .state import STATE, read_state
 
 
 @dataclass
@@ -65,8 +66,8 @@ class Sweep:
 
     def _queue_arm(self, arm) -> None:
         if arm.grid:
-            self.queue += [self._job(arm, point, self.plan.seeds[0], f"grid/{arm.name}/{point_name(point)}")
-                           for point in points(arm)]
+            self.queue += [self._job(arm, point, self.plan.seeds[0], f"grid/{arm.name}/{name}")
+                           for point, name in zip(points(arm), point_names(arm))]
         else:
             self.state["chosen"][arm.name] = []
             self.queue += [self._job(arm, [], seed) for seed in self.plan.seeds]
@@ -79,16 +80,16 @@ class Sweep:
     # -- running --------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        """Run everything not finished yet; returns the number of failed runs."""
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "logs").mkdir(exist_ok=True)
-        self._save()
+        """Run everything not finished yet; returns the number of failed runs. The caller holds the sweep
+        folder's lock."""
         live = Live(self._view(), console=self.console, refresh_per_second=1, transient=True) \
             if self.console.is_terminal else None
         # runs are process groups of their own (so one Ctrl-C is not every run's): a `kill` of the sweep must
-        # stop them as Ctrl-C does, or they train on, orphaned
+        # stop them as Ctrl-C does, or they train on, orphaned (a `kill -9`: see ltrec.lifeline)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
+            self._save()
+            (self.out / "logs").mkdir(exist_ok=True)
             if live:
                 live.start()
             while any(j.status in ("pending", "running") for j in self.queue):
@@ -102,11 +103,15 @@ class Sweep:
         except KeyboardInterrupt:
             self._stop()
             raise UserError(f"sweep stopped; continue it with: ltrec sweep {self.plan_path} --out {self.out} --resume")
+        except OSError as exc:  # a run folder or log the file system refuses (a name too long, a full disk)
+            self._stop()
+            raise UserError(f"{exc.filename or self.out}: {exc.strerror or exc}; the sweep stopped its runs (continue "
+                            f"it with: ltrec sweep {self.plan_path} --out {self.out} --resume)") from None
         finally:
             signal.signal(signal.SIGTERM, previous)
+            self._stop()  # whatever ended the loop, an error included: no run trains on without its sweep
             if live:
                 live.stop()
-        self._stop()
         return sum(1 for j in self.queue if j.status == "failed")
 
     def _launch(self) -> None:
@@ -120,13 +125,17 @@ class Sweep:
             if finished(run):
                 self._done(job, "finished before")
                 continue
+            busy = holder(run)
+            if busy is not None:  # --resume or --overwrite would be refused, or worse, race the other trainer
+                raise busy
             flags = ["--resume"] if (run / "last.pt").is_file() else ["--overwrite"] if run.exists() else []
             cmd = [sys.executable, "-m", "ltrec", "train", str(self.base), "--out", str(run), *flags,
                    *(a for s in [*job.sets, f"train.threads={self.threads}"] for a in ("--set", s))]
-            log = open(self._log(job), "a")
-            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1", "COLUMNS": "200"}
-            job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-            log.close()
+            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
+                   **child_env()}
+            with open(self._log(job), "a") as log:
+                job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
             job.status, job.started = "running", time.time()
             running += 1
 
@@ -175,8 +184,11 @@ class Sweep:
             job = self._job(arm, best.point, seed)
             run = self.out / job.folder
             if seed == best.seed and not finished(run):  # the same recipe and seed: the same run
+                busy = holder(run)
+                if busy is not None:
+                    raise busy
                 shutil.rmtree(run, ignore_errors=True)
-                shutil.copytree(self.out / best.folder, run)
+                shutil.copytree(self.out / best.folder, run, ignore=shutil.ignore_patterns(LOCK))
             self.queue.append(job)
         for waiting in self._waiting(name):
             self._queue_arm(waiting)
@@ -188,7 +200,10 @@ class Sweep:
     def _stop(self) -> None:
         for job in self.queue:
             if job.status == "running" and job.proc.poll() is None:
-                os.killpg(job.proc.pid, signal.SIGTERM)
+                try:
+                    os.killpg(job.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:  # ended meanwhile
+                    pass
                 job.proc.wait()
                 job.status = "pending"
 
@@ -208,18 +223,14 @@ class Sweep:
         table.add_column("epoch", justify="right")
         for job in self.queue:
             if job.status == "running":
-                log = self.out / job.folder / "metrics.jsonl"
-                epochs = len(log.read_text().splitlines()) if log.is_file() else 0
+                try:
+                    epochs = read_bytes(self.out / job.folder / "metrics.jsonl", "run file").count(b"\n")
+                except UserError:  # not written yet
+                    epochs = 0
                 table.add_row(job.folder, f"{epochs} done, {time.time() - job.started:.0f}s")
         return table
 
 
 def sweep_folder(path: Path) -> dict | None:
-    """The state of a sweep folder (None if `path` is not one)."""
-    state = path / STATE
-    if not state.is_file():
-        return None
-    try:
-        return json.loads(state.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{state}: not a sweep state ({exc}); re-run the sweep with --resume") from None
+    """The state of a sweep folder (None if `path` is not one), validated."""
+    return read_state(path)
