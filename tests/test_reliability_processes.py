@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from conftest import write_long_tailed
 from ltrec.checkpoint import load_torch
 from ltrec.cli import app
-from ltrec.runlock import LOCK, holder
+from ltrec.runlock import locked, LOCK, holder
 from ltrec.runs import read_epochs
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find processes")
@@ -164,6 +164,11 @@ def test_a_second_trainer_is_refused_and_a_killed_trainers_lock_blocks_nobody(pr
     assert r.exit_code == 0 and f"resuming {out} after epoch {done}" in r.output, r.output
     assert [e["epoch"] for e in read_epochs(out / "metrics.jsonl")] == list(range(1, done + 2))
     assert not (out / LOCK).exists()  # a trainer that ends removes its lock file
+    with locked(out):  # eval rewrites the run's users_*.csv and blends: not under a live trainer
+        r = runner.invoke(app, ["eval", str(out)])
+        assert r.exit_code == 2 and "is using this run folder; wait for it or stop it" in r.output, r.output
+    r = runner.invoke(app, ["eval", str(out)])
+    assert r.exit_code == 0 and not (out / LOCK).exists(), r.output
 
 
 def test_the_lock_file_is_not_a_stray_file(project, tmp_path, monkeypatch):

@@ -68,8 +68,10 @@ def evaluate(
         overrides, cuts = _eval_overrides(set_ or [], cuts)
         load_recipe(run / "recipe.yaml", overrides)  # a bad --set answers before torch loads
         from ..evaluate import evaluate_run, format_table
+        from ..runlock import locked
 
-        result, table = evaluate_run(run, split, slices, cuts, overrides)
+        with locked(run, "ltrec train or eval"):  # eval rewrites users_*.csv and the fitted blends
+            result, table = evaluate_run(run, split, slices, cuts, overrides)
     except UserError as exc:
         fail(exc)
     if as_json:
