@@ -25,16 +25,21 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from ltrec.data import load  # noqa: E402
-from ltrec.evaluate import Evaluator  # noqa: E402
-from ltrec.export import TopKScorer, to_onnx  # noqa: E402
-from ltrec.models import SASRec  # noqa: E402
-from ltrec.popblend import FittedPopBlend, prior  # noqa: E402
-from ltrec.recipe import Data, Eval, Head, Split  # noqa: E402
-from ltrec.recipe import TransitionBlend  # noqa: E402
-from ltrec.transitions import FittedTransitionBlend, build, fit  # noqa: E402
-
 from machine import cpu_model  # bench/ is on sys.path when a script runs
+
+from ltrec.blend.popularity import FittedPopBlend, prior  # noqa: E402
+from ltrec.blend.transitions import FittedTransitionBlend, build, fit  # noqa: E402
+from ltrec.data import load  # noqa: E402
+from ltrec.deploy.export import TopKScorer, to_onnx  # noqa: E402
+from ltrec.evaluation.engine import Evaluator  # noqa: E402
+from ltrec.models import SASRec  # noqa: E402
+from ltrec.recipe import (  # noqa: E402
+    Data,
+    Eval,
+    Head,
+    Split,
+    TransitionBlend,  # noqa: E402
+)
 
 EDGES = torch.tensor([2, 3, 5, 8, 13, 21])
 

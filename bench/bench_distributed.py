@@ -23,7 +23,6 @@ import time
 from pathlib import Path
 
 import torch
-
 from machine import cpu_model  # bench/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]

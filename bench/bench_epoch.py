@@ -21,14 +21,13 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench_ingest import machine  # noqa: E402
-
 import ltrec.models.losses as losses  # noqa: E402
-from ltrec.allocator import keep_freed_memory  # noqa: E402
-from ltrec.build import build_model  # noqa: E402
+from bench.bench_ingest import machine  # noqa: E402
 from ltrec.data import load  # noqa: E402
 from ltrec.recipe import load_recipe  # noqa: E402
-from ltrec.transfer import make_runner  # noqa: E402
+from ltrec.runtime.allocator import keep_freed_memory  # noqa: E402
+from ltrec.runtime.build import build_model  # noqa: E402
+from ltrec.training.transfer import make_runner  # noqa: E402
 
 
 def usage():

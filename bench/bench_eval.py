@@ -1,4 +1,4 @@
-"""Full-ranking evaluation speed: users/s of `ltrec.evaluate.Evaluator` (history masked, as `ltrec eval`).
+"""Full-ranking evaluation speed: users/s of `ltrec.evaluation.engine.Evaluator` (history masked, as `ltrec eval`).
 
     python bench/bench_eval.py [--data ../shared/data/amazon-music/interactions.csv] [--threads 2] [--rounds 3]
 
@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_ingest import machine  # noqa: E402
 from ltrec.data import Sequences, load  # noqa: E402
 from ltrec.data.load import _assign_roles  # noqa: E402
-from ltrec.evaluate import Evaluator  # noqa: E402
+from ltrec.evaluation.engine import Evaluator  # noqa: E402
 from ltrec.models import SASRec  # noqa: E402
 from ltrec.recipe import Data, Eval, Head, Split  # noqa: E402
 

@@ -26,7 +26,7 @@ CHILD = """
 import json, resource, sys, time
 import torch
 from ltrec.data import load
-from ltrec.evaluate import Evaluator
+from ltrec.evaluation.engine import Evaluator
 from ltrec.models import BACKBONES
 from ltrec.recipe import Data, Eval, Head, Split
 torch.set_num_threads(1)

@@ -22,10 +22,10 @@ import onnxruntime as ort
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from ltrec.export import TopKScorer, to_onnx  # noqa: E402
-from ltrec.models import GRU4Rec, SASRec  # noqa: E402
-
 from machine import cpu_model  # bench/ is on sys.path when a script runs
+
+from ltrec.deploy.export import TopKScorer, to_onnx  # noqa: E402
+from ltrec.models import GRU4Rec, SASRec  # noqa: E402
 
 
 def timings(fn, min_seconds: float, min_reps: int = 20, warmup: int = 5) -> np.ndarray:

@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from machine import cpu_model  # bench/ is on sys.path when a script runs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -23,11 +23,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.bench_ingest import machine  # noqa: E402
-
 from ltrec.data import load  # noqa: E402
 from ltrec.recipe import load_recipe  # noqa: E402
-from ltrec.build import build_model  # noqa: E402
-from ltrec.transfer import make_runner  # noqa: E402
+from ltrec.runtime.build import build_model  # noqa: E402
+from ltrec.training.transfer import make_runner  # noqa: E402
 
 FAITHFUL = {"k": 5, "beta": 0.5, "sampling": "permuted", "users_per_step": 1, "inner_optimizer": "sgd",
             "inner_lr": 0.05}

@@ -38,9 +38,9 @@ from bench.bench_recbole import DATASETS, RECBOLE_CHILD, RECBOLE_NAMES, run, to_
 LTREC_CHILD = r"""
 import json, sys
 from pathlib import Path
-from ltrec.evaluate import Evaluator
+from ltrec.evaluation.engine import Evaluator
 from ltrec.recipe import load_recipe
-from ltrec.train import train
+from ltrec.training.loop import train
 
 recipe, out, curve, sets = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4:]
 inner = Evaluator.run

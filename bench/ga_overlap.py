@@ -22,7 +22,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from ltrec.data import load  # noqa: E402
 from ltrec.recipe import load_recipe  # noqa: E402
-from ltrec.sampling import window_plan  # noqa: E402
+from ltrec.training.sampling import window_plan  # noqa: E402
 
 
 def main() -> None:

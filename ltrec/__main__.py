@@ -1,7 +1,7 @@
 import os
 import sys
 
-from .cli import main
+from ltrec.cli import main
 
 if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
     # A torchrun worker: end with os._exit once the command has returned its code. Letting the interpreter

@@ -45,9 +45,9 @@ def recipe_for(path, train=None, backbone=None, **transfer):
 def runner_for(path, kind="gru4rec", train=None, dist=None, model=None, **transfer):
     """(recipe, seqs, model, runner) for a tiny recipe: the epoch runner `ltrec train` would build."""
     from ltrec.data import load
-    from ltrec.distributed import LOCAL
     from ltrec.models import BACKBONES
-    from ltrec.transfer import make_runner
+    from ltrec.runtime.distributed import LOCAL
+    from ltrec.training.transfer import make_runner
 
     recipe = recipe_for(path, train, **transfer)
     seqs = load(recipe.data, recipe.split, recipe.head)

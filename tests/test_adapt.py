@@ -1,4 +1,4 @@
-"""ltrec.adapt and the cold slice: cold users ranked zero-shot and after adaptation, exactly as a per-user loop would."""
+"""ltrec.evaluation.adapt and the cold slice: cold users ranked zero-shot and after adaptation, exactly as a per-user loop would."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from test_export import ok, write_events
 from typer.testing import CliRunner
 
-from ltrec.adapt import adapted_scores
 from ltrec.cli import app
 from ltrec.data import COLD, EVAL
+from ltrec.evaluation.adapt import adapted_scores
 from ltrec.models import BACKBONES, SASRec, next_item_loss
-from ltrec.build import load_run
-from test_export import ok, write_events
+from ltrec.runtime.build import load_run
 
 runner = CliRunner()
 

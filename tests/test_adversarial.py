@@ -1,11 +1,11 @@
-"""ltrec.transfer.adversarial: gradient reversal, the class-balanced discriminator loss, matched states."""
+"""ltrec.training.transfer.adversarial: gradient reversal, the class-balanced discriminator loss, matched states."""
 
 import pytest
 import torch
-
 from conftest import runner_for
+
 from ltrec.models import BACKBONES, next_item_loss
-from ltrec.transfer.adversarial import Discriminator, GradReverse, balanced_bce
+from ltrec.training.transfer.adversarial import Discriminator, GradReverse, balanced_bce
 
 
 def test_gradient_reversal_flips_sign():

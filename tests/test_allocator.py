@@ -1,15 +1,15 @@
-"""ltrec.allocator: freed blocks are reused instead of mapped afresh on every training step."""
+"""ltrec.runtime.allocator: freed blocks are reused instead of mapped afresh on every training step."""
 
 import subprocess
 import sys
 
 import pytest
 
-from ltrec.allocator import keep_freed_memory
+from ltrec.runtime.allocator import keep_freed_memory
 
 CHURN = """
 import resource, sys, torch
-from ltrec.allocator import keep_freed_memory
+from ltrec.runtime.allocator import keep_freed_memory
 if sys.argv[1] == "kept":
     assert keep_freed_memory()
 x = torch.ones(4 << 20)  # warm up torch's own first allocations

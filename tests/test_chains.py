@@ -1,12 +1,12 @@
-"""ltrec.transfer.chains: vmapped Reptile chains equal a per-chain loop, and each piece equals its reference."""
+"""ltrec.training.transfer.chains: vmapped Reptile chains equal a per-chain loop, and each piece equals its reference."""
 
 import pytest
 import torch
-
 from conftest import recipe_for, runner_for
+
 from ltrec.recipe import Recipe
-from ltrec.sampling import drawn_plan
-from ltrec.transfer.chains import Chains
+from ltrec.training.sampling import drawn_plan
+from ltrec.training.transfer.chains import Chains
 
 
 def build(path, kind="gru4rec", vectorized=True, adversarial=None, **ga):

@@ -3,10 +3,11 @@
 import json
 
 import pytest
+from conftest import TINY
+from conftest import cli_ok as ok
 from typer.testing import CliRunner
 
-import ltrec.train
-from conftest import TINY, cli_ok as ok
+import ltrec.training.loop
 from ltrec.cli import app
 
 runner = CliRunner()
@@ -52,13 +53,13 @@ def test_overlapping_windows_train_more_steps_and_the_run_reloads(recipe, tmp_pa
     """data.stride reaches the trainer (more, overlapping windows: more steps per epoch) and the run's saved
     recipe evaluates as trained."""
     steps = {}
-    real = ltrec.train.make_runner
+    real = ltrec.training.loop.make_runner
 
     def counting(recipe_, model, seqs, windows, *rest, **kw):
         steps[recipe_.data.stride] = len(windows[0])
         return real(recipe_, model, seqs, windows, *rest, **kw)
 
-    monkeypatch.setattr(ltrec.train, "make_runner", counting)
+    monkeypatch.setattr(ltrec.training.loop, "make_runner", counting)
     ok(["train", recipe, *TINY, "--set", "train.epochs=1", "--out", "runs/plain"])
     ok(["train", recipe, *TINY, "--set", "train.epochs=1", "--set", "data.stride=5", "--out", "runs/stride"])
     assert steps[5] > steps[None] > 0

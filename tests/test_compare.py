@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from ltrec.compare import compare, format_comparison
-from ltrec.errors import UserError
-from ltrec.runs import MARKER, RUN_FORMAT
+from ltrec.evaluation.compare import compare, format_comparison
+from ltrec.files.errors import UserError
+from ltrec.files.runs import MARKER, RUN_FORMAT
 
 
 def write_users(run, users, slices, ndcg, protocol="full ranking"):

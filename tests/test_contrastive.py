@@ -1,4 +1,4 @@
-"""ltrec.transfer.contrastive: positives share the last target, the InfoNCE term is exactly the one
+"""ltrec.training.transfer.contrastive: positives share the last target, the InfoNCE term is exactly the one
 described (same-target windows are no negatives), and it trains with every backbone that has next-item
 states."""
 
@@ -6,11 +6,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import runner_for
 from pydantic import ValidationError
 
-from conftest import runner_for
-from ltrec.recipe import Contrastive as Config, Recipe
-from ltrec.transfer.contrastive import Contrastive
+from ltrec.recipe import Contrastive as Config
+from ltrec.recipe import Recipe
+from ltrec.training.transfer.contrastive import Contrastive
 
 
 def windows(last: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ltrec.data import COLD, EVAL, TRAIN_ONLY, load
-from ltrec.errors import UserError
+from ltrec.files.errors import UserError
 from ltrec.recipe import Data, Head, Split
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"

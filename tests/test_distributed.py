@@ -20,11 +20,11 @@ import numpy as np
 import pytest
 import torch
 import torch.multiprocessing as mp
+from conftest import write_long_tailed
 from typer.testing import CliRunner
 
-from conftest import write_long_tailed
 from ltrec.cli import app
-from ltrec.distributed import Dist, rank_seed, shard_users
+from ltrec.runtime.distributed import Dist, rank_seed, shard_users
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -100,7 +100,7 @@ def test_bf16_on_cpu_is_a_user_error(project):
 
 
 def test_auto_device_is_the_local_ranks_gpu(monkeypatch):
-    from ltrec.build import pick_device
+    from ltrec.runtime.build import pick_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 4)
@@ -131,7 +131,7 @@ def _ga_check(rank, world, events, out, sampling="uniform"):
     from ltrec.data import load
     from ltrec.models import GRU4Rec
     from ltrec.recipe import Recipe
-    from ltrec.transfer import make_runner
+    from ltrec.training.transfer import make_runner
 
     dist = Dist(rank, world)
     recipe = Recipe.model_validate({
@@ -205,21 +205,21 @@ def _train_check(rank, world, project, out):
     real_replace, real_mkdir = os.replace, os.mkdir
     os.replace = lambda a, b, *k, **kw: writes.append(str(b)) or real_replace(a, b, *k, **kw)
     os.mkdir = lambda p, *k, **kw: writes.append(str(p)) or real_mkdir(p, *k, **kw)
-    import ltrec.train
-    from ltrec.distributed import session
-    from ltrec.evaluate import Evaluator
+    import ltrec.training.loop
+    from ltrec.evaluation.engine import Evaluator
     from ltrec.recipe import load_recipe
+    from ltrec.runtime.distributed import session
 
     models = []
-    real_finish = ltrec.train.finish
+    real_finish = ltrec.training.loop.finish
 
     def keep_model(recipe, seqs, model, *a, **k):
         models.append((recipe, seqs, model))
         return real_finish(recipe, seqs, model, *a, **k)
 
-    ltrec.train.finish = keep_model
+    ltrec.training.loop.finish = keep_model
     with session() as dist:
-        ltrec.train.train(load_recipe(Path(project) / "recipe.yaml"), Path(project) / "run", dist=dist)
+        ltrec.training.loop.train(load_recipe(Path(project) / "recipe.yaml"), Path(project) / "run", dist=dist)
         recipe, seqs, model = models[0]
         sharded = Evaluator(model, seqs, recipe.eval, 20, dist=dist).run("test")
         single = Evaluator(model, seqs, recipe.eval, 20).run("test")
@@ -252,24 +252,24 @@ def _error_worker(rank, world, port, project, where, out):
     import contextlib
     import io
 
-    import ltrec.checkpoint
-    import ltrec.train
+    import ltrec.runtime.checkpoint
+    import ltrec.training.loop
     from ltrec.cli import main
-    from ltrec.errors import UserError
+    from ltrec.files.errors import UserError
 
     if where == "load" and rank == 1:  # e.g. the data file missing on one machine
         def broken(recipe):
             raise UserError("data.source: cannot read it on this machine")
-        ltrec.train.load_data = broken
+        ltrec.training.loop.load_data = broken
     if where == "save" and rank == 0:  # e.g. the disk filling up in epoch 2
-        real_save, calls = ltrec.checkpoint.save_torch, []
+        real_save, calls = ltrec.runtime.checkpoint.save_torch, []
 
         def broken(path, obj):
             calls.append(path)
             if len(calls) == 3:
                 raise UserError(f"{path}: cannot write (No space left on device)")
             real_save(path, obj)
-        ltrec.checkpoint.save_torch = broken
+        ltrec.runtime.checkpoint.save_torch = broken
     err = io.StringIO()
     sys.argv = ["ltrec", "train", str(Path(project) / "recipe.yaml"), "--out", str(Path(project) / "run")]
     code = None

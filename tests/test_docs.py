@@ -67,9 +67,20 @@ def key_tables() -> str:
     """The reference tables of every recipe key: name, default, meaning (from the pydantic models)."""
     sys.path.insert(0, str(ROOT))
     from ltrec.recipe import BACKBONE_KINDS, ROBUST_KINDS
-    from ltrec.recipe.sections import (Adapt, Columns, Data, Eval, Head, Monitor, Output, PopBlend, Split, Train,
-                                       TransitionBlend)
-    from ltrec.recipe.transfer import Adversarial, Contrastive, GradAlign, UserBranch
+    from ltrec.recipe.components import Adversarial, Contrastive, GradAlign, UserBranch
+    from ltrec.recipe.sections import (
+        Adapt,
+        Columns,
+        Data,
+        Eval,
+        Head,
+        Monitor,
+        Output,
+        PopBlend,
+        Split,
+        Train,
+        TransitionBlend,
+    )
 
     sections = [(Data, "data"), (Columns, "data.columns"), (Split, "split"), (Head, "head"), (Train, "train"),
                 (Monitor, "train.monitor"), (Eval, "eval"), (Adapt, "eval.adapt"), (PopBlend, "eval.pop_blend"),

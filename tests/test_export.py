@@ -16,10 +16,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import ltrec.export
+import ltrec.deploy.export
 from ltrec.cli import app
-from ltrec.build import build_model, load_run
-from ltrec.checkpoint import load_torch
+from ltrec.runtime.build import build_model, load_run
+from ltrec.runtime.checkpoint import load_torch
 
 runner = CliRunner()
 MUSIC = Path(__file__).resolve().parents[2] / "shared" / "data" / "amazon-music" / "interactions.csv"
@@ -123,12 +123,12 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     with torch.no_grad():
         full = model(torch.from_numpy(history))  # (B, N), column j = item j + 1
         if recipe.eval.pop_blend:  # the blend fitted at training, applied as eval applies it
-            from ltrec.popblend import load as load_blend
+            from ltrec.blend.popularity import load as load_blend
 
             blend = load_blend(run, recipe, seqs.item_counts())
             full = full + blend.weight(torch.from_numpy(history))[:, None] * blend.prior[None, :]
         if recipe.eval.transition_blend:
-            from ltrec.transitions import load as load_transitions
+            from ltrec.blend.transitions import load as load_transitions
 
             transitions = load_transitions(run, recipe, seqs)
             assert meta["transition_blend"]["direction"] == transitions.direction
@@ -197,7 +197,7 @@ def test_export_errors_leave_nothing(runs, tmp_path, monkeypatch):
     # a failed parity check writes nothing, and keeps an existing bundle as it was
     ok(["export", runs["sasrec"], "--out", tmp_path / "b", "--k", 3])
     before = (tmp_path / "b" / "bundle.json").read_bytes()
-    monkeypatch.setattr(ltrec.export, "TOLERANCE", -1.0)
+    monkeypatch.setattr(ltrec.deploy.export, "TOLERANCE", -1.0)
     r = runner.invoke(app, ["export", str(runs["sasrec"]), "--out", str(tmp_path / "b"), "--k", "4"])
     assert r.exit_code == 2 and "onnxruntime and torch disagree" in r.output and "nothing was written" in r.output
     assert (tmp_path / "b" / "bundle.json").read_bytes() == before

@@ -1,4 +1,4 @@
-"""ltrec.fileio and every verb that writes: a device, a FIFO or a link at the output path is written through,
+"""ltrec.files.safe and every verb that writes: a device, a FIFO or a link at the output path is written through,
 never replaced; `-` is standard output; an output that is one of the inputs is refused."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import threading
 from pathlib import Path
 
 import pytest
+from test_export import ok, train_run, write_events
 from typer.testing import CliRunner
 
 from ltrec.cli import app
-from ltrec.errors import UserError
-from ltrec.fileio import atomic_write, open_output, refuse_inputs
-from test_export import ok, train_run, write_events
+from ltrec.files.errors import UserError
+from ltrec.files.safe import atomic_write, open_output, refuse_inputs
 
 runner = CliRunner()
 

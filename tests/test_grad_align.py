@@ -1,13 +1,13 @@
-"""ltrec.transfer.grad_align: plain Adam steps and gradient alignment's inner and outer updates, exactly."""
+"""ltrec.training.transfer.grad_align: plain Adam steps and gradient alignment's inner and outer updates, exactly."""
 
 import copy
 
 import pytest
 import torch
-
 from conftest import record, runner_for
+
 from ltrec.models import BACKBONES, next_item_loss
-from ltrec.transfer.grad_align import AdamSteps, Reptile
+from ltrec.training.transfer.grad_align import AdamSteps, Reptile
 
 
 def test_k1_beta1_sgd_is_plain_sgd(tiny_csv):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from ltrec.metrics import Seen, sample_negatives, sampled_ranks, state_ranks, target_ranks
+from ltrec.evaluation.ranks import Seen, sample_negatives, sampled_ranks, state_ranks, target_ranks
 
 # N = 4 items; column j is item j+1.
 SCORES = torch.tensor(
@@ -138,7 +138,7 @@ def test_state_ranks_equal_target_ranks_on_the_full_matrix(seed):
 def test_evaluate_ranks_block_by_block_as_on_the_full_matrix(tiny_csv, monkeypatch):
     # the evaluation's fast path (encode, then state_ranks) against model(hist) + target_ranks on a real model
     from ltrec.data import load
-    from ltrec.evaluate import Evaluator
+    from ltrec.evaluation.engine import Evaluator
     from ltrec.models import BACKBONES
     from ltrec.recipe import Data, Eval, Head, Split
 

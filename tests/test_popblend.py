@@ -1,4 +1,4 @@
-"""ltrec.popblend: scores + w·log(1 + count) per history-length bucket, w chosen on validation (and what
+"""ltrec.blend.popularity: scores + w·log(1 + count) per history-length bucket, w chosen on validation (and what
 every blend shares: `ltrec eval --set` fits one on a finished run, `ltrec compare` pairs it)."""
 
 import json
@@ -9,12 +9,12 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from ltrec.blend.popularity import FittedPopBlend, fit, prior
 from ltrec.cli import app
 from ltrec.data import load
-from ltrec.evaluate import Evaluator
-from ltrec.metrics import target_ranks
+from ltrec.evaluation.engine import Evaluator
+from ltrec.evaluation.ranks import target_ranks
 from ltrec.models import BACKBONES
-from ltrec.popblend import FittedPopBlend, fit, prior
 from ltrec.recipe import Data, Eval, Head, PopBlend, Split
 
 runner = CliRunner()

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_export import MAX_LEN, ok, train_run, write_events
 from typer.testing import CliRunner
 
 from ltrec.cli import app
-from test_export import MAX_LEN, ok, train_run, write_events
 
 runner = CliRunner()
 
@@ -165,7 +165,7 @@ def _edit_meta(bundle: Path, **changes) -> None:
 
 def test_predict_never_imports_torch(setup, tmp_path):
     code = (
-        "import sys\nfrom pathlib import Path\nfrom ltrec.predict import run_predict\n"
+        "import sys\nfrom pathlib import Path\nfrom ltrec.deploy.predict import run_predict\n"
         f"print(run_predict(Path({str(setup['bundle'])!r}), Path({str(setup['events'])!r}), "
         f"Path({str(tmp_path / 'p.csv')!r})))\n"
         "print('torch' in sys.modules)\n"

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 import yaml
 
-from ltrec.errors import UserError
+from ltrec.files.errors import UserError
 from ltrec.recipe import dump_recipe, load_recipe, parse_override, recipe_schema
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -143,8 +143,8 @@ def test_committed_schemas_are_fresh():
 
 def test_the_reading_side_imports_without_torch():
     """validate, predict, compare and report answer without loading torch (seconds on a busy machine)."""
-    code = ("import sys, ltrec.cli, ltrec.recipe, ltrec.predict, ltrec.compare, ltrec.report, ltrec.bundle, "
-            "ltrec.stats, ltrec.runs, ltrec.fileio, ltrec.data; ltrec.cli.app; print('torch' in sys.modules)")
+    code = ("import sys, ltrec.cli, ltrec.recipe, ltrec.deploy.predict, ltrec.evaluation.compare, ltrec.evaluation.report, ltrec.deploy.bundle, "
+            "ltrec.evaluation.metrics, ltrec.files.runs, ltrec.files.safe, ltrec.data; ltrec.cli.app; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -20,15 +20,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_long_tailed
 from typer.testing import CliRunner
 
-import ltrec.fileio
-import ltrec.runs
-from conftest import write_long_tailed
+import ltrec.files.runs
+import ltrec.files.safe
 from ltrec.cli import app
+from ltrec.files.lock import LOCK
 from ltrec.recipe import load_recipe
-from ltrec.checkpoint import load_torch
-from ltrec.runlock import LOCK
+from ltrec.runtime.checkpoint import load_torch
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,7 +129,7 @@ def kill_and_resume(project: Path, run: Path, plans: list[str], seed: int) -> li
 def same_results(a: Path, b: Path) -> None:
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert ma["test"] == mb["test"] and ma["valid"] == mb["valid"] and ma["epochs"] == mb["epochs"] == EPOCHS
-    la, lb = ([{k: v for k, v in rec.items() if k != "seconds"} for rec in ltrec.runs.read_epochs(r / "metrics.jsonl")]
+    la, lb = ([{k: v for k, v in rec.items() if k != "seconds"} for rec in ltrec.files.runs.read_epochs(r / "metrics.jsonl")]
               for r in (a, b))
     assert la == lb
 
@@ -165,8 +165,8 @@ def test_kill_9_many_times(project, reference):
 WRITER = """
 import sys
 from pathlib import Path
-from ltrec.fileio import atomic_write
-from ltrec.runs import append_epoch
+from ltrec.files.safe import atomic_write
+from ltrec.files.runs import append_epoch
 folder = Path(sys.argv[1])
 log = folder / "log.jsonl"
 i = len(log.read_text().splitlines()) if log.exists() else 0
@@ -196,7 +196,7 @@ def test_kill_9_during_atomic_writes(tmp_path):
         log = [json.loads(line)["i"] for line in path.read_text().splitlines()]
         assert log == list(range(1, len(log) + 1))
     assert len(log) > kills  # it did write between kills
-    ltrec.fileio.remove_stale_temps(tmp_path)
+    ltrec.files.safe.remove_stale_temps(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["blob.bin", "log.jsonl"]
 
 
@@ -234,14 +234,14 @@ def test_disk_full_keeps_the_last_good_checkpoint(tiny, monkeypatch):
     monkeypatch.setattr(os, "fsync", real_fsync)  # space freed: resume
     r = runner.invoke(app, ["train", "r.yaml", "--resume"])
     assert r.exit_code == 0 and "resuming runs/t after epoch 1" in r.output, r.output
-    assert [rec["epoch"] for rec in ltrec.runs.read_epochs(run / "metrics.jsonl")] == [1, 2, 3]
+    assert [rec["epoch"] for rec in ltrec.files.runs.read_epochs(run / "metrics.jsonl")] == [1, 2, 3]
 
 
 def test_permission_denied_is_a_clear_error(tiny, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(ltrec.fileio.tempfile, "mkstemp", denied)
+    monkeypatch.setattr(ltrec.files.safe.tempfile, "mkstemp", denied)
     r = runner.invoke(app, ["train", "r.yaml"])
     assert r.exit_code == 2 and r.output.strip() == "runs/t/.ltrec-run.json: cannot write here (Permission denied)"
 
@@ -279,7 +279,7 @@ def test_overwrite_only_ever_deletes_a_run(tiny):
 def test_kill_9_during_export(tmp_path, monkeypatch):
     """Re-exporting over a bundle, killed at random moments: the bundle is always the old one or the new one,
     whole (predict loads it), never a mix."""
-    from ltrec.bundle import load_bundle
+    from ltrec.deploy.bundle import load_bundle
 
     monkeypatch.chdir(tmp_path)
     write_long_tailed(tmp_path / "events.csv", users=60)

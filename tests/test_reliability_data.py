@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from ltrec.cli import app
 from ltrec.data import load
 from ltrec.data.read import MAX_LINE_BYTES
-from ltrec.errors import UserError
+from ltrec.files.errors import UserError
 from ltrec.recipe import Data, Head, Split
 
 HEADER = "user_id,item_id,timestamp\n"

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_export import ok, train_run, write_events
 from typer.testing import CliRunner
 
 from ltrec.cli import app
-from test_export import ok, train_run, write_events
 
 runner = CliRunner()
 BLENDS = "{pop_blend: {weights: [0.0, 1.0]}, transition_blend: {weights: [0.0, 1.0], neighbours: 5}}"
@@ -173,9 +173,9 @@ def test_a_blend_refitted_under_other_settings_exports_only_with_them(base, tmp_
 
 def test_parity_sees_nan():
     """NaN compares unequal to everything, so a check that only measures |a - b| reports 0 for NaN."""
-    from ltrec.export import TopKScorer, check_parity, to_onnx
+    from ltrec.blend.popularity import FittedPopBlend
+    from ltrec.deploy.export import TopKScorer, check_parity, to_onnx
     from ltrec.models import BACKBONES
-    from ltrec.popblend import FittedPopBlend
 
     torch.manual_seed(0)
     backbone = BACKBONES["gru4rec"](9, 4, dim=4).eval()
@@ -193,7 +193,7 @@ def npy(array) -> bytes:
 
 
 def first_target(run: Path) -> int:
-    from ltrec.build import load_run
+    from ltrec.runtime.build import load_run
 
     recipe, seqs = load_run(run)
     return int(seqs.eval_inputs("test", recipe.data.max_len)[2][0])

@@ -19,8 +19,8 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from ltrec.errors import UserError
-from ltrec.predict import Histories, read_histories
+from ltrec.deploy.predict import Histories, read_histories
+from ltrec.files.errors import UserError
 from ltrec.recipe import Recipe, apply_overrides, load_recipe, parse_override, validate_dict
 
 EXPLORE = int(os.environ.get("LTREC_FUZZ_EXAMPLES", "0"))

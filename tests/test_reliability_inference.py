@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_export import ok, train_run, write_events
 from typer.testing import CliRunner
 
 from ltrec.cli import app
-from test_export import ok, train_run, write_events
 
 runner = CliRunner()
 
@@ -91,7 +91,6 @@ def crafted(make_outputs):
     def edit(bundle: Path, _) -> None:
         import hashlib
 
-        import onnx
         from onnx import TensorProto, helper
 
         meta = json.loads((bundle / "bundle.json").read_text())

@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import write_long_tailed
 from typer.testing import CliRunner
 
 import ltrec.models.base
-import ltrec.transfer.objective
-from conftest import write_long_tailed
+import ltrec.training.transfer.objective
 from ltrec.cli import app
-from ltrec.runs import read_epochs as read_jsonl
-from ltrec.checkpoint import load_torch
-from ltrec.train import DISC_WINS
+from ltrec.files.runs import read_epochs as read_jsonl
+from ltrec.runtime.checkpoint import load_torch
+from ltrec.training.loop import DISC_WINS
 
 runner = CliRunner()
 
@@ -32,7 +32,7 @@ def tiny(tmp_path, monkeypatch):
 def sabotage(monkeypatch, when, how):
     """Replace the next-item loss of the batches for which when(epoch, call) holds by how(loss, model)."""
     real, seen = ltrec.models.base.loss_from_states, {"epoch": 0, "calls": 0}
-    real_start = ltrec.transfer.objective.Objective.start_epoch
+    real_start = ltrec.training.transfer.objective.Objective.start_epoch
 
     def start_epoch(self, epoch):
         seen["epoch"] = epoch
@@ -43,7 +43,7 @@ def sabotage(monkeypatch, when, how):
         value = real(model, *args, **kwargs)
         return how(value, model) if when(seen["epoch"], seen["calls"]) else value
 
-    monkeypatch.setattr(ltrec.transfer.objective.Objective, "start_epoch", start_epoch)
+    monkeypatch.setattr(ltrec.training.transfer.objective.Objective, "start_epoch", start_epoch)
     monkeypatch.setattr(ltrec.models.base, "loss_from_states", loss)
 
 

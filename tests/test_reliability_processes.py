@@ -12,13 +12,13 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_long_tailed
 from typer.testing import CliRunner
 
-from conftest import write_long_tailed
-from ltrec.checkpoint import load_torch
 from ltrec.cli import app
-from ltrec.runlock import locked, LOCK, holder
-from ltrec.runs import read_epochs
+from ltrec.files.lock import LOCK, holder, locked
+from ltrec.files.runs import read_epochs
+from ltrec.runtime.checkpoint import load_torch
 
 pytestmark = pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc to find processes")
 
@@ -197,7 +197,7 @@ def test_a_bound_process_ends_when_its_parent_is_killed(use_prctl):
     used where that does not exist."""
     parent = subprocess.Popen([sys.executable, "-c", f"""
 import os, subprocess, sys, time
-code = ("from ltrec.lifeline import bind; bind(use_prctl={use_prctl}); print('bound', flush=True); "
+code = ("from ltrec.runtime.lifeline import bind; bind(use_prctl={use_prctl}); print('bound', flush=True); "
         "import time; time.sleep(120)")
 child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
                          env={{**os.environ, "LTREC_PARENT_PID": str(os.getpid())}})

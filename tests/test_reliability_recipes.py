@@ -229,8 +229,8 @@ def test_a_huge_file_is_refused_before_it_is_parsed(project):
     (project / "plan.yaml").write_text("recipe: recipe.yaml\narms: [" + "{name: a}, " * 200_000 + "]\n")
     line = one_line(runner.invoke(app, ["sweep", "plan.yaml"]))
     assert line.startswith("plan.yaml: the sweep plan file is larger than 1 MB"), line
-    from ltrec.errors import UserError
-    from ltrec.fileio import LIMITS, MB, read_bytes
+    from ltrec.files.errors import UserError
+    from ltrec.files.safe import LIMITS, MB, read_bytes
 
     for what in ("run file", "bundle.json", "fitted file"):
         limit = next(v for k, v in LIMITS.items() if k in what)

@@ -11,10 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_export import ok, train_run, write_events
 from typer.testing import CliRunner
 
 from ltrec.cli import app
-from test_export import ok, train_run, write_events
 
 runner = CliRunner()
 

@@ -18,9 +18,9 @@ from typer.testing import CliRunner
 import ltrec.recipe.load
 from ltrec.cli import app
 from ltrec.data import connect, load
-from ltrec.errors import UserError
+from ltrec.files.errors import UserError
 from ltrec.recipe import Data, Head, Split
-from ltrec.checkpoint import load_torch
+from ltrec.runtime.checkpoint import load_torch
 
 runner = CliRunner()
 SOURCES = sorted((Path(__file__).resolve().parents[1] / "ltrec").rglob("*.py"))

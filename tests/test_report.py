@@ -13,7 +13,7 @@ from conftest import write_long_tailed
 from typer.testing import CliRunner
 
 from ltrec.cli import app
-from ltrec.report import METRICS, fmt
+from ltrec.evaluation.report import METRICS, fmt
 
 runner = CliRunner()
 TINY = ["--set", "backbone.dim=16", "--set", "train.epochs=2", "--set", "data.max_len=20",
@@ -127,7 +127,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
 
 def test_empty_activity_buckets_are_left_out_and_the_histogram_starts_at_the_least_active_user():
-    from ltrec.report import buckets, long_tail
+    from ltrec.evaluation.report import buckets, long_tail
 
     run = {"slices": np.array(["tail"] * 4 + ["head"] * 2), "events": np.array([20, 21, 25, 30, 60, 70]),
            "per_user": {"ndcg@10": np.linspace(0, 0.5, 6), "hr@10": np.ones(6)}}

@@ -1,4 +1,4 @@
-"""ltrec.transfer.robust: CVaR, group DRO and the balanced loss over the batch's users, exactly, and through
+"""ltrec.training.transfer.robust: CVaR, group DRO and the balanced loss over the batch's users, exactly, and through
 training."""
 
 import json
@@ -6,12 +6,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import runner_for
 from typer.testing import CliRunner
 
-from conftest import runner_for
 from ltrec.cli import app
 from ltrec.recipe import Balanced, GroupDRO
-from ltrec.transfer.robust import BalancedLoss, GroupDROLoss, cvar, length_groups
+from ltrec.training.transfer.robust import BalancedLoss, GroupDROLoss, cvar, length_groups
 
 runner = CliRunner()
 

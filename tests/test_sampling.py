@@ -3,10 +3,10 @@
 import math
 
 import torch
-
 from conftest import record, runner_for
-from ltrec.distributed import Dist
-from ltrec.sampling import UserSampler, disjoint_batches
+
+from ltrec.runtime.distributed import Dist
+from ltrec.training.sampling import UserSampler, disjoint_batches
 
 
 def build(path, train=None, transfer=None, dist=None):

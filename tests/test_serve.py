@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_export import ok, train_run, write_events
 from typer.testing import CliRunner
 
 import ltrec
 from ltrec.cli import app
-from test_export import ok, train_run, write_events
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -322,8 +322,8 @@ def test_bad_bundle_or_port_exit_2(setup, tmp_path):
 
 
 def test_serve_never_imports_torch(setup):
-    code = ("import sys\nfrom pathlib import Path\nimport ltrec.cli\nfrom ltrec.bundle import load_bundle\n"
-            "from ltrec.serve.app import create_app\n"
+    code = ("import sys\nfrom pathlib import Path\nimport ltrec.cli\nfrom ltrec.deploy.bundle import load_bundle\n"
+            "from ltrec.deploy.serve.app import create_app\n"
             f"create_app(load_bundle(Path({str(setup['bundle'])!r})))\nprint('torch' in sys.modules)\n")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)

@@ -14,9 +14,9 @@ from test_serve import Server
 from typer.testing import CliRunner
 
 from ltrec.cli import app
-from ltrec.errors import UserError
-from ltrec.serve import _open_files
-from ltrec.serve.security import check_key, exposure_warning
+from ltrec.deploy.serve import _open_files
+from ltrec.deploy.serve.security import check_key, exposure_warning
+from ltrec.files.errors import UserError
 
 KEY = "k3y-For-tests_0123456789abcdefXYZ"
 PARTIAL_HEADERS = b"GET /info HTTP/1.1\r\nHost: t\r\nX-Slow: "
@@ -266,15 +266,15 @@ def test_serve_prints_the_warning_on_a_reachable_address(bundle, monkeypatch, ca
     """Everything `ltrec serve` does up to serving, with 127.0.0.1 taken for an address others can reach."""
     import uvicorn
 
-    import ltrec.serve
-    import ltrec.serve.security
+    import ltrec.deploy.serve
+    import ltrec.deploy.serve.security
 
-    monkeypatch.setattr(ltrec.serve.security, "is_loopback", lambda address: False)
+    monkeypatch.setattr(ltrec.deploy.serve.security, "is_loopback", lambda address: False)
     monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: sockets[0].close())
-    ltrec.serve.serve(bundle, port=0)
+    ltrec.deploy.serve.serve(bundle, port=0)
     err = capsys.readouterr().err
     assert "warning: listening on 127.0.0.1" in err and "no authentication and no TLS" in err
-    ltrec.serve.serve(bundle, port=0, api_key=KEY)
+    ltrec.deploy.serve.serve(bundle, port=0, api_key=KEY)
     err = capsys.readouterr().err
     assert "API key required" in err and "without TLS" in err and KEY not in err
 

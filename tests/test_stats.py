@@ -1,4 +1,4 @@
-"""ltrec.stats: per-user metrics from ranks, slice means, and the paired bootstrap test (numpy only)."""
+"""ltrec.evaluation.metrics: per-user metrics from ranks, slice means, and the paired bootstrap test (numpy only)."""
 
 import math
 import warnings
@@ -6,7 +6,7 @@ import warnings
 import numpy as np
 import pytest
 
-from ltrec.stats import metrics_from_ranks, paired_test, summarize
+from ltrec.evaluation.metrics import metrics_from_ranks, paired_test, summarize
 
 
 def test_metrics_from_ranks_exact():

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import write_long_tailed
 from typer.testing import CliRunner
 
-from conftest import write_long_tailed
 from ltrec.cli import app
 
 runner = CliRunner()

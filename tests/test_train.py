@@ -1,4 +1,4 @@
-"""ltrec.train and ltrec.checkpoint through the CLI: resume (after a crash, after early stopping, after a real
+"""ltrec.training.loop and ltrec.runtime.checkpoint through the CLI: resume (after a crash, after early stopping, after a real
 kill), what --overwrite may delete, the run folder's files."""
 
 import json
@@ -8,12 +8,14 @@ import subprocess
 import sys
 
 import pytest
+from conftest import TINY
+from conftest import cli_fails as fails
+from conftest import cli_ok as ok
 from typer.testing import CliRunner
 
-import ltrec.evaluate
-from conftest import TINY, cli_fails as fails, cli_ok as ok
+import ltrec.evaluation.engine
 from ltrec.cli import app
-from ltrec.runs import MARKER
+from ltrec.files.runs import MARKER
 
 runner = CliRunner()
 
@@ -32,7 +34,7 @@ def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch,
     ok(args + ["--out", "runs/full"])
     full = json.loads((tmp_path / "runs/full/metrics.json").read_text())
 
-    real_run, calls = ltrec.evaluate.Evaluator.run, []
+    real_run, calls = ltrec.evaluation.engine.Evaluator.run, []
 
     def crash_in_epoch_3(self, *a, **k):  # validation of epoch 3 never finishes: as if killed mid-epoch
         calls.append(1)
@@ -40,10 +42,10 @@ def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch,
             raise KeyboardInterrupt
         return real_run(self, *a, **k)
 
-    monkeypatch.setattr(ltrec.evaluate.Evaluator, "run", crash_in_epoch_3)
+    monkeypatch.setattr(ltrec.evaluation.engine.Evaluator, "run", crash_in_epoch_3)
     runner.invoke(app, [str(a) for a in args + ["--out", "runs/cut"]])
     assert not (tmp_path / "runs/cut/metrics.json").exists()
-    monkeypatch.setattr(ltrec.evaluate.Evaluator, "run", real_run)
+    monkeypatch.setattr(ltrec.evaluation.engine.Evaluator, "run", real_run)
     fails(args + ["--out", "runs/cut", "--resume", "--set", "train.lr=0.5"],
           "--resume continues the same experiment, but the recipe differs in train")
     out = ok(args + ["--out", "runs/cut", "--resume"])

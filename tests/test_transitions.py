@@ -1,20 +1,20 @@
-"""ltrec.transitions: scores + w·log(1 + the transitions of the newest items) per history-length bucket."""
+"""ltrec.blend.transitions: scores + w·log(1 + the transitions of the newest items) per history-length bucket."""
 
 import json
+
 import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
 
+from ltrec.blend.popularity import FittedPopBlend, prior
+from ltrec.blend.transitions import FittedTransitionBlend, Table, build, fit
 from ltrec.cli import app
 from ltrec.data import load
-from ltrec.evaluate import Evaluator
-from ltrec.metrics import target_ranks
+from ltrec.evaluation.engine import Evaluator
+from ltrec.evaluation.ranks import target_ranks
 from ltrec.models import BACKBONES
-from ltrec.popblend import FittedPopBlend, prior
 from ltrec.recipe import Data, Eval, Head, Split, TransitionBlend
-from ltrec.transitions import Table, build, fit
-from ltrec.transitions import FittedTransitionBlend
 
 runner = CliRunner()
 
@@ -90,7 +90,7 @@ def test_blended_ranks_are_the_blended_score_matrix_ranked(tmp_path, kind):  # s
         hist = torch.from_numpy(history)
         scores = model(hist) + blend.weight(hist)[:, None] * torch.log1p(
             sum(0.5 ** j * torch.from_numpy(as_dense(table)).float()[hist[:, -1 - j]] for j in range(2)))[:, 1:]
-    from ltrec.metrics import Seen
+    from ltrec.evaluation.ranks import Seen
 
     seen = Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users, "test")))
     want = target_ranks(scores, torch.from_numpy(target), seen).numpy()

@@ -1,11 +1,11 @@
-"""ltrec.transfer.user_branch: the head→tail map changes only short histories' states, trains on head
+"""ltrec.training.transfer.user_branch: the head→tail map changes only short histories' states, trains on head
 windows, and is part of what eval and the exported graph compute."""
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import runner_for
+
 from ltrec.models import BACKBONES
 from ltrec.models.branched import Branched
 

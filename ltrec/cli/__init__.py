@@ -8,9 +8,9 @@ import sys
 
 import typer
 
-from ..errors import UserError
-from . import results, runs, serve, setup  # noqa: F401  (each registers its commands on app)
-from .app import app
+from ltrec.cli import results, runs, serve, setup  # noqa: F401  (each registers its commands on app)
+from ltrec.cli.app import app
+from ltrec.files.errors import UserError
 
 __all__ = ["app", "main"]
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UserError
+from ltrec.files.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Sequential recommenders that serve long-tail users too.")
@@ -24,8 +24,8 @@ def fail(exc: UserError) -> None:
 
 def checked_recipe(path: Path, sets: list[str], data: bool = True):
     """The recipe, validated, and its data source's columns checked (no torch needed for either)."""
-    from ..data import check_source
-    from ..recipe import load_recipe
+    from ltrec.data import check_source
+    from ltrec.recipe import load_recipe
 
     recipe = load_recipe(path, sets)
     for note in recipe._notes:

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UserError
-from .app import app, fail
+from ltrec.cli.app import app, fail
+from ltrec.files.errors import UserError
 
 
 @app.command("compare")
@@ -21,7 +21,7 @@ def compare_runs(
 ) -> None:
     """One table of slices × metrics across runs, with the difference to the first and a paired p-value."""
     try:
-        from ..compare import compare, format_comparison
+        from ltrec.evaluation.compare import compare, format_comparison
 
         if len(runs) < 2:
             raise UserError("compare: give at least two runs (the first is the baseline)")
@@ -38,7 +38,7 @@ def report(
 ) -> None:
     """One self-contained HTML page: long-tail curve, slice table with significance, training curves."""
     try:
-        from ..report import write_report
+        from ltrec.evaluation.report import write_report
 
         path = write_report([Path(r) for r in runs], out)
     except UserError as exc:
@@ -58,7 +58,7 @@ def sweep(
     """Compare methods on your data: every arm at every seed (grids tuned on validation), then the table of
     test metrics by slice with paired p-values against the baseline."""
     try:
-        from ..sweep import run_sweep
+        from ltrec.sweep import run_sweep
 
         text, failed = run_sweep(plan, out, jobs, resume, table, fail_fast)
     except UserError as exc:

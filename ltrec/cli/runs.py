@@ -9,8 +9,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UserError
-from .app import RunDir, Sets, app, checked_recipe, fail
+from ltrec.cli.app import RunDir, Sets, app, checked_recipe, fail
+from ltrec.files.errors import UserError
 
 
 @app.command()
@@ -24,20 +24,20 @@ def train(
     """Train a recipe: progress, validation every epoch, early stopping, checkpoints, a test table by slice.
 
     Data-parallel on N processes: torchrun --nproc_per_node=N -m ltrec train RECIPE."""
-    from ..lifeline import bind
+    from ltrec.runtime.lifeline import bind
 
     bind()  # started by a sweep: end with it
     try:
         if int(os.environ.get("RANK", "0") or 0) == 0:  # one process checks; under torchrun all check again below
             given = checked_recipe(recipe, set_ or [])
-            from ..runlock import holder
+            from ltrec.files.lock import holder
 
             busy = holder(out or Path(given.output.dir) / given.name)  # told now, not after torch has loaded
             if busy is not None:
                 raise busy
-        from ..distributed import session
-        from ..recipe import load_recipe
-        from ..train import train as run_training
+        from ltrec.recipe import load_recipe
+        from ltrec.runtime.distributed import session
+        from ltrec.training.loop import train as run_training
 
         with session() as dist:  # a process group only under torchrun (WORLD_SIZE > 1)
             with dist.together():
@@ -60,15 +60,15 @@ def evaluate(
 ) -> None:
     """Evaluate a trained run's best checkpoint by user slice (full ranking unless the recipe says sampled)."""
     try:
-        from ..recipe import load_recipe
-        from ..runs import find_run
+        from ltrec.files.runs import find_run
+        from ltrec.recipe import load_recipe
 
         slices, cuts = _slices(slice_, split), _parse_ks(ks)
         run = find_run(run_dir)
         overrides, cuts = _eval_overrides(set_ or [], cuts)
         load_recipe(run / "recipe.yaml", overrides)  # a bad --set answers before torch loads
-        from ..evaluate import evaluate_run, format_table
-        from ..runlock import locked
+        from ltrec.evaluation.engine import evaluate_run, format_table
+        from ltrec.files.lock import locked
 
         with locked(run, "ltrec train or eval"):  # eval rewrites users_*.csv and the fitted blends
             result, table = evaluate_run(run, split, slices, cuts, overrides)
@@ -87,7 +87,7 @@ def evaluate(
 
 
 def _slices(given: Optional[list[str]], split: str) -> list[str]:
-    from ..runs import SLICES
+    from ltrec.files.runs import SLICES
 
     bad = [s for s in given or [] if s not in SLICES]
     if bad:
@@ -138,13 +138,13 @@ def export(
 ) -> None:
     """Export the best checkpoint as an ONNX bundle (model.onnx + bundle.json), checked against torch."""
     try:
-        from ..recipe import load_recipe
-        from ..runs import find_run
+        from ltrec.files.runs import find_run
+        from ltrec.recipe import load_recipe
 
         run = find_run(run_dir)
         overrides, _ = _eval_overrides(set_ or [], None)
         load_recipe(run / "recipe.yaml", overrides)  # a bad --set answers before torch loads
-        from ..export import export_bundle
+        from ltrec.deploy.export import export_bundle
 
         bundle = export_bundle(run, out or run / "bundle", k, overrides)
     except UserError as exc:
@@ -168,7 +168,7 @@ def predict(
 ) -> None:
     """Top-K next items for each user of an events file, with onnxruntime on CPU (no torch)."""
     try:
-        from ..predict import run_predict
+        from ltrec.deploy.predict import run_predict
 
         summary = run_predict(bundle, input_, output, k=k, batch_size=batch_size,
                               columns={"user": user_col, "item": item_col, "time": time_col},

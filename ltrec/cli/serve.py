@@ -1,4 +1,4 @@
-"""`ltrec serve`: a bundle behind HTTP (the logic is in ltrec/serve/)."""
+"""`ltrec serve`: a bundle behind HTTP (the logic is in ltrec/deploy/serve/)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UserError
-from .app import app, fail
+from ltrec.cli.app import app, fail
+from ltrec.files.errors import UserError
 
 
 @app.command()
@@ -42,8 +42,8 @@ def serve(
 ) -> None:
     """Serve a bundle over HTTP: POST /recommend {"history": [...]}, with onnxruntime on CPU (no torch)."""
     try:
-        from ..serve import serve as run_server
-        from ..serve.security import KEY_ENV
+        from ltrec.deploy.serve import serve as run_server
+        from ltrec.deploy.serve.security import KEY_ENV
 
         if api_key is None:  # read here, not by click, which takes an empty variable for an unset one
             api_key = os.environ.get(KEY_ENV)

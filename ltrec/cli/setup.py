@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..errors import UserError
-from .app import SCHEMA_DIR, Sets, app, checked_recipe, fail
+from ltrec.cli.app import SCHEMA_DIR, Sets, app, checked_recipe, fail
+from ltrec.files.errors import UserError
 
 
 @app.command()
@@ -25,7 +25,7 @@ def init(
                                         "methods, for `ltrec sweep`")] = False,
 ) -> None:
     """Write a commented starter recipe.yaml (and its JSON Schema) that trains on a real dataset."""
-    from ..init_recipe import init_project, write_sweep
+    from ltrec.cli.starter import init_project, write_sweep
 
     try:
         recipe, path = init_project(directory, data, source, force,
@@ -64,11 +64,11 @@ def schema(
     sweep: Annotated[bool, typer.Option("--sweep", help="the sweep plan's schema instead of the recipe's")] = False,
 ) -> None:
     """Write the recipe's JSON Schema (or the sweep plan's) for editor completion, or --check it is up to date."""
-    from ..fileio import atomic_write, read_text
-    from ..recipe import recipe_schema
+    from ltrec.files.safe import atomic_write, read_text
+    from ltrec.recipe import recipe_schema
 
     if sweep:
-        from ..sweep import plan_schema as make
+        from ltrec.sweep import plan_schema as make
     else:
         make = recipe_schema
     out = out or str(SCHEMA_DIR / f"{'sweep' if sweep else 'recipe'}.schema.json")

@@ -8,9 +8,9 @@ Conventions (see README "Data"):
 No Python loop runs over events: everything below is SQL or vectorised numpy.
 """
 
-from .load import load
-from .read import check_source, connect, duckdb_errors, opened_events, read_events, reason, source_files
-from .sequences import COLD, EVAL, TRAIN_ONLY, Sequences, distinct_items
+from ltrec.data.load import load
+from ltrec.data.read import check_source, connect, duckdb_errors, opened_events, read_events, reason, source_files
+from ltrec.data.sequences import COLD, EVAL, TRAIN_ONLY, Sequences, distinct_items
 
 __all__ = ["COLD", "EVAL", "TRAIN_ONLY", "Sequences", "check_source", "connect", "distinct_items", "duckdb_errors",
            "load", "opened_events", "read_events", "reason", "source_files"]

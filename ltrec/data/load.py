@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import UserError
-from ..recipe import Data, Head, Split
-from .read import TEXT, opened_events, source_files
-from .sequences import COLD, EVAL, TRAIN_ONLY, Sequences
+from ltrec.data.read import TEXT, opened_events, source_files
+from ltrec.data.sequences import COLD, EVAL, TRAIN_ONLY, Sequences
+from ltrec.files.errors import UserError
+from ltrec.recipe import Data, Head, Split
+
 
 def load(data: Data, split: Split, head: Head, seed: int = 0) -> Sequences:
     """Read the recipe's data source into Sequences (see the module docstring for the conventions)."""

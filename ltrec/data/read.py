@@ -13,8 +13,8 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
-from ..errors import UserError
-from ..recipe import IDENTIFIER, Data
+from ltrec.files.errors import UserError
+from ltrec.recipe import IDENTIFIER, Data
 
 READERS = {"csv": "read_csv", "parquet": "read_parquet", "json": "read_json"}
 NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",

@@ -11,14 +11,14 @@ Conventions shared by every backbone:
 `BACKBONES` maps the recipe's `backbone.kind` tags to the classes (a test checks they are the same set).
 """
 
-from .base import Backbone
-from .bert4rec import BERT4Rec
-from .caser import Caser
-from .gru4rec import GRU4Rec
-from .losses import LOSSES, loss_from_states, next_item_loss
-from .narm import NARM
-from .pop import Pop
-from .sasrec import SASRec, Block
+from ltrec.models.base import Backbone
+from ltrec.models.bert4rec import BERT4Rec
+from ltrec.models.caser import Caser
+from ltrec.models.gru4rec import GRU4Rec
+from ltrec.models.losses import LOSSES, loss_from_states, next_item_loss
+from ltrec.models.narm import NARM
+from ltrec.models.pop import Pop
+from ltrec.models.sasrec import Block, SASRec
 
 BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop, "caser": Caser, "narm": NARM, "bert4rec": BERT4Rec}
 

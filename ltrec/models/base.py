@@ -6,7 +6,7 @@ from typing import ClassVar, Protocol
 import torch
 import torch.nn as nn
 
-from .losses import loss_from_states
+from ltrec.models.losses import loss_from_states
 
 
 class Dropout(nn.Module):

@@ -18,9 +18,9 @@ import math
 import torch
 import torch.nn as nn
 
-from .base import Backbone, Dropout
-from .losses import loss_from_states
-from .sasrec import Block
+from ltrec.models.base import Backbone, Dropout
+from ltrec.models.losses import loss_from_states
+from ltrec.models.sasrec import Block
 
 
 class BERT4Rec(Backbone):

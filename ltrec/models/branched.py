@@ -1,7 +1,7 @@
 """A backbone with the head→tail user branch (`transfer.user_branch`, the user side of MELT, Kim et al., SIGIR
 2023) applied at inference: histories shorter than the cut-off get f(h) = h + W(h) as their state, so
 evaluation, the exported ONNX graph and `predict` all see it. W starts at zero, so f starts as the identity.
-How W is trained: `ltrec/transfer/user_branch.py`.
+How W is trained: `ltrec/training/transfer/user_branch.py`.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .base import Backbone
+from ltrec.models.base import Backbone
 
 
 class Branched(Backbone):

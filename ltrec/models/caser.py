@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Backbone, Dropout
+from ltrec.models.base import Backbone, Dropout
 
 
 class Caser(Backbone):

@@ -3,7 +3,7 @@
 import torch
 import torch.nn as nn
 
-from .base import Backbone, Dropout
+from ltrec.models.base import Backbone, Dropout
 
 
 class GRU4Rec(Backbone):

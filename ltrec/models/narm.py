@@ -12,8 +12,8 @@ weight; a row with nothing to attend to just gets c_l = 0 (no NaN).
 import torch
 import torch.nn as nn
 
-from .base import Backbone, Dropout
-from .gru4rec import GRU4Rec
+from ltrec.models.base import Backbone, Dropout
+from ltrec.models.gru4rec import GRU4Rec
 
 
 class NARM(Backbone):

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .base import Backbone, Dropout
+from ltrec.models.base import Backbone, Dropout
 
 
 class Block(nn.Module):

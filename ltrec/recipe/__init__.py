@@ -3,14 +3,52 @@
 import torch, so that `ltrec validate` and `ltrec --help` stay fast.
 """
 
-from .base import IDENTIFIER, Strict
-from .backbones import (BACKBONE_KINDS, Backbone, BERT4RecConfig, CaserConfig, GRU4RecConfig, NARMConfig, PopConfig,
-                        SASRecConfig)
-from .transfer import ROBUST_KINDS, Adversarial, Balanced, Contrastive, CVaR, GradAlign, GroupDRO, Transfer, UserBranch
-from .load import (apply_overrides, dump_recipe, load_recipe, parse_override, parse_yaml, read_yaml, recipe_schema,
-                   validate_dict)
-from .sections import (Adapt, Columns, Data, Eval, Head, Monitor, Output, PopBlend, Recipe, Split, Train,
-                       TransitionBlend)
+from ltrec.recipe.backbones import (
+           BACKBONE_KINDS,
+           Backbone,
+           BERT4RecConfig,
+           CaserConfig,
+           GRU4RecConfig,
+           NARMConfig,
+           PopConfig,
+           SASRecConfig,
+)
+from ltrec.recipe.base import IDENTIFIER, Strict
+from ltrec.recipe.components import (
+           ROBUST_KINDS,
+           Adversarial,
+           Balanced,
+           Contrastive,
+           CVaR,
+           GradAlign,
+           GroupDRO,
+           Transfer,
+           UserBranch,
+)
+from ltrec.recipe.load import (
+           apply_overrides,
+           dump_recipe,
+           load_recipe,
+           parse_override,
+           parse_yaml,
+           read_yaml,
+           recipe_schema,
+           validate_dict,
+)
+from ltrec.recipe.sections import (
+           Adapt,
+           Columns,
+           Data,
+           Eval,
+           Head,
+           Monitor,
+           Output,
+           PopBlend,
+           Recipe,
+           Split,
+           Train,
+           TransitionBlend,
+)
 
 __all__ = ["BACKBONE_KINDS", "ROBUST_KINDS", "IDENTIFIER", "Adapt", "Adversarial", "Backbone", "Balanced",
            "BERT4RecConfig", "CaserConfig", "Columns", "Contrastive", "CVaR", "Data", "Eval", "GradAlign", "GroupDRO",

@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import Field, model_validator
 
-from .base import Dim, Heads, Layers, Strict
+from ltrec.recipe.base import Dim, Heads, Layers, Strict
 
 
 class _Recurrent(Strict):

@@ -11,12 +11,12 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from ..errors import UserError
-from ..fileio import read_text
-from .base import IDENTIFIER
-from .backbones import BACKBONE_KINDS
-from .transfer import ROBUST_KINDS
-from .sections import Recipe
+from ltrec.files.errors import UserError
+from ltrec.files.safe import read_text
+from ltrec.recipe.backbones import BACKBONE_KINDS
+from ltrec.recipe.base import IDENTIFIER
+from ltrec.recipe.components import ROBUST_KINDS
+from ltrec.recipe.sections import Recipe
 
 
 class _Loader(yaml.SafeLoader):

@@ -6,9 +6,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from .base import ColumnName, Count, Seed, Strict
-from .backbones import Backbone
-from .transfer import Transfer
+from ltrec.recipe.backbones import Backbone
+from ltrec.recipe.base import ColumnName, Count, Seed, Strict
+from ltrec.recipe.components import Transfer
+
 
 class Columns(Strict):
     """Which source columns hold the user, the item and the time of each event."""

@@ -12,12 +12,12 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import UserError
-from ..runlock import LOCK, locked
-from .plan import Plan, load_plan
-from .run import Sweep, sweep_folder
-from .state import STATE
-from .table import write_table
+from ltrec.files.errors import UserError
+from ltrec.files.lock import LOCK, locked
+from ltrec.sweep.plan import Plan, load_plan
+from ltrec.sweep.run import Sweep, sweep_folder
+from ltrec.sweep.state import STATE
+from ltrec.sweep.table import write_table
 
 __all__ = ["Plan", "load_plan", "plan_schema", "run_sweep", "sweep_folder"]
 

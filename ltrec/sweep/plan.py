@@ -12,9 +12,9 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from ..errors import UserError
-from ..recipe import Recipe, Strict, load_recipe, parse_override, read_yaml, validate_dict
-from ..recipe.base import Seed
+from ltrec.files.errors import UserError
+from ltrec.recipe import Recipe, Strict, load_recipe, parse_override, read_yaml, validate_dict
+from ltrec.recipe.base import Seed
 
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 MAX_POINTS = 64

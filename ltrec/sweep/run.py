@@ -20,14 +20,14 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from ..errors import UserError
-from ..fileio import atomic_write, read_bytes
-from ..lifeline import child_env
-from ..recipe import load_recipe
-from ..runlock import LOCK, holder
-from ..runs import MARKER, RUN_FORMAT, Summary, read_json
-from .plan import Plan, overrides, point_names, points
-from .state import STATE, read_state
+from ltrec.files.errors import UserError
+from ltrec.files.lock import LOCK, holder
+from ltrec.files.runs import MARKER, RUN_FORMAT, Summary, read_json
+from ltrec.files.safe import atomic_write, read_bytes
+from ltrec.recipe import load_recipe
+from ltrec.runtime.lifeline import child_env
+from ltrec.sweep.plan import Plan, overrides, point_names, points
+from ltrec.sweep.state import STATE, read_state
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Sweep:
         live = Live(self._view(), console=self.console, refresh_per_second=1, transient=True) \
             if self.console.is_terminal else None
         # runs are process groups of their own (so one Ctrl-C is not every run's): a `kill` of the sweep must
-        # stop them as Ctrl-C does, or they train on, orphaned (a `kill -9`: see ltrec.lifeline)
+        # stop them as Ctrl-C does, or they train on, orphaned (a `kill -9`: see ltrec.runtime.lifeline)
         previous = signal.signal(signal.SIGTERM, _interrupt)
         try:
             self._save()

@@ -8,8 +8,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from ..errors import UserError
-from ..fileio import read_text
+from ltrec.files.errors import UserError
+from ltrec.files.safe import read_text
 
 STATE = "sweep.json"
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from ..compare import compare
-from ..compare import format_test as fmt_test
-from ..fileio import atomic_write
-from ..runs import Summary, read_json
-from .plan import Plan
-from .run import finished
+from ltrec.evaluation.compare import compare
+from ltrec.evaluation.compare import format_test as fmt_test
+from ltrec.files.runs import Summary, read_json
+from ltrec.files.safe import atomic_write
+from ltrec.sweep.plan import Plan
+from ltrec.sweep.run import finished
 
 METRICS = ("ndcg@10", "hr@10")
 SLICES = ("all", "head", "tail", "cold")

@@ -1,0 +1,230 @@
+"""`ltrec export`: the run's best checkpoint as an ONNX bundle (format: ltrec/deploy/bundle.py), checked against
+torch at export time. Top-K runs inside the graph so a client ships K ids per user, not N scores. Exclusion
+is an input rather than a flag because the caller knows more than the model's max_len window (the whole
+history, items out of stock); an empty (B, 0) input costs one pass over (B, N+1).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.console import Console
+
+from ltrec import __version__
+from ltrec.blend import popularity as popblend
+from ltrec.blend import transitions as transition_blend
+from ltrec.blend.popularity import FittedPopBlend
+from ltrec.blend.records import BUNDLE_FORMAT, read_meta, refit_command
+from ltrec.blend.transitions import FittedTransitionBlend
+from ltrec.deploy.bundle import length_batches, session, write_bundle
+from ltrec.files.errors import UserError
+from ltrec.files.runs import Summary, read_json
+from ltrec.files.safe import read_bytes
+from ltrec.runtime.build import build_model, load_run
+from ltrec.runtime.checkpoint import load_weights
+
+OPSET = 17
+TOLERANCE = 1e-4  # max |onnx - torch| score difference accepted at export
+PARITY_USERS = 2000
+
+
+class TopKScorer(nn.Module):
+    """Backbone + exclusion + top-K: (history (B, L), exclude (B, E)) → (items (B, K), scores (B, K))."""
+
+    def __init__(self, backbone: nn.Module, k: int, blend: FittedPopBlend | None = None,
+                 transitions: FittedTransitionBlend | None = None):
+        super().__init__()
+        self.backbone, self.k, self.blend, self.transitions = backbone, k, blend is not None, transitions
+        # Scores are laid out over ids 0..N, so topk's column index IS the item id; column 0 (padding)
+        # gets -inf through the bias. F.linear against the full embedding table (a Gemm) reuses the
+        # weight the input lookup already holds, where `weight[1:].T` would store a second copy.
+        bias = torch.zeros(backbone.n_items + 1)
+        bias[0] = float("-inf")
+        self.register_buffer("pad_bias", bias, persistent=False)
+        if blend is not None:  # the popularity blend: w of the history's length bucket × log(1 + count)
+            self.register_buffer("edges", blend.edges.clone(), persistent=False)
+            self.register_buffer("weights", blend.weights.clone(), persistent=False)
+            self.register_buffer("prior", F.pad(blend.prior, (1, 0)), persistent=False)  # (N+1,), 0 for padding
+        if transitions is not None:  # tables as constants of the graph: (N+1, K) ids and strengths
+            self.register_buffer("transition_edges", transitions.edges.clone(), persistent=False)
+            self.register_buffer("transition_weights", transitions.weights.clone(), persistent=False)
+
+    def scores(self, history: torch.Tensor) -> torch.Tensor:
+        """(B, N+1): column j is item j, column 0 (padding) -inf."""
+        if self.backbone.tied:
+            scores = F.linear(self.backbone.encode(history), self.backbone.item_table, self.pad_bias)
+        else:  # scores that do not come from a user state times the item table (pop)
+            scores = F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # (B, N+1)
+        if self.blend:
+            scores = scores + bucket_weight(history, self.edges, self.weights) * self.prior.unsqueeze(0)
+        if self.transitions is not None:
+            prior = self.transitions.table.prior(history, self.transitions.last)  # (B, N+1), 0 at padding
+            scores = scores + bucket_weight(history, self.transition_edges, self.transition_weights) * prior
+        return scores
+
+    def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        scores = self.scores(history)
+        # adding -inf (not assigning) keeps repeated ids well defined: ScatterElements with reduction=add
+        minus_inf = torch.full(exclude.shape, float("-inf"), dtype=scores.dtype)  # (B, E)
+        scores = scores.scatter_add(1, exclude, minus_inf)  # (B, N+1)
+        values, items = torch.topk(scores, self.k, dim=1)  # (B, K) each, best first
+        return items, values
+
+
+def bucket_weight(history: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, 1) the weight of each history's length bucket: the bucket is how many edges the length reaches
+    (torch.bucketize, in ONNX ops)."""
+    lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
+    return weights[(lengths >= edges.unsqueeze(0)).sum(dim=1)].unsqueeze(1)
+
+
+def reference_topk(scorer: TopKScorer, history: torch.Tensor, exclude: torch.Tensor, k: int):
+    """Torch's answer, ties broken like ONNX TopK (lower index first), so tie order is not a difference."""
+    with torch.inference_mode():
+        scores = scorer.scores(history).float()  # (B, N+1), column = item id
+        scores = scores.scatter_add(1, exclude, torch.full(exclude.shape, float("-inf")))
+        values, items = torch.sort(scores, dim=1, descending=True, stable=True)
+    return scores, items[:, :k], values[:, :k]
+
+
+def to_onnx(wrapper: TopKScorer, max_len: int, metadata: dict[str, str]) -> bytes:
+    """Serialized, checked ONNX model (bytes) with `metadata` in its metadata_props."""
+    import onnx
+
+    k = wrapper.k
+    # batch ≥ 2 and a non-trivial exclude, so no dimension is specialised to 1 while tracing
+    example = (torch.tensor([[0] * (max_len - 1) + [1]] * 2), torch.ones(2, 3, dtype=torch.long))
+    buf = io.BytesIO()
+    dynamic = {"history": {0: "batch", 1: "length"}, "exclude": {0: "batch", 1: "n_exclude"},
+               "items": {0: "batch"}, "scores": {0: "batch"}}
+    with warnings.catch_warnings():  # the legacy exporter's deprecation and GRU warnings are not actionable
+        warnings.simplefilter("ignore")
+        torch.onnx.export(wrapper, example, buf, dynamo=False, opset_version=OPSET,
+                          input_names=["history", "exclude"], output_names=["items", "scores"],
+                          dynamic_axes=dynamic, do_constant_folding=True)
+    proto = onnx.load_from_string(buf.getvalue())
+    for out in proto.graph.output:  # name the K axis instead of the exporter's TopKitems_dim_1
+        out.type.tensor_type.shape.dim[1].dim_value = k
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.checker.check_model(proto, full_check=True)
+    return proto.SerializeToString()
+
+
+def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k: int) -> dict:
+    """onnxruntime vs torch on real histories: once at full width with nothing excluded, once fed as
+    `ltrec predict` feeds it (batches trimmed to their longest history, the history itself excluded)."""
+    sess = session(model_bytes)
+    hist = torch.from_numpy(history)
+    plain = sess.run(["items", "scores"], {"history": history, "exclude": history[:, :0]})
+    trimmed = [np.zeros_like(a) for a in plain]
+    lengths = (history > 0).sum(axis=1)
+    for batch in length_batches(lengths, 256):
+        width = max(int(lengths[batch].max()), 1)
+        got = sess.run(["items", "scores"], {"history": history[batch, -width:], "exclude": history[batch]})
+        trimmed[0][batch], trimmed[1][batch] = got
+    worst, same = 0.0, 0
+    for exclude, (got_items, got_scores) in ((hist[:, :0], plain), (hist, trimmed)):
+        scores, want_items, want_scores = (t.numpy() for t in reference_topk(scorer, hist, exclude, k))
+        if any(np.isnan(a).any() or np.isposinf(a).any() for a in (scores, got_scores)):
+            return {"users": len(history), "max_abs_score_diff": float("nan"), "topk_agreement": 0.0}
+        if got_items.min(initial=0) < 0 or got_items.max(initial=0) >= scores.shape[1]:
+            worst = float("inf")
+            continue
+        at_got = np.take_along_axis(scores, got_items, axis=1)  # torch's scores for onnx's items
+        masked = np.isneginf(want_scores)  # -inf only where fewer than K items were left
+        if not ((np.isneginf(got_scores) == masked) & (np.isneginf(at_got) == masked)).all():
+            worst = float("inf")  # a masked item returned, or a real one lost
+        else:
+            # the scores at onnx's items and the K best scores must both agree: a tie reordered is fine,
+            # a better item missed is not
+            diff = np.maximum(np.abs(got_scores - at_got), np.abs(got_scores - want_scores))
+            worst = max(worst, float(diff[~masked].max(initial=0.0)))
+        same += int((got_items == want_items).all(axis=1).sum())
+    return {"users": len(history), "max_abs_score_diff": worst, "topk_agreement": same / (2 * len(history))}
+
+
+def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None = None) -> Path:
+    """Write `out/model.onnx` and `out/bundle.json` for the run's best checkpoint (its recipe with the eval.*
+    `overrides`); returns `out`."""
+    import onnx
+    import onnxruntime
+
+    console = Console(stderr=True, soft_wrap=True)
+    run_dir, out = Path(run_dir), Path(out)
+    recipe, seqs = load_run(run_dir, overrides)
+    metrics_path = run_dir / "metrics.json"  # read first: a damaged file fails before minutes of export
+    metrics = read_json(metrics_path, Summary).model_dump() if metrics_path.exists() else None
+    if not 1 <= k <= seqs.n_items:
+        raise UserError(f"--k {k}: expected 1..{seqs.n_items} (the number of items the model knows)")
+    # read before minutes of export, and only under the settings they were fitted with
+    blend = popblend.load(run_dir, recipe, seqs.item_counts(), overrides or ()) if recipe.eval.pop_blend else None
+    transitions = transition_blend.load(run_dir, recipe, seqs, overrides or ()) \
+        if recipe.eval.transition_blend else None
+    backbone = build_model(recipe, seqs)
+    if not (run_dir / "best.pt").exists():
+        raise UserError(f"{run_dir}: no best.pt (training did not finish an epoch); train it first")
+    load_weights(backbone, run_dir / "best.pt")
+    backbone.eval()
+    max_len = recipe.data.max_len
+    metadata = {"ltrec.format_version": str(BUNDLE_FORMAT), "ltrec.n_items": str(seqs.n_items),
+                "ltrec.max_len": str(max_len), "ltrec.k": str(k), "ltrec.backbone": recipe.backbone.kind}
+    scorer = TopKScorer(backbone, k, blend, transitions).eval()
+    try:
+        model_bytes = to_onnx(scorer, max_len, metadata)
+    except Exception as exc:  # an exporter or checker failure is a bug to report, but say where
+        raise UserError(f"{run_dir}: ONNX export failed ({type(exc).__name__}: {exc})") from None
+
+    _, history, _ = seqs.eval_inputs("test", max_len)
+    pick = np.linspace(0, len(history) - 1, min(PARITY_USERS, len(history))).round().astype(int)
+    parity = check_parity(model_bytes, scorer, history[pick], k)
+    if np.isnan(parity["max_abs_score_diff"]):
+        raise UserError(f"{run_dir}: the model's scores are not finite (NaN or +inf) on the parity histories; "
+                        "nothing was written (the checkpoint or a fitted blend holds non-finite numbers: retrain "
+                        f"the run, or refit its blends with `{refit_command(run_dir, overrides or ())}`)")
+    if not parity["max_abs_score_diff"] <= TOLERANCE:
+        raise UserError(f"{run_dir}: onnxruntime and torch disagree (max |score diff| "
+                        f"{parity['max_abs_score_diff']:.3g} > {TOLERANCE}); nothing was written")
+    console.print(f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
+                  f"trimmed with seen items excluded, as predict runs it): max |score diff| "
+                  f"{parity['max_abs_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}")
+
+    meta = {
+        "format_version": BUNDLE_FORMAT,
+        "model": "model.onnx",
+        "backbone": recipe.backbone.kind,
+        "run": recipe.name,
+        "recipe_sha256": hashlib.sha256(read_bytes(run_dir / "recipe.yaml", "recipe")).hexdigest(),
+        "model_sha256": hashlib.sha256(model_bytes).hexdigest(),
+        "max_len": max_len,
+        "pad_id": 0,
+        "k": k,
+        "n_items": seqs.n_items,
+        "inputs": {"history": "int64 (batch, L ≤ max_len): item ids 1..n_items, left-padded with 0, newest last",
+                   "exclude": "int64 (batch, any): item ids never to return, 0 = none; width 0 allowed"},
+        "outputs": {"items": "int64 (batch, k): item ids 1..n_items, best first; vocab[id - 1] is the original id",
+                    "scores": "float32 (batch, k): model scores; -inf when fewer than k items remain"},
+        "parity": parity,
+        "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
+        "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
+        "pop_blend": blend.record() if blend else None,  # in the graph; here for the record
+        "transition_blend": transitions.record() if transitions else None,
+        "metrics": metrics,
+        "versions": {"ltrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
+                     "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+        "popularity": seqs.item_counts().tolist(),  # training counts, index i = item i+1: predict's fallback
+        "vocab": seqs.vocab.tolist(),  # original item ids as strings, index i = item i+1
+    }
+    text = json.dumps(meta, indent=1)
+    read_meta(text, out / "bundle.json")  # what predict and serve will read back
+    write_bundle(out, model_bytes, text)
+    return out
+

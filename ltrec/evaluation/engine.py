@@ -1,0 +1,273 @@
+"""Full-ranking evaluation by user slice (all / head / tail / cold / cold-adapted), plus the sampled mode.
+
+Protocol (printed with every table): chronological leave-one-out; the target is ranked against every item
+(padding excluded), every item of the user's history (not only the last max_len) masked when `eval.mask_seen`; ties are pessimistic (the target
+loses them). Sampled mode ranks the target against `eval.negatives` negatives drawn once with the recipe's
+seed and stored in the run, so reruns compare like with like. With `eval.adapt`, cold users are ranked a
+second time after a few SGD steps on their own history (slice `cold-adapted`, the same users as `cold`).
+
+Seen items are held as (user, item) pairs, never as a batch × longest-history matrix, so one very long
+history costs memory in proportion to itself only.
+
+Under torchrun the batches are dealt to the ranks (batch b to rank b mod world) and the ranks' integer ranks
+gathered; each batch is the batch one process would score, so the metrics are those of one process.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from ltrec.blend import popularity as popblend
+from ltrec.blend import transitions as transition_blend
+from ltrec.blend.popularity import FittedPopBlend
+from ltrec.blend.records import check_negatives, fit_settings
+from ltrec.blend.transitions import FittedTransitionBlend
+from ltrec.data import Sequences
+from ltrec.evaluation.adapt import adapted_scores
+from ltrec.evaluation.metrics import metrics_from_ranks, summarize
+from ltrec.evaluation.ranks import Seen, require_eligible, sample_negatives, sampled_ranks, state_ranks, target_ranks
+from ltrec.files.errors import UserError
+from ltrec.files.runs import BLENDED, SLICES, TRANSITIONS, read_epochs
+from ltrec.files.safe import MB, atomic_write, read_bytes
+from ltrec.recipe import Eval
+from ltrec.runtime.checkpoint import load_weights, save_torch
+from ltrec.runtime.distributed import LOCAL, Dist
+
+WARM = ("head", "tail")  # `all` = the evaluated users who trained; cold users are reported apart
+
+
+@dataclass
+class Result:
+    split: str
+    protocol: str
+    users: np.ndarray  # (B,) user index into Sequences
+    slice_of: np.ndarray  # (B,) "head" | "tail" | "cold" | "cold-adapted" (a cold user's second row)
+    per_user: dict[str, np.ndarray]  # metric → (B,)
+    ks: list[int]
+    lengths: np.ndarray  # (B,) items of each history the model saw
+
+    def mask(self, name: str) -> np.ndarray:
+        return np.isin(self.slice_of, WARM) if name == "all" else self.slice_of == name
+
+    def table(self, slices=SLICES) -> dict[str, dict[str, float]]:
+        return {s: summarize(self.per_user, self.mask(s)) for s in slices if self.mask(s).any() or s in ("all", *WARM)}
+
+
+def protocol(cfg: Eval) -> str:
+    blend = (BLENDED if cfg.pop_blend else "") + (TRANSITIONS if cfg.transition_blend else "")
+    if cfg.mode == "sampled":
+        return f"sampled: target vs {cfg.negatives} stored random negatives, pessimistic ties{blend}"
+    masked = "history masked" if cfg.mask_seen else "history not masked"
+    return f"full ranking over all items, {masked}, pessimistic ties, leave-one-out{blend}"
+
+
+class Evaluator:
+    """Evaluates one model on one dataset with one recipe's settings; `run(split)` ranks every evaluated (and
+    cold) user's `split` target and returns the per-user metrics (on every rank under torchrun)."""
+
+    def __init__(self, model, seqs: Sequences, cfg: Eval, max_len: int, device="cpu", run_dir: Path | None = None,
+                 seed: int = 0, dist: Dist = LOCAL):
+        self.model, self.seqs, self.cfg, self.max_len, self.device = model, seqs, cfg, max_len, device
+        self.run_dir, self.seed, self.dist = run_dir, seed, dist
+
+    def run(self, split: str, ks=None, blend: FittedPopBlend | None = None,
+            transitions: FittedTransitionBlend | None = None) -> Result:
+        """Rank every evaluated (and cold) user's `split` target; `blend` adds the popularity blend,
+        `transitions` the transition blend."""
+        return self.run_many(split, [(blend, transitions)], ks)[0]
+
+    @torch.no_grad()
+    def run_many(self, split: str, blends: list[tuple[FittedPopBlend | None, FittedTransitionBlend | None]],
+                 ks=None) -> list[Result]:
+        """`run` once per (popularity, transition) blend pair, sharing each batch's forward pass: fitting a
+        blend ranks the same users under many weights."""
+        model, seqs, cfg, dist, device = self.model, self.seqs, self.cfg, self.dist, self.device
+        model.eval()
+        parts = [seqs.eval_inputs(split, self.max_len, cold=c) for c in (False, True)]
+        if cfg.adapt is not None and len(parts[1][0]):
+            parts.append(parts[1])  # the cold users again, ranked after adaptation
+        users = np.concatenate([p[0] for p in parts])
+        history = np.concatenate([p[1] for p in parts])
+        targets = np.concatenate([p[2] for p in parts])
+        slice_of = np.where(seqs.head[users], "head", "tail").astype(object)
+        n_warm, n_cold = len(parts[0][0]), len(parts[1][0])
+        slice_of[n_warm:n_warm + n_cold] = "cold"
+        slice_of[n_warm + n_cold:] = "cold-adapted"
+        negs = self._negatives(split, history, targets) if cfg.mode == "sampled" else None
+        # Users in order of history length, so each batch is only as wide as its longest history: most users
+        # are short (the long tail) and every backbone ignores left padding (a tested property), so the encoder
+        # skips the all-pad columns.
+        lengths = (history > 0).sum(axis=1)
+        order = np.argsort(seqs.lengths[users], kind="stable")
+        batches = [order[lo:lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
+        # a transition prior is per user, not per item: its scores are no longer one dot product per item
+        blocks = negs is None and model.tied and all(t is None for _, t in blends)
+        mine = [[] for _ in blends]
+        for b, sel in enumerate(batches):
+            if b % dist.world != dist.rank:  # under torchrun batch b is rank b mod world's
+                continue
+            width = max(int(lengths[sel].max()), 1)
+            hist = torch.from_numpy(np.ascontiguousarray(history[sel, -width:])).to(device)  # (B, width)
+            tgt = torch.from_numpy(targets[sel]).to(device)
+            seen = Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users[sel], split))).to(device) \
+                if cfg.mask_seen and negs is None else None
+            adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
+            if blocks and not adapt.any():
+                state = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
+                items = model.item_table[1:].float()  # (N, D)
+                for out, (blend, _) in zip(mine, blends):
+                    h, table = state, items
+                    if blend is not None:  # [h, w]·[e, log(1 + count)]: still one dot product per item
+                        h = torch.cat([h, blend.weight(hist)[:, None]], dim=1)
+                        table = torch.cat([table, blend.prior.to(device)[:, None]], dim=1)
+                    out.append(state_ranks(h, table, tgt, seen).cpu())
+                continue
+            model_scores = model(hist).float()  # (B, N)
+            if adapt.any():
+                model_scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
+                    model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
+            priors = {}  # one transition prior per table for this batch, whatever the candidates' weights
+            for out, (blend, transitions) in zip(mine, blends):
+                scores = model_scores
+                if blend is not None:
+                    scores = scores + blend.weight(hist)[:, None] * blend.prior.to(device)[None, :]
+                if transitions is not None:
+                    key = (id(transitions.table), transitions.last)
+                    if key not in priors:
+                        priors[key] = transitions.prior(hist)
+                    scores = scores + transitions.weight(hist)[:, None] * priors[key]
+                if negs is None:
+                    out.append(target_ranks(scores, tgt, seen).cpu())
+                else:
+                    out.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[sel]).to(device)).cpu())
+        results = []
+        for ranks in mine:
+            gathered = dist.all_gather(ranks)  # rank r holds batches r, r + world, ...
+            rank = np.zeros(len(users), dtype=np.int64)
+            for b, sel in enumerate(batches):
+                rank[sel] = gathered[b % dist.world][b // dist.world].numpy()
+            per_user = metrics_from_ranks(rank, ks or cfg.ks)
+            per_user["rank"] = rank.astype(np.float64)
+            results.append(Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks),
+                                  lengths))
+        return results
+
+    def _negatives(self, split: str, history: np.ndarray, targets: np.ndarray) -> np.ndarray:
+        """Sampled mode's negatives: drawn once with the recipe's seed and stored with the run (rank 0)."""
+        main = self.run_dir is not None and self.dist.main
+        path = self.run_dir / f"negatives_{split}_{self.cfg.negatives}.npy" if main else None
+        n = self.cfg.negatives
+        if path is not None and path.exists():
+            # int64 ids plus the .npy header: anything much larger is not this file
+            data = read_bytes(path, "stored negatives file", max(len(targets) * n * 8 + 4096, MB))
+            try:
+                negs = np.load(io.BytesIO(data), allow_pickle=False)
+            except (OSError, ValueError, EOFError) as exc:
+                raise UserError(f"{path}: not a stored negatives array ({' '.join(str(exc).split())[:200]}); delete "
+                                "it to draw them again") from None
+            return check_negatives(negs, targets, history, self.seqs.n_items, n, path)
+        require_eligible(self.seqs.n_items, targets, history, n)
+        negs = sample_negatives(self.seqs.n_items, targets, history, self.cfg.negatives, self.seed)
+        if path is not None:
+            buf = io.BytesIO()
+            np.save(buf, negs, allow_pickle=False)
+            atomic_write(path, buf.getvalue())
+        return negs
+
+
+def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None, overrides: list[str]):
+    """`ltrec eval`: the run's best checkpoint on `split`; writes users_<split>.csv; returns (result, table)."""
+    from ltrec.runtime.build import build_model, load_run
+
+    recipe, seqs = load_run(run, overrides)
+    model = build_model(recipe, seqs)
+    load_weights(model, run / "best.pt")
+    evaluator = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed)
+    result = evaluator.run(split, ks, *fit_blend(recipe, seqs, evaluator, run))
+    write_per_user(result, seqs, run / f"users_{split}.csv")
+    return result, {k: v for k, v in result.table(slices).items() if k in slices}
+
+
+def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Console, dist: Dist = LOCAL) -> Path:
+    """Evaluate the best epoch's weights on valid and test; write metrics.json and the per-user files."""
+    history = []
+    with dist.together():
+        if dist.main:
+            if (run_dir / "best.pt").exists():
+                load_weights(model, run_dir / "best.pt")
+            else:  # pop: nothing trained, but export and eval need a checkpoint all the same
+                save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": 0})
+            history = read_epochs(run_dir / "metrics.jsonl")
+    dist.broadcast_module_(model)  # rank 0 read best.pt; the others get its weights
+    monitor = recipe.train.monitor
+    summary = {"best_epoch": max(history, key=lambda r: r["valid"][monitor.slice][monitor.metric])["epoch"]
+               if history else 0, "epochs": len(history),
+               "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0}
+    blends = fit_blend(recipe, seqs, evaluator, run_dir, dist)
+    for split in ("valid", "test"):
+        result = evaluator.run(split, None, *blends)
+        summary[split], summary["protocol"] = result.table(), result.protocol
+        with dist.together():
+            if dist.main:
+                write_per_user(result, seqs, run_dir / f"users_{split}.csv")
+    with dist.together():
+        if dist.main:
+            atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
+    console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
+    console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail; pictures: ltrec report {run_dir})")
+    return run_dir
+
+
+def fit_blend(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path,
+              dist: Dist = LOCAL) -> tuple[FittedPopBlend | None, FittedTransitionBlend | None]:
+    """The blends the recipe asks for (popularity, then transitions on top), fitted on validation and saved
+    with the run (rank 0)."""
+    cfg, metric = recipe.eval, recipe.train.monitor.metric
+    blend = popblend.fit(evaluator, cfg.pop_blend, seqs.item_counts(), metric) if cfg.pop_blend else None
+    transitions = transition_blend.fit(evaluator, cfg.transition_blend, seqs, metric, blend) \
+        if cfg.transition_blend else None
+    fits = [(key, module, fitted) for key, module, fitted in (("pop_blend", popblend, blend),
+            ("transition_blend", transition_blend, transitions)) if fitted is not None]
+    for key, _, fitted in fits:
+        fitted.settings = fit_settings(recipe, key)
+    with dist.together():
+        if dist.main:
+            for _, module, fitted in fits:
+                module.save(run_dir, fitted)
+    return blend, transitions
+
+
+def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:
+    """Per-user metrics (CSV) so slices and significance tests can be computed later."""
+    keys = [k for k in result.per_user]
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(["user_id", "slice", "train_events", *keys])
+    train_len = seqs.train_lengths
+    n = seqs.lengths
+    for j, u in enumerate(result.users):
+        events = train_len[u] if result.slice_of[j] in WARM else n[u] - 2
+        w.writerow([seqs.users[u], result.slice_of[j], int(events),
+                    *(f"{result.per_user[k][j]:.6g}" for k in keys)])
+    atomic_write(path, out.getvalue())
+    # the protocol beside it: `ltrec eval --set` may rewrite the file under another one, and compare must see that
+    atomic_write(path.with_suffix(".json"), json.dumps({"protocol": result.protocol}) + "\n")
+
+
+def format_table(table: dict[str, dict[str, float]], proto: str, split: str, ks) -> str:
+    """A plain-text table: one row per slice, users and hr/ndcg/mrr at each K."""
+    cols = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")]
+    head = f"{'slice':<6} {'users':>7} " + " ".join(f"{c:>8}" for c in cols)
+    lines = [f"{split} — {proto}", head, "-" * len(head)]
+    for name, row in table.items():
+        vals = " ".join(f"{row.get(c, float('nan')):>8.4f}" for c in cols)
+        lines.append(f"{name:<6} {int(row['users']):>7} {vals}")
+    return "\n".join(lines)

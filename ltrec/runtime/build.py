@@ -1,0 +1,103 @@
+"""From a recipe to what training, evaluation and export work on: the data, the model, the device; and a
+saved run's recipe and data, checked to be what the run was trained on."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ltrec import data as data_mod
+from ltrec.evaluation.ranks import require_eligible
+from ltrec.files.errors import UserError
+from ltrec.files.runs import DataInfo, check_run, read_json
+from ltrec.models import BACKBONES
+from ltrec.models.branched import Branched
+from ltrec.recipe import Recipe, load_recipe
+from ltrec.runtime.distributed import LOCAL, Dist
+
+
+def pick_device(name: str, dist: Dist = LOCAL) -> torch.device:
+    """auto: CUDA when torch sees a GPU (under torchrun, the GPU of this process's LOCAL_RANK), else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("train.device: cuda was asked for but torch sees no CUDA device; use auto or cpu")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", dist.local_rank % torch.cuda.device_count()) if dist.world > 1 else torch.device("cuda")
+
+
+def check_precision(precision: str, device: torch.device) -> None:
+    if precision == "bf16" and device.type != "cuda":
+        raise UserError("train.precision: bf16 autocast runs on CUDA only, and this run trains on the CPU "
+                        "(no CUDA device, or train.device: cpu); use precision: fp32")
+
+
+def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
+    cfg = recipe.backbone.model_dump(exclude={"kind"})
+    try:
+        model = BACKBONES[recipe.backbone.kind](seqs.n_items, recipe.data.max_len, **cfg)
+    except ValueError as exc:
+        raise UserError(f"backbone: {exc}") from None
+    except (MemoryError, RuntimeError) as exc:  # a size that passes validation but does not fit in memory
+        raise UserError(f"backbone: the model does not fit in memory with {seqs.n_items:,} items "
+                        f"({type(exc).__name__}); lower backbone.dim or layers") from None
+    if not model.trainable:
+        model.fit(seqs)
+    branch = recipe.transfer.user_branch
+    if branch is not None:  # histories shorter than the head threshold (or max_len) get the head→tail map
+        model = Branched(model, min(seqs.head_threshold, recipe.data.max_len), branch.hidden)
+    return model
+
+
+def fingerprint(seqs: data_mod.Sequences) -> str:
+    h = hashlib.sha256()
+    for arr in (seqs.items, seqs.offsets, seqs.role, seqs.head):
+        h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_data(recipe: Recipe) -> data_mod.Sequences:
+    """The recipe's data; errors also name the recipe file (a data problem is fixed there)."""
+    try:
+        return data_mod.load(recipe.data, recipe.split, recipe.head, recipe.seed)
+    except UserError as exc:
+        where = recipe._file
+        raise UserError(f"{where}: {exc}" if where and not str(exc).startswith(where) else str(exc)) from None
+
+
+def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[Recipe, data_mod.Sequences]:
+    """The run's recipe (with `overrides`) and its data, checked to be the data the run was trained on."""
+    check_run(run_dir)
+    recipe = load_recipe(run_dir / "recipe.yaml", list(overrides or []))
+    info = read_json(run_dir / "data.json", DataInfo)
+    seqs = load_data(recipe)
+    if info.fingerprint != fingerprint(seqs):
+        raise UserError(f"{run_dir}: the data at {recipe.data.source} changed since this run was trained")
+    return recipe, seqs
+
+
+def check_eval(recipe: Recipe, seqs: data_mod.Sequences) -> None:
+    """Fail before training, not after: the monitored slice must have users, adversarial training needs head
+    and tail users to tell apart, and sampled evaluation needs eval.negatives items outside each user's target
+    and history."""
+    which = recipe.train.monitor.slice
+    evaluated = seqs.role == data_mod.EVAL
+    users = {"all": evaluated, "head": evaluated & seqs.head, "tail": evaluated & ~seqs.head}[which]
+    if BACKBONES[recipe.backbone.kind].trainable and not users.any():
+        raise UserError(f"train.monitor.slice: no evaluated user is {which} (head = at least "
+                        f"{seqs.head_threshold} training events), so no epoch could be picked; monitor another "
+                        "slice or change head.fraction / head.count")
+    trained = seqs.train_lengths >= 2  # users with a training window
+    for name, present in (("head", seqs.head & trained), ("tail", ~seqs.head & trained)):
+        if recipe.transfer.adversarial is not None and not present.any():
+            raise UserError(f"transfer.adversarial: no {name} user has training windows (head = at least "
+                            f"{seqs.head_threshold} training events), so the discriminator would have nothing to "
+                            "tell apart; change head.fraction / head.count or set transfer.adversarial: null")
+    if recipe.eval.mode != "sampled":
+        return
+    for split in ("valid", "test"):
+        for cold in (False, True):
+            _, history, target = seqs.eval_inputs(split, recipe.data.max_len, cold)
+            require_eligible(seqs.n_items, target, history, recipe.eval.negatives)
