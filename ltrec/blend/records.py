@@ -1,13 +1,9 @@
-"""What fitting leaves on disk, validated whenever it is read: fitted blends (`pop_blend.json`,
-`transition_blend.json`), bundles (`bundle.json`, and what `model.onnx` returns) and stored negatives.
-
-Every reader and writer goes through here (train and eval write blends, export reads them; export writes
-bundles, predict and serve read them; every sampled evaluation reads negatives), so a file is accepted or
-refused the same way whichever command touches it, and a refusal is one line naming the file and key, what
-was expected, and how to fix it. Numbers are finite and in range, edges increase, weights are ≥ 0 and one
-per bucket, tables agree in shape. A fitted blend records the settings it was fitted with and is used only
-under them: the same weights under other settings rank users differently from `ltrec eval`. numpy and
-pydantic only: predict and serve never load torch.
+"""What fitting a blend leaves on disk (`pop_blend.json`, `transition_blend.json`), validated whenever it
+is read: train and eval write them, export reads them and copies them into `bundle.json`, so a file is
+accepted or refused the same way whichever command touches it. Numbers are finite and in range, edges
+increase, weights are ≥ 0 and one per bucket. A fitted blend records the settings it was fitted with and is
+used only under them: the same weights under other settings rank users differently from `ltrec eval`. numpy
+and pydantic only: predict and serve never load torch.
 """
 
 from __future__ import annotations
@@ -18,65 +14,25 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import Field, ValidationError, model_validator
 
 from ltrec.files.errors import UserError
-from ltrec.files.runs import Summary
+from ltrec.files.records import Record, check_version, problem
 from ltrec.recipe import PopBlend, TransitionBlend
 
 FITTED_FORMAT = 1  # pop_blend.json / transition_blend.json; files without "format" predate recorded settings
-BUNDLE_FORMAT = 3  # bundle.json
-Finite = Annotated[float, Field(allow_inf_nan=False)]
 Weight = Annotated[float, Field(ge=0, le=1000, allow_inf_nan=False)]  # the recipe's bounds on candidates
 
 
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
-
-def _version(value, key: str, reads: int, legacy: str):
-    """A file of another format is refused before its fields are read: they may mean something else."""
-    if not isinstance(value, dict):
-        return value
-    found = value.get(key)
-    if found is None:
-        raise PydanticCustomError("ltrec_version", legacy)
-    if found != reads:
-        newer = isinstance(found, int) and found > reads
-        age = "a newer" if newer else "an older" if isinstance(found, int) else "another"
-        raise PydanticCustomError("ltrec_version", "written by {age} ltrec (format {found}, this ltrec reads "
-                                  "{reads})" + ("; upgrade ltrec or" if newer else ""),
-                                  {"age": age, "found": json.dumps(found)[:40], "reads": reads})
-    return value
-
-
-def problem(path: Path, exc: ValidationError, fix: str) -> UserError:
-    """The first problem pydantic found, as one line: `path: key: what (got value); fix`."""
-    err = exc.errors()[0]
-    if err["type"] == "json_invalid":
-        return UserError(f"{path}: not valid JSON ({err['msg'].removeprefix('Invalid JSON: ')}); {fix}")
-    msg = " ".join(err["msg"].removeprefix("Value error, ").split())
-    if err["type"] == "ltrec_version":
-        return UserError(f"{path}: {msg} {fix}" if msg.endswith(" or") else f"{path}: {msg}; {fix}")
-    key = ".".join(str(p) for p in err["loc"]) or "(top level)"
-    got = err.get("input")
-    shown = f" (got {got!r:.40})" if isinstance(got, (int, float, str)) and not isinstance(got, bool) else ""
-    return UserError(f"{path}: {key}: {msg}{shown}; {fix}")
-
-
-# -- fitted blends ---------------------------------------------------------------------------------------
-
-
-class _Monitor(_Model):
+class _Monitor(Record):
     metric: str = Field(pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$")
 
 
-class _Train(_Model):  # only the metric a fit maximises
+class _Train(Record):  # only the metric a fit maximises
     monitor: _Monitor
 
 
-class _EvalPop(_Model):
+class _EvalPop(Record):
     mask_seen: bool | None  # full ranking only; sampled mode ignores it
     mode: Literal["full", "sampled"]
     negatives: int | None = Field(ge=1, le=1_000_000)  # sampled mode only
@@ -87,17 +43,17 @@ class _EvalTransitions(_EvalPop):
     transition_blend: TransitionBlend
 
 
-class PopSettings(_Model):
+class PopSettings(Record):
     eval: _EvalPop
     train: _Train
 
 
-class TransitionSettings(_Model):
+class TransitionSettings(Record):
     eval: _EvalTransitions
     train: _Train
 
 
-class FittedPop(_Model):
+class FittedPop(Record):
     format: int
     settings: PopSettings
     edges: list[Annotated[int, Field(ge=1, le=4096)]]
@@ -106,7 +62,7 @@ class FittedPop(_Model):
     @model_validator(mode="before")
     @classmethod
     def _format_first(cls, value):
-        return _version(value, "format", FITTED_FORMAT, "written by an older ltrec, which did not record the "
+        return check_version(value, "format", FITTED_FORMAT, "written by an older ltrec, which did not record the "
                         "settings a blend is fitted with")
 
     @property
@@ -205,113 +161,3 @@ def read_fitted(text: bytes | str, path: Path, key: str, recipe, run_dir: Path, 
     return fitted
 
 
-# -- bundles ---------------------------------------------------------------------------------------------
-
-
-class BundleColumns(_Model):
-    user: str
-    item: str
-    time: str
-
-
-class Parity(_Model):
-    users: int = Field(ge=0)
-    max_abs_score_diff: Finite = Field(ge=0)
-    topk_agreement: Finite = Field(ge=0, le=1)
-
-
-Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
-
-
-class BundleMeta(_Model):
-    format_version: int
-    model: Literal["model.onnx"]
-    backbone: str
-    run: str
-    recipe_sha256: Sha256
-    model_sha256: Sha256
-    max_len: int = Field(ge=1, le=4096)
-    pad_id: Literal[0]
-    k: int = Field(ge=1)
-    n_items: int = Field(ge=1)
-    inputs: dict[str, str]
-    outputs: dict[str, str]
-    parity: Parity
-    columns: BundleColumns
-    exclude_seen: bool
-    pop_blend: FittedPop | None
-    transition_blend: FittedTransitions | None
-    metrics: Summary | None  # as metrics.json: a slice without users has NaN metrics
-    versions: dict[str, str | int]
-    popularity: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]  # training counts, item i + 1 at i
-    vocab: list[Annotated[str, Field(min_length=1)]]  # original item ids, item i + 1 at i
-
-    @model_validator(mode="before")
-    @classmethod
-    def _version_first(cls, value):
-        return _version(value, "format_version", BUNDLE_FORMAT, "no format_version")
-
-    @model_validator(mode="after")
-    def _sizes_agree(self) -> "BundleMeta":
-        if not len(self.vocab) == len(self.popularity) == self.n_items or self.k > self.n_items:
-            raise ValueError(f"vocab ({len(self.vocab)}), popularity ({len(self.popularity)}), n_items "
-                             f"({self.n_items}) and k ({self.k}) do not agree")
-        if len(set(self.vocab)) != len(self.vocab):
-            seen: set[str] = set()
-            twice = next(v for v in self.vocab if v in seen or seen.add(v))
-            raise ValueError(f"vocab holds {twice!r} twice; item ids must be distinct")
-        return self
-
-
-def read_meta(data: bytes | str, path: Path) -> BundleMeta:
-    try:
-        return BundleMeta.model_validate_json(data)
-    except ValidationError as exc:
-        raise problem(path, exc, "re-export the run with this ltrec (`ltrec export RUN`)") from None
-
-
-def check_outputs(items, scores, rows: int, meta: BundleMeta, where: Path, probe: bool = False) -> None:
-    """What the graph returned must be what bundle.py documents: int64 items and float32 scores, each (rows, K);
-    wherever a score is finite, an item 1..N; no NaN or +inf score. On the probe batch (nothing excluded)
-    every score is finite, best first, and no item comes twice."""
-    shape = (rows, meta.k)
-    bad = None
-    if not (isinstance(items, np.ndarray) and isinstance(scores, np.ndarray)):
-        bad = "outputs that are not tensors"
-    elif items.dtype != np.int64 or scores.dtype != np.float32 or items.shape != shape or scores.shape != shape:
-        bad = f"items {items.dtype} {items.shape} and scores {scores.dtype} {scores.shape}, expected int64 and " \
-              f"float32 {shape}"
-    elif np.isnan(scores).any() or np.isposinf(scores).any() or (probe and not np.isfinite(scores).all()):
-        bad = "non-finite scores"
-    elif ((items < 1) | (items > meta.n_items))[np.isfinite(scores)].any():
-        bad = f"item ids outside 1..{meta.n_items}"
-    elif probe and ((np.diff(scores, axis=1) > 0).any() or (np.diff(np.sort(items, axis=1), axis=1) == 0).any()):
-        bad = "items out of order or repeated"
-    if bad:
-        raise UserError(f"{where}: the graph returned {bad}; not a model written by `ltrec export` (re-export "
-                        "the run)")
-
-
-# -- stored negatives ------------------------------------------------------------------------------------
-
-
-def check_negatives(negs: np.ndarray, targets: np.ndarray, history: np.ndarray, n_items: int, n: int,
-                    path: Path) -> np.ndarray:
-    """Stored negatives must be what `sample_negatives` draws: (users, n) item ids 1..N, none the user's target
-    or in the history it was drawn against, none twice in a row."""
-    fix = "the file is damaged or from other settings: delete it to draw them again"
-    if negs.shape != (len(targets), n) or negs.dtype.kind not in "iu":
-        raise UserError(f"{path}: expected {(len(targets), n)} item ids, found {negs.shape} {negs.dtype}; {fix}")
-    negs = negs.astype(np.int64)
-    if negs.size and not (1 <= negs.min() and negs.max() <= n_items):
-        raise UserError(f"{path}: item ids outside 1..{n_items} (found {negs.min()}..{negs.max()}); {fix}")
-    seen = np.concatenate([targets[:, None], history], axis=1)
-    row = np.arange(len(targets))[:, None] * (n_items + 1)  # (user row, item) as one key
-    clash = np.isin(row + negs, (row + seen)[seen > 0]).any(axis=1)
-    ordered = np.sort(negs, axis=1)
-    twice = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
-    if clash.any() or twice.any():
-        row = int(np.flatnonzero(clash | twice)[0])
-        what = "the user's target or an item of its history" if clash[row] else "the same item twice"
-        raise UserError(f"{path}: row {row} holds {what}; {fix}")
-    return negs

@@ -67,7 +67,7 @@ def evaluate(
         run = find_run(run_dir)
         overrides, cuts = _eval_overrides(set_ or [], cuts)
         load_recipe(run / "recipe.yaml", overrides)  # a bad --set answers before torch loads
-        from ltrec.evaluation.engine import evaluate_run, format_table
+        from ltrec.evaluation.run import evaluate_run, format_table
         from ltrec.files.lock import locked
 
         with locked(run, "ltrec train or eval"):  # eval rewrites users_*.csv and the fitted blends

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltrec.blend.records import BundleMeta, check_outputs, read_meta
+from ltrec.deploy.meta import BundleMeta, check_outputs, read_meta
 from ltrec.files.errors import UserError
 from ltrec.files.safe import MB, atomic_write, read_bytes
 

@@ -22,9 +22,10 @@ from ltrec import __version__
 from ltrec.blend import popularity as popblend
 from ltrec.blend import transitions as transition_blend
 from ltrec.blend.popularity import FittedPopBlend
-from ltrec.blend.records import BUNDLE_FORMAT, read_meta, refit_command
+from ltrec.blend.records import refit_command
 from ltrec.blend.transitions import FittedTransitionBlend
 from ltrec.deploy.bundle import length_batches, session, write_bundle
+from ltrec.deploy.meta import BUNDLE_FORMAT, read_meta
 from ltrec.files.errors import UserError
 from ltrec.files.runs import Summary, read_json
 from ltrec.files.safe import read_bytes

@@ -15,30 +15,31 @@ gathered; each batch is the batch one process would score, so the metrics are th
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from rich.console import Console
 
-from ltrec.blend import popularity as popblend
-from ltrec.blend import transitions as transition_blend
 from ltrec.blend.popularity import FittedPopBlend
-from ltrec.blend.records import check_negatives, fit_settings
 from ltrec.blend.transitions import FittedTransitionBlend
 from ltrec.data import Sequences
 from ltrec.evaluation.adapt import adapted_scores
 from ltrec.evaluation.metrics import metrics_from_ranks, summarize
-from ltrec.evaluation.ranks import Seen, require_eligible, sample_negatives, sampled_ranks, state_ranks, target_ranks
+from ltrec.evaluation.ranks import (
+    Seen,
+    check_negatives,
+    require_eligible,
+    sample_negatives,
+    sampled_ranks,
+    state_ranks,
+    target_ranks,
+)
 from ltrec.files.errors import UserError
-from ltrec.files.runs import BLENDED, SLICES, TRANSITIONS, read_epochs
+from ltrec.files.runs import BLENDED, SLICES, TRANSITIONS
 from ltrec.files.safe import MB, atomic_write, read_bytes
 from ltrec.recipe import Eval
-from ltrec.runtime.checkpoint import load_weights, save_torch
 from ltrec.runtime.distributed import LOCAL, Dist
 
 WARM = ("head", "tail")  # `all` = the evaluated users who trained; cold users are reported apart
@@ -181,93 +182,3 @@ class Evaluator:
             np.save(buf, negs, allow_pickle=False)
             atomic_write(path, buf.getvalue())
         return negs
-
-
-def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None, overrides: list[str]):
-    """`ltrec eval`: the run's best checkpoint on `split`; writes users_<split>.csv; returns (result, table)."""
-    from ltrec.runtime.build import build_model, load_run
-
-    recipe, seqs = load_run(run, overrides)
-    model = build_model(recipe, seqs)
-    load_weights(model, run / "best.pt")
-    evaluator = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed)
-    result = evaluator.run(split, ks, *fit_blend(recipe, seqs, evaluator, run))
-    write_per_user(result, seqs, run / f"users_{split}.csv")
-    return result, {k: v for k, v in result.table(slices).items() if k in slices}
-
-
-def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Console, dist: Dist = LOCAL) -> Path:
-    """Evaluate the best epoch's weights on valid and test; write metrics.json and the per-user files."""
-    history = []
-    with dist.together():
-        if dist.main:
-            if (run_dir / "best.pt").exists():
-                load_weights(model, run_dir / "best.pt")
-            else:  # pop: nothing trained, but export and eval need a checkpoint all the same
-                save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": 0})
-            history = read_epochs(run_dir / "metrics.jsonl")
-    dist.broadcast_module_(model)  # rank 0 read best.pt; the others get its weights
-    monitor = recipe.train.monitor
-    summary = {"best_epoch": max(history, key=lambda r: r["valid"][monitor.slice][monitor.metric])["epoch"]
-               if history else 0, "epochs": len(history),
-               "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0}
-    blends = fit_blend(recipe, seqs, evaluator, run_dir, dist)
-    for split in ("valid", "test"):
-        result = evaluator.run(split, None, *blends)
-        summary[split], summary["protocol"] = result.table(), result.protocol
-        with dist.together():
-            if dist.main:
-                write_per_user(result, seqs, run_dir / f"users_{split}.csv")
-    with dist.together():
-        if dist.main:
-            atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
-    console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
-    console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail; pictures: ltrec report {run_dir})")
-    return run_dir
-
-
-def fit_blend(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path,
-              dist: Dist = LOCAL) -> tuple[FittedPopBlend | None, FittedTransitionBlend | None]:
-    """The blends the recipe asks for (popularity, then transitions on top), fitted on validation and saved
-    with the run (rank 0)."""
-    cfg, metric = recipe.eval, recipe.train.monitor.metric
-    blend = popblend.fit(evaluator, cfg.pop_blend, seqs.item_counts(), metric) if cfg.pop_blend else None
-    transitions = transition_blend.fit(evaluator, cfg.transition_blend, seqs, metric, blend) \
-        if cfg.transition_blend else None
-    fits = [(key, module, fitted) for key, module, fitted in (("pop_blend", popblend, blend),
-            ("transition_blend", transition_blend, transitions)) if fitted is not None]
-    for key, _, fitted in fits:
-        fitted.settings = fit_settings(recipe, key)
-    with dist.together():
-        if dist.main:
-            for _, module, fitted in fits:
-                module.save(run_dir, fitted)
-    return blend, transitions
-
-
-def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:
-    """Per-user metrics (CSV) so slices and significance tests can be computed later."""
-    keys = [k for k in result.per_user]
-    out = io.StringIO()
-    w = csv.writer(out, lineterminator="\n")
-    w.writerow(["user_id", "slice", "train_events", *keys])
-    train_len = seqs.train_lengths
-    n = seqs.lengths
-    for j, u in enumerate(result.users):
-        events = train_len[u] if result.slice_of[j] in WARM else n[u] - 2
-        w.writerow([seqs.users[u], result.slice_of[j], int(events),
-                    *(f"{result.per_user[k][j]:.6g}" for k in keys)])
-    atomic_write(path, out.getvalue())
-    # the protocol beside it: `ltrec eval --set` may rewrite the file under another one, and compare must see that
-    atomic_write(path.with_suffix(".json"), json.dumps({"protocol": result.protocol}) + "\n")
-
-
-def format_table(table: dict[str, dict[str, float]], proto: str, split: str, ks) -> str:
-    """A plain-text table: one row per slice, users and hr/ndcg/mrr at each K."""
-    cols = [f"{m}@{k}" for k in ks for m in ("hr", "ndcg", "mrr")]
-    head = f"{'slice':<6} {'users':>7} " + " ".join(f"{c:>8}" for c in cols)
-    lines = [f"{split} — {proto}", head, "-" * len(head)]
-    for name, row in table.items():
-        vals = " ".join(f"{row.get(c, float('nan')):>8.4f}" for c in cols)
-        lines.append(f"{name:<6} {int(row['users']):>7} {vals}")
-    return "\n".join(lines)

@@ -7,6 +7,7 @@ that outputs constant scores gets the worst rank instead of a flattering one.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -197,3 +198,25 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
     neg = torch.as_tensor(negatives, device=scores.device).long()
     t = scores.gather(1, (targets.long() - 1).unsqueeze(1))
     return (scores.gather(1, neg - 1) >= t).sum(dim=1)
+
+
+def check_negatives(negs: np.ndarray, targets: np.ndarray, history: np.ndarray, n_items: int, n: int,
+                    path: Path) -> np.ndarray:
+    """Stored negatives must be what `sample_negatives` draws: (users, n) item ids 1..N, none the user's target
+    or in the history it was drawn against, none twice in a row."""
+    fix = "the file is damaged or from other settings: delete it to draw them again"
+    if negs.shape != (len(targets), n) or negs.dtype.kind not in "iu":
+        raise UserError(f"{path}: expected {(len(targets), n)} item ids, found {negs.shape} {negs.dtype}; {fix}")
+    negs = negs.astype(np.int64)
+    if negs.size and not (1 <= negs.min() and negs.max() <= n_items):
+        raise UserError(f"{path}: item ids outside 1..{n_items} (found {negs.min()}..{negs.max()}); {fix}")
+    seen = np.concatenate([targets[:, None], history], axis=1)
+    row = np.arange(len(targets))[:, None] * (n_items + 1)  # (user row, item) as one key
+    clash = np.isin(row + negs, (row + seen)[seen > 0]).any(axis=1)
+    ordered = np.sort(negs, axis=1)
+    twice = (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
+    if clash.any() or twice.any():
+        row = int(np.flatnonzero(clash | twice)[0])
+        what = "the user's target or an item of its history" if clash[row] else "the same item twice"
+        raise UserError(f"{path}: row {row} holds {what}; {fix}")
+    return negs

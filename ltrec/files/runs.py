@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 from ltrec import __version__
 from ltrec.files.errors import UserError
 from ltrec.files.lock import LOCK, locked
+from ltrec.files.records import problem
 from ltrec.files.safe import atomic_write, read_bytes, read_text, remove_stale_temps, same_or_inside
 
 MARKER = ".ltrec-run.json"
@@ -169,12 +170,7 @@ class Protocol(_File):
 
 
 def _problem(path: Path, exc: ValidationError) -> UserError:
-    err = exc.errors()[0]
-    if err["type"] == "json_invalid":
-        what = f"not valid JSON ({err['msg'].removeprefix('Invalid JSON: ')})"
-    else:
-        what = f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg'].removeprefix('Value error, ')}"
-    return UserError(f"{path}: {what}; the file is damaged or not ltrec's (retrain the run, or restore the file)")
+    return problem(path, exc, "the file is damaged or not ltrec's (retrain the run, or restore the file)")
 
 
 def read_json(path: Path, model: type[BaseModel]) -> Any:

@@ -18,7 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from ltrec.evaluation.engine import Evaluator, finish
+from ltrec.evaluation.engine import Evaluator
 from ltrec.files.errors import UserError
 from ltrec.files.runs import append_epoch
 from ltrec.files.safe import atomic_write
@@ -27,6 +27,7 @@ from ltrec.runtime import checkpoint
 from ltrec.runtime.allocator import keep_freed_memory
 from ltrec.runtime.build import build_model, check_eval, check_precision, fingerprint, load_data, pick_device
 from ltrec.runtime.distributed import LOCAL, Dist, rank_seed, shard_users
+from ltrec.training.finish import finish
 from ltrec.training.transfer import make_runner
 
 DISC_WINS = 0.99  # balanced accuracy from which the discriminator is said to win (0.5 = chance)
@@ -65,7 +66,7 @@ def _train(recipe: Recipe, run_dir: Path, device, resume: bool, console: Console
     with dist.together():
         model = build_model(recipe, seqs).to(device)
     evaluator = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, device, run_dir, recipe.seed, dist)
-    if recipe.backbone.kind != "pop":
+    if model.trainable:
         fit(recipe, seqs, model, evaluator, run_dir, resume, console, dist)
     return finish(recipe, seqs, model, evaluator, run_dir, console, dist)
 
