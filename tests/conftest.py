@@ -7,6 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from ltrec.evaluation.ranks import Seen
+from ltrec.models import loss_from_states
+
 # Test models are tiny: one thread is as fast, and it avoids OpenMP spin-waiting, which on a shared 2-core
 # machine makes every test several times slower. Subprocesses (CLI runs, torchrun) inherit the variable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -95,3 +98,15 @@ def cli_fails(args, *expected) -> str:
         assert text in result.output, result.output
     return result.output
 
+
+
+def seen_from_padded(seen: torch.Tensor) -> Seen:
+    """A user's seen items as `Seen` pairs, from a left-padded (B, L) matrix of item ids (0 = padding)."""
+    n = int(seen.max()) + 1 if seen.numel() else 1
+    keys = torch.unique((torch.arange(len(seen)).unsqueeze(1) * n + seen.long())[seen > 0])
+    return Seen.of(keys // n, keys % n)
+
+
+def next_item_loss(model, inputs, targets, loss="ce", negatives=1, generator=None) -> torch.Tensor:
+    """inputs/targets (B, L); targets[:, t] is the item after inputs[:, t] (0 = ignored)."""
+    return loss_from_states(model, model.encode_all(inputs), targets, loss, negatives, generator)

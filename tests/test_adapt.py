@@ -9,13 +9,14 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import next_item_loss
 from test_export import ok, write_events
 from typer.testing import CliRunner
 
 from ltrec.cli import app
 from ltrec.data import COLD, EVAL
 from ltrec.evaluation.adapt import adapted_scores
-from ltrec.models import BACKBONES, SASRec, next_item_loss
+from ltrec.models import BACKBONES, SASRec
 from ltrec.runtime.build import load_run
 
 runner = CliRunner()

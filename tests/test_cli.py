@@ -45,7 +45,7 @@ def test_transfer_run_evaluates_and_exports_from_its_saved_recipe(recipe, tmp_pa
     assert "disc_acc" in out
     assert "users_per_step: 64" in (tmp_path / "runs" / "gaat" / "recipe.yaml").read_text()
     assert "tail" in ok(["eval", "runs/gaat", "--slice", "tail"])
-    ok(["export", "runs/gaat", "--onnx"])
+    ok(["export", "runs/gaat"])
     assert (tmp_path / "runs" / "gaat" / "bundle" / "model.onnx").is_file()
 
 

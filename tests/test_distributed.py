@@ -208,7 +208,7 @@ def _train_check(rank, world, project, out):
     import ltrec.training.loop
     from ltrec.evaluation.engine import Evaluator
     from ltrec.recipe import load_recipe
-    from ltrec.runtime.distributed import session
+    from ltrec.runtime.distributed import process_group
 
     models = []
     real_finish = ltrec.training.loop.finish
@@ -218,7 +218,7 @@ def _train_check(rank, world, project, out):
         return real_finish(recipe, seqs, model, *a, **k)
 
     ltrec.training.loop.finish = keep_model
-    with session() as dist:
+    with process_group() as dist:
         ltrec.training.loop.train(load_recipe(Path(project) / "recipe.yaml"), Path(project) / "run", dist=dist)
         recipe, seqs, model = models[0]
         sharded = Evaluator(model, seqs, recipe.eval, 20, dist=dist).run("test")

@@ -2,8 +2,9 @@
 import numpy as np
 import pytest
 import torch
+from conftest import seen_from_padded
 
-from ltrec.evaluation.ranks import Seen, sample_negatives, sampled_ranks, state_ranks, target_ranks
+from ltrec.evaluation.ranks import sample_negatives, sampled_ranks, state_ranks, target_ranks
 
 # N = 4 items; column j is item j+1.
 SCORES = torch.tensor(
@@ -34,7 +35,7 @@ def test_target_ranks_seen_masking():
             [0, 0, 2],  # user 2: item 2 masked; padding must NOT mask item 1 (0.9 > 0.8) -> still rank 1
         ]
     )
-    assert target_ranks(SCORES, TARGETS, Seen.from_padded(seen)).tolist() == [0, 3, 1]
+    assert target_ranks(SCORES, TARGETS, seen_from_padded(seen)).tolist() == [0, 3, 1]
     # input scores are not modified in place
     assert SCORES[0, 2].item() == pytest.approx(0.5)
 
@@ -111,7 +112,7 @@ def test_target_ranks_match_naive_reference(seed):
     seen = torch.randint(0, N + 1, (B, 6), generator=g)  # 0 = padding, repeats allowed, may hold the target
     before = scores.clone()
     assert target_ranks(scores, targets).tolist() == _naive_ranks(scores, targets)
-    assert target_ranks(scores, targets, Seen.from_padded(seen)).tolist() == _naive_ranks(scores, targets, seen)
+    assert target_ranks(scores, targets, seen_from_padded(seen)).tolist() == _naive_ranks(scores, targets, seen)
     assert torch.equal(scores.isnan(), before.isnan()) and torch.equal(scores.nan_to_num(), before.nan_to_num())
 
 
@@ -131,7 +132,7 @@ def test_state_ranks_equal_target_ranks_on_the_full_matrix(seed):
     scores = states @ table.T
     for block_bytes in (1, 4 * B * 8, 1 << 21):  # 64-column blocks with a partial last one, and a single block
         assert state_ranks(states, table, targets, None, block_bytes).tolist() == target_ranks(scores, targets).tolist()
-        assert state_ranks(states, table, targets, Seen.from_padded(seen), block_bytes).tolist() == _naive_ranks(
+        assert state_ranks(states, table, targets, seen_from_padded(seen), block_bytes).tolist() == _naive_ranks(
             scores, targets, seen)
 
 

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import next_item_loss
 
-from ltrec.models import BACKBONES, BERT4Rec, SASRec, loss_from_states, next_item_loss
+from ltrec.models import BACKBONES, BERT4Rec, SASRec, loss_from_states
 from ltrec.recipe import BACKBONE_KINDS, Backbone
 
 N, MAX_LEN, DIM = 20, 12, 16

@@ -170,7 +170,7 @@ def test_switching_the_backbone_kind_drops_the_keys_it_does_not_have(tmp_path):
     path.write_text(yaml.safe_dump({**BASE, "backbone": {"kind": "sasrec", "dim": 32, "heads": 4, "layers": 2}}))
     recipe = load_recipe(path, ["backbone.kind=gru4rec"])
     assert recipe.backbone.kind == "gru4rec" and recipe.backbone.dim == 32 and recipe.backbone.layers == 2
-    assert recipe._notes == ["note: backbone.kind gru4rec: the recipe's heads does not apply to gru4rec and is "
+    assert recipe.notes == ["note: backbone.kind gru4rec: the recipe's heads does not apply to gru4rec and is "
                              "left out"]
     with pytest.raises(UserError, match="backbone.heads: unknown key"):  # asked for explicitly: still an error
         load_recipe(path, ["backbone.kind=gru4rec", "backbone.heads=2"])

@@ -28,7 +28,7 @@ def checked_recipe(path: Path, sets: list[str], data: bool = True):
     from ltrec.recipe import load_recipe
 
     recipe = load_recipe(path, sets)
-    for note in recipe._notes:
+    for note in recipe.notes:
         typer.echo(note, err=True)
     if data:
         try:

@@ -36,10 +36,10 @@ def train(
             if busy is not None:
                 raise busy
         from ltrec.recipe import load_recipe
-        from ltrec.runtime.distributed import session
+        from ltrec.runtime.distributed import process_group
         from ltrec.training.loop import train as run_training
 
-        with session() as dist:  # a process group only under torchrun (WORLD_SIZE > 1)
+        with process_group() as dist:  # a process group only under torchrun (WORLD_SIZE > 1)
             with dist.together():
                 loaded = load_recipe(recipe, set_ or [])
             run_training(loaded, out, overwrite, resume, dist=dist)
@@ -129,7 +129,6 @@ def _parse_ks(text: Optional[str], flag: str = "--ks") -> Optional[list[int]]:
 @app.command()
 def export(
     run_dir: RunDir = None,
-    onnx: Annotated[bool, typer.Option("--onnx", help="write an ONNX bundle (the only format so far)")] = True,
     out: Annotated[Optional[Path], typer.Option(help="bundle directory (default: RUN_DIR/bundle)")] = None,
     k: Annotated[int, typer.Option(min=1, help="top-K computed inside the graph")] = 10,
     set_: Annotated[Optional[list[str]], typer.Option(

@@ -57,7 +57,7 @@ def _run(sess, history: np.ndarray, exclude: np.ndarray, where: Path):
     return items, scores
 
 
-def session(model: str | bytes, threads: int = 0):
+def ort_session(model: str | bytes, threads: int = 0):
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
@@ -79,7 +79,7 @@ def load_bundle(path: Path, threads: int = 0) -> Bundle:
     meta = read_meta(read_bytes(meta_path, "bundle file"), meta_path)
     model_bytes = read_bytes(model_path, "bundle file", MODEL_LIMIT)
     try:
-        sess = session(model_bytes, threads)
+        sess = ort_session(model_bytes, threads)
     except Exception as exc:  # truncated, not ONNX, unsupported ops: onnxruntime says which
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"{model_path}: not a loadable ONNX model ({first[:300]})") from None

@@ -24,7 +24,7 @@ from ltrec.blend import transitions as transition_blend
 from ltrec.blend.popularity import FittedPopBlend
 from ltrec.blend.records import refit_command
 from ltrec.blend.transitions import FittedTransitionBlend
-from ltrec.deploy.bundle import length_batches, session, write_bundle
+from ltrec.deploy.bundle import length_batches, ort_session, write_bundle
 from ltrec.deploy.meta import BUNDLE_FORMAT, read_meta
 from ltrec.files.errors import UserError
 from ltrec.files.runs import Summary, read_json
@@ -123,7 +123,7 @@ def to_onnx(wrapper: TopKScorer, max_len: int, metadata: dict[str, str]) -> byte
 def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k: int) -> dict:
     """onnxruntime vs torch on real histories: once at full width with nothing excluded, once fed as
     `ltrec predict` feeds it (batches trimmed to their longest history, the history itself excluded)."""
-    sess = session(model_bytes)
+    sess = ort_session(model_bytes)
     hist = torch.from_numpy(history)
     plain = sess.run(["items", "scores"], {"history": history, "exclude": history[:, :0]})
     trimmed = [np.zeros_like(a) for a in plain]

@@ -33,9 +33,9 @@ class Histories:
     users: np.ndarray  # (U,) user ids as str, sorted
     items: np.ndarray  # (M,) known item ids 1..N, grouped by user, oldest first
     offsets: np.ndarray  # (U + 1,) user u's known items are items[offsets[u]:offsets[u + 1]]
-    unknown: int  # events skipped because the model does not know their item
-    unknown_items: int  # distinct such items
-    null_rows: int  # rows with an empty user, item or time
+    unknown: int = 0  # events skipped because the model does not know their item
+    unknown_items: int = 0  # distinct such items
+    null_rows: int = 0  # rows with an empty user, item or time (a file's; a server's queries have none)
 
 
 def read_histories(input_path: Path, columns: dict, vocab: np.ndarray) -> Histories:

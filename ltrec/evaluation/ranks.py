@@ -24,13 +24,6 @@ class Seen(NamedTuple):
     item: torch.Tensor  # (M,) int64: item id 1..N, each at most once per row, sorted by item
 
     @staticmethod
-    def from_padded(seen: torch.Tensor) -> "Seen":
-        """From a left-padded (B, L) matrix of item ids (0 = padding, repeats allowed)."""
-        n = int(seen.max()) + 1 if seen.numel() else 1
-        keys = torch.unique((torch.arange(len(seen)).unsqueeze(1) * n + seen.long())[seen > 0])
-        return Seen.of(keys // n, keys % n)
-
-    @staticmethod
     def of(row: torch.Tensor, item: torch.Tensor) -> "Seen":
         order = torch.argsort(item, stable=True)
         return Seen(row.long()[order], item.long()[order])

@@ -220,12 +220,12 @@ def expand_sweep(path: Path) -> list[Path]:
     state = read_state(path)
     if state is None:
         return [path]
-    runs = [r for r in state["runs"] if not r["folder"].startswith("grid/")]
-    first = min((r["seed"] for r in runs), default=None)
-    chosen = [path / r["folder"] for r in runs if r["seed"] == first and (path / r["folder"] / "metrics.json").is_file()]
+    runs = [r for r in state.runs if not r.folder.startswith("grid/")]
+    first = min((r.seed for r in runs), default=None)
+    chosen = [path / r.folder for r in runs if r.seed == first and (path / r.folder / "metrics.json").is_file()]
     if not chosen:
         raise UserError(f"{path}: a sweep with no finished run yet; run `ltrec sweep` on its plan first")
-    base = state["baseline"]
+    base = state.baseline
     return sorted(chosen, key=lambda run: run.name != f"{base}-s{first}")
 
 

@@ -15,7 +15,7 @@ from ltrec.models.base import Backbone
 from ltrec.models.bert4rec import BERT4Rec
 from ltrec.models.caser import Caser
 from ltrec.models.gru4rec import GRU4Rec
-from ltrec.models.losses import LOSSES, loss_from_states, next_item_loss
+from ltrec.models.losses import LOSSES, loss_from_states
 from ltrec.models.narm import NARM
 from ltrec.models.pop import Pop
 from ltrec.models.sasrec import Block, SASRec
@@ -23,4 +23,4 @@ from ltrec.models.sasrec import Block, SASRec
 BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop, "caser": Caser, "narm": NARM, "bert4rec": BERT4Rec}
 
 __all__ = ["BACKBONES", "BERT4Rec", "Caser", "GRU4Rec", "LOSSES", "NARM", "Pop", "SASRec", "Backbone", "Block",
-           "loss_from_states", "next_item_loss"]
+           "loss_from_states"]

@@ -155,11 +155,6 @@ def _losses(model, h, pos, loss, negatives, generator, reduction):
     return F.cross_entropy(logits, torch.zeros_like(pos), reduction=reduction)
 
 
-def next_item_loss(model, inputs, targets, loss="ce", negatives=1, generator=None) -> torch.Tensor:
-    """inputs/targets (B, L); targets[:, t] is the item after inputs[:, t] (0 = ignored)."""
-    return loss_from_states(model, model.encode_all(inputs), targets, loss, negatives, generator)
-
-
 def padded_ce(model, states, pos, tgt, pos_w) -> torch.Tensor:
     """Full-softmax next-item loss on fixed shapes (what vmap needs): the states (B, W, D) at flat target
     positions `pos` (M,), targets `tgt` (M,), weights `pos_w` (M,) 1 for real positions and 0 for padding."""

@@ -177,8 +177,7 @@ def load_recipe(path: str | Path, overrides: list[str] | None = None) -> Recipe:
     notes: list[str] = []
     raw = apply_overrides(read_yaml(path), overrides or [], notes)
     recipe = validate_dict(raw, path.name if path.parent == Path(".") else str(path))
-    recipe._file, recipe._notes = str(path), notes
-    return recipe
+    return recipe.loaded_from(str(path), notes)
 
 
 def recipe_schema() -> dict:

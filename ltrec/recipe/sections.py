@@ -196,8 +196,22 @@ class Recipe(Strict):
     train: Train = Train()
     eval: Eval = Eval()
     output: Output = Output()
-    _file: str | None = PrivateAttr(None)  # the file it was loaded from, to name it in later errors
-    _notes: list[str] = PrivateAttr(default_factory=list)  # what loading changed (printed by the CLI)
+    _file: str | None = PrivateAttr(None)
+    _notes: list[str] = PrivateAttr(default_factory=list)
+
+    def loaded_from(self, path: str, notes: list[str]) -> "Recipe":
+        self._file, self._notes = path, list(notes)
+        return self
+
+    @property
+    def file(self) -> str | None:
+        """The file it was loaded from, to name it in later errors (None when built in code)."""
+        return self._file
+
+    @property
+    def notes(self) -> list[str]:
+        """What loading changed (e.g. keys a `--set backbone.kind` left out), for the caller to show."""
+        return self._notes
 
     @model_validator(mode="after")
     def _chains_use_full_softmax(self) -> "Recipe":

@@ -63,7 +63,7 @@ def load_data(recipe: Recipe) -> data_mod.Sequences:
     try:
         return data_mod.load(recipe.data, recipe.split, recipe.head, recipe.seed)
     except UserError as exc:
-        where = recipe._file
+        where = recipe.file
         raise UserError(f"{where}: {exc}" if where and not str(exc).startswith(where) else str(exc)) from None
 
 

@@ -189,7 +189,7 @@ def open_run(recipe: Recipe, run_dir: Path, overwrite: bool, resume: bool, held:
         open_for_resume(run_dir, held)
         recipe = resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
     else:
-        protected = {"the working directory": Path.cwd(), "the recipe": Path(recipe._file or "."),
+        protected = {"the working directory": Path.cwd(), "the recipe": Path(recipe.file or "."),
                      **{"the data": Path(f) for f in source_files(recipe.data.source)[0]}}
         prepare_run_dir(run_dir, overwrite, protected, held)
     atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))

@@ -204,7 +204,7 @@ def from_env() -> Dist:
 
 
 @contextlib.contextmanager
-def session():
+def process_group():
     """Join torchrun's process group for the duration of a command (a no-op without torchrun)."""
     dist = from_env()
     if dist.world == 1:

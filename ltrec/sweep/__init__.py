@@ -38,8 +38,8 @@ def run_sweep(plan_path: Path, out: Path | None, jobs: int, resume: bool, table_
     command = f"ltrec sweep {plan_path}" + (f" --out {out}" if out != Path("runs") / plan_path.stem else "")
     _check_out(out)
     state = sweep_folder(out)
-    if state is not None and state.get("plan") != str(plan_path.resolve()):
-        raise UserError(f"{out}: holds the sweep of another plan ({state.get('plan')}); choose another --out")
+    if state is not None and state.plan != str(plan_path.resolve()):
+        raise UserError(f"{out}: holds the sweep of another plan ({state.plan}); choose another --out")
     if table_only:
         if state is None:
             raise UserError(f"{out}: no sweep here yet ({STATE} missing); run `{command}` first")

@@ -6,7 +6,6 @@ from their last checkpoint."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -22,12 +21,12 @@ from rich.table import Table
 
 from ltrec.files.errors import UserError
 from ltrec.files.lock import LOCK, holder
-from ltrec.files.runs import MARKER, RUN_FORMAT, Summary, read_json
+from ltrec.files.runs import MARKER, Summary, read_json
 from ltrec.files.safe import atomic_write, read_bytes
 from ltrec.recipe import load_recipe
 from ltrec.runtime.lifeline import child_env
 from ltrec.sweep.plan import Plan, overrides, point_names, points
-from ltrec.sweep.state import STATE, read_state
+from ltrec.sweep.state import STATE, RunState, SweepState, read_state
 
 
 @dataclass
@@ -57,8 +56,7 @@ class Sweep:
         self.console, self.plan_path = console, plan_path
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
         self.recipe = load_recipe(base)
-        self.state = {"plan": str(plan_path.resolve()), "recipe": str(base), "baseline": plan.baseline,
-                      "chosen": {}, "grid": {}, "failed": {}}
+        self.state = SweepState(plan=str(plan_path.resolve()), recipe=str(base), baseline=plan.baseline)
         self.queue: list[Job] = []
         for arm in plan.arms:
             if not arm.at_baseline:  # the others wait for the baseline's choice (_grid_done)
@@ -69,11 +67,11 @@ class Sweep:
             self.queue += [self._job(arm, point, self.plan.seeds[0], f"grid/{arm.name}/{name}")
                            for point, name in zip(points(arm), point_names(arm))]
         else:
-            self.state["chosen"][arm.name] = []
+            self.state.chosen[arm.name] = []
             self.queue += [self._job(arm, [], seed) for seed in self.plan.seeds]
 
     def _job(self, arm, point: list[str], seed: int, folder: str | None = None) -> Job:
-        inherited = self.state["chosen"][self.plan.baseline] if arm.at_baseline else []
+        inherited = self.state.chosen[self.plan.baseline] if arm.at_baseline else []
         sets = overrides(self.plan, self.recipe, arm, [*inherited, *point], seed)
         return Job(arm.name, seed, sets, folder or f"{arm.name}-s{seed}", point)
 
@@ -98,7 +96,7 @@ class Sweep:
                 self._poll()
                 if live:
                     live.update(self._view())
-                if self.fail_fast and self.state["failed"]:
+                if self.fail_fast and self.state.failed:
                     break
         except KeyboardInterrupt:
             self._stop()
@@ -147,7 +145,7 @@ class Sweep:
                 self._done(job, f"{time.time() - job.started:.0f}s")
             else:
                 job.status = "failed"
-                self.state["failed"][job.folder] = str(self._log(job))
+                self.state.failed[job.folder] = str(self._log(job))
                 self.console.print(f"failed: {job.folder} (exit {job.proc.returncode}); log: {self._log(job)}")
                 self._grid_done(job.arm)
             self._save()
@@ -164,20 +162,20 @@ class Sweep:
         seed (the first seed's run is the grid run itself, copied)."""
         arm = next(a for a in self.plan.arms if a.name == name)
         grid = [j for j in self.queue if j.arm == name and j.folder.startswith("grid/")]
-        if not arm.grid or name in self.state["chosen"] or any(j.status in ("pending", "running") for j in grid):
+        if not arm.grid or name in self.state.chosen or any(j.status in ("pending", "running") for j in grid):
             return
         sel = self.plan.select
         scores = {j.folder: read_json(self.out / j.folder / "metrics.json", Summary).valid[sel.slice][sel.metric]
                   for j in grid if j.status == "done"}
-        self.state["grid"][name] = [{"point": j.point, "folder": j.folder, "status": j.status,
+        self.state.grid[name] = [{"point": j.point, "folder": j.folder, "status": j.status,
                                      f"valid {sel.slice} {sel.metric}": scores.get(j.folder)} for j in grid]
         if not scores:
-            self.state["failed"][name] = "every grid combination failed"
+            self.state.failed[name] = "every grid combination failed"
             for waiting in self._waiting(name):
-                self.state["failed"][waiting.name] = f"not run: it trains at {name}'s choice, and {name} has none"
+                self.state.failed[waiting.name] = f"not run: it trains at {name}'s choice, and {name} has none"
             return
         best = next(j for j in grid if j.folder == max(scores, key=scores.get))
-        self.state["chosen"][name] = best.point
+        self.state.chosen[name] = best.point
         self.console.print(f"{name}: {', '.join(best.point)} chosen on validation "
                            f"({sel.slice} {sel.metric} {scores[best.folder]:.4f})")
         for seed in self.plan.seeds:
@@ -211,9 +209,9 @@ class Sweep:
         return self.out / "logs" / (job.folder.replace("/", "__") + ".log")
 
     def _save(self) -> None:
-        atomic_write(self.out / STATE, json.dumps({**self.state, "format": RUN_FORMAT, "runs": [
-            {"folder": j.folder, "arm": j.arm, "seed": j.seed, "status": j.status, "set": j.sets}
-            for j in self.queue]}, indent=1))
+        self.state.runs = [RunState(folder=j.folder, arm=j.arm, seed=j.seed, status=j.status, set=j.sets)
+                           for j in self.queue]
+        atomic_write(self.out / STATE, self.state.model_dump_json(indent=1))
 
     def _view(self) -> Table:
         counts = {s: sum(1 for j in self.queue if j.status == s) for s in ("done", "running", "pending", "failed")}
@@ -231,6 +229,6 @@ class Sweep:
         return table
 
 
-def sweep_folder(path: Path) -> dict | None:
+def sweep_folder(path: Path) -> SweepState | None:
     """The state of a sweep folder (None if `path` is not one), validated."""
     return read_state(path)

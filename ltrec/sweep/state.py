@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ltrec.files.errors import UserError
+from ltrec.files.runs import RUN_FORMAT
 from ltrec.files.safe import read_text
 
 STATE = "sweep.json"
@@ -36,6 +37,7 @@ class RunState(_File):
 
 
 class SweepState(_File):
+    format: int = RUN_FORMAT
     plan: str
     recipe: str = ""
     baseline: str
@@ -45,14 +47,14 @@ class SweepState(_File):
     runs: list[RunState] = []
 
 
-def read_state(folder: Path) -> dict | None:
+def read_state(folder: Path) -> SweepState | None:
     """The validated state of the sweep in `folder`, or None when `folder` holds no sweep."""
     path = folder / STATE
     if not path.is_file():
         return None
     text = read_text(path, "sweep state")
     try:
-        return SweepState.model_validate_json(text).model_dump()
+        return SweepState.model_validate_json(text)
     except ValidationError as exc:
         err = exc.errors()[0]
         if err["type"] == "json_invalid":

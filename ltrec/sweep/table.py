@@ -15,17 +15,18 @@ from ltrec.files.runs import Summary, read_json
 from ltrec.files.safe import atomic_write
 from ltrec.sweep.plan import Plan
 from ltrec.sweep.run import finished
+from ltrec.sweep.state import SweepState
 
 METRICS = ("ndcg@10", "hr@10")
 SLICES = ("all", "head", "tail", "cold")
 
 
-def sweep_table(plan: Plan, out: Path, state: dict) -> dict:
+def sweep_table(plan: Plan, out: Path, state: SweepState) -> dict:
     """What the finished runs of the sweep in `out` say (arms with no finished run are listed as such)."""
     done = {a.name: [s for s in plan.seeds if finished(out / f"{a.name}-s{s}")] for a in plan.arms}
     base = plan.baseline
-    result = {"baseline": base, "seeds": plan.seeds, "protocol": None, "chosen": state.get("chosen", {}),
-              "grid": state.get("grid", {}), "failed": state.get("failed", {}), "arms": [],
+    result = {"baseline": base, "seeds": plan.seeds, "protocol": None, "chosen": state.chosen,
+              "grid": state.grid, "failed": state.failed, "arms": [],
               "at_baseline": [a.name for a in plan.arms if a.at_baseline]}
     for arm in plan.arms:
         seeds = done[arm.name]
@@ -80,7 +81,7 @@ def format_table(result: dict, command: str) -> str:
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
-def write_table(plan: Plan, out: Path, state: dict, command: str) -> str:
+def write_table(plan: Plan, out: Path, state: SweepState, command: str) -> str:
     result = sweep_table(plan, out, state)
     text = format_table(result, command)
     atomic_write(out / "table.json", json.dumps({**result, "command": command}, indent=1))

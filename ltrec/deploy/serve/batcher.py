@@ -33,7 +33,7 @@ class Recommender:
         """One onnxruntime call for all of `queries` (each with a known item)."""
         lengths = np.array([len(q.known) for q in queries])
         h = Histories(np.arange(len(queries)), np.concatenate([q.known for q in queries]),
-                      np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64), 0, 0, 0)
+                      np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
         items, scores = model_top_k(self.bundle, h, np.arange(len(queries)),
                                     np.array([q.exclude_seen for q in queries]))
         return [self._answer(q, items[j], scores[j], "model") for j, q in enumerate(queries)]

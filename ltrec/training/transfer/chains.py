@@ -15,6 +15,8 @@ step. `vectorized=False` runs the same chains one after the other: the reference
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn as nn
 from torch.func import functional_call, grad_and_value, vmap
@@ -39,6 +41,18 @@ class _Padded(nn.Module):
         matched = seen if self.adversary.longest_tail else None
         adv, logits = self.adversary(self.model, states, inputs, head, matched, rows.to(states.dtype))
         return loss + adv, logits, adv
+
+
+class ChainBatch(NamedTuple):
+    """One inner step's windows for every chain, padded to common shapes (C = chains)."""
+
+    inputs: torch.Tensor  # (C, B, W) item ids
+    pos: torch.Tensor  # (C, M) flat positions of the targets
+    tgt: torch.Tensor  # (C, M) the targets
+    pos_w: torch.Tensor  # (C, M) 1 for a real target, 0 for padding
+    head: torch.Tensor  # (C, B) bool: the window's user is head
+    rows: torch.Tensor  # (C, B) 1 for a real window, 0 for padding
+    seen: torch.Tensor  # (C, B) how many items the adversary's state sees
 
 
 class Chains:
@@ -80,7 +94,7 @@ class Chains:
             batch, n = self._batch(chunk)
             stacked = {name: torch.stack([w[name].detach() for w in self.weights]) for name in self.live}
             grads, (loss, (logits, adv)) = self._grads(stacked, batch)
-            self._inner_update(grads, loss, active=batch[5].sum(1) > 0)
+            self._inner_update(grads, loss, active=batch.rows.sum(1) > 0)
             self._record(loss, logits, adv, batch, n, on_batch)
         with torch.no_grad():
             for name, p in self.live.items():  # the chains' mean result; the outer step starts from here
@@ -113,9 +127,9 @@ class Chains:
             for c, i in enumerate(idx):
                 if len(i):
                     seen[c, :len(i)] = obj.adversary.counts(obj.lengths[i], obj.owner_head[i], dev)
-        return [t.to(dev) for t in (inputs, pos, tgt, pos_w, head, rows)] + [seen], int(rows.sum())
+        return ChainBatch(*(t.to(dev) for t in (inputs, pos, tgt, pos_w, head, rows)), seen), int(rows.sum())
 
-    def _grads(self, params: dict, batch: list):
+    def _grads(self, params: dict, batch: "ChainBatch"):
         if self.vectorized:
             return self.grad_fn(params, *batch)
         outs = [self.grad_fn({n: p[c] for n, p in params.items()}, *(b[c] for b in batch))
@@ -133,12 +147,12 @@ class Chains:
                 opt.step()
 
     def _record(self, loss, logits, adv, batch, n: int, on_batch) -> None:
-        s, ok = self.objective.sums, torch.isfinite(loss) & (batch[5].sum(1) > 0)
+        s, ok = self.objective.sums, torch.isfinite(loss) & (batch.rows.sum(1) > 0)
         s["skipped"] += int((~torch.isfinite(loss)).sum())
         s["loss"] += float(loss[ok].sum())
         s["batches"] += int(ok.sum())
         if self.objective.adversary is not None:
-            self.objective.count_adversary(logits, batch[4], adv[ok], rows=batch[5] > 0)
+            self.objective.count_adversary(logits, batch.head, adv[ok], rows=batch.rows > 0)
         on_batch(n, float(loss[ok].mean()) if ok.any() else float("nan"))
 
     def state_dict(self) -> dict:
