@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from conftest import runner_for
 from pydantic import ValidationError
 
-from ltrec.recipe import Contrastive as Config
-from ltrec.recipe import Recipe
-from ltrec.training.transfer.contrastive import Contrastive
+from ltrec.recipe import Contrastive, Recipe
+from ltrec.training.transfer.contrastive import ContrastiveLoss
 
 
 def windows(last: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -26,7 +25,7 @@ def windows(last: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_every_positive_has_the_same_last_target_and_a_lone_window_is_its_own():
     inputs, targets = windows([7, 3, 7, 9, 7, 3])
-    term = Contrastive(Config(), inputs, targets, torch.Generator().manual_seed(0))
+    term = ContrastiveLoss(Contrastive(), inputs, targets, torch.Generator().manual_seed(0))
     idx = torch.arange(6).repeat(200)
     pos = term.positives(idx)
     assert torch.equal(targets[pos, -1], targets[idx, -1])
@@ -54,7 +53,7 @@ def test_the_term_is_infonce_over_cosines_without_same_target_negatives():
     g = torch.Generator().manual_seed(1)
     table = torch.randn(5, 3, generator=g)
     states = torch.randn(4, 2, 3, generator=g)  # (B, L, D): the newest position is the anchor
-    term = Contrastive(Config(weight=0.5, temperature=0.2), inputs, targets, torch.Generator().manual_seed(2))
+    term = ContrastiveLoss(Contrastive(weight=0.5, temperature=0.2), inputs, targets, torch.Generator().manual_seed(2))
     idx = torch.arange(4)
     before = term.gen.get_state()
     got = term(Lookup(table), states, idx)

@@ -11,7 +11,7 @@ Conventions shared by every backbone:
 `BACKBONES` maps the recipe's `backbone.kind` tags to the classes (a test checks they are the same set).
 """
 
-from ltrec.models.base import Backbone
+from ltrec.models.base import NeuralBackbone
 from ltrec.models.bert4rec import BERT4Rec
 from ltrec.models.caser import Caser
 from ltrec.models.gru4rec import GRU4Rec
@@ -22,5 +22,5 @@ from ltrec.models.sasrec import Block, SASRec
 
 BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop, "caser": Caser, "narm": NARM, "bert4rec": BERT4Rec}
 
-__all__ = ["BACKBONES", "BERT4Rec", "Caser", "GRU4Rec", "LOSSES", "NARM", "Pop", "SASRec", "Backbone", "Block",
+__all__ = ["BACKBONES", "BERT4Rec", "Caser", "GRU4Rec", "LOSSES", "NARM", "Pop", "SASRec", "NeuralBackbone", "Block",
            "loss_from_states"]

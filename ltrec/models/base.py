@@ -1,4 +1,4 @@
-"""What every backbone offers (`Recommender`), and what the neural ones share (`Backbone`): tied item
+"""What every backbone offers (`Recommender`), and what the neural ones share (`NeuralBackbone`): tied item
 scoring, the (B, L) → (B, D) API, the default objective."""
 
 from typing import ClassVar, Protocol
@@ -44,7 +44,7 @@ class Recommender(Protocol):
     def forward(self, history: torch.Tensor) -> torch.Tensor: ...  # (B, L) → (B, N), column j is item j+1
 
 
-class Backbone(nn.Module):
+class NeuralBackbone(nn.Module):
     """Shared API: encode_all (B, L, D) -> encode (B, D) -> score (..., N) -> forward (B, N)."""
 
     trainable: ClassVar[bool] = True
@@ -65,7 +65,7 @@ class Backbone(nn.Module):
     @property
     def tied(self) -> bool:
         """Scores are the state times the item table, so they can be made and ranked block by block."""
-        return type(self).score is Backbone.score
+        return type(self).score is NeuralBackbone.score
 
     @property
     def item_table(self) -> torch.Tensor:
@@ -73,7 +73,7 @@ class Backbone(nn.Module):
         return self.item_emb.weight
 
     @property
-    def encoder(self) -> "Backbone":
+    def encoder(self) -> "NeuralBackbone":
         """The model whose states training sees (a user branch wraps it and acts at inference only)."""
         return self
 

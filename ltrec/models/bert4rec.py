@@ -18,12 +18,12 @@ import math
 import torch
 import torch.nn as nn
 
-from ltrec.models.base import Backbone, Dropout
+from ltrec.models.base import Dropout, NeuralBackbone
 from ltrec.models.losses import loss_from_states
 from ltrec.models.sasrec import Block
 
 
-class BERT4Rec(Backbone):
+class BERT4Rec(NeuralBackbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2,
                  dropout: float = 0.2, mask_prob: float = 0.2, last_only: float = 0.1):
         super().__init__()

@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ltrec.models.base import Backbone
+from ltrec.models.base import NeuralBackbone
 
 
-class Branched(Backbone):
+class Branched(NeuralBackbone):
     """A backbone whose user state passes through the branch for short histories; training (encode_all,
     training_loss) is the backbone's own."""
 
-    def __init__(self, backbone: Backbone, cutoff: int, hidden: int = 0):
+    def __init__(self, backbone: NeuralBackbone, cutoff: int, hidden: int = 0):
         super().__init__()
         self.backbone, self.cutoff = backbone, cutoff
         self.n_items, self.max_len, self.dim = backbone.n_items, backbone.max_len, backbone.dim
@@ -29,7 +29,7 @@ class Branched(Backbone):
         nn.init.zeros_(last.bias)
 
     @property
-    def encoder(self) -> Backbone:
+    def encoder(self) -> NeuralBackbone:
         return self.backbone
 
     def encode_all(self, history: torch.Tensor) -> torch.Tensor:

@@ -20,10 +20,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ltrec.models.base import Backbone, Dropout
+from ltrec.models.base import Dropout, NeuralBackbone
 
 
-class Caser(Backbone):
+class Caser(NeuralBackbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, window: int = 5, n_h: int = 16, n_v: int = 4,
                  dropout: float = 0.4):
         super().__init__()

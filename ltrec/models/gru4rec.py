@@ -3,10 +3,10 @@
 import torch
 import torch.nn as nn
 
-from ltrec.models.base import Backbone, Dropout
+from ltrec.models.base import Dropout, NeuralBackbone
 
 
-class GRU4Rec(Backbone):
+class GRU4Rec(NeuralBackbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 1, dropout: float = 0.2):
         super().__init__()
         self.n_items, self.max_len, self.dim = n_items, max_len, dim

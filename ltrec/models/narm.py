@@ -12,11 +12,11 @@ weight; a row with nothing to attend to just gets c_l = 0 (no NaN).
 import torch
 import torch.nn as nn
 
-from ltrec.models.base import Backbone, Dropout
+from ltrec.models.base import Dropout, NeuralBackbone
 from ltrec.models.gru4rec import GRU4Rec
 
 
-class NARM(Backbone):
+class NARM(NeuralBackbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 1, dropout: float = 0.25):
         super().__init__()
         self.n_items, self.max_len, self.dim = n_items, max_len, dim

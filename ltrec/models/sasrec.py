@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ltrec.models.base import Backbone, Dropout
+from ltrec.models.base import Dropout, NeuralBackbone
 
 
 class Block(nn.Module):
@@ -41,7 +41,7 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x))  # (B, L, D)
 
 
-class SASRec(Backbone):
+class SASRec(NeuralBackbone):
     def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
                  input_norm: bool = True, item_scale: bool = True, positions: str = "newest"):
         super().__init__()

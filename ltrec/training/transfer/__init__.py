@@ -24,7 +24,7 @@ import torch
 from ltrec.runtime.distributed import LOCAL, Dist
 from ltrec.training.sampling import UserSampler, drawn_plan, permuted_plan, window_batches, window_plan
 from ltrec.training.transfer.chains import Chains
-from ltrec.training.transfer.contrastive import Contrastive
+from ltrec.training.transfer.contrastive import ContrastiveLoss
 from ltrec.training.transfer.grad_align import AdamSteps, Reptile
 from ltrec.training.transfer.objective import Objective
 from ltrec.training.transfer.robust import robust_loss
@@ -75,7 +75,7 @@ def make_runner(recipe, model, seqs, windows, device, gen: torch.Generator, dist
     branch = BranchLoss(t.user_branch, model, gen) if t.user_branch else None
     objective = Objective(recipe, model, inputs, targets, owner, user_head[owner], device, gen,
                           robust_loss(t.robust, seqs, dist), branch,
-                          Contrastive(t.contrastive, inputs, targets, gen) if t.contrastive else None)
+                          ContrastiveLoss(t.contrastive, inputs, targets, gen) if t.contrastive else None)
     cfg, ga = recipe.train, recipe.transfer.grad_align
     if ga is None:
         update = AdamSteps(objective, cfg.lr, cfg.weight_decay,

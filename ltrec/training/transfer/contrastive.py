@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 
-class Contrastive:
+class ContrastiveLoss:
     """weight · InfoNCE(state of each window, state of a window with the same last target)."""
 
     def __init__(self, cfg, inputs: torch.Tensor, targets: torch.Tensor, gen: torch.Generator):
