@@ -69,18 +69,25 @@ def main() -> None:
     rows = []
     tables = {}
     for direction in ("forward", "both"):
-        seconds, table = fastest(lambda d=direction: build(seqs.items, seqs.offsets, seqs.train_lengths, n, 5,
-                                                           args.neighbours, d), args.rounds)
+        seconds, table = fastest(
+            lambda d=direction: build(seqs.items, seqs.offsets, seqs.train_lengths, n, 5, args.neighbours, d),
+            args.rounds,
+        )
         tables[direction] = table
         mb = sum(t.numel() * t.element_size() for t in (table.ids, table.strength)) / 2**20
-        rows.append(f"| build the transition tables ({direction}, window 5, {args.neighbours} neighbours) | "
-                    f"{seconds:.2f} s | {mb:.1f} MB |")
+        rows.append(
+            f"| build the transition tables ({direction}, window 5, {args.neighbours} neighbours) | "
+            f"{seconds:.2f} s | {mb:.1f} MB |"
+        )
 
     torch.manual_seed(0)
     model = SASRec(n, 50, dim=64).eval()
     ones = torch.ones(len(EDGES) + 1)
-    blends = {"model alone": {}, "+ popularity blend": {"blend": FittedPopBlend(EDGES, ones, prior(seqs.item_counts()))},
-              "+ transition blend": {"transitions": FittedTransitionBlend(EDGES, ones, tables["both"], 5, "both")}}
+    blends = {
+        "model alone": {},
+        "+ popularity blend": {"blend": FittedPopBlend(EDGES, ones, prior(seqs.item_counts()))},
+        "+ transition blend": {"transitions": FittedTransitionBlend(EDGES, ones, tables["both"], 5, "both")},
+    }
     evaluator = Evaluator(model, seqs, Eval(), 50)
     times = {name: float("inf") for name in blends}
     for _ in range(args.rounds):  # the cases alternate, so a busy spell hits all of them
@@ -94,18 +101,25 @@ def main() -> None:
     fitting = time.perf_counter() - start
     users = int((seqs.role == 0).sum())
     for name, t in times.items():
-        rows.append(f"| evaluate the test split, {name} ({users:,} users) | {t:.2f} s "
-                    f"({t / times['model alone']:.2f}×) | |")
+        rows.append(
+            f"| evaluate the test split, {name} ({users:,} users) | {t:.2f} s ({t / times['model alone']:.2f}×) | |"
+        )
 
-    rows.append(f"| fit the transition blend on validation ({len(cfg.directions)} directions × {len(cfg.weights)} "
-                f"weights, tables included) | {fitting:.1f} s | |")
+    rows.append(
+        f"| fit the transition blend on validation ({len(cfg.directions)} directions × {len(cfg.weights)} "
+        f"weights, tables included) | {fitting:.1f} s | |"
+    )
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads, opts.inter_op_num_threads = args.threads, 1
     _, history, _ = seqs.eval_inputs("test", 50)
     rng = np.random.default_rng(0)
-    graphs = {"model alone": TopKScorer(model, 10), "+ transition blend": TopKScorer(
-        model, 10, transitions=FittedTransitionBlend(EDGES, ones, tables["both"], 5, "both"))}
+    graphs = {
+        "model alone": TopKScorer(model, 10),
+        "+ transition blend": TopKScorer(
+            model, 10, transitions=FittedTransitionBlend(EDGES, ones, tables["both"], 5, "both")
+        ),
+    }
     sessions = {}
     for name, scorer in graphs.items():
         graph = to_onnx(scorer.eval(), 50, {})
@@ -114,8 +128,7 @@ def main() -> None:
     for batch in (1, 256):
         lat = {name: [] for name in sessions}
         for _ in range(max(20, 200 // batch)):
-            feed = {"history": history[rng.integers(0, len(history), batch)],
-                    "exclude": np.zeros((batch, 0), np.int64)}
+            feed = {"history": history[rng.integers(0, len(history), batch)], "exclude": np.zeros((batch, 0), np.int64)}
             for name, sess in sessions.items():
                 sess.run(None, feed)  # warm for this shape
                 start = time.perf_counter()
@@ -126,8 +139,10 @@ def main() -> None:
             p50 = np.percentile(t, 50)
             rows.append(f"| onnxruntime top-10, batch {batch}, {name} | {p50 * 1e3:.2f} ms p50 ({p50 / base:.2f}×) | |")
 
-    print(f"\nMachine: {cpu_model()}, {os.cpu_count()} logical CPUs, {args.threads} thread(s); Python "
-          f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {ort.__version__}")
+    print(
+        f"\nMachine: {cpu_model()}, {os.cpu_count()} logical CPUs, {args.threads} thread(s); Python "
+        f"{platform.python_version()}, torch {torch.__version__}, onnxruntime {ort.__version__}"
+    )
     print(f"Data: {args.data} ({n:,} items); untrained SASRec d 64, max_len 50; fastest of {args.rounds} rounds\n")
     print("| what | time | size |\n|---|---|---|")
     print("\n".join(rows))

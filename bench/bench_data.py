@@ -34,8 +34,10 @@ def main() -> None:
     for path in sorted(root.glob("*/interactions.csv")):
         out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, check=True)
         r = json.loads(out.stdout)
-        print(f"| {path.parent.name} | {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['load_s']:.2f} | "
-              f"{r['tensors_s']:.2f} | {r['rss_mb']:.0f} |")
+        print(
+            f"| {path.parent.name} | {r['events']:,} | {r['users']:,} | {r['items']:,} | {r['load_s']:.2f} | "
+            f"{r['tensors_s']:.2f} | {r['rss_mb']:.0f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -29,8 +29,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run(cmd: list[str], out: Path) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
@@ -38,8 +41,13 @@ def run(cmd: list[str], out: Path) -> dict:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr[-3000:]}")
     epochs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     summary = json.loads((out / "metrics.json").read_text())
-    return {"seconds": [e["seconds"] for e in epochs], "loss": epochs[-1]["loss"], "wall": wall,
-            "valid": epochs[-1]["valid"]["all"]["ndcg@10"], "test": summary["test"]["all"]["ndcg@10"]}
+    return {
+        "seconds": [e["seconds"] for e in epochs],
+        "loss": epochs[-1]["loss"],
+        "wall": wall,
+        "valid": epochs[-1]["valid"]["all"]["ndcg@10"],
+        "test": summary["test"]["all"]["ndcg@10"],
+    }
 
 
 def main() -> None:
@@ -51,12 +59,35 @@ def main() -> None:
     args = ap.parse_args()
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
-        sets = ["--set", f"data.source={Path(args.data).resolve()}", "--set", f"train.epochs={args.epochs}",
-                "--set", "train.patience=100", "--set", "train.threads=1"]
-        one = run([sys.executable, "-m", "ltrec", "train", args.recipe, *sets, "--out", f"{tmp}/one"],
-                  Path(tmp) / "one")
-        many = run([sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={args.nproc}", "-m", "ltrec",
-                    "train", args.recipe, *sets, "--out", f"{tmp}/many"], Path(tmp) / "many")
+        sets = [
+            "--set",
+            f"data.source={Path(args.data).resolve()}",
+            "--set",
+            f"train.epochs={args.epochs}",
+            "--set",
+            "train.patience=100",
+            "--set",
+            "train.threads=1",
+        ]
+        one = run(
+            [sys.executable, "-m", "ltrec", "train", args.recipe, *sets, "--out", f"{tmp}/one"], Path(tmp) / "one"
+        )
+        many = run(
+            [
+                sys.executable,
+                "-m",
+                "torch.distributed.run",
+                f"--nproc_per_node={args.nproc}",
+                "-m",
+                "ltrec",
+                "train",
+                args.recipe,
+                *sets,
+                "--out",
+                f"{tmp}/many",
+            ],
+            Path(tmp) / "many",
+        )
     load_after = os.getloadavg()[0]
     per = {k: sum(r["seconds"]) / len(r["seconds"]) for k, r in (("one", one), ("many", many))}
     n = args.nproc
@@ -71,8 +102,8 @@ pessimistic and the ratio is noisy.
 
 | processes | train s/epoch | speed-up | wall s (start-up, data, validation, test included) | train loss | valid ndcg@10 | test ndcg@10 |
 |---:|---:|---:|---:|---:|---:|---:|
-| 1 | {per['one']:.1f} | 1.00× | {one['wall']:.1f} | {one['loss']:.4f} | {one['valid']:.4f} | {one['test']:.4f} |
-| {n} | {per['many']:.1f} | {per['one'] / per['many']:.2f}× | {many['wall']:.1f} | {many['loss']:.4f} | {many['valid']:.4f} | {many['test']:.4f} |
+| 1 | {per["one"]:.1f} | 1.00× | {one["wall"]:.1f} | {one["loss"]:.4f} | {one["valid"]:.4f} | {one["test"]:.4f} |
+| {n} | {per["many"]:.1f} | {per["one"] / per["many"]:.2f}× | {many["wall"]:.1f} | {many["loss"]:.4f} | {many["valid"]:.4f} | {many["test"]:.4f} |
 
 `train.batch_size` is the global batch ({n} ranks × batch_size/{n}), so both runs take the same number of
 optimizer steps per epoch; each rank trains on its own users' windows.""")

@@ -50,9 +50,9 @@ def bound(runner, W: torch.Tensor) -> None:
         m = int((runner.objective.targets[idx] > 0).sum())
         h = torch.randn(m, W.shape[1])
         for lo in range(0, m, rows):
-            p = torch.softmax(h[lo:lo + rows] @ W.T, dim=1)  # (c, N)
+            p = torch.softmax(h[lo : lo + rows] @ W.T, dim=1)  # (c, N)
             p @ W  # grad wrt h
-            grad_W.addmm_(p.T, h[lo:lo + rows])  # grad wrt W
+            grad_W.addmm_(p.T, h[lo : lo + rows])  # grad wrt W
 
 
 def main() -> None:
@@ -86,9 +86,13 @@ def main() -> None:
         a = usage()
         r(lambda n, loss: None)
         rows.append((name, *delta(a, usage(), scale)))
-    print(f"{machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` — "
-          f"{len(windows[0]):,} windows, {seqs.n_items:,} items; {args.fraction:.0%} of an epoch, scaled\n")
-    print("| what | wall s/epoch | × the bound | user CPU s | system CPU s | minor page faults |\n|---|---|---|---|---|---|")
+    print(
+        f"{machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` — "
+        f"{len(windows[0]):,} windows, {seqs.n_items:,} items; {args.fraction:.0%} of an epoch, scaled\n"
+    )
+    print(
+        "| what | wall s/epoch | × the bound | user CPU s | system CPU s | minor page faults |\n|---|---|---|---|---|---|"
+    )
     for name, wall, user, sys_, faults in rows:
         print(f"| {name} | {wall:.1f} | {wall / rows[0][1]:.2f} | {user:.1f} | {sys_:.1f} | {faults:,.0f} |")
 

@@ -58,9 +58,11 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=Eval().batch_size)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    cases = {"synthetic, 3.7k items": synthetic(20_000, 3_700),
-             "Amazon Music (real), 20k items": load(Data(source=args.data), Split(), Head()),
-             "synthetic, 200k items": synthetic(5_000, 200_000)}
+    cases = {
+        "synthetic, 3.7k items": synthetic(20_000, 3_700),
+        "Amazon Music (real), 20k items": load(Data(source=args.data), Split(), Head()),
+        "synthetic, 200k items": synthetic(5_000, 200_000),
+    }
     cfg = Eval(batch_size=args.batch_size)
     best: dict[str, list[float]] = {}
     for _ in range(args.rounds):
@@ -74,15 +76,26 @@ def main() -> None:
             t2 = time.perf_counter()
             diff = np.abs(result.per_user["rank"] - full.per_user["rank"])  # float rounding of near-ties only
             prev = best.get(name, [float("inf")] * 2 + [0, 0.0])
-            best[name] = [min(prev[0], t1 - t0), min(prev[1], t2 - t1), max(prev[2], int((diff > 0).sum())),
-                          max(prev[3], float(diff.max())), len(result.users)]
-    print(f"**Machine**: {machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` "
-          f"(fastest of {args.rounds} rounds; eval batch {cfg.batch_size}, history masked)\n")
-    print("| case | items | users | evaluate (s) | users/s | full-matrix path (s) | speed-up | ranks that differ "
-          "(max \\|Δ\\|) |\n|---|---|---|---|---|---|---|---|")
+            best[name] = [
+                min(prev[0], t1 - t0),
+                min(prev[1], t2 - t1),
+                max(prev[2], int((diff > 0).sum())),
+                max(prev[3], float(diff.max())),
+                len(result.users),
+            ]
+    print(
+        f"**Machine**: {machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` "
+        f"(fastest of {args.rounds} rounds; eval batch {cfg.batch_size}, history masked)\n"
+    )
+    print(
+        "| case | items | users | evaluate (s) | users/s | full-matrix path (s) | speed-up | ranks that differ "
+        "(max \\|Δ\\|) |\n|---|---|---|---|---|---|---|---|"
+    )
     for name, (sec, full, changed, most, n) in best.items():
-        print(f"| {name} | {cases[name].n_items:,} | {n:,} | {sec:.2f} | {n / sec:,.0f} | {full:.2f} | "
-              f"{full / sec:.2f}× | {changed} ({most:.0f}) |")
+        print(
+            f"| {name} | {cases[name].n_items:,} | {n:,} | {sec:.2f} | {n / sec:,.0f} | {full:.2f} | "
+            f"{full / sec:.2f}× | {changed} ({most:.0f}) |"
+        )
 
 
 if __name__ == "__main__":

@@ -75,22 +75,33 @@ def main() -> None:
 
             o = timings(lambda: session.run(None, feed), args.seconds)
             t = timings(eager, args.seconds)
-            rows.append((name, batch, np.percentile(o, 50), np.percentile(o, 95), np.percentile(t, 50),
-                         np.percentile(t, 95)))
-            print(f"{name} batch {batch}: onnxruntime p50 {rows[-1][2]:.3f} ms, torch p50 {rows[-1][4]:.3f} ms",
-                  file=sys.stderr)
+            rows.append(
+                (name, batch, np.percentile(o, 50), np.percentile(o, 95), np.percentile(t, 50), np.percentile(t, 95))
+            )
+            print(
+                f"{name} batch {batch}: onnxruntime p50 {rows[-1][2]:.3f} ms, torch p50 {rows[-1][4]:.3f} ms",
+                file=sys.stderr,
+            )
 
-    print(f"\nMachine: {cpu_model()}, {os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), "
-          f"{args.threads} threads for both runtimes; Python {platform.python_version()}, torch {torch.__version__}, "
-          f"onnxruntime {ort.__version__}, numpy {np.__version__}")
-    print(f"Models: untrained, dim {args.dim}, max_len {args.max_len}, {args.items:,} items, top-{args.k} in the "
-          "graph; full-length histories; latency per call in ms\n")
-    print("| model | batch | onnxruntime p50 | onnxruntime p95 | torch eager p50 | torch eager p95 | speed-up (p50) "
-          "| onnxruntime users/s |")
+    print(
+        f"\nMachine: {cpu_model()}, {os.cpu_count()} logical CPUs ({len(os.sched_getaffinity(0))} usable), "
+        f"{args.threads} threads for both runtimes; Python {platform.python_version()}, torch {torch.__version__}, "
+        f"onnxruntime {ort.__version__}, numpy {np.__version__}"
+    )
+    print(
+        f"Models: untrained, dim {args.dim}, max_len {args.max_len}, {args.items:,} items, top-{args.k} in the "
+        "graph; full-length histories; latency per call in ms\n"
+    )
+    print(
+        "| model | batch | onnxruntime p50 | onnxruntime p95 | torch eager p50 | torch eager p95 | speed-up (p50) "
+        "| onnxruntime users/s |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for name, batch, o50, o95, t50, t95 in rows:
-        print(f"| {name} | {batch} | {o50:.3f} | {o95:.3f} | {t50:.3f} | {t95:.3f} | {t50 / o50:.1f}× "
-              f"| {batch / o50 * 1e3:,.0f} |")
+        print(
+            f"| {name} | {batch} | {o50:.3f} | {o95:.3f} | {t50:.3f} | {t95:.3f} | {t50 / o50:.1f}× "
+            f"| {batch / o50 * 1e3:,.0f} |"
+        )
 
 
 if __name__ == "__main__":

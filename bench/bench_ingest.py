@@ -83,18 +83,22 @@ def measure(path: Path, tree: Path) -> dict:
     out = subprocess.run([sys.executable, "-c", CHILD, str(path)], capture_output=True, text=True, env=env, cwd=tree)
     if out.returncode:
         return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}"}
-    return json.loads(out.stdout[out.stdout.rindex('{"'):])  # an older ltrec's DuckDB may draw a progress bar first
+    return json.loads(out.stdout[out.stdout.rindex('{"') :])  # an older ltrec's DuckDB may draw a progress bar first
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
     mem = int(next(line.split()[1] for line in open("/proc/meminfo") if line.startswith("MemTotal"))) / 2**20
     import numpy
+
     versions = f"python {platform.python_version()}, duckdb {duckdb.__version__}, numpy {numpy.__version__}"
     try:
         import onnxruntime
         import torch
+
         versions += f", torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
     except ImportError:
         pass
@@ -113,8 +117,10 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     trees = [("current", ROOT)] + ([("baseline", args.baseline.resolve())] if args.baseline else [])
     print(f"**Machine**: {machine()}\n\n**Command**: `python {' '.join(sys.argv)}`\n")
-    print("| events | format | file (MB) | ltrec | users | items | windows | load → Sequences (s) | "
-          "train_windows (s) | total (s) | CPU (s, all threads) | peak RSS (MB) |")
+    print(
+        "| events | format | file (MB) | ltrec | users | items | windows | load → Sequences (s) | "
+        "train_windows (s) | total (s) | CPU (s, all threads) | peak RSS (MB) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
         n = int(float(size[:-1]) * {"K": 1e3, "M": 1e6}[size[-1].upper()]) if size[-1].isalpha() else int(size)
@@ -128,11 +134,16 @@ def main() -> None:
                 if "error" in r:
                     print(f"| {n:,} | {fmt} | {mb:.0f} | {name} | failed: {r['error'][:120]} |||||||")
                 else:
-                    print(f"| {n:,} | {fmt} | {mb:.0f} | {name} | {r['users']:,} | {r['items']:,} | {r['windows']:,} "
-                          f"| {r['load_s']:.1f} | {r['windows_s']:.1f} | {r['load_s'] + r['windows_s']:.1f} "
-                          f"| {r['cpu_s']:.1f} | {r['rss_mb']:,.0f} |", flush=True)
-        print(f"<!-- {n:,} events generated in {gen_s:.0f} s; longest user {r.get('max_user', 0):,} events -->",
-              flush=True)
+                    print(
+                        f"| {n:,} | {fmt} | {mb:.0f} | {name} | {r['users']:,} | {r['items']:,} | {r['windows']:,} "
+                        f"| {r['load_s']:.1f} | {r['windows_s']:.1f} | {r['load_s'] + r['windows_s']:.1f} "
+                        f"| {r['cpu_s']:.1f} | {r['rss_mb']:,.0f} |",
+                        flush=True,
+                    )
+        print(
+            f"<!-- {n:,} events generated in {gen_s:.0f} s; longest user {r.get('max_user', 0):,} events -->",
+            flush=True,
+        )
         if not args.keep:
             for p in paths.values():
                 p.unlink(missing_ok=True)

@@ -10,7 +10,8 @@ Each model is trained by ltrec (`python -m ltrec train recipes/<model>-<dataset>
 run's result is kept in --work (ltrec's run directory, RecBole's result-<model>-e<epochs>-s<seed>.json), so
 an interrupted benchmark continues where it stopped; delete --work to measure again.
 
-What is the same: the data (Amazon Music or MovieLens-1M), no k-core filtering, each user's events ordered by time with ties in file
+What is the same: the data (Amazon Music or MovieLens-1M), no k-core filtering, each user's events ordered by time
+with ties in file
 order (RecBole's sort is stable), leave-one-out (last event = test, second-to-last = validation), d=64,
 SASRec 2 layers × 2 heads with a d→d feed-forward (RecBole `inner_size: 64`), GRU4Rec 1 layer, dropout
 0.2, full-softmax CE over all items, Adam lr 1e-3, batch 256, max_len 50, the epoch with the best
@@ -42,8 +43,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.bench_ingest import machine  # noqa: E402
 
-DATASETS = {"music": "../shared/data/amazon-music/interactions.csv",
-            "ml1m": "../shared/data/movielens-1m/interactions.csv"}
+DATASETS = {
+    "music": "../shared/data/amazon-music/interactions.csv",
+    "ml1m": "../shared/data/movielens-1m/interactions.csv",
+}
 
 RECBOLE_NAMES = {"sasrec": "SASRec", "gru4rec": "GRU4Rec", "caser": "Caser", "narm": "NARM", "bert4rec": "BERT4Rec"}
 RECBOLE_CHILD = r"""
@@ -132,6 +135,7 @@ def to_atomic(csv_path: Path, out_dir: Path, name: str) -> Path:
 def ltrec_targets(recipe: str, data: str, sets: list[str]) -> dict:
     from ltrec.data import load
     from ltrec.recipe import load_recipe
+
     r = load_recipe(recipe, [f"data.source={data}", *sets])
     inputs, targets, _ = load(r.data, r.split, r.head, r.seed).train_windows(r.data.max_len, r.data.stride)
     return {"sequences": len(inputs), "targets": int((targets > 0).sum())}
@@ -142,11 +146,33 @@ def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
     run_dir = args.work / f"ltrec-{model}-e{args.epochs}-s{seed}"
     done = run_dir / "bench.json"
     if not (done.exists() and json.loads(done.read_text()).get("sets") == args.ltrec_set):  # reuse only the same run
-        cmd = [sys.executable, "-m", "ltrec", "train", recipe, "--set", f"train.epochs={args.epochs}",
-               "--set", "train.patience=1000", "--set", "train.threads=1", "--set", "eval.mask_seen=false",
-               "--set", f"seed={seed}", "--set", f"data.source={args.data}", "--out", str(run_dir), "--overwrite",
-               "--set", "train.lr=1e-3", "--set", "train.batch_size=256",  # RecBole's settings, whatever the recipe's
-               *[a for kv in args.ltrec_set for a in ("--set", kv)]]
+        cmd = [
+            sys.executable,
+            "-m",
+            "ltrec",
+            "train",
+            recipe,
+            "--set",
+            f"train.epochs={args.epochs}",
+            "--set",
+            "train.patience=1000",
+            "--set",
+            "train.threads=1",
+            "--set",
+            "eval.mask_seen=false",
+            "--set",
+            f"seed={seed}",
+            "--set",
+            f"data.source={args.data}",
+            "--out",
+            str(run_dir),
+            "--overwrite",
+            "--set",
+            "train.lr=1e-3",
+            "--set",
+            "train.batch_size=256",  # RecBole's settings, whatever the recipe's
+            *[a for kv in args.ltrec_set for a in ("--set", kv)],
+        ]
         _, wall, rss, rc = run(cmd, env, ROOT, args.work / f"ltrec-{model}-s{seed}.log")
         if rc:
             sys.exit(f"ltrec {model} failed, see {args.work}/ltrec-{model}-s{seed}.log")
@@ -154,24 +180,53 @@ def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
     m = json.loads((run_dir / "metrics.json").read_text())
     b = json.loads(done.read_text())
     n = ltrec_targets(recipe, args.data, args.ltrec_set)
-    return ("ltrec", model, seed, m["seconds_per_epoch"], n["sequences"], n["targets"], m["test"]["all"]["ndcg@10"],
-            m["test"]["all"]["hr@10"], b["rss"], b["wall"])
+    return (
+        "ltrec",
+        model,
+        seed,
+        m["seconds_per_epoch"],
+        n["sequences"],
+        n["targets"],
+        m["test"]["all"]["ndcg@10"],
+        m["test"]["all"]["hr@10"],
+        b["rss"],
+        b["wall"],
+    )
 
 
 def recbole_run(model: str, seed: int, args, env: dict, data_path: Path) -> tuple:
     result = args.work / f"result-{model}-e{args.epochs}-s{seed}.json"
     if not result.exists():
         name = RECBOLE_NAMES[model]
-        cmd = [str(args.venv / "bin/python"), "-c", RECBOLE_CHILD, name, str(data_path), str(args.epochs),
-               str(args.work), str(seed), args.dataset]
+        cmd = [
+            str(args.venv / "bin/python"),
+            "-c",
+            RECBOLE_CHILD,
+            name,
+            str(data_path),
+            str(args.epochs),
+            str(args.work),
+            str(seed),
+            args.dataset,
+        ]
         out, wall, rss, rc = run(cmd, env, args.work, args.work / f"recbole-{model}-s{seed}.log")
         if rc:
             sys.exit(f"RecBole {model} failed, see {args.work}/recbole-{model}-s{seed}.log")
         result.write_text(json.dumps({**json.loads(out.strip().splitlines()[-1]), "wall": wall, "rss": rss}))
     r = json.loads(result.read_text())
     per_epoch = sum(r["seconds"]) / len(r["seconds"])
-    return ("RecBole 1.2.1", model, seed, per_epoch, r["train_sequences"], r["train_sequences"], r["ndcg@10"],
-            r["hr@10"], r["rss"], r["wall"])
+    return (
+        "RecBole 1.2.1",
+        model,
+        seed,
+        per_epoch,
+        r["train_sequences"],
+        r["train_sequences"],
+        r["ndcg@10"],
+        r["hr@10"],
+        r["rss"],
+        r["wall"],
+    )
 
 
 def mean_std(xs: list[float]) -> str:
@@ -183,13 +238,22 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=5)
     ap.add_argument("--models", nargs="+", default=["sasrec", "gru4rec"], choices=sorted(RECBOLE_NAMES))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
-    ap.add_argument("--dataset", choices=sorted(DATASETS), default="music",
-                    help="which recipes/<model>-<dataset>.yaml and which data file")
+    ap.add_argument(
+        "--dataset",
+        choices=sorted(DATASETS),
+        default="music",
+        help="which recipes/<model>-<dataset>.yaml and which data file",
+    )
     ap.add_argument("--data", help="the events CSV (default: the dataset's file under ../shared/data)")
     ap.add_argument("--venv", type=Path, default=Path("/tmp/ltrec-bench/recbole-venv"))
     ap.add_argument("--work", type=Path, help="results (default: /tmp/ltrec-bench/recbole, -ml1m for ml1m)")
-    ap.add_argument("--ltrec-set", action="append", default=[], metavar="KEY=VALUE",
-                    help="extra recipe override for the ltrec runs, e.g. train.batch_size=64 (repeatable)")
+    ap.add_argument(
+        "--ltrec-set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra recipe override for the ltrec runs, e.g. train.batch_size=64 (repeatable)",
+    )
     args = ap.parse_args()
     args.data = args.data or DATASETS[args.dataset]
     args.work = args.work or Path("/tmp/ltrec-bench/recbole" + ("" if args.dataset == "music" else f"-{args.dataset}"))
@@ -202,20 +266,28 @@ def main() -> None:
             rows.append(ltrec_run(model, seed, args, env))
             rows.append(recbole_run(model, seed, args, env, data_path))
             print(f"<!-- {rows[-2]} / {rows[-1]} -->", file=sys.stderr, flush=True)
-    print(f"**Machine**: {machine()}\n\n**Command**: `python {' '.join(sys.argv)}` (one thread per framework; "
-          f"{args.epochs} epochs, no early stopping)\n")
-    print("| framework | model | seed | s/epoch (train) | sequences/epoch | targets/epoch | test NDCG@10 | test HR@10 "
-          "| peak RSS (MB) | process wall (s) |")
+    print(
+        f"**Machine**: {machine()}\n\n**Command**: `python {' '.join(sys.argv)}` (one thread per framework; "
+        f"{args.epochs} epochs, no early stopping)\n"
+    )
+    print(
+        "| framework | model | seed | s/epoch (train) | sequences/epoch | targets/epoch | test NDCG@10 | test HR@10 "
+        "| peak RSS (MB) | process wall (s) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for fw, model, seed, sec, seqs, targets, ndcg, hr, rss, wall in rows:
-        print(f"| {fw} | {model} | {seed} | {sec:.1f} | {seqs:,} | {targets:,} | {ndcg:.4f} | {hr:.4f} | {rss:,.0f} "
-              f"| {wall:.0f} |")
+        print(
+            f"| {fw} | {model} | {seed} | {sec:.1f} | {seqs:,} | {targets:,} | {ndcg:.4f} | {hr:.4f} | {rss:,.0f} "
+            f"| {wall:.0f} |"
+        )
     for model in args.models:
         ours, theirs = ([r for r in rows if r[1] == model and r[0] == fw] for fw in ("ltrec", "RecBole 1.2.1"))
         speed = statistics.mean(r[3] for r in theirs) / statistics.mean(r[3] for r in ours)
-        print(f"\n{model} over seeds {args.seeds}: ltrec {speed:.2f}× faster per epoch; NDCG@10 "
-              f"{mean_std([r[6] for r in ours])} vs {mean_std([r[6] for r in theirs])}, HR@10 "
-              f"{mean_std([r[7] for r in ours])} vs {mean_std([r[7] for r in theirs])} (ltrec vs RecBole, mean ± std)")
+        print(
+            f"\n{model} over seeds {args.seeds}: ltrec {speed:.2f}× faster per epoch; NDCG@10 "
+            f"{mean_std([r[6] for r in ours])} vs {mean_std([r[6] for r in theirs])}, HR@10 "
+            f"{mean_std([r[7] for r in ours])} vs {mean_std([r[7] for r in theirs])} (ltrec vs RecBole, mean ± std)"
+        )
 
 
 if __name__ == "__main__":

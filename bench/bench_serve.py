@@ -50,8 +50,18 @@ def train_bundles(data: Path, folder: Path, kinds: list[str]) -> list[Path]:
         if (bundle / "bundle.json").is_file():
             continue
         print(f"training 1 epoch of recipes/{kind}-music.yaml → {run}", file=sys.stderr, flush=True)
-        ltrec("train", ROOT / "recipes" / f"{kind}-music.yaml", "--out", run, "--set", "train.epochs=1",
-              "--set", f"data.source={data}", "--overwrite", stdout=subprocess.DEVNULL)
+        ltrec(
+            "train",
+            ROOT / "recipes" / f"{kind}-music.yaml",
+            "--out",
+            run,
+            "--set",
+            "train.epochs=1",
+            "--set",
+            f"data.source={data}",
+            "--overwrite",
+            stdout=subprocess.DEVNULL,
+        )
         ltrec("export", run, "--out", bundle, stdout=subprocess.DEVNULL)
     return out
 
@@ -63,8 +73,10 @@ def request_bodies(data: Path, users: int = 5000) -> list[bytes]:
         for row in csv.DictReader(f):
             events.setdefault(row["user_id"], []).append((row["timestamp"], row["item_id"]))
     chosen = np.random.default_rng(0).permutation(sorted(events))[:users]
-    return [json.dumps({"history": [item for _, item in sorted(events[u], key=lambda e: float(e[0]))]}).encode()
-            for u in chosen]
+    return [
+        json.dumps({"history": [item for _, item in sorted(events[u], key=lambda e: float(e[0]))]}).encode()
+        for u in chosen
+    ]
 
 
 class Server:
@@ -72,9 +84,25 @@ class Server:
         self.log = log
         with open(log, "wb") as err:  # a file, not a pipe: nobody reads uvicorn's log while it runs
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "ltrec", "serve", str(bundle), "--host", "127.0.0.1", "--port", "0",
-                 "--max-batch", str(max_batch), "--max-wait-ms", "2"], stdout=subprocess.DEVNULL, stderr=err,
-                env={**os.environ, "PYTHONPATH": str(ROOT)})
+                [
+                    sys.executable,
+                    "-m",
+                    "ltrec",
+                    "serve",
+                    str(bundle),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--max-batch",
+                    str(max_batch),
+                    "--max-wait-ms",
+                    "2",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
         deadline = time.monotonic() + 120
         while "startup complete" not in log.read_text():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -104,8 +132,9 @@ async def _exchange(reader, writer, request: bytes) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def load(port: int, method: str, path: str, bodies: list[bytes], concurrency: int, n: int,
-               seconds: float) -> tuple[list[float], int, float]:
+async def load(
+    port: int, method: str, path: str, bodies: list[bytes], concurrency: int, n: int, seconds: float
+) -> tuple[list[float], int, float]:
     """(latencies in s, failures, wall s): `concurrency` connections send requests back to back until `n`
     have been sent or `seconds` have passed."""
     latencies: list[float] = []
@@ -123,8 +152,10 @@ async def load(port: int, method: str, path: str, bodies: list[bytes], concurren
             while sent < n and time.perf_counter() - start < seconds:
                 body = bodies[sent % len(bodies)]
                 sent += 1
-                request = (f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-                           f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+                request = (
+                    f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+                    f"Content-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
                 t = time.perf_counter()
                 status, _ = await asyncio.wait_for(_exchange(reader, writer, request), TIMEOUT)
                 latencies.append(time.perf_counter() - t)
@@ -176,14 +207,29 @@ def main() -> None:
                     asyncio.run(load(server.port, "POST", "/recommend", bodies, 8, min(200, args.requests), 30))
                     for concurrency in CONCURRENCY:
                         before = batch_stats(server.port)
-                        lat, failed, wall = asyncio.run(load(server.port, "POST", "/recommend", bodies, concurrency,
-                                                             args.requests, args.seconds))
+                        lat, failed, wall = asyncio.run(
+                            load(server.port, "POST", "/recommend", bodies, concurrency, args.requests, args.seconds)
+                        )
                         histories, calls = np.subtract(batch_stats(server.port), before)
                         ms = np.percentile(np.asarray(lat) * 1e3, (50, 95, 99)) if lat else (np.nan,) * 3
-                        rows.append((backbone, batching, concurrency, len(lat), failed, len(lat) / wall, *ms,
-                                     histories / max(calls, 1)))
-                        print(f"{backbone} batching {batching} concurrency {concurrency}: {rows[-1][5]:,.0f} req/s, "
-                              f"p50 {ms[0]:.2f} ms", file=sys.stderr, flush=True)
+                        rows.append(
+                            (
+                                backbone,
+                                batching,
+                                concurrency,
+                                len(lat),
+                                failed,
+                                len(lat) / wall,
+                                *ms,
+                                histories / max(calls, 1),
+                            )
+                        )
+                        print(
+                            f"{backbone} batching {batching} concurrency {concurrency}: {rows[-1][5]:,.0f} req/s, "
+                            f"p50 {ms[0]:.2f} ms",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                 finally:
                     server.stop()
 
@@ -191,17 +237,22 @@ def main() -> None:
     import starlette
     import uvicorn
 
-    print(f"\n**Machine**: {cpu_model()}, os.cpu_count() = {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), "
-          f"{platform.platform()}; Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
-          f"starlette {starlette.__version__}, uvicorn {uvicorn.__version__}; load average at the end "
-          f"{os.getloadavg()[0]:.1f}\n\n**Command**: `python {' '.join(sys.argv)}` (one server process, "
-          "--max-wait-ms 2; the client runs on the same machine)\n")
-    print("| model | batching | concurrency | requests | failed | req/s | p50 ms | p95 ms | p99 ms "
-          "| histories per call |")
+    print(
+        f"\n**Machine**: {cpu_model()}, os.cpu_count() = {os.cpu_count()} ({len(os.sched_getaffinity(0))} usable), "
+        f"{platform.platform()}; Python {platform.python_version()}, onnxruntime {onnxruntime.__version__}, "
+        f"starlette {starlette.__version__}, uvicorn {uvicorn.__version__}; load average at the end "
+        f"{os.getloadavg()[0]:.1f}\n\n**Command**: `python {' '.join(sys.argv)}` (one server process, "
+        "--max-wait-ms 2; the client runs on the same machine)\n"
+    )
+    print(
+        "| model | batching | concurrency | requests | failed | req/s | p50 ms | p95 ms | p99 ms | histories per call |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for model, batching, conc, n, failed, rps, p50, p95, p99, per_call in rows:
-        print(f"| {model} | {batching} | {conc} | {n:,} | {failed} | {rps:,.0f} | {p50:.2f} | {p95:.2f} | {p99:.2f} "
-              f"| {per_call:.1f} |")
+        print(
+            f"| {model} | {batching} | {conc} | {n:,} | {failed} | {rps:,.0f} | {p50:.2f} | {p95:.2f} | {p99:.2f} "
+            f"| {per_call:.1f} |"
+        )
 
 
 if __name__ == "__main__":

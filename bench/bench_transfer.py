@@ -28,8 +28,14 @@ from ltrec.recipe import load_recipe  # noqa: E402
 from ltrec.runtime.build import build_model  # noqa: E402
 from ltrec.training.transfer import make_runner  # noqa: E402
 
-FAITHFUL = {"k": 5, "beta": 0.5, "sampling": "permuted", "users_per_step": 1, "inner_optimizer": "sgd",
-            "inner_lr": 0.05}
+FAITHFUL = {
+    "k": 5,
+    "beta": 0.5,
+    "sampling": "permuted",
+    "users_per_step": 1,
+    "inner_optimizer": "sgd",
+    "inner_lr": 0.05,
+}
 MODES = {  # name: (transfer, train overrides)
     "plain": ({}, {}),
     "+GA+AT (k 5, outer Adam)": ({"grad_align": {"k": 5, "beta": 0.5, "outer": "adam"}, "adversarial": {}}, {}),
@@ -63,8 +69,12 @@ def main() -> None:
     best: dict[str, tuple[float, float, float, bool]] = {}
     for _ in range(args.rounds):
         for name, (transfer, train) in modes.items():
-            recipe = base.model_copy(update={"transfer": base.transfer.model_validate(transfer),
-                                             "train": base.train.model_copy(update=train)})
+            recipe = base.model_copy(
+                update={
+                    "transfer": base.transfer.model_validate(transfer),
+                    "train": base.train.model_copy(update=train),
+                }
+            )
             torch.manual_seed(0)
             model = build_model(recipe, seqs)
             epoch = make_runner(recipe, model, seqs, sub, "cpu", torch.Generator().manual_seed(0))
@@ -85,14 +95,19 @@ def main() -> None:
                 best[name] = (best[name][0], min(cpu, best[name][1]), *best[name][2:])
     rows = [(name, *best[name]) for name in modes]
     plain, plain_cpu = rows[0][1], rows[0][2]
-    print(f"{machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` — "
-          f"{args.recipe}: {len(windows[0]):,} windows, {seqs.n_items:,} items; {args.fraction:.0%} of the windows "
-          f"per timing, fastest of {args.rounds} rounds, scaled to an epoch\n")
-    print(f"| mode | s/epoch (wall) | × {rows[0][0]} | CPU s/epoch | × (CPU) | training loss on the timed part |\n"
-          "|---|---|---|---|---|---|")
+    print(
+        f"{machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` — "
+        f"{args.recipe}: {len(windows[0]):,} windows, {seqs.n_items:,} items; {args.fraction:.0%} of the windows "
+        f"per timing, fastest of {args.rounds} rounds, scaled to an epoch\n"
+    )
+    print(
+        f"| mode | s/epoch (wall) | × {rows[0][0]} | CPU s/epoch | × (CPU) | training loss on the timed part |\n"
+        "|---|---|---|---|---|---|"
+    )
     for name, sec, cpu, loss, scaled in rows:
         note = f" (from {args.faithful_iters} outer iterations)" if scaled else ""
         print(f"| {name} | {sec:.1f}{note} | {sec / plain:.2f} | {cpu:.1f} | {cpu / plain_cpu:.2f} | {loss:.3f} |")
+
 
 if __name__ == "__main__":
     main()

@@ -60,10 +60,17 @@ train(load_recipe(recipe, sets), out=out, overwrite=True)
 def ltrec_curve(model: str, label: str, sets: list[str], args, env: dict) -> dict:
     run_dir = args.work / f"ltrec-{model}-{label}-s{args.seed}"
     done = run_dir / "ttq.json"
-    sets = [f"data.source={args.data}", "eval.mask_seen=false", "train.threads=1", f"seed={args.seed}",
-            *([f"train.epochs={args.ltrec_epochs}"] if args.ltrec_epochs else []), *sets]
+    sets = [
+        f"data.source={args.data}",
+        "eval.mask_seen=false",
+        "train.threads=1",
+        f"seed={args.seed}",
+        *([f"train.epochs={args.ltrec_epochs}"] if args.ltrec_epochs else []),
+        *sets,
+    ]
     recipe = ROOT / f"recipes/{model}-{args.dataset}.yaml"
     from ltrec.recipe import load_recipe  # the validated recipe, so an edited comment does not rerun
+
     resolved = load_recipe(recipe, sets).model_dump_json()
     key = {"sets": sets, "recipe": hashlib.sha256(resolved.encode()).hexdigest()}
     if not (done.exists() and all(json.loads(done.read_text()).get(k) == v for k, v in key.items())):
@@ -73,10 +80,20 @@ def ltrec_curve(model: str, label: str, sets: list[str], args, env: dict) -> dic
         if rc:
             sys.exit(f"ltrec {model} {label} failed, see {args.work}/ltrec-{model}-{label}.log")
         epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        tests = [json.loads(line) for line in curve.read_text().splitlines()][:len(epochs)]
+        tests = [json.loads(line) for line in curve.read_text().splitlines()][: len(epochs)]
         final = json.loads((run_dir / "metrics.json").read_text())["test"]["all"]
-        done.write_text(json.dumps({**key, "wall": wall, "rss": rss, "seconds": [e["seconds"] for e in epochs],
-                                    "ndcg@10": [t["ndcg@10"] for t in tests], "final": final["ndcg@10"]}))
+        done.write_text(
+            json.dumps(
+                {
+                    **key,
+                    "wall": wall,
+                    "rss": rss,
+                    "seconds": [e["seconds"] for e in epochs],
+                    "ndcg@10": [t["ndcg@10"] for t in tests],
+                    "final": final["ndcg@10"],
+                }
+            )
+        )
     return {"name": f"ltrec, {label}", **json.loads(done.read_text())}
 
 
@@ -84,36 +101,57 @@ def recbole_curve(model: str, args, env: dict, data_path: Path) -> dict:
     result = args.work / f"recbole-{model}-e{args.recbole_epochs}-s{args.seed}.curve.json"
     if not result.exists():
         name = RECBOLE_NAMES[model]
-        cmd = [str(args.venv / "bin/python"), "-c", RECBOLE_CHILD, name, str(data_path), str(args.recbole_epochs),
-               str(args.work), str(args.seed), args.dataset, "curve"]
+        cmd = [
+            str(args.venv / "bin/python"),
+            "-c",
+            RECBOLE_CHILD,
+            name,
+            str(data_path),
+            str(args.recbole_epochs),
+            str(args.work),
+            str(args.seed),
+            args.dataset,
+            "curve",
+        ]
         out, wall, rss, rc = run(cmd, env, args.work, args.work / f"recbole-{model}.log")
         if rc:
             sys.exit(f"RecBole {model} failed, see {args.work}/recbole-{model}.log")
         r = json.loads(out.strip().splitlines()[-1])
-        result.write_text(json.dumps({"wall": wall, "rss": rss, "seconds": r["seconds"],
-                                      "ndcg@10": [t[0] for t in r["test_curve"]], "final": r["ndcg@10"]}))
+        result.write_text(
+            json.dumps(
+                {
+                    "wall": wall,
+                    "rss": rss,
+                    "seconds": r["seconds"],
+                    "ndcg@10": [t[0] for t in r["test_curve"]],
+                    "final": r["ndcg@10"],
+                }
+            )
+        )
     return {"name": "RecBole 1.2.1", **json.loads(result.read_text())}
 
 
 def reached(c: dict, target: float) -> tuple[int, float] | None:
     """(epochs, training seconds) when the test curve first reaches `target`, or None."""
     totals = accumulate(c["seconds"])
-    return next(((epoch, total) for epoch, (total, ndcg) in enumerate(zip(totals, c["ndcg@10"]), 1)
-                 if ndcg >= target), None)
+    return next(
+        ((epoch, total) for epoch, (total, ndcg) in enumerate(zip(totals, c["ndcg@10"]), 1) if ndcg >= target), None
+    )
 
 
 def plot(curves: dict[str, list[dict]], targets: dict[str, float], path: Path, title: str, epochs: int) -> None:
     import matplotlib
     import matplotlib.ticker
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, len(curves), figsize=(5.5 * len(curves), 4), squeeze=False)
     for ax, (model, cs) in zip(axes[0], curves.items()):
         for c in cs:
             ax.plot(list(accumulate(c["seconds"])), c["ndcg@10"], marker="o", markersize=3, label=c["name"])
         ax.axhline(targets[model], color="grey", linestyle="--", linewidth=1, label=f"RecBole's {epochs}-epoch score")
-        ax.set(title=f"{model}, {title}", xlabel="training seconds (one thread)", ylabel="test NDCG@10",
-               xscale="log")
+        ax.set(title=f"{model}, {title}", xlabel="training seconds (one thread)", ylabel="test NDCG@10", xscale="log")
         longest = max(sum(c["seconds"]) for c in cs)
         ticks = [t for t in (10, 20, 50, 100, 200, 500, 1000, 2000, 5000) if t <= 2 * longest]
         ax.set_xticks(ticks, [str(t) for t in ticks])
@@ -132,16 +170,23 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--recbole-epochs", type=int, default=3)
     ap.add_argument("--ltrec-epochs", type=int, help="ltrec's epochs (default: the recipe's; early stopping applies)")
-    ap.add_argument("--ltrec", action="append", default=[], metavar="[MODEL:]LABEL=K=V,K=V",
-                    help="an ltrec setting besides the recipe, e.g. 'sasrec:lr 2e-3=train.lr=2e-3' "
-                         "(without MODEL: for every model)")
+    ap.add_argument(
+        "--ltrec",
+        action="append",
+        default=[],
+        metavar="[MODEL:]LABEL=K=V,K=V",
+        help="an ltrec setting besides the recipe, e.g. 'sasrec:lr 2e-3=train.lr=2e-3' "
+        "(without MODEL: for every model)",
+    )
     ap.add_argument("--data", help="the events CSV (default: the dataset's file under ../shared/data)")
     ap.add_argument("--venv", type=Path, default=Path("/tmp/ltrec-bench/recbole-venv"))
     ap.add_argument("--work", type=Path, help="results (default: /tmp/ltrec-bench/ttq-<dataset>)")
     ap.add_argument("--plot", type=Path, help="write the NDCG@10-against-seconds plot here (PNG)")
-    ap.add_argument("--only", choices=["ltrec", "recbole"],
-                    help="run one framework's side only (e.g. both at once, one per core); "
-                         "a run without it reuses both")
+    ap.add_argument(
+        "--only",
+        choices=["ltrec", "recbole"],
+        help="run one framework's side only (e.g. both at once, one per core); a run without it reuses both",
+    )
     args = ap.parse_args()
     args.data = os.path.abspath(args.data or ROOT / DATASETS[args.dataset])
     args.work = (args.work or Path(f"/tmp/ltrec-bench/ttq-{args.dataset}")).resolve()
@@ -157,18 +202,25 @@ def main() -> None:
     for model in args.models:
         if args.only != "ltrec":
             theirs = recbole_curve(model, args, env, data_path)
-        ours = [] if args.only == "recbole" else [ltrec_curve(model, label, sets, args, env)
-                                                  for only, label, sets in settings if only in (None, model)]
+        ours = (
+            []
+            if args.only == "recbole"
+            else [ltrec_curve(model, label, sets, args, env) for only, label, sets in settings if only in (None, model)]
+        )
         if args.only:
             continue
         curves[model], targets[model] = [theirs, *ours], theirs["final"]
         print(f"<!-- {model} done -->", file=sys.stderr, flush=True)
     if args.only:
         return
-    print(f"**Machine**: {machine()}\n\n**Command**: `python {' '.join(sys.argv)}` (one thread per framework, "
-          f"seed {args.seed}; test NDCG@10, history not masked, full ranking)\n")
-    print(f"| model | run | target (RecBole, {args.recbole_epochs} epochs) | epochs to target | training s to target "
-          "| RecBole's s ÷ ltrec's | s/epoch | peak RSS (MB) | test NDCG@10 at its own stop |")
+    print(
+        f"**Machine**: {machine()}\n\n**Command**: `python {' '.join(sys.argv)}` (one thread per framework, "
+        f"seed {args.seed}; test NDCG@10, history not masked, full ranking)\n"
+    )
+    print(
+        f"| model | run | target (RecBole, {args.recbole_epochs} epochs) | epochs to target | training s to target "
+        "| RecBole's s ÷ ltrec's | s/epoch | peak RSS (MB) | test NDCG@10 at its own stop |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for model, cs in curves.items():
         base = sum(cs[0]["seconds"])
@@ -176,11 +228,18 @@ def main() -> None:
             hit = reached(c, targets[model]) if c is not cs[0] else (len(c["seconds"]), base)
             when = f"{hit[0]} | {hit[1]:,.0f} | {base / hit[1]:.1f}×" if hit else "not reached | – | –"
             per_epoch = sum(c["seconds"]) / len(c["seconds"])
-            print(f"| {model} | {c['name']} | {targets[model]:.4f} | {when} | {per_epoch:,.1f} | {c['rss']:,.0f} "
-                  f"| {c['final']:.4f} |")
+            print(
+                f"| {model} | {c['name']} | {targets[model]:.4f} | {when} | {per_epoch:,.1f} | {c['rss']:,.0f} "
+                f"| {c['final']:.4f} |"
+            )
     if args.plot:
-        plot(curves, targets, args.plot, {"music": "Amazon Music", "ml1m": "MovieLens-1M"}[args.dataset],
-             args.recbole_epochs)
+        plot(
+            curves,
+            targets,
+            args.plot,
+            {"music": "Amazon Music", "ml1m": "MovieLens-1M"}[args.dataset],
+            args.recbole_epochs,
+        )
 
 
 if __name__ == "__main__":

@@ -41,16 +41,26 @@ def main() -> None:
     shared, sizes = [], []
     for seed in args.seeds:
         perm = torch.randperm(len(owner), generator=torch.Generator().manual_seed(seed))
-        _, counts = zip(*(torch.unique(owner[perm[lo:lo + k * batch]], return_counts=True)
-                          for lo in range(0, len(perm), k * batch)))
+        _, counts = zip(
+            *(
+                torch.unique(owner[perm[lo : lo + k * batch]], return_counts=True)
+                for lo in range(0, len(perm), k * batch)
+            )
+        )
         shared.append(sum(int(c[c > 1].sum()) for c in counts))
         sizes += [len(b) for bs in window_plan(owner, k, batch, torch.Generator().manual_seed(seed)) for b in bs]
-    print(f"{args.recipe} {' '.join(args.sets)}: {len(owner):,} training windows of {len(per_user):,} users; "
-          f"{int((per_user > 1).sum()):,} users own more than one ({int(per_user[per_user > 1].sum()):,} windows)")
-    print(f"k = {k}, batch {batch}: windows beside another of their user in a random chunk of {k * batch}: "
-          f"{np.mean(shared):,.1f} per epoch ({100 * np.mean(shared) / len(owner):.2f}%), seeds {args.seeds}")
-    print(f"inner batch sizes after the user-disjoint cut: mean {np.mean(sizes):.1f}, min {min(sizes)}, "
-          f"max {max(sizes)} (plain: {batch})")
+    print(
+        f"{args.recipe} {' '.join(args.sets)}: {len(owner):,} training windows of {len(per_user):,} users; "
+        f"{int((per_user > 1).sum()):,} users own more than one ({int(per_user[per_user > 1].sum()):,} windows)"
+    )
+    print(
+        f"k = {k}, batch {batch}: windows beside another of their user in a random chunk of {k * batch}: "
+        f"{np.mean(shared):,.1f} per epoch ({100 * np.mean(shared) / len(owner):.2f}%), seeds {args.seeds}"
+    )
+    print(
+        f"inner batch sizes after the user-disjoint cut: mean {np.mean(sizes):.1f}, min {min(sizes)}, "
+        f"max {max(sizes)} (plain: {batch})"
+    )
 
 
 if __name__ == "__main__":

@@ -39,10 +39,16 @@ def recipe_for(path, train=None, backbone=None, **transfer):
     """A tiny recipe over `path`: GRU4Rec dim 8 without dropout, head = users with ≥ 4 training events."""
     from ltrec.recipe import Recipe
 
-    return Recipe.model_validate({"name": "t", "data": {"source": str(path), "max_len": 10},
-                                  "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0, **(backbone or {})},
-                                  "head": {"count": 4}, "transfer": transfer,
-                                  "train": {"batch_size": 16, "lr": 1.0e-2, **(train or {})}})
+    return Recipe.model_validate(
+        {
+            "name": "t",
+            "data": {"source": str(path), "max_len": 10},
+            "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0, **(backbone or {})},
+            "head": {"count": 4},
+            "transfer": transfer,
+            "train": {"batch_size": 16, "lr": 1.0e-2, **(train or {})},
+        }
+    )
 
 
 def runner_for(path, kind="gru4rec", train=None, dist=None, model=None, **transfer):
@@ -70,8 +76,16 @@ def record(runner) -> list:
 
 
 # the smallest recipe overrides that still train something: for CLI runs on the init example
-TINY = ["--set", "backbone.dim=16", "--set", "train.epochs=3", "--set", "data.max_len=20",
-        "--set", "train.batch_size=64"]
+TINY = [
+    "--set",
+    "backbone.dim=16",
+    "--set",
+    "train.epochs=3",
+    "--set",
+    "data.max_len=20",
+    "--set",
+    "train.batch_size=64",
+]
 
 
 def cli_ok(args) -> str:
@@ -97,7 +111,6 @@ def cli_fails(args, *expected) -> str:
     for text in expected:
         assert text in result.output, result.output
     return result.output
-
 
 
 def seen_from_padded(seen: torch.Tensor) -> Seen:

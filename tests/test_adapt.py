@@ -1,4 +1,5 @@
-"""ltrec.evaluation.adapt and the cold slice: cold users ranked zero-shot and after adaptation, exactly as a per-user loop would."""
+"""ltrec.evaluation.adapt and the cold slice: cold users ranked zero-shot and after adaptation, exactly as a per-user
+loop would."""
 
 from __future__ import annotations
 
@@ -27,9 +28,11 @@ def cold_run(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cold")
     events = write_events(folder / "events.csv", users=300)
     recipe = folder / "cold.yaml"
-    recipe.write_text(f"name: cold\nseed: 4\ndata: {{source: {events}, max_len: 50}}\n"
-                      "split: {cold_users: 0.25, seed: 9}\nbackbone: {kind: sasrec, dim: 16}\n"
-                      "train: {epochs: 3, batch_size: 64}\n")
+    recipe.write_text(
+        f"name: cold\nseed: 4\ndata: {{source: {events}, max_len: 50}}\n"
+        "split: {cold_users: 0.25, seed: 9}\nbackbone: {kind: sasrec, dim: 16}\n"
+        "train: {epochs: 3, batch_size: 64}\n"
+    )
     ok(["train", recipe, "--out", folder / "run"])
     return folder / "run"
 
@@ -74,13 +77,22 @@ def test_predict_serves_cold_users_as_eval_ranks_them(cold_run, tmp_path):
     cold = np.flatnonzero(seqs.role == COLD)
     rows, targets = ["user_id,item_id,timestamp"], {}
     for u in cold:
-        items = seqs.items[seqs.offsets[u]:seqs.offsets[u + 1]]
+        items = seqs.items[seqs.offsets[u] : seqs.offsets[u + 1]]
         rows += [f"{seqs.users[u]},{seqs.vocab[i - 1]},{t}" for t, i in enumerate(items[:-1])]
         targets[str(seqs.users[u])] = str(seqs.vocab[items[-1] - 1])
     (tmp_path / "cold.csv").write_text("\n".join(rows) + "\n")
     ok(["export", cold_run, "--out", tmp_path / "bundle", "--k", 10])
-    ok(["predict", tmp_path / "bundle", "--input", tmp_path / "cold.csv", "--output", tmp_path / "p.csv",
-        "--exclude-seen"])
+    ok(
+        [
+            "predict",
+            tmp_path / "bundle",
+            "--input",
+            tmp_path / "cold.csv",
+            "--output",
+            tmp_path / "p.csv",
+            "--exclude-seen",
+        ]
+    )
     ndcg = dict.fromkeys(targets, 0.0)
     with open(tmp_path / "p.csv", newline="") as f:
         for r in csv.DictReader(f):
@@ -121,13 +133,16 @@ def _one_by_one(model, history, steps, lr, params):
     return torch.cat(out)
 
 
-@pytest.mark.parametrize("params, kind", [("encoder", "sasrec"), ("all", "sasrec"), ("encoder", "gru4rec"),
-                                         ("all", "narm"), ("encoder", "caser")])
+@pytest.mark.parametrize(
+    "params, kind",
+    [("encoder", "sasrec"), ("all", "sasrec"), ("encoder", "gru4rec"), ("all", "narm"), ("encoder", "caser")],
+)
 def test_vmapped_adaptation_equals_a_copy_per_user(params, kind):  # recurrent backbones: looped, not vmapped
     model = _model(kind)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    history = np.array([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 9, 8, 7], [0, 0, 0, 0, 0, 0, 0, 4],
-                        [1, 2, 3, 4, 5, 6, 7, 8]])
+    history = np.array(
+        [[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 9, 8, 7], [0, 0, 0, 0, 0, 0, 0, 4], [1, 2, 3, 4, 5, 6, 7, 8]]
+    )
     got = adapted_scores(model, history, steps=4, lr=0.5, params=params, chunk=3)  # two chunks
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the model is not changed
     torch.testing.assert_close(got, _one_by_one(model, history, 4, 0.5, params), rtol=1e-4, atol=1e-5)

@@ -115,5 +115,5 @@ def test_matched_state_is_the_user_state_of_the_newest_items(tiny_csv, kind):
         newest = torch.zeros(len(idx), 10, dtype=torch.long)
         for j in idx:
             items = inputs[j][inputs[j] > 0]
-            newest[j, 10 - seen[j]:] = items[len(items) - seen[j]:]
+            newest[j, 10 - seen[j] :] = items[len(items) - seen[j] :]
         torch.testing.assert_close(state, model.encode(newest), rtol=1e-4, atol=1e-5)

@@ -1,4 +1,5 @@
-"""ltrec.training.transfer.chains: vmapped Reptile chains equal a per-chain loop, and each piece equals its reference."""
+"""ltrec.training.transfer.chains: vmapped Reptile chains equal a per-chain loop, and each piece equals its
+reference."""
 
 import pytest
 import torch
@@ -10,10 +11,15 @@ from ltrec.training.transfer.chains import Chains
 
 
 def build(path, kind="gru4rec", vectorized=True, adversarial=None, **ga):
-    ga = {k: v for k, v in {"k": 2, "users_per_step": 4, "sampling": "uniform", "chains": 3, **ga}.items()
-          if v is not None}
+    ga = {
+        k: v
+        for k, v in {"k": 2, "users_per_step": 4, "sampling": "uniform", "chains": 3, **ga}.items()
+        if v is not None
+    }
     torch.manual_seed(0)
-    _, seqs, model, runner = runner_for(path, kind, grad_align=ga, **({"adversarial": adversarial} if adversarial else {}))
+    _, seqs, model, runner = runner_for(
+        path, kind, grad_align=ga, **({"adversarial": adversarial} if adversarial else {})
+    )
     if not vectorized:  # the same chains, one after the other
         torch.manual_seed(0)
         *_, runner = runner_for(path, kind, grad_align=ga, **({"adversarial": adversarial} if adversarial else {}))
@@ -23,14 +29,27 @@ def build(path, kind="gru4rec", vectorized=True, adversarial=None, **ga):
 
 # not sasrec + adam: attention's key bias has an exactly-zero gradient (softmax ignores a shift), so Adam
 # turns float noise of either sign into full-size steps and the two orders of summation part ways
-@pytest.mark.parametrize("kind, inner, state", [("gru4rec", "sgd", "last"), ("gru4rec", "adam", "last"),
-                                               ("sasrec", "sgd", "last"), ("sasrec", "sgd", "matched"),
-                                               ("narm", "sgd", "last")])  # narm: a table shared by two modules
+@pytest.mark.parametrize(
+    "kind, inner, state",
+    [
+        ("gru4rec", "sgd", "last"),
+        ("gru4rec", "adam", "last"),
+        ("sasrec", "sgd", "last"),
+        ("sasrec", "sgd", "matched"),
+        ("narm", "sgd", "last"),
+    ],
+)  # narm: a table shared by two modules
 def test_vmapped_chains_match_a_loop(tiny_csv, kind, inner, state):
     runs = []
     for vectorized in (True, False):
-        runner = build(tiny_csv, kind, vectorized, adversarial={"weight": 0.2, "state": state},
-                       inner_optimizer=inner, inner_lr=0.05)
+        runner = build(
+            tiny_csv,
+            kind,
+            vectorized,
+            adversarial={"weight": 0.2, "state": state},
+            inner_optimizer=inner,
+            inner_lr=0.05,
+        )
         stats = runner(lambda n, loss: None)
         runs.append((runner, stats))
     (a, sa), (b, sb) = runs
@@ -62,7 +81,7 @@ def test_padded_objective_equals_the_objective(tiny_csv, kind, state):
         obj.adversary.disc.forward = lambda h: read.append(real(h)) or read[-1]
         torch.testing.assert_close(loss, obj.loss(i), rtol=1e-5, atol=1e-6)
         obj.adversary.disc.forward = real
-        torch.testing.assert_close(logits[:len(i)], read[0], rtol=1e-5, atol=1e-7)  # D read the same states
+        torch.testing.assert_close(logits[: len(i)], read[0], rtol=1e-5, atol=1e-7)  # D read the same states
 
 
 def test_a_chain_without_windows_keeps_its_weights_and_optimiser_state(tiny_csv):

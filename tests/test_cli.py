@@ -40,8 +40,21 @@ def test_init_train_eval(recipe, tmp_path):
 def test_transfer_run_evaluates_and_exports_from_its_saved_recipe(recipe, tmp_path):
     """A run with both components (GA's default windows sampling, matched adversary states) reloads its
     resolved recipe.yaml for eval and export: the saved file holds users_per_step, which windows ignores."""
-    out = ok(["train", recipe, *TINY, "--set", "train.epochs=1", "--set", "transfer.grad_align={k: 2}",
-              "--set", "transfer.adversarial={state: matched}", "--out", "runs/gaat"])
+    out = ok(
+        [
+            "train",
+            recipe,
+            *TINY,
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "transfer.grad_align={k: 2}",
+            "--set",
+            "transfer.adversarial={state: matched}",
+            "--out",
+            "runs/gaat",
+        ]
+    )
     assert "disc_acc" in out
     assert "users_per_step: 64" in (tmp_path / "runs" / "gaat" / "recipe.yaml").read_text()
     assert "tail" in ok(["eval", "runs/gaat", "--slice", "tail"])
@@ -92,20 +105,35 @@ def test_eval_ks_may_change_without_touching_the_monitored_metric(recipe, tmp_pa
 
 
 def test_adversarial_training_without_head_users_is_refused(recipe, tmp_path):
-    r = runner.invoke(app, ["train", str(recipe), *TINY, "--set", "head.count=10000",
-                            "--set", "transfer.adversarial={weight: 0.1}", "--set", "train.monitor.slice=all"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(recipe),
+            *TINY,
+            "--set",
+            "head.count=10000",
+            "--set",
+            "transfer.adversarial={weight: 0.1}",
+            "--set",
+            "train.monitor.slice=all",
+        ],
+    )
     assert r.exit_code == 2 and "transfer.adversarial: no head user has training windows" in r.output
     assert not (tmp_path / "runs" / "my-sasrec").exists() or not (tmp_path / "runs/my-sasrec/last.pt").exists()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["train", "proj/recipe.yaml", "--set", "backbone.dimm=3"], "backbone.dimm: unknown key"),
-    (["train", "proj/recipe.yaml", "--set", "data.columns.user=customer"], "no column 'customer'"),
-    (["train", "proj/recipe.yaml", "--set", "data.source=missing.csv"], "missing.csv: no such file"),
-    (["eval", "proj"], "not a run directory"),
-    (["eval", "runs/nope"], "no such run directory"),
-    (["export", "proj"], "not a run directory"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "proj/recipe.yaml", "--set", "backbone.dimm=3"], "backbone.dimm: unknown key"),
+        (["train", "proj/recipe.yaml", "--set", "data.columns.user=customer"], "no column 'customer'"),
+        (["train", "proj/recipe.yaml", "--set", "data.source=missing.csv"], "missing.csv: no such file"),
+        (["eval", "proj"], "not a run directory"),
+        (["eval", "runs/nope"], "no such run directory"),
+        (["export", "proj"], "not a run directory"),
+    ],
+)
 def test_user_errors_answer_before_torch_is_imported(recipe, tmp_path, args, message):
     """A stand-in `torch` that fails on import: the error the user made must come first, without it."""
     import subprocess
@@ -163,7 +191,10 @@ def test_init_names_every_column_it_cannot_tell(tmp_path, monkeypatch):
     lines = r.output.strip().splitlines()
     assert r.exit_code == 2 and len(lines) == 3, r.output
     assert "cannot tell the user column (several fit: uid, userid); pass --user-col NAME" in lines[0]
-    assert "cannot tell the item column (none of the usual names)" in lines[1] and "(columns: who, what, uid, userid)" in lines[1]
+    assert (
+        "cannot tell the item column (none of the usual names)" in lines[1]
+        and "(columns: who, what, uid, userid)" in lines[1]
+    )
     assert "cannot tell the time column" in lines[2]
     out = ok(["init", "mine", "--data", "e.csv", "--user-col", "uid", "--item-col", "what", "--time-col", "who"])
     assert "columns: {user: uid, item: what, time: who}" in (tmp_path / "mine/recipe.yaml").read_text(), out
@@ -176,5 +207,7 @@ def test_init_reads_the_header_of_ids_that_stop_looking_numeric(tmp_path, monkey
     rows = [f"{n % 997 if n < 60_000 else f'u-{n}'},{n % 50},{1000 + n}" for n in range(60_100)]
     (tmp_path / "events.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
     out = ok(["init", "mine", "--data", "events.csv"])
-    assert "columns: {user: user_id, item: item_id, time: timestamp}" in (tmp_path / "mine/recipe.yaml").read_text(), out
+    assert "columns: {user: user_id, item: item_id, time: timestamp}" in (tmp_path / "mine/recipe.yaml").read_text(), (
+        out
+    )
     assert "mine/recipe.yaml: ok" in ok(["validate", "mine/recipe.yaml"])

@@ -50,10 +50,18 @@ def test_compare_refuses_different_users(tmp_path):
 
 def test_small_p_values_keep_a_digit():
     # a bootstrap p of 0.0003 must not print as "p=0.000" (reads as zero); exactly 0 prints as "< 1/n_boot"
-    row = {"slice": "all", "metric": "ndcg@10", "users": 5, "values": [0.1, 0.2],
-           "tests": [{"rel_diff": 1.0, "p_value": 0.0003, "n_boot": 10000}]}
-    result = {"runs": ["a", "b"], "rows": [row, {**row, "tests": [{**row["tests"][0], "p_value": 0.0}]}],
-              "split": "test"}
+    row = {
+        "slice": "all",
+        "metric": "ndcg@10",
+        "users": 5,
+        "values": [0.1, 0.2],
+        "tests": [{"rel_diff": 1.0, "p_value": 0.0003, "n_boot": 10000}],
+    }
+    result = {
+        "runs": ["a", "b"],
+        "rows": [row, {**row, "tests": [{**row["tests"][0], "p_value": 0.0}]}],
+        "split": "test",
+    }
     text = format_comparison(result)
     assert "(p=0.0003)" in text and "(p<0.0001)" in text and "p=0.000)" not in text
 

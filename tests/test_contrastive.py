@@ -99,20 +99,30 @@ def test_every_next_item_backbone_trains_with_it(tiny_csv, kind):
 
 
 def test_it_combines_with_the_other_components(tiny_csv):
-    *_, runner = runner_for(tiny_csv, "sasrec", contrastive={}, grad_align={"k": 2}, adversarial={"weight": 0.1},
-                            robust={"kind": "cvar", "alpha": 0.5, "mix": 0.5})
+    *_, runner = runner_for(
+        tiny_csv,
+        "sasrec",
+        contrastive={},
+        grad_align={"k": 2},
+        adversarial={"weight": 0.1},
+        robust={"kind": "cvar", "alpha": 0.5, "mix": 0.5},
+    )
     stats = runner(lambda n, loss: None)
     assert np.isfinite(stats["loss"]) and stats["cl_loss"] > 0 and "disc_acc" in stats
 
 
-@pytest.mark.parametrize("backbone, transfer, words", [
-    ("bert4rec", {"contrastive": {}}, "bert4rec"),
-    ("pop", {"contrastive": {}}, "popularity baseline"),
-    ("gru4rec", {"contrastive": {}, "grad_align": {"chains": 2}}, "chains"),
-    ("gru4rec", {"contrastive": {"temperature": 0}}, "temperature"),
-    ("gru4rec", {"contrastive": {"weight": 1, "negatives": 5}}, "negatives"),
-])
+@pytest.mark.parametrize(
+    "backbone, transfer, words",
+    [
+        ("bert4rec", {"contrastive": {}}, "bert4rec"),
+        ("pop", {"contrastive": {}}, "popularity baseline"),
+        ("gru4rec", {"contrastive": {}, "grad_align": {"chains": 2}}, "chains"),
+        ("gru4rec", {"contrastive": {"temperature": 0}}, "temperature"),
+        ("gru4rec", {"contrastive": {"weight": 1, "negatives": 5}}, "negatives"),
+    ],
+)
 def test_recipes_it_cannot_serve_are_refused(backbone, transfer, words):
     with pytest.raises(ValidationError, match=words):
-        Recipe.model_validate({"name": "t", "data": {"source": "x.csv"}, "backbone": {"kind": backbone},
-                               "transfer": transfer})
+        Recipe.model_validate(
+            {"name": "t", "data": {"source": "x.csv"}, "backbone": {"kind": backbone}, "transfer": transfer}
+        )

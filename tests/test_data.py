@@ -91,8 +91,9 @@ def test_overlapping_windows_train_each_target_once_with_longer_context(tmp_path
 def test_every_stride_trains_each_target_once_and_windows_stay_grouped(tiny_csv, stride):
     s = load(Data(source=str(tiny_csv), max_len=8, stride=stride), Split(), Head())
     inputs, targets, owner = s.train_windows(8, stride)
-    want = sorted(int(t) for u in range(len(s.users)) for t in
-                  s.items[s.offsets[u] + 1:s.offsets[u] + s.train_lengths[u]])
+    want = sorted(
+        int(t) for u in range(len(s.users)) for t in s.items[s.offsets[u] + 1 : s.offsets[u] + s.train_lengths[u]]
+    )
     assert sorted(targets[targets > 0].tolist()) == want
     assert (np.diff(owner) >= 0).all()  # UserSampler needs each user's windows together
     context = np.cumsum(inputs > 0, axis=1)  # items seen up to and including each position
@@ -172,22 +173,36 @@ def test_query_parquet_and_json(tmp_path):
 
 
 BAD_DATA = [
-    ("user_id,item,timestamp\na,1,1\n", {}, "data.columns.item: {f}: no column 'item_id' (columns: user_id, item, "
-                                            "timestamp); set data.columns.item to the right name"),
-    ("user_id,item_id,timestamp\na,1,x\na,2,y\n", {}, "data.columns.time: {f}: column 'timestamp' holds non-numeric "
-                                                     "values such as 'x'"),
+    (
+        "user_id,item,timestamp\na,1,1\n",
+        {},
+        "data.columns.item: {f}: no column 'item_id' (columns: user_id, item, "
+        "timestamp); set data.columns.item to the right name",
+    ),
+    (
+        "user_id,item_id,timestamp\na,1,x\na,2,y\n",
+        {},
+        "data.columns.time: {f}: column 'timestamp' holds non-numeric values such as 'x'",
+    ),
     ("user_id,item_id,timestamp\n", {}, "data.source: {f}: no events"),
     ("user_id,item_id,timestamp\na,1,1\nb,2,2\n", {}, "data: no user has the 3 events leave-one-out needs"),
-    ("user_id,item_id,timestamp\na,1,1\n", {"query": "SELEC * FROM source"}, "data.query: the query failed: "
-                                                                              "Parser Error"),
-    ("user_id,item_id,timestamp\na,1,1\n", {"query": "SELECT * FROM read_csv('/etc/passwd')"},
-     "data.query: the query failed: Permission Error"),
+    (
+        "user_id,item_id,timestamp\na,1,1\n",
+        {"query": "SELEC * FROM source"},
+        "data.query: the query failed: Parser Error",
+    ),
+    (
+        "user_id,item_id,timestamp\na,1,1\n",
+        {"query": "SELECT * FROM read_csv('/etc/passwd')"},
+        "data.query: the query failed: Permission Error",
+    ),
     ("user_id,item_id,timestamp\na,1,1\n", {"min_user_events": 5}, "data: no events left after min_user_events=5"),
 ]
 
 
-@pytest.mark.parametrize("text, data, message", BAD_DATA, ids=[m.split(":")[0] + str(i) for i, (_, _, m) in
-                                                                enumerate(BAD_DATA)])
+@pytest.mark.parametrize(
+    "text, data, message", BAD_DATA, ids=[m.split(":")[0] + str(i) for i, (_, _, m) in enumerate(BAD_DATA)]
+)
 def test_bad_data(tmp_path, text, data, message):
     path = csv_file(tmp_path, text)
     with pytest.raises(UserError) as err:
@@ -207,10 +222,15 @@ def test_empty_ids_dropped_and_counted(tmp_path):
     assert s.report["null_rows"] == 2 and len(s.items) == 12
 
 
-@pytest.mark.parametrize("name, users, items, events", [
-    ("amazon-music", 20165, 20356, 132595), ("amazon-beauty", 22363, 12101, 198502),
-    ("movielens-1m", 6040, 3706, 1000209), ("movielens-100k", 943, 1682, 100000),
-])
+@pytest.mark.parametrize(
+    "name, users, items, events",
+    [
+        ("amazon-music", 20165, 20356, 132595),
+        ("amazon-beauty", 22363, 12101, 198502),
+        ("movielens-1m", 6040, 3706, 1000209),
+        ("movielens-100k", 943, 1682, 100000),
+    ],
+)
 def test_real_logs_match_their_readme(name, users, items, events):
     path = SHARED / name / "interactions.csv"
     if not path.exists():
@@ -238,8 +258,14 @@ def test_ids_are_text_even_when_they_look_like_numbers_for_thousands_of_rows(tmp
     """DuckDB types a CSV column from a sample: ids numeric for 30,000 rows, then `u-17`, `00123`, `B000ABC`
     and `NA` must still load, leading zeros kept, in CSV and in Parquet alike."""
     rows = [f"{u},{i},{t}" for t, (u, i) in enumerate([(u, u % 50 + 1) for u in range(10000) for _ in range(3)])]
-    rows += ["u-17,00123,40000", "u-17,B000ABC,40001", "u-17,NA,40002", "007,00123,40003", "007,0123,40004",
-             "007,123,40005"]
+    rows += [
+        "u-17,00123,40000",
+        "u-17,B000ABC,40001",
+        "u-17,NA,40002",
+        "007,00123,40003",
+        "007,0123,40004",
+        "007,123,40005",
+    ]
     csv = tmp_path / "ids.csv"
     csv.write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
     parquet = tmp_path / "ids.parquet"

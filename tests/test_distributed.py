@@ -28,9 +28,11 @@ from ltrec.runtime.distributed import Dist, rank_seed, shard_users
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
-RECIPE = ("name: d\ndata: {{source: {events}, max_len: 20}}\nbackbone: {{kind: gru4rec, dim: 16, dropout: 0.1}}\n"
-          "train: {{epochs: {epochs}, batch_size: 32, lr: 1.0e-2, patience: 100, threads: 1}}\n"
-          "eval: {{batch_size: 16}}\n")
+RECIPE = (
+    "name: d\ndata: {{source: {events}, max_len: 20}}\nbackbone: {{kind: gru4rec, dim: 16, dropout: 0.1}}\n"
+    "train: {{epochs: {epochs}, batch_size: 32, lr: 1.0e-2, patience: 100, threads: 1}}\n"
+    "eval: {{batch_size: 16}}\n"
+)
 
 
 def free_port() -> int:
@@ -51,8 +53,9 @@ def spawn(fn, *args, timeout: float = 240) -> None:
 
 
 def _env(rank: int, world: int, port: int) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
+    os.environ.update(
+        RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     torch.set_num_threads(1)
 
 
@@ -93,8 +96,19 @@ def test_single_process_dist_is_the_identity():
 
 
 def test_bf16_on_cpu_is_a_user_error(project):
-    r = runner.invoke(app, ["train", str(project / "recipe.yaml"), "--set", "train.precision=bf16", "--set",
-                            "train.device=cpu", "--out", str(project / "run")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            str(project / "recipe.yaml"),
+            "--set",
+            "train.precision=bf16",
+            "--set",
+            "train.device=cpu",
+            "--out",
+            str(project / "run"),
+        ],
+    )
     assert r.exit_code == 2 and "train.precision: bf16 autocast runs on CUDA only" in r.output
     assert not (project / "run").exists()  # refused before anything was written
 
@@ -134,21 +148,42 @@ def _ga_check(rank, world, events, out, sampling="uniform"):
     from ltrec.training.transfer import make_runner
 
     dist = Dist(rank, world)
-    recipe = Recipe.model_validate({
-        "name": "t", "data": {"source": events, "max_len": 10}, "head": {"count": 4},
-        "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0}, "train": {"batch_size": 16},
-        "transfer": {"grad_align": {"k": 3, "beta": 0.3, "inner_optimizer": "sgd", "inner_lr": 0.1,
-                                    "align_embeddings": False, "sampling": sampling,
-                                    **({} if sampling == "windows" else {"users_per_step": 4})},
-                     "adversarial": {"weight": 0.1, "hidden": 4}}})
+    recipe = Recipe.model_validate(
+        {
+            "name": "t",
+            "data": {"source": events, "max_len": 10},
+            "head": {"count": 4},
+            "backbone": {"kind": "gru4rec", "dim": 8, "dropout": 0.0},
+            "train": {"batch_size": 16},
+            "transfer": {
+                "grad_align": {
+                    "k": 3,
+                    "beta": 0.3,
+                    "inner_optimizer": "sgd",
+                    "inner_lr": 0.1,
+                    "align_embeddings": False,
+                    "sampling": sampling,
+                    **({} if sampling == "windows" else {"users_per_step": 4}),
+                },
+                "adversarial": {"weight": 0.1, "hidden": 4},
+            },
+        }
+    )
     seqs = load(recipe.data, recipe.split, recipe.head)
     windows = seqs.train_windows(10)
     mine = shard_users(windows[2], rank, world, 0)
     owner = torch.from_numpy(windows[2][mine])
     torch.manual_seed(0)
     model = GRU4Rec(seqs.n_items, 10, dim=8, dropout=0.0)
-    epoch = make_runner(recipe, model, seqs, tuple(a[mine] for a in windows), "cpu",
-                        torch.Generator().manual_seed(rank_seed(0, rank)), dist)
+    epoch = make_runner(
+        recipe,
+        model,
+        seqs,
+        tuple(a[mine] for a in windows),
+        "cpu",
+        torch.Generator().manual_seed(rank_seed(0, rank)),
+        dist,
+    )
     params = epoch.parameters()
     assert epoch.objective.adversary is not None and len(params) > len(list(model.parameters()))
     outer = epoch.update.outer
@@ -157,14 +192,17 @@ def _ga_check(rank, world, events, out, sampling="uniform"):
     def recording(theta0, weight):
         deltas = [(p - p0).detach().clone() for p, p0 in zip(params, theta0)]
         real(theta0, weight)
-        records.append({"theta0": [t.clone() for t in theta0], "delta": deltas,
-                        "after": [p.detach().clone() for p in params]})
+        records.append(
+            {"theta0": [t.clone() for t in theta0], "delta": deltas, "after": [p.detach().clone() for p in params]}
+        )
 
     epoch.update.outer = recording
     epoch(lambda n, loss: None)
     aligned = [id(p) in outer.aligned for p in params]
-    torch.save({"records": records, "aligned": aligned, "windows": len(owner), "users": len(set(owner.tolist()))},
-               Path(out) / f"ga{sampling}{rank}.pt")
+    torch.save(
+        {"records": records, "aligned": aligned, "windows": len(owner), "users": len(set(owner.tolist()))},
+        Path(out) / f"ga{sampling}{rank}.pt",
+    )
     torch.distributed.destroy_process_group()
 
 
@@ -224,9 +262,16 @@ def _train_check(rank, world, project, out):
         sharded = Evaluator(model, seqs, recipe.eval, 20, dist=dist).run("test")
         single = Evaluator(model, seqs, recipe.eval, 20).run("test")
     os.replace, os.mkdir = real_replace, real_mkdir
-    torch.save({"writes": writes, "params": [p.detach() for p in model.parameters()],
-                "sharded": sharded.per_user, "single": single.per_user, "users": (sharded.users, single.users)},
-               Path(out) / f"train{rank}.pt")
+    torch.save(
+        {
+            "writes": writes,
+            "params": [p.detach() for p in model.parameters()],
+            "sharded": sharded.per_user,
+            "single": single.per_user,
+            "users": (sharded.users, single.users),
+        },
+        Path(out) / f"train{rank}.pt",
+    )
 
 
 def test_two_ranks_stay_in_sync_only_rank_0_writes_and_eval_gathers_exactly(two_ranks):
@@ -235,8 +280,18 @@ def test_two_ranks_stay_in_sync_only_rank_0_writes_and_eval_gathers_exactly(two_
     ours = [[w for w in r["writes"] if w.startswith(str(project))] for r in (r0, r1)]  # not torch's own caches
     assert ours[1] == [] and any(w.endswith("last.pt") for w in ours[0])
     assert {p.name for p in (project / "run").iterdir()} == {
-        ".ltrec-run.json", "recipe.yaml", "data.json", "best.pt", "last.pt", "metrics.jsonl", "metrics.json", "users_valid.csv",
-        "users_test.csv", "users_valid.json", "users_test.json"}
+        ".ltrec-run.json",
+        "recipe.yaml",
+        "data.json",
+        "best.pt",
+        "last.pt",
+        "metrics.jsonl",
+        "metrics.json",
+        "users_valid.csv",
+        "users_test.csv",
+        "users_valid.json",
+        "users_test.json",
+    }
     for a, b in zip(r0["params"], r1["params"]):  # averaged gradients: the same weights on both ranks
         assert torch.equal(a, b)
     for r in (r0, r1):  # sharded evaluation, gathered, is one process's evaluation of the same weights
@@ -258,8 +313,10 @@ def _error_worker(rank, world, port, project, where, out):
     from ltrec.files.errors import UserError
 
     if where == "load" and rank == 1:  # e.g. the data file missing on one machine
+
         def broken(recipe):
             raise UserError("data.source: cannot read it on this machine")
+
         ltrec.training.loop.load_data = broken
     if where == "save" and rank == 0:  # e.g. the disk filling up in epoch 2
         real_save, calls = ltrec.runtime.checkpoint.save_torch, []
@@ -269,6 +326,7 @@ def _error_worker(rank, world, port, project, where, out):
             if len(calls) == 3:
                 raise UserError(f"{path}: cannot write (No space left on device)")
             real_save(path, obj)
+
         ltrec.runtime.checkpoint.save_torch = broken
     err = io.StringIO()
     sys.argv = ["ltrec", "train", str(Path(project) / "recipe.yaml"), "--out", str(Path(project) / "run")]
@@ -295,8 +353,7 @@ def test_user_error_on_one_rank_ends_every_rank_with_exit_2(project, tmp_path, w
             raise
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2))
     assert r0["code"] == r1["code"] == 2
-    want = ("rank 1: data.source: cannot read it on this machine" if where == "load"
-            else "No space left on device")
+    want = "rank 1: data.source: cannot read it on this machine" if where == "load" else "No space left on device"
     assert want in r0["stderr"] and r1["stderr"] == ""
 
 
@@ -305,8 +362,19 @@ def test_user_error_on_one_rank_ends_every_rank_with_exit_2(project, tmp_path, w
 
 def torchrun(project: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(free_port()),
-           "-m", "ltrec", "train", str(project / "recipe.yaml"), *args]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port",
+        str(free_port()),
+        "-m",
+        "ltrec",
+        "train",
+        str(project / "recipe.yaml"),
+        *args,
+    ]
     return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
 
 
@@ -322,18 +390,27 @@ def test_torchrun_error_on_rank_0_only_exits_2_without_hanging(project):
     assert "exitcode  : 2" in r.stderr or "exitcode: 2" in r.stderr.replace(" ", ""), r.stderr
 
 
-@pytest.mark.parametrize("argv, code, stream, text", [
-    (["validate", "missing.yaml"], 2, "stderr", "missing.yaml"),
-    (["schema", "--check", "--out", "nothing.json"], 1, "stderr", "out of date"),
-    (["validate", "--help"], 0, "stdout", "Check recipes"),
-])
+@pytest.mark.parametrize(
+    "argv, code, stream, text",
+    [
+        (["validate", "missing.yaml"], 2, "stderr", "missing.yaml"),
+        (["schema", "--check", "--out", "nothing.json"], 1, "stderr", "out of date"),
+        (["validate", "--help"], 0, "stdout", "Check recipes"),
+    ],
+)
 def test_torchrun_worker_ends_with_the_commands_code_and_flushed_output(tmp_path, argv, code, stream, text):
     """Under torchrun (WORLD_SIZE > 1) `python -m ltrec` ends with os._exit, skipping the interpreter shutdown
     where gloo's teardown rarely aborted: the command's exit code and its buffered output must survive it."""
-    env = {**os.environ, "WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "0",
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-m", "ltrec", *argv], cwd=tmp_path, env=env, capture_output=True,
-                       text=True, timeout=120)
+    env = {
+        **os.environ,
+        "WORLD_SIZE": "2",
+        "RANK": "0",
+        "LOCAL_RANK": "0",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "ltrec", *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == code and text in getattr(r, stream), (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr
 
@@ -349,8 +426,9 @@ def test_torchrun_two_processes_match_one_within_seed_spread(project):
     (project / "recipe.yaml").write_text(RECIPE.format(events=project / "events.csv", epochs=8))
     single = []
     for seed in range(3):
-        r = runner.invoke(app, ["train", str(project / "recipe.yaml"), "--set", f"seed={seed}", "--out",
-                                str(project / f"one-{seed}")])
+        r = runner.invoke(
+            app, ["train", str(project / "recipe.yaml"), "--set", f"seed={seed}", "--out", str(project / f"one-{seed}")]
+        )
         assert r.exit_code == 0, r.output
         single.append(project / f"one-{seed}")
     r = torchrun(project, "--out", "two")
@@ -363,9 +441,10 @@ def test_torchrun_two_processes_match_one_within_seed_spread(project):
 
     first = json.loads((two / "metrics.jsonl").read_text().splitlines()[0])["loss"]
     assert final_loss(two) < 0.8 * first  # it learns
-    for value, of_single in [(final_loss(two), [final_loss(s) for s in single]),
-                             (_summary(two)["test"]["all"]["ndcg@10"],
-                              [_summary(s)["test"]["all"]["ndcg@10"] for s in single])]:
+    for value, of_single in [
+        (final_loss(two), [final_loss(s) for s in single]),
+        (_summary(two)["test"]["all"]["ndcg@10"], [_summary(s)["test"]["all"]["ndcg@10"] for s in single]),
+    ]:
         lo, hi = min(of_single), max(of_single)
         slack = max((hi - lo) / 2, 0.03)
         assert lo - slack <= value <= hi + slack, (value, of_single)
@@ -375,8 +454,10 @@ def test_torchrun_two_processes_match_one_within_seed_spread(project):
 def test_torchrun_resume_matches_uninterrupted(project):
     """2 processes: 2 epochs, then --resume to 4, ends exactly as 4 epochs straight (each rank's random
     streams and GA inner optimiser are in last.pt); a 1-process run resumed with 2 processes says so."""
-    (project / "recipe.yaml").write_text(RECIPE.format(events=project / "events.csv", epochs=4)
-                                         + "transfer: {grad_align: {k: 2, users_per_step: 4, sampling: uniform}}\n")
+    (project / "recipe.yaml").write_text(
+        RECIPE.format(events=project / "events.csv", epochs=4)
+        + "transfer: {grad_align: {k: 2, users_per_step: 4, sampling: uniform}}\n"
+    )
     for out, extra in (("full", ()), ("cut", ("--set", "train.epochs=2"))):
         r = torchrun(project, "--out", out, *extra)
         assert r.returncode == 0, r.stderr  # all of it: a rare gloo SIGABRT is only named in its worker's lines
@@ -385,8 +466,9 @@ def test_torchrun_resume_matches_uninterrupted(project):
     assert "resuming" in r.stderr and "after epoch 2" in r.stderr
     full, cut = _summary(project / "full"), _summary(project / "cut")
     assert cut["test"] == full["test"] and cut["valid"] == full["valid"] and cut["epochs"] == 4
-    r = runner.invoke(app, ["train", str(project / "recipe.yaml"), "--set", "train.epochs=2", "--out",
-                            str(project / "one")])
+    r = runner.invoke(
+        app, ["train", str(project / "recipe.yaml"), "--set", "train.epochs=2", "--out", str(project / "one")]
+    )
     assert r.exit_code == 0, r.output
     r = torchrun(project, "--out", "one", "--resume")
     assert r.returncode == 0 and "re-sharded" in r.stderr, r.stderr

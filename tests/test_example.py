@@ -121,8 +121,9 @@ def test_grouplens_path_offline(tmp_path, monkeypatch, wheel):
 def test_pip_failure_is_user_error(monkeypatch):
     def failing_run(cmd, **kwargs):
         assert cmd[1:4] == ["-m", "pip", "download"] and "recbole==1.2.1" in cmd
-        return types.SimpleNamespace(returncode=1, stdout="",
-                                     stderr="Looking in indexes...\nERROR: No matching distribution")
+        return types.SimpleNamespace(
+            returncode=1, stdout="", stderr="Looking in indexes...\nERROR: No matching distribution"
+        )
 
     monkeypatch.setattr(example.subprocess, "run", failing_run)
     with pytest.raises(UserError) as info:

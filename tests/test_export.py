@@ -49,14 +49,27 @@ def ok(args) -> str:
     return result.output
 
 
-def train_run(folder: Path, csv: Path, kind: str, epochs: int = 2, dim: int = 16, max_len: int = MAX_LEN,
-              transfer: str = "", extra: str = "", name: str = "", evaluation: str = "") -> Path:
+def train_run(
+    folder: Path,
+    csv: Path,
+    kind: str,
+    epochs: int = 2,
+    dim: int = 16,
+    max_len: int = MAX_LEN,
+    transfer: str = "",
+    extra: str = "",
+    name: str = "",
+    evaluation: str = "",
+) -> Path:
     name = name or kind + ("-transfer" if transfer else "")
     recipe = folder / f"{name}.yaml"
     dims = (f", dim: {dim}" if kind != "pop" else "") + extra
-    recipe.write_text(f"name: tiny-{kind}\ndata: {{source: {csv}, max_len: {max_len}}}\n"
-                      f"backbone: {{kind: {kind}{dims}}}\ntrain: {{epochs: {epochs}, batch_size: 64}}\n"
-                      + (f"transfer: {transfer}\n" if transfer else "") + (f"eval: {evaluation}\n" if evaluation else ""))
+    recipe.write_text(
+        f"name: tiny-{kind}\ndata: {{source: {csv}, max_len: {max_len}}}\n"
+        f"backbone: {{kind: {kind}{dims}}}\ntrain: {{epochs: {epochs}, batch_size: 64}}\n"
+        + (f"transfer: {transfer}\n" if transfer else "")
+        + (f"eval: {evaluation}\n" if evaluation else "")
+    )
     ok(["train", recipe, "--out", folder / name])
     return folder / name
 
@@ -66,17 +79,29 @@ def runs(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("runs")
     csv = write_events(folder / "events.csv")
     runs = {kind: train_run(folder, csv, kind) for kind in ("gru4rec", "sasrec", "pop", *NEW)}
-    both = "{grad_align: {k: 2, users_per_step: 8, sampling: uniform}, adversarial: {weight: 0.1}}"  # the exported model is the backbone
-    runs.update({f"{kind}-transfer": train_run(folder, csv, kind, transfer=both)
-                 for kind in ("gru4rec", "sasrec", "bert4rec")})  # bert4rec: its cloze loss under both components
-    runs["sasrec-plain-input"] = train_run(folder, csv, "sasrec", extra=", input_norm: false", name="sasrec-plain-input")
+    # the exported model is the backbone, whatever trained it
+    both = "{grad_align: {k: 2, users_per_step: 8, sampling: uniform}, adversarial: {weight: 0.1}}"
+    runs.update(
+        {f"{kind}-transfer": train_run(folder, csv, kind, transfer=both) for kind in ("gru4rec", "sasrec", "bert4rec")}
+    )  # bert4rec: its cloze loss under both components
+    runs["sasrec-plain-input"] = train_run(
+        folder, csv, "sasrec", extra=", input_norm: false", name="sasrec-plain-input"
+    )
     branch = "{user_branch: {weight: 1.0}}"  # the head→tail map is inside the exported graph
-    runs.update({f"{kind}-branch": train_run(folder, csv, kind, transfer=branch, name=f"{kind}-branch")
-                 for kind in ("gru4rec", "sasrec")})
+    runs.update(
+        {
+            f"{kind}-branch": train_run(folder, csv, kind, transfer=branch, name=f"{kind}-branch")
+            for kind in ("gru4rec", "sasrec")
+        }
+    )
     # both blends, fitted on validation, are inside the exported graph too
-    runs["sasrec-blend"] = train_run(folder, csv, "sasrec", name="sasrec-blend",
-                                     evaluation="{pop_blend: {weights: [0.0, 1.0, 3.0]}, "
-                                                "transition_blend: {weights: [0.0, 1.0], neighbours: 5}}")
+    runs["sasrec-blend"] = train_run(
+        folder,
+        csv,
+        "sasrec",
+        name="sasrec-blend",
+        evaluation="{pop_blend: {weights: [0.0, 1.0, 3.0]}, transition_blend: {weights: [0.0, 1.0], neighbours: 5}}",
+    )
     return runs
 
 
@@ -90,9 +115,22 @@ def session(bundle: Path):
     return ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
-@pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "pop", *NEW, "gru4rec-transfer", "sasrec-transfer",
-                                  "bert4rec-transfer", "sasrec-plain-input", "gru4rec-branch",
-                                  "sasrec-branch", "sasrec-blend"])
+@pytest.mark.parametrize(
+    "kind",
+    [
+        "gru4rec",
+        "sasrec",
+        "pop",
+        *NEW,
+        "gru4rec-transfer",
+        "sasrec-transfer",
+        "bert4rec-transfer",
+        "sasrec-plain-input",
+        "gru4rec-branch",
+        "sasrec-branch",
+        "sasrec-blend",
+    ],
+)
 def test_export_parity_and_bundle_json(runs, kind, tmp_path):
     import onnx
 
@@ -154,11 +192,21 @@ def test_new_backbone_train_eval_export_predict(runs, kind, tmp_path):
     events = (run.parent / "events.csv").read_text().splitlines()
     users = [line.split(",")[0] for line in events[1:]]
     last = {u: j for j, u in enumerate(users)}
-    (tmp_path / "hist.csv").write_text("\n".join([events[0], *(line for j, line in enumerate(events[1:])
-                                                              if last[users[j]] != j)]) + "\n")
+    (tmp_path / "hist.csv").write_text(
+        "\n".join([events[0], *(line for j, line in enumerate(events[1:]) if last[users[j]] != j)]) + "\n"
+    )
     targets = {u: events[1 + j].split(",")[1] for u, j in last.items()}
-    ok(["predict", tmp_path / "bundle", "--input", tmp_path / "hist.csv", "--output", tmp_path / "pred.csv",
-        "--exclude-seen"])
+    ok(
+        [
+            "predict",
+            tmp_path / "bundle",
+            "--input",
+            tmp_path / "hist.csv",
+            "--output",
+            tmp_path / "pred.csv",
+            "--exclude-seen",
+        ]
+    )
     ndcg = dict.fromkeys(targets, 0.0)
     for row in (tmp_path / "pred.csv").read_text().splitlines()[1:]:
         user, rank, item = row.split(",")[:3]

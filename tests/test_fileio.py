@@ -37,6 +37,7 @@ def fifo(path: Path) -> tuple[Path, list]:
     def read():
         with open(path, "rb") as f:
             got.append(f.read())
+
     threading.Thread(target=read, daemon=True).start()
     return path, got
 
@@ -71,8 +72,9 @@ def test_atomic_write_keeps_links_and_writes_through_devices(tmp_path):
         assert stat.S_ISCHR(os.stat(device).st_mode)
     with pytest.raises(UserError, match="is a directory"):
         atomic_write(tmp_path, "x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["real.txt", "link.txt", "pipe"]
-                                                                + (["null"] if device else []))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["real.txt", "link.txt", "pipe"] + (["null"] if device else [])
+    )
 
 
 def test_a_failed_block_leaves_nothing_behind(tmp_path):
@@ -97,10 +99,14 @@ def test_refuse_inputs_compares_resolved_paths(tmp_path):
 
 def test_predict_never_overwrites_its_inputs(bundle, tmp_path):
     before = {p: p.read_bytes() for p in (bundle["events"], bundle["bundle"] / "model.onnx")}
-    for out, what in ((bundle["events"], "the --input file"), (bundle["bundle"] / "model.onnx", "the bundle"),
-                      (bundle["bundle"] / "preds.csv", "the bundle")):
-        r = runner.invoke(app, ["predict", str(bundle["bundle"]), "--input", str(bundle["events"]),
-                                "--output", str(out)])
+    for out, what in (
+        (bundle["events"], "the --input file"),
+        (bundle["bundle"] / "model.onnx", "the bundle"),
+        (bundle["bundle"] / "preds.csv", "the bundle"),
+    ):
+        r = runner.invoke(
+            app, ["predict", str(bundle["bundle"]), "--input", str(bundle["events"]), "--output", str(out)]
+        )
         assert r.exit_code == 2 and f"is {what}" in r.output and "Traceback" not in r.output, r.output
     assert all(p.read_bytes() == data for p, data in before.items())
 
@@ -108,8 +114,11 @@ def test_predict_never_overwrites_its_inputs(bundle, tmp_path):
 @pytest.mark.parametrize("verb", ["predict", "report", "schema"])
 def test_outputs_to_a_fifo_a_device_and_a_link(bundle, tmp_path, verb, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = {"predict": ["predict", bundle["bundle"], "--input", bundle["events"], "--output"],
-            "report": ["report", bundle["run"], "--out"], "schema": ["schema", "--out"]}[verb]
+    args = {
+        "predict": ["predict", bundle["bundle"], "--input", bundle["events"], "--output"],
+        "report": ["report", bundle["run"], "--out"],
+        "schema": ["schema", "--out"],
+    }[verb]
     path, got = fifo(tmp_path / "pipe")
     ok([*args, path])
     for _ in range(200):
@@ -128,12 +137,16 @@ def test_outputs_to_a_fifo_a_device_and_a_link(bundle, tmp_path, verb, monkeypat
     assert (tmp_path / "link.out").is_symlink() and len(target.read_text()) > 100
 
 
-@pytest.mark.parametrize("verb, start", [("predict", "user_id,rank,item_id,score,source"), ("report", "<!DOCTYPE html>"),
-                                         ("schema", "{")])
+@pytest.mark.parametrize(
+    "verb, start", [("predict", "user_id,rank,item_id,score,source"), ("report", "<!DOCTYPE html>"), ("schema", "{")]
+)
 def test_dash_is_standard_output(bundle, tmp_path, verb, start, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    args = {"predict": ["predict", bundle["bundle"], "--input", bundle["events"], "--output", "-"],
-            "report": ["report", bundle["run"], "--out", "-"], "schema": ["schema", "--out", "-"]}[verb]
+    args = {
+        "predict": ["predict", bundle["bundle"], "--input", bundle["events"], "--output", "-"],
+        "report": ["report", bundle["run"], "--out", "-"],
+        "schema": ["schema", "--out", "-"],
+    }[verb]
     r = runner.invoke(app, [str(a) for a in args])
     assert r.exit_code == 0 and r.stdout.startswith(start), r.output
     assert list(tmp_path.iterdir()) == []  # no file named "-"

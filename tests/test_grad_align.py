@@ -79,12 +79,19 @@ def test_inner_steps_use_distinct_users(tiny_csv):
     owner = torch.from_numpy(seqs.train_windows(10)[2])
     groups = [set(owner[idx].tolist()) for idx in record(runner)]
     for i in range(0, len(groups) - 3, 4):  # within one outer iteration no user appears in two inner steps
-        it = groups[i:i + 4]
+        it = groups[i : i + 4]
         assert sum(len(g) for g in it) == len(set().union(*it))
 
 
-@pytest.mark.parametrize("transfer", [{}, {"adversarial": {}}, {"grad_align": {"k": 3, "users_per_step": 4, "sampling": "uniform"}},
-                                      {"grad_align": {"outer": "adam"}, "adversarial": {"warmup_epochs": 1}}])
+@pytest.mark.parametrize(
+    "transfer",
+    [
+        {},
+        {"adversarial": {}},
+        {"grad_align": {"k": 3, "users_per_step": 4, "sampling": "uniform"}},
+        {"grad_align": {"outer": "adam"}, "adversarial": {"warmup_epochs": 1}},
+    ],
+)
 def test_every_mode_trains_and_its_state_reloads(tiny_csv, transfer):
     _, _, _, runner = runner_for(tiny_csv, **transfer)
     assert isinstance(runner.update, Reptile if "grad_align" in transfer else AdamSteps)
@@ -102,8 +109,9 @@ def test_every_mode_trains_and_its_state_reloads(tiny_csv, transfer):
 def test_every_backbone_with_both_components(tiny_csv, kind):
     """Model-agnostic in practice: GA + AT run unchanged on every backbone (BERT4Rec with its cloze loss),
     and the discriminator reads the state that the backbone's training_loss returns."""
-    *_, runner = runner_for(tiny_csv, kind, grad_align={"k": 2, "users_per_step": 4, "sampling": "uniform"},
-                            adversarial={})
+    *_, runner = runner_for(
+        tiny_csv, kind, grad_align={"k": 2, "users_per_step": 4, "sampling": "uniform"}, adversarial={}
+    )
     seen = []
     disc = runner.objective.adversary.disc
     real = disc.forward

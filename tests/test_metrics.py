@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 import torch
@@ -31,7 +30,11 @@ def test_target_ranks_seen_masking():
     seen = torch.tensor(
         [
             [0, 0, 3],  # user 0: item 3 (the tie) masked -> rank 0
-            [0, 4, 1],  # user 1: target 4 itself seen -> -inf, ties with masked item 1 and loses to 2, 3 -> rank 3 = N-1
+            [
+                0,
+                4,
+                1,
+            ],  # user 1: target 4 itself seen -> -inf, ties with masked item 1 and loses to 2, 3 -> rank 3 = N-1
             [0, 0, 2],  # user 2: item 2 masked; padding must NOT mask item 1 (0.9 > 0.8) -> still rank 1
         ]
     )
@@ -133,7 +136,8 @@ def test_state_ranks_equal_target_ranks_on_the_full_matrix(seed):
     for block_bytes in (1, 4 * B * 8, 1 << 21):  # 64-column blocks with a partial last one, and a single block
         assert state_ranks(states, table, targets, None, block_bytes).tolist() == target_ranks(scores, targets).tolist()
         assert state_ranks(states, table, targets, seen_from_padded(seen), block_bytes).tolist() == _naive_ranks(
-            scores, targets, seen)
+            scores, targets, seen
+        )
 
 
 def test_evaluate_ranks_block_by_block_as_on_the_full_matrix(tiny_csv, monkeypatch):

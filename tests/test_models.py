@@ -36,7 +36,7 @@ def left_pad(seqs, L):
     out = torch.zeros(len(seqs), L, dtype=torch.long)
     for i, s in enumerate(seqs):
         if s:
-            out[i, L - len(s):] = torch.tensor(s)
+            out[i, L - len(s) :] = torch.tensor(s)
     return out
 
 
@@ -180,8 +180,16 @@ def test_onnx_export(name, tmp_path):
     m = make(name)
     example = left_pad(SEQS[:2], MAX_LEN)
     path = tmp_path / f"{name}.onnx"
-    torch.onnx.export(m, (example,), str(path), dynamo=False, input_names=["history"], output_names=["scores"],
-                      dynamic_axes={"history": {0: "batch"}}, opset_version=17)
+    torch.onnx.export(
+        m,
+        (example,),
+        str(path),
+        dynamo=False,
+        input_names=["history"],
+        output_names=["scores"],
+        dynamic_axes={"history": {0: "batch"}},
+        opset_version=17,
+    )
     other = left_pad(SEQS + [[], [4, 4, 4]], MAX_LEN)  # batch of 6, includes an all-pad row
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = sess.run(["scores"], {"history": other.numpy()})
@@ -313,7 +321,7 @@ def test_sasrec_item_scale_off_adds_the_item_embedding_as_it_is():
     """item_scale: false is the scaled model with item embeddings divided by sqrt(dim): same states."""
     scaled, plain = make("sasrec"), make("sasrec", item_scale=False)
     with torch.no_grad():
-        plain.item_emb.weight.copy_(scaled.item_emb.weight * DIM ** 0.5)
+        plain.item_emb.weight.copy_(scaled.item_emb.weight * DIM**0.5)
         x = left_pad(SEQS, 8)
         torch.testing.assert_close(plain.encode_all(x), scaled.encode_all(x), atol=1e-5, rtol=0)
 

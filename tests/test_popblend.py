@@ -43,8 +43,11 @@ def test_blended_ranks_are_the_blended_score_matrix_ranked(tiny_csv):
 def test_fit_picks_each_buckets_best_weight_on_validation(tmp_path):
     # every user ends on the catalogue's most popular items: popularity is what an untrained model lacks
     rng = np.random.default_rng(0)
-    rows = [f"u{u},{i},{t}" for u in range(120) for t, i in enumerate(
-        [*rng.integers(3, 60, int(rng.integers(1, 8))), 1, 2, 1, 2])]
+    rows = [
+        f"u{u},{i},{t}"
+        for u in range(120)
+        for t, i in enumerate([*rng.integers(3, 60, int(rng.integers(1, 8))), 1, 2, 1, 2])
+    ]
     (tmp_path / "e.csv").write_text("user_id,item_id,timestamp\n" + "\n".join(rows) + "\n")
     seqs = load(Data(source=str(tmp_path / "e.csv")), Split(), Head())
     torch.manual_seed(0)
@@ -59,13 +62,21 @@ def test_fit_picks_each_buckets_best_weight_on_validation(tmp_path):
     assert evaluator.run("valid", blend=blend).per_user["ndcg@10"].mean() > plain
 
 
-@pytest.mark.parametrize("key, words, prior", [("pop_blend", "blended with popularity", "popularity"),
-                                                ("transition_blend", "the newest items' transitions", "transitions")])
-def test_eval_fits_the_blend_and_compare_pairs_it_with_the_unblended_run(tiny_csv, tmp_path, monkeypatch, key,
-                                                                         words, prior):
+@pytest.mark.parametrize(
+    "key, words, prior",
+    [
+        ("pop_blend", "blended with popularity", "popularity"),
+        ("transition_blend", "the newest items' transitions", "transitions"),
+    ],
+)
+def test_eval_fits_the_blend_and_compare_pairs_it_with_the_unblended_run(
+    tiny_csv, tmp_path, monkeypatch, key, words, prior
+):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "r.yaml").write_text(f"name: b\ndata: {{source: {tiny_csv}, max_len: 10}}\n"
-                                     "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1}\n")
+    (tmp_path / "r.yaml").write_text(
+        f"name: b\ndata: {{source: {tiny_csv}, max_len: 10}}\n"
+        "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1}\n"
+    )
     assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
     shutil.copytree(tmp_path / "runs/b", tmp_path / "runs/unblended")
     r = runner.invoke(app, ["eval", "runs/b", "--set", f"eval.{key}={{weights: [0.0, 1.0]}}", "--json"])

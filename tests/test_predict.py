@@ -25,8 +25,12 @@ def setup(tmp_path_factory):
     events = write_events(folder / "events.csv")
     run = train_run(folder, events, "sasrec")
     ok(["export", run, "--out", folder / "bundle", "--k", 10])
-    return {"run": run, "bundle": folder / "bundle", "events": events,
-            "meta": json.loads((folder / "bundle" / "bundle.json").read_text())}
+    return {
+        "run": run,
+        "bundle": folder / "bundle",
+        "events": events,
+        "meta": json.loads((folder / "bundle" / "bundle.json").read_text()),
+    }
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -35,8 +39,9 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def predict(setup, events: Path, out: Path, *extra, code: int = 0):
-    r = runner.invoke(app, ["predict", str(setup["bundle"]), "--input", str(events), "--output", str(out),
-                            *map(str, extra)])
+    r = runner.invoke(
+        app, ["predict", str(setup["bundle"]), "--input", str(events), "--output", str(out), *map(str, extra)]
+    )
     assert r.exit_code == code, r.output
     return r.output
 
@@ -77,8 +82,10 @@ def test_predict_agrees_with_eval(setup, tmp_path):
 
 
 def test_unknown_items_and_fallback(setup, tmp_path):
-    events = write_csv(tmp_path / "e.csv", [("a", "i3", 1), ("a", "nope1", 2), ("a", "i4", 3), ("a", "nope2", 4),
-                                            ("b", "nope1", 1), ("b", "nope3", 2)])
+    events = write_csv(
+        tmp_path / "e.csv",
+        [("a", "i3", 1), ("a", "nope1", 2), ("a", "i4", 3), ("a", "nope2", 4), ("b", "nope1", 1), ("b", "nope3", 2)],
+    )
     out = predict(setup, events, tmp_path / "p.csv", "--k", 5)
     assert "skipped 4 events whose item the model does not know (3 distinct items)" in out
     assert "2 users, 10 rows written" in out and "4 events with unknown items skipped; 1 user with no known item" in out
@@ -139,17 +146,22 @@ def bad_bundle(setup, tmp_path, edit) -> Path:
     return bundle
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda b: _edit_meta(b, max_len=MAX_LEN + 1),
-     f"bundle.json says max_len {MAX_LEN + 1} but model.onnx has {MAX_LEN}"),
-    (lambda b: _edit_meta(b, k=20), "bundle.json says k 20 but model.onnx has 10"),
-    (lambda b: _edit_meta(b, vocab="drop", popularity="drop"), "vocab (98), popularity (98), n_items (99)"),
-    (lambda b: _edit_meta(b, n_items=98, vocab="drop", popularity="drop"), "bundle.json says n_items 98"),
-    (lambda b: (b / "bundle.json").write_text("{"), "bundle.json: not valid JSON"),
-    (lambda b: (b / "bundle.json").unlink(), "no bundle.json; pass a bundle folder"),
-    (lambda b: (b / "model.onnx").write_bytes((b / "model.onnx").read_bytes()[:5000]), "not a loadable ONNX model"),
-    (lambda b: (b / "model.onnx").write_text("hello"), "not a loadable ONNX model"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (
+            lambda b: _edit_meta(b, max_len=MAX_LEN + 1),
+            f"bundle.json says max_len {MAX_LEN + 1} but model.onnx has {MAX_LEN}",
+        ),
+        (lambda b: _edit_meta(b, k=20), "bundle.json says k 20 but model.onnx has 10"),
+        (lambda b: _edit_meta(b, vocab="drop", popularity="drop"), "vocab (98), popularity (98), n_items (99)"),
+        (lambda b: _edit_meta(b, n_items=98, vocab="drop", popularity="drop"), "bundle.json says n_items 98"),
+        (lambda b: (b / "bundle.json").write_text("{"), "bundle.json: not valid JSON"),
+        (lambda b: (b / "bundle.json").unlink(), "no bundle.json; pass a bundle folder"),
+        (lambda b: (b / "model.onnx").write_bytes((b / "model.onnx").read_bytes()[:5000]), "not a loadable ONNX model"),
+        (lambda b: (b / "model.onnx").write_text("hello"), "not a loadable ONNX model"),
+    ],
+)
 def test_bad_bundle_exit_2(setup, tmp_path, edit, message):
     bundle = bad_bundle(setup, tmp_path, edit)
     r = runner.invoke(app, ["predict", str(bundle), "--input", str(setup["events"]), "--output", str(tmp_path / "p")])

@@ -69,13 +69,19 @@ def project(tmp_path_factory):
     events = write_long_tailed(folder / "events.csv")
     (folder / "recipe.yaml").write_text(
         f"name: crash\ndata: {{source: {events}, max_len: 20}}\nbackbone: {{kind: gru4rec, dim: 16}}\n"
-        f"train: {{epochs: {EPOCHS}, batch_size: 32, patience: 100, threads: 1}}\n")
+        f"train: {{epochs: {EPOCHS}, batch_size: 32, patience: 100, threads: 1}}\n"
+    )
     return folder
 
 
 def start(project: Path, out: Path, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ltrec", "train", str(project / "recipe.yaml"), "--out", str(out),
-                             *flags], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ltrec", "train", str(project / "recipe.yaml"), "--out", str(out), *flags],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def epochs_done(run: Path) -> int:
@@ -120,8 +126,10 @@ def kill_and_resume(project: Path, run: Path, plans: list[str], seed: int) -> li
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         temps = whole(run)  # every file whole after the kill
-        where.append(f"{plan}: {'finished before the kill' if finished else 'killed'} with {epochs_done(run)} "
-                     f"epochs done{' (temp files: ' + ', '.join(temps) + ')' if temps else ''}")
+        where.append(
+            f"{plan}: {'finished before the kill' if finished else 'killed'} with {epochs_done(run)} "
+            f"epochs done{' (temp files: ' + ', '.join(temps) + ')' if temps else ''}"
+        )
     assert whole(run) == []  # resuming cleaned the temp files of the killed runs
     return where
 
@@ -129,8 +137,10 @@ def kill_and_resume(project: Path, run: Path, plans: list[str], seed: int) -> li
 def same_results(a: Path, b: Path) -> None:
     ma, mb = (json.loads((r / "metrics.json").read_text()) for r in (a, b))
     assert ma["test"] == mb["test"] and ma["valid"] == mb["valid"] and ma["epochs"] == mb["epochs"] == EPOCHS
-    la, lb = ([{k: v for k, v in rec.items() if k != "seconds"} for rec in ltrec.files.runs.read_epochs(r / "metrics.jsonl")]
-              for r in (a, b))
+    la, lb = (
+        [{k: v for k, v in rec.items() if k != "seconds"} for rec in ltrec.files.runs.read_epochs(r / "metrics.jsonl")]
+        for r in (a, b)
+    )
     assert la == lb
 
 
@@ -158,8 +168,13 @@ def test_kill_9_during_training_then_resume(project, reference):
 
 @pytest.mark.slow
 def test_kill_9_many_times(project, reference):
-    run_kill_test(project, reference, "many", ["at-start", "mid-write", "mid-epoch", "mid-write", "in-finish"] * 2
-                  + ["mid-epoch", "mid-write"], seed=1)
+    run_kill_test(
+        project,
+        reference,
+        "many",
+        ["at-start", "mid-write", "mid-epoch", "mid-write", "in-finish"] * 2 + ["mid-epoch", "mid-write"],
+        seed=1,
+    )
 
 
 WRITER = """
@@ -207,8 +222,10 @@ def test_kill_9_during_atomic_writes(tmp_path):
 def tiny(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_long_tailed(tmp_path / "events.csv", users=60)
-    (tmp_path / "r.yaml").write_text("name: t\ndata: {source: events.csv, max_len: 10}\n"
-                                     "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 3, patience: 10}\n")
+    (tmp_path / "r.yaml").write_text(
+        "name: t\ndata: {source: events.csv, max_len: 10}\n"
+        "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 3, patience: 10}\n"
+    )
     return tmp_path
 
 
@@ -258,8 +275,10 @@ def test_read_only_output_folder(tiny):
 
 
 def test_out_is_a_file_or_under_one(tiny):
-    for out, message in [("events.csv", "events.csv: exists and is not a directory; choose another --out"),
-                         ("events.csv/run", "events.csv/run: cannot prepare the run directory (Not a directory)")]:
+    for out, message in [
+        ("events.csv", "events.csv: exists and is not a directory; choose another --out"),
+        ("events.csv/run", "events.csv/run: cannot prepare the run directory (Not a directory)"),
+    ]:
         r = runner.invoke(app, ["train", "r.yaml", "--out", out, "--overwrite"])
         assert r.exit_code == 2 and r.output.strip() == message, r.output
     assert (tiny / "events.csv").stat().st_size > 0
@@ -271,7 +290,10 @@ def test_overwrite_only_ever_deletes_a_run(tiny):
     mine.mkdir()
     (mine / "thesis.tex").write_text("years of work")
     r = runner.invoke(app, ["train", "r.yaml", "--out", "mine", "--overwrite"])
-    assert r.exit_code == 2 and "mine: not an ltrec run (no .ltrec-run.json), so --overwrite will not delete it" in r.output
+    assert (
+        r.exit_code == 2
+        and "mine: not an ltrec run (no .ltrec-run.json), so --overwrite will not delete it" in r.output
+    )
     assert (mine / "thesis.tex").read_text() == "years of work"
 
 
@@ -283,13 +305,18 @@ def test_kill_9_during_export(tmp_path, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     write_long_tailed(tmp_path / "events.csv", users=60)
-    (tmp_path / "r.yaml").write_text("name: t\ndata: {source: events.csv}\nbackbone: {kind: gru4rec, dim: 8}\n"
-                                     "train: {epochs: 1}\n")
+    (tmp_path / "r.yaml").write_text(
+        "name: t\ndata: {source: events.csv}\nbackbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1}\n"
+    )
     assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
 
     def export(k: int) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "ltrec", "export", "runs/t", "--out", "b", "--k", str(k)],
-                                cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return subprocess.Popen(
+            [sys.executable, "-m", "ltrec", "export", "runs/t", "--out", "b", "--k", str(k)],
+            cwd=tmp_path,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     t0 = time.perf_counter()
     assert export(3).wait() == 0

@@ -28,8 +28,7 @@ def base(tmp_path_factory):
     folder = tmp_path_factory.mktemp("fitted")
     events = write_events(folder / "events.csv", users=60)
     blended = train_run(folder, events, "gru4rec", epochs=1, dim=8, max_len=20, name="blended", evaluation=BLENDS)
-    sampled = train_run(folder, events, "pop", max_len=20, name="sampled",
-                        evaluation="{mode: sampled, negatives: 5}")
+    sampled = train_run(folder, events, "pop", max_len=20, name="sampled", evaluation="{mode: sampled, negatives: 5}")
     return {"blended": blended, "sampled": sampled}
 
 
@@ -54,6 +53,7 @@ def edited(change):
         saved = json.loads(path.read_text())
         change(saved)
         path.write_text(json.dumps(saved))
+
     return edit
 
 
@@ -67,6 +67,7 @@ def put(*keys, value):
         for key in keys[:-1]:
             node = node[key]
         node[keys[-1]] = value(node[keys[-1]]) if callable(value) else value
+
     return change
 
 
@@ -81,49 +82,141 @@ def both(*changes):
 POP, TRANS = "pop_blend.json", "transition_blend.json"
 BLEND = ("settings", "eval")
 DAMAGE = [  # (id, file, edit, message)
-    *((f"{f}-nan-weight", f, edited(put("weights", value=lambda w: [float("nan"), *w[1:]])),
-       "weights.0: Input should be a finite number") for f in (POP, TRANS)),
-    *((f"{f}-inf-weight", f, edited(put("weights", value=lambda w: [float("inf"), *w[1:]])),
-       "weights.0: Input should be a finite number") for f in (POP, TRANS)),
-    *((f"{f}-negative-weight", f, edited(put("weights", value=lambda w: [-1.0, *w[1:]])),
-       "weights.0: Input should be greater than or equal to 0 (got -1.0)") for f in (POP, TRANS)),
-    *((f"{f}-weight-not-a-candidate", f, edited(put("weights", value=lambda w: [0.5, *w[1:]])),
-       "weight 0.5 is not one of the candidates [0.0, 1.0] a fit chooses from") for f in (POP, TRANS)),
-    *((f"{f}-weight-missing", f, edited(put("weights", value=lambda w: w[:-1])),
-       "(top level): 6 weights for 7 buckets (one per bucket)") for f in (POP, TRANS)),
-    *((f"{f}-weights-text", f, edited(put("weights", value="high")),
-       "weights: Input should be a valid array (got 'high')")
-      for f in (POP, TRANS)),
-    ("pop-decreasing-edges", POP, edited(both(put("edges", value=[5, 3]), put(*BLEND, "pop_blend", "edges",
-                                                                              value=[5, 3]))),
-     "settings.eval.pop_blend: edges must increase (got [5, 3])"),
-    ("transition-decreasing-edges", TRANS, edited(put(*BLEND, "transition_blend", "edges", value=[5, 3])),
-     "settings.eval.transition_blend: edges must increase (got [5, 3])"),
-    ("pop-edges-not-the-settings", POP, edited(put("edges", value=[2, 3, 5, 8, 13, 22])),
-     "edges [2, 3, 5, 8, 13, 22] differ from the settings' [2, 3, 5, 8, 13, 21]"),
-    ("pop-edge-zero", POP, edited(put("edges", value=lambda e: [0, *e[1:]])),
-     "edges.0: Input should be greater than or equal to 1 (got 0)"),
-    ("transition-direction-sideways", TRANS, edited(put("direction", value="sideways")),
-     "direction: Input should be 'forward' or 'both'"),
-    ("transition-direction-not-a-candidate", TRANS,
-     edited(both(put("direction", value="both"), put(*BLEND, "transition_blend", "directions", value=["forward"]))),
-     "direction 'both' is not one of the candidates ['forward']"),
-    ("transition-window-nan", TRANS, edited(put(*BLEND, "transition_blend", "window", value=float("nan"))),
-     "settings.eval.transition_blend.window: Input should be a valid integer"),
-    ("transition-neighbours-negative", TRANS, edited(put(*BLEND, "transition_blend", "neighbours", value=-5)),
-     "settings.eval.transition_blend.neighbours: Input should be greater than or equal to 1 (got -5)"),
+    *(
+        (
+            f"{f}-nan-weight",
+            f,
+            edited(put("weights", value=lambda w: [float("nan"), *w[1:]])),
+            "weights.0: Input should be a finite number",
+        )
+        for f in (POP, TRANS)
+    ),
+    *(
+        (
+            f"{f}-inf-weight",
+            f,
+            edited(put("weights", value=lambda w: [float("inf"), *w[1:]])),
+            "weights.0: Input should be a finite number",
+        )
+        for f in (POP, TRANS)
+    ),
+    *(
+        (
+            f"{f}-negative-weight",
+            f,
+            edited(put("weights", value=lambda w: [-1.0, *w[1:]])),
+            "weights.0: Input should be greater than or equal to 0 (got -1.0)",
+        )
+        for f in (POP, TRANS)
+    ),
+    *(
+        (
+            f"{f}-weight-not-a-candidate",
+            f,
+            edited(put("weights", value=lambda w: [0.5, *w[1:]])),
+            "weight 0.5 is not one of the candidates [0.0, 1.0] a fit chooses from",
+        )
+        for f in (POP, TRANS)
+    ),
+    *(
+        (
+            f"{f}-weight-missing",
+            f,
+            edited(put("weights", value=lambda w: w[:-1])),
+            "(top level): 6 weights for 7 buckets (one per bucket)",
+        )
+        for f in (POP, TRANS)
+    ),
+    *(
+        (
+            f"{f}-weights-text",
+            f,
+            edited(put("weights", value="high")),
+            "weights: Input should be a valid array (got 'high')",
+        )
+        for f in (POP, TRANS)
+    ),
+    (
+        "pop-decreasing-edges",
+        POP,
+        edited(both(put("edges", value=[5, 3]), put(*BLEND, "pop_blend", "edges", value=[5, 3]))),
+        "settings.eval.pop_blend: edges must increase (got [5, 3])",
+    ),
+    (
+        "transition-decreasing-edges",
+        TRANS,
+        edited(put(*BLEND, "transition_blend", "edges", value=[5, 3])),
+        "settings.eval.transition_blend: edges must increase (got [5, 3])",
+    ),
+    (
+        "pop-edges-not-the-settings",
+        POP,
+        edited(put("edges", value=[2, 3, 5, 8, 13, 22])),
+        "edges [2, 3, 5, 8, 13, 22] differ from the settings' [2, 3, 5, 8, 13, 21]",
+    ),
+    (
+        "pop-edge-zero",
+        POP,
+        edited(put("edges", value=lambda e: [0, *e[1:]])),
+        "edges.0: Input should be greater than or equal to 1 (got 0)",
+    ),
+    (
+        "transition-direction-sideways",
+        TRANS,
+        edited(put("direction", value="sideways")),
+        "direction: Input should be 'forward' or 'both'",
+    ),
+    (
+        "transition-direction-not-a-candidate",
+        TRANS,
+        edited(both(put("direction", value="both"), put(*BLEND, "transition_blend", "directions", value=["forward"]))),
+        "direction 'both' is not one of the candidates ['forward']",
+    ),
+    (
+        "transition-window-nan",
+        TRANS,
+        edited(put(*BLEND, "transition_blend", "window", value=float("nan"))),
+        "settings.eval.transition_blend.window: Input should be a valid integer",
+    ),
+    (
+        "transition-neighbours-negative",
+        TRANS,
+        edited(put(*BLEND, "transition_blend", "neighbours", value=-5)),
+        "settings.eval.transition_blend.neighbours: Input should be greater than or equal to 1 (got -5)",
+    ),
     ("transition-settings-missing", TRANS, edited(drop("settings")), "settings: Field required"),
-    ("pop-own-section-missing", POP, edited(put(*BLEND, "pop_blend", value=None)),
-     "settings: the blend's own settings are missing"),
-    ("pop-metric-not-a-metric", POP, edited(put("settings", "train", "monitor", "metric", value="auc")),
-     "settings.train.monitor.metric: String should match pattern"),
+    (
+        "pop-own-section-missing",
+        POP,
+        edited(put(*BLEND, "pop_blend", value=None)),
+        "settings: the blend's own settings are missing",
+    ),
+    (
+        "pop-metric-not-a-metric",
+        POP,
+        edited(put("settings", "train", "monitor", "metric", value="auc")),
+        "settings.train.monitor.metric: String should match pattern",
+    ),
     ("pop-unknown-key", POP, edited(put("note", value=1)), "note: Extra inputs are not permitted"),
-    *((f"{f}-legacy", f, edited(both(drop("settings"), drop("format"))),
-       "written by an older ltrec, which did not record the settings a blend is fitted with; refit it: "
-       "`ltrec eval ") for f in (POP, TRANS)),
-    *((f"{f}-newer-format", f, edited(put("format", value=2)),
-       "written by a newer ltrec (format 2, this ltrec reads 1); upgrade ltrec or refit it: `ltrec eval ")
-      for f in (POP, TRANS)),
+    *(
+        (
+            f"{f}-legacy",
+            f,
+            edited(both(drop("settings"), drop("format"))),
+            "written by an older ltrec, which did not record the settings a blend is fitted with; refit it: "
+            "`ltrec eval ",
+        )
+        for f in (POP, TRANS)
+    ),
+    *(
+        (
+            f"{f}-newer-format",
+            f,
+            edited(put("format", value=2)),
+            "written by a newer ltrec (format 2, this ltrec reads 1); upgrade ltrec or refit it: `ltrec eval ",
+        )
+        for f in (POP, TRANS)
+    ),
     ("pop-not-json", POP, raw(b"{"), "pop_blend.json: not valid JSON"),
     ("pop-empty", POP, raw(b""), "pop_blend.json: not valid JSON"),
     ("transition-a-list", TRANS, raw(b"[1, 2]"), "transition_blend.json: (top level): Input should be an object"),
@@ -154,18 +247,24 @@ MISMATCH = [  # (--set, key, fitted, asked)
 @pytest.mark.parametrize("override, key, fitted, asked", MISMATCH, ids=[m[1] for m in MISMATCH])
 def test_export_under_other_settings_than_the_fit_is_refused(base, tmp_path, override, key, fitted, asked):
     run = base["blended"]
-    fails(["export", run, "--out", tmp_path / "bundle", "--set", override],
-          f"{key}: the blend was fitted with {fitted} but the recipe (with any --set) says {asked}",
-          "refit it with these settings (`ltrec eval ", "or pass the fitted ones (--set ")
+    fails(
+        ["export", run, "--out", tmp_path / "bundle", "--set", override],
+        f"{key}: the blend was fitted with {fitted} but the recipe (with any --set) says {asked}",
+        "refit it with these settings (`ltrec eval ",
+        "or pass the fitted ones (--set ",
+    )
     assert not (tmp_path / "bundle").exists()
 
 
 def test_a_blend_refitted_under_other_settings_exports_only_with_them(base, tmp_path):
     run = copy(base, tmp_path, "blended")
     ok(["eval", run, "--set", "eval.transition_blend.window=3"])  # refits and saves under window 3
-    fails(["export", run, "--out", tmp_path / "b"],
-          "eval.transition_blend.window: the blend was fitted with 3 but the recipe (with any --set) says 5",
-          f"(`ltrec eval {run}`)", "(--set eval.transition_blend.window=3)")
+    fails(
+        ["export", run, "--out", tmp_path / "b"],
+        "eval.transition_blend.window: the blend was fitted with 3 but the recipe (with any --set) says 5",
+        f"(`ltrec eval {run}`)",
+        "(--set eval.transition_blend.window=3)",
+    )
     ok(["export", run, "--out", tmp_path / "b", "--set", "eval.transition_blend.window=3"])  # the advice works
     meta = json.loads((tmp_path / "b" / "bundle.json").read_text())
     assert meta["transition_blend"]["settings"]["eval"]["transition_blend"]["window"] == 3
@@ -205,10 +304,16 @@ NEGATIVES = [  # (id, change to the stored array or bytes, message)
     ("floats", lambda a, run: a.astype(np.float64), "expected (60, 5) item ids, found (60, 5) float64"),
     ("one-column-short", lambda a, run: a[:, :-1], "expected (60, 5) item ids, found (60, 4) int64"),
     ("id-zero", lambda a, run: np.where(np.arange(a.size).reshape(a.shape) == 7, 0, a), "item ids outside 1..95"),
-    ("id-past-the-catalogue", lambda a, run: np.where(np.arange(a.size).reshape(a.shape) == 7, 96, a),
-     "item ids outside 1..95 (found 1..96)"),
-    ("the-target", lambda a, run: np.concatenate([np.full((len(a), 1), first_target(run)), a[:, 1:]], axis=1),
-     "row 0 holds the user's target or an item of its history"),
+    (
+        "id-past-the-catalogue",
+        lambda a, run: np.where(np.arange(a.size).reshape(a.shape) == 7, 96, a),
+        "item ids outside 1..95 (found 1..96)",
+    ),
+    (
+        "the-target",
+        lambda a, run: np.concatenate([np.full((len(a), 1), first_target(run)), a[:, 1:]], axis=1),
+        "row 0 holds the user's target or an item of its history",
+    ),
     ("an-item-twice", lambda a, run: np.concatenate([a[:, :1], a[:, :-1]], axis=1), "row 0 holds the same item twice"),
     ("huge", lambda a, run: npy(np.ones((60, 5000), np.int64)), "is larger than 1 MB"),
 ]
@@ -225,9 +330,11 @@ def test_stored_negatives_are_validated_on_load(base, tmp_path, change, message)
 
 @pytest.mark.parametrize("name", ["blended", "sampled"])  # the blends' fit evaluates validation first
 def test_more_sampled_negatives_than_a_user_has_items_is_a_recipe_error(base, name):
-    fails(["eval", base[name], "--set", "eval.mode=sampled", "--set", "eval.negatives=1000"],
-          "eval.negatives: 1000 negatives per user, but some user has only ",
-          "items besides the target and history (95 items in all); lower eval.negatives (e.g. --set eval.negatives=")
+    fails(
+        ["eval", base[name], "--set", "eval.mode=sampled", "--set", "eval.negatives=1000"],
+        "eval.negatives: 1000 negatives per user, but some user has only ",
+        "items besides the target and history (95 items in all); lower eval.negatives (e.g. --set eval.negatives=",
+    )
 
 
 def test_the_catalogue_is_broad():

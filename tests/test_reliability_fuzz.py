@@ -27,22 +27,78 @@ EXPLORE = int(os.environ.get("LTREC_FUZZ_EXAMPLES", "0"))
 
 
 def fuzz(examples: int):
-    return settings(max_examples=EXPLORE or examples, derandomize=not EXPLORE, deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=EXPLORE or examples,
+        derandomize=not EXPLORE,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
-KEYS = ["name", "seed", "data", "source", "format", "query", "columns", "user", "item", "time", "min_user_events",
-        "max_len", "split", "short_users", "cold_users", "head", "fraction", "count", "backbone", "kind", "dim",
-        "layers", "heads", "dropout", "transfer", "grad_align", "k", "beta", "adversarial", "weight", "train",
-        "epochs", "lr", "monitor", "metric", "eval", "ks", "mask_seen", "mode", "output", "dir", "dimm", "x"]
-SCALARS = (st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats(allow_nan=True, allow_infinity=True)
-           | st.sampled_from(["sasrec", "gru4rec", "pop", "ndcg@10", "events.csv", "1e-3", "", "*.csv", "all"])
-           | st.text(max_size=20))
-GARBAGE = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=4)
-                       | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=5),
-                       max_leaves=30)
-YAMLISH = st.text(alphabet=st.sampled_from(list("abcdekmnrst01239.-_:,[]{}!&*#|>'\"\n \t@%`?<=~\\") + ["\x00", "é"]),
-                  max_size=300)
+KEYS = [
+    "name",
+    "seed",
+    "data",
+    "source",
+    "format",
+    "query",
+    "columns",
+    "user",
+    "item",
+    "time",
+    "min_user_events",
+    "max_len",
+    "split",
+    "short_users",
+    "cold_users",
+    "head",
+    "fraction",
+    "count",
+    "backbone",
+    "kind",
+    "dim",
+    "layers",
+    "heads",
+    "dropout",
+    "transfer",
+    "grad_align",
+    "k",
+    "beta",
+    "adversarial",
+    "weight",
+    "train",
+    "epochs",
+    "lr",
+    "monitor",
+    "metric",
+    "eval",
+    "ks",
+    "mask_seen",
+    "mode",
+    "output",
+    "dir",
+    "dimm",
+    "x",
+]
+SCALARS = (
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.sampled_from(["sasrec", "gru4rec", "pop", "ndcg@10", "events.csv", "1e-3", "", "*.csv", "all"])
+    | st.text(max_size=20)
+)
+GARBAGE = st.recursive(
+    SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(KEYS) | st.text(max_size=8), inner, max_size=5)
+    ),
+    max_leaves=30,
+)
+YAMLISH = st.text(
+    alphabet=st.sampled_from(list("abcdekmnrst01239.-_:,[]{}!&*#|>'\"\n \t@%`?<=~\\") + ["\x00", "é"]), max_size=300
+)
 
 
 @pytest.fixture(scope="module")
@@ -122,10 +178,20 @@ def test_predict_reader_random_bytes(folder, data):
     reads_or_user_error(folder, data)
 
 
-FIELD = (st.sampled_from(["i1", "i2", "i3", "x,y", "", " ", "nan", "inf", "-1", "1e308", "NULL", '"', "a\nb"])
-         | st.integers(-10, 10).map(str) | st.floats().map(repr) | st.text(max_size=6))
-HEADERS = st.sampled_from([["user_id", "item_id", "timestamp"], ["user_id", "item_id"],
-                           ["timestamp", "user_id", "item_id", "extra"], ["user_id", "item_id", "timestamp", "rowid"]])
+FIELD = (
+    st.sampled_from(["i1", "i2", "i3", "x,y", "", " ", "nan", "inf", "-1", "1e308", "NULL", '"', "a\nb"])
+    | st.integers(-10, 10).map(str)
+    | st.floats().map(repr)
+    | st.text(max_size=6)
+)
+HEADERS = st.sampled_from(
+    [
+        ["user_id", "item_id", "timestamp"],
+        ["user_id", "item_id"],
+        ["timestamp", "user_id", "item_id", "extra"],
+        ["user_id", "item_id", "timestamp", "rowid"],
+    ]
+)
 
 
 @fuzz(25)

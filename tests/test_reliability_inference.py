@@ -53,41 +53,50 @@ def edit_meta(**changes):
             else:
                 meta[key] = value(meta[key]) if callable(value) else value
         (bundle / "bundle.json").write_text(json.dumps(meta))
+
     return edit
 
 
 def write(name: str, data: bytes):
     def edit(bundle: Path, _) -> None:
         (bundle / name).write_bytes(data)
+
     return edit
 
 
 def foreign_onnx(inputs=("x",), outputs=("y",)):
     """A valid ONNX model that is not ltrec's: outputs = inputs, rank 1."""
+
     def edit(bundle: Path, _) -> None:
         import onnx
         from onnx import TensorProto, helper
 
         graph = helper.make_graph(
-            [helper.make_node("Identity", [i], [o]) for i, o in zip(inputs, outputs)], "g",
+            [helper.make_node("Identity", [i], [o]) for i, o in zip(inputs, outputs)],
+            "g",
             [helper.make_tensor_value_info(i, TensorProto.INT64, [3]) for i in inputs],
-            [helper.make_tensor_value_info(o, TensorProto.INT64, [3]) for o in outputs])
+            [helper.make_tensor_value_info(o, TensorProto.INT64, [3]) for o in outputs],
+        )
         onnx.save(helper.make_model(graph), str(bundle / "model.onnx"))
+
     return edit
 
 
 def nan_in(key, index):
     """NaN written as Python's json writes it (the JSON standard has no NaN, but most readers accept it)."""
+
     def edit(bundle: Path, _) -> None:
         meta = json.loads((bundle / "bundle.json").read_text())
         meta[key][index] = float("nan")
         (bundle / "bundle.json").write_text(json.dumps(meta))
+
     return edit
 
 
 def crafted(make_outputs):
     """An ONNX graph that declares ltrec's inputs and outputs, (B, L) → (B, K), with the bundle's metadata and
     a bundle.json whose model_sha256 matches it, but computes `make_outputs(history) → (items, scores)` nodes."""
+
     def edit(bundle: Path, _) -> None:
         import hashlib
 
@@ -96,9 +105,11 @@ def crafted(make_outputs):
         meta = json.loads((bundle / "bundle.json").read_text())
         declared = lambda name, kind: helper.make_tensor_value_info(name, kind, ["batch", meta["k"]])
         graph = helper.make_graph(
-            make_outputs(helper), "g",
+            make_outputs(helper),
+            "g",
             [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "length"]) for n in ("history", "exclude")],
-            [declared("items", TensorProto.INT64), declared("scores", TensorProto.FLOAT)])
+            [declared("items", TensorProto.INT64), declared("scores", TensorProto.FLOAT)],
+        )
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
         for key in ("max_len", "n_items"):
             model.metadata_props.add(key=f"ltrec.{key}", value=str(meta[key]))
@@ -106,12 +117,16 @@ def crafted(make_outputs):
         (bundle / "model.onnx").write_bytes(data)
         meta["model_sha256"] = hashlib.sha256(data).hexdigest()
         (bundle / "bundle.json").write_text(json.dumps(meta))
+
     return edit
 
 
 # items = the history itself, (B, L) instead of (B, K): right names, types and ranks, wrong shape
-wrong_output_shape = crafted(lambda h: [h.make_node("Identity", ["history"], ["items"]),
-                                        h.make_node("Cast", ["history"], ["scores"], to=1)])
+wrong_output_shape = crafted(
+    lambda h: [h.make_node("Identity", ["history"], ["items"]), h.make_node("Cast", ["history"], ["scores"], to=1)]
+)
+
+
 def tampered_weights(bundle: Path, _) -> None:
     """Same graph, shapes and metadata; one weight changed (as an edit, or a retrain exported elsewhere)."""
     import onnx
@@ -134,8 +149,10 @@ def nan_weights(bundle: Path, _) -> None:
     from onnx import numpy_helper
 
     model = onnx.load(str(bundle / "model.onnx"))
-    init = max((t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT),
-               key=lambda t: int(np.prod(t.dims)))
+    init = max(
+        (t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT),
+        key=lambda t: int(np.prod(t.dims)),
+    )
     init.CopyFrom(numpy_helper.from_array(np.full(numpy_helper.to_array(init).shape, np.nan, np.float32), init.name))
     data = model.SerializeToString()
     (bundle / "model.onnx").write_bytes(data)
@@ -153,26 +170,56 @@ BAD_BUNDLES = [
     ("max-len-text", edit_meta(max_len="50"), "bundle.json: max_len: Input should be a valid integer"),
     ("max-len-negative", edit_meta(max_len=-3), "bundle.json: max_len: Input should be greater than or equal to 1"),
     ("meta-is-a-list", write("bundle.json", b"[1, 2]"), "bundle.json: (top level): Input should be an object"),
-    ("format-version-1", edit_meta(format_version=1),
-     "bundle.json: written by an older ltrec (format 1, this ltrec reads 3); re-export the run"),
-    ("format-version-newer", edit_meta(format_version=4),
-     "bundle.json: written by a newer ltrec (format 4, this ltrec reads 3); upgrade ltrec or re-export the run"),
+    (
+        "format-version-1",
+        edit_meta(format_version=1),
+        "bundle.json: written by an older ltrec (format 1, this ltrec reads 3); re-export the run",
+    ),
+    (
+        "format-version-newer",
+        edit_meta(format_version=4),
+        "bundle.json: written by a newer ltrec (format 4, this ltrec reads 3); upgrade ltrec or re-export the run",
+    ),
     ("format-version-missing", edit_meta(format_version=None), "bundle.json: no format_version; re-export the run"),
     ("unknown-key", edit_meta(note="mine"), "bundle.json: note: Extra inputs are not permitted"),
     ("columns-missing", edit_meta(columns=None), "bundle.json: columns: Field required"),
-    ("popularity-short", edit_meta(popularity=lambda p: p[:-1]), "popularity (94), n_items (95) and k (10) do not agree"),
-    ("vocab-numbers", edit_meta(vocab=lambda v: list(range(len(v)))), "bundle.json: vocab.0: Input should be a valid string"),
-    ("popularity-text", edit_meta(popularity=lambda p: ["many"] * len(p)), "popularity.0: Input should be a valid number"),
+    (
+        "popularity-short",
+        edit_meta(popularity=lambda p: p[:-1]),
+        "popularity (94), n_items (95) and k (10) do not agree",
+    ),
+    (
+        "vocab-numbers",
+        edit_meta(vocab=lambda v: list(range(len(v)))),
+        "bundle.json: vocab.0: Input should be a valid string",
+    ),
+    (
+        "popularity-text",
+        edit_meta(popularity=lambda p: ["many"] * len(p)),
+        "popularity.0: Input should be a valid number",
+    ),
     ("popularity-nan", nan_in("popularity", 3), "bundle.json: popularity.3: Input should be a finite number"),
-    ("popularity-inf", edit_meta(popularity=lambda p: [1e999] + p[1:]),
-     "popularity.0: Input should be a finite number"),
-    ("popularity-negative", edit_meta(popularity=lambda p: [-1] + p[1:]),
-     "popularity.0: Input should be greater than or equal to 0 (got -1)"),
-    ("vocab-duplicate", edit_meta(vocab=lambda v: [v[1], *v[1:]]),
-     "vocab holds 'i10' twice; item ids must be distinct"),
+    (
+        "popularity-inf",
+        edit_meta(popularity=lambda p: [1e999] + p[1:]),
+        "popularity.0: Input should be a finite number",
+    ),
+    (
+        "popularity-negative",
+        edit_meta(popularity=lambda p: [-1] + p[1:]),
+        "popularity.0: Input should be greater than or equal to 0 (got -1)",
+    ),
+    (
+        "vocab-duplicate",
+        edit_meta(vocab=lambda v: [v[1], *v[1:]]),
+        "vocab holds 'i10' twice; item ids must be distinct",
+    ),
     ("vocab-empty-id", edit_meta(vocab=lambda v: ["", *v[1:]]), "vocab.0: String should have at least 1 character"),
-    ("parity-nan", nan_in("parity", "max_abs_score_diff"),
-     "parity.max_abs_score_diff: Input should be a finite number"),
+    (
+        "parity-nan",
+        nan_in("parity", "max_abs_score_diff"),
+        "parity.max_abs_score_diff: Input should be a finite number",
+    ),
     ("max-len-huge", edit_meta(max_len=10**9), "max_len: Input should be less than or equal to 4096"),
     ("k-zero", edit_meta(k=0), "bundle.json: k: Input should be greater than or equal to 1 (got 0)"),
     ("pad-id", edit_meta(pad_id=1), "bundle.json: pad_id: Input should be 0"),
@@ -181,10 +228,17 @@ BAD_BUNDLES = [
     ("model-missing", lambda b, _: (b / "model.onnx").unlink(), "no model.onnx; pass a bundle folder"),
     ("model-empty", write("model.onnx", b""), "model.onnx: not a loadable ONNX model"),
     ("model-foreign", foreign_onnx(), "expected int64 inputs history, exclude (B, L) and outputs items"),
-    ("model-foreign-same-names", foreign_onnx(("history", "exclude"), ("items", "scores")),
-     "expected int64 inputs history, exclude (B, L) and outputs items"),
-    ("model-declares-k-returns-l", wrong_output_shape,
-     "model.onnx: the graph returned items int64 (2, 2) and scores float32 (2, 2), expected int64 and float32 (2, 10)"),
+    (
+        "model-foreign-same-names",
+        foreign_onnx(("history", "exclude"), ("items", "scores")),
+        "expected int64 inputs history, exclude (B, L) and outputs items",
+    ),
+    (
+        "model-declares-k-returns-l",
+        wrong_output_shape,
+        "model.onnx: the graph returned items int64 (2, 2) and scores float32 (2, 2), expected int64 and "
+        "float32 (2, 10)",
+    ),
     ("model-returns-nan", nan_weights, "model.onnx: the graph returned non-finite scores; not a model written by"),
     ("model-of-other-k", other_k, "bundle.json says k 10 but model.onnx has 5"),
     ("model-tampered", tampered_weights, "model.onnx does not match bundle.json (its sha256 differs"),
@@ -211,21 +265,56 @@ def events_file(tmp_path, body: bytes, name="e.csv") -> Path:
 
 HEADER = b"user_id,item_id,timestamp\n"
 BAD_INPUTS = [  # (id, file name, content, extra flags, message)
-    ("user-col-missing", "e.csv", HEADER + b"a,i3,1\n", ["--user-col", "customer"],
-     "--user-col: {f}: no column 'customer'"),
-    ("time-col-text", "e.csv", b"user_id,item_id,timestamp,day\na,i3,1,monday\n", ["--time-col", "day"],
-     "--time-col: {f}: column 'day' holds non-numeric values such as 'monday'"),
-    ("time-col-not-identifier", "e.csv", HEADER + b"a,i3,1\n", ["--time-col", "event time"],
-     "--time-col 'event time': 'event time' is not a plain column name"),
+    (
+        "user-col-missing",
+        "e.csv",
+        HEADER + b"a,i3,1\n",
+        ["--user-col", "customer"],
+        "--user-col: {f}: no column 'customer'",
+    ),
+    (
+        "time-col-text",
+        "e.csv",
+        b"user_id,item_id,timestamp,day\na,i3,1,monday\n",
+        ["--time-col", "day"],
+        "--time-col: {f}: column 'day' holds non-numeric values such as 'monday'",
+    ),
+    (
+        "time-col-not-identifier",
+        "e.csv",
+        HEADER + b"a,i3,1\n",
+        ["--time-col", "event time"],
+        "--time-col 'event time': 'event time' is not a plain column name",
+    ),
     ("nan-time", "e.csv", HEADER + b"a,i3,1\na,i4,nan\n", [], "--time-col: {f}: column 'timestamp' has 1 NaN"),
-    ("not-utf8", "e.csv", HEADER + b"a,i3,1\n" + "Zoë,i4,2\n".encode("latin-1"), [],
-     "--input: {f}: cannot read as CSV: Invalid Input Error"),
-    ("random-bytes", "e.csv", np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes(), [],
-     "--input: {f}: cannot read as CSV"),
-    ("fifty-mb-line", "e.csv", HEADER + b"a,i3,1\nb," + b"x" * 50_000_000 + b",2\n", [],
-     "--input: {f}: line 3 is longer than 2,000,000 bytes"),
-    ("rowid-column", "e.csv", b"user_id,item_id,timestamp,rowid\na,i3,1,7\n", [],
-     "--input: {f}: a column is named 'rowid'"),
+    (
+        "not-utf8",
+        "e.csv",
+        HEADER + b"a,i3,1\n" + "Zoë,i4,2\n".encode("latin-1"),
+        [],
+        "--input: {f}: cannot read as CSV: Invalid Input Error",
+    ),
+    (
+        "random-bytes",
+        "e.csv",
+        np.random.default_rng(1).integers(0, 256, 2000, dtype=np.uint8).tobytes(),
+        [],
+        "--input: {f}: cannot read as CSV",
+    ),
+    (
+        "fifty-mb-line",
+        "e.csv",
+        HEADER + b"a,i3,1\nb," + b"x" * 50_000_000 + b",2\n",
+        [],
+        "--input: {f}: line 3 is longer than 2,000,000 bytes",
+    ),
+    (
+        "rowid-column",
+        "e.csv",
+        b"user_id,item_id,timestamp,rowid\na,i3,1,7\n",
+        [],
+        "--input: {f}: a column is named 'rowid'",
+    ),
     ("nested-item-parquet", "e.parquet", None, [], "--item-col: {f}: column 'item_id' holds nested values"),
 ]
 
@@ -236,8 +325,10 @@ def test_bad_events_file(bundles, tmp_path, name, body, extra, message):
         import duckdb
 
         path = tmp_path / name
-        duckdb.connect().execute(f"COPY (SELECT 'a' AS user_id, [i] AS item_id, i AS timestamp FROM range(3) t(i)) "
-                                 f"TO '{path}' (FORMAT parquet)")
+        duckdb.connect().execute(
+            f"COPY (SELECT 'a' AS user_id, [i] AS item_id, i AS timestamp FROM range(3) t(i)) "
+            f"TO '{path}' (FORMAT parquet)"
+        )
     else:
         path = events_file(tmp_path, body, name)
     r = predict(bundles["k10"], path, tmp_path / "p.csv", *extra)

@@ -23,9 +23,11 @@ runner = CliRunner()
 def tiny(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_long_tailed(tmp_path / "events.csv", users=80)
-    (tmp_path / "r.yaml").write_text("name: t\ndata: {source: events.csv, max_len: 10}\n"
-                                     "backbone: {kind: gru4rec, dim: 8}\n"
-                                     "train: {epochs: 3, batch_size: 16, patience: 10}\n")
+    (tmp_path / "r.yaml").write_text(
+        "name: t\ndata: {source: events.csv, max_len: 10}\n"
+        "backbone: {kind: gru4rec, dim: 8}\n"
+        "train: {epochs: 3, batch_size: 16, patience: 10}\n"
+    )
     return tmp_path
 
 
@@ -79,8 +81,9 @@ def test_a_diverged_epoch_stops_with_the_last_good_checkpoint(tiny, monkeypatch,
     assert r.exit_code == 2 and "Traceback" not in r.output, r.output
     message = r.output.strip().splitlines()[-1]
     assert message.startswith("training diverged at epoch 2 (loss ") and f", {weights} weights, " in message
-    assert message.endswith("runs/t/last.pt holds epoch 1, the last good one; lower train.lr and rerun with "
-                            "--overwrite")
+    assert message.endswith(
+        "runs/t/last.pt holds epoch 1, the last good one; lower train.lr and rerun with --overwrite"
+    )
     run = tiny / "runs/t"
     assert load_torch(run / "last.pt")["state"]["epoch"] == 1 and finite(run / "last.pt") and finite(run / "best.pt")
     assert [rec["epoch"] for rec in read_jsonl(run / "metrics.jsonl")] == [1]
@@ -108,7 +111,8 @@ def test_a_discriminator_that_wins_is_reported(tmp_path, monkeypatch):
         # input_norm off: its raw states let a linear discriminator separate the groups within 6 epochs
         "backbone: {kind: sasrec, dim: 32, dropout: 0.0, input_norm: false}\n"
         "transfer: {adversarial: {weight: 0.0, hidden: 0, lr: 0.1, warmup_epochs: 1}}\n"
-        "train: {epochs: 6, batch_size: 128, patience: 10, threads: 1}\n")
+        "train: {epochs: 6, batch_size: 128, patience: 10, threads: 1}\n"
+    )
     threads = torch.get_num_threads()
     r = runner.invoke(app, ["train", "r.yaml"])  # one thread: the same numbers everywhere
     torch.set_num_threads(threads)

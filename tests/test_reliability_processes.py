@@ -77,14 +77,24 @@ def ended_within(pids: list[int], seconds: float) -> list[int]:
 
 
 def train(project: Path, recipe: str, out: Path, *flags: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ltrec", "train", str(recipe), "--out", str(out), *flags],
-                            cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "ltrec", "train", str(recipe), "--out", str(out), *flags],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def sweep(project: Path, out: Path, *flags: str) -> subprocess.CompletedProcess:
     """A sweep run to its end; one that should have been refused but trains is killed (its runs with it)."""
-    return subprocess.run([sys.executable, "-m", "ltrec", "sweep", "plan.yaml", "--out", str(out), *flags],
-                          cwd=project, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "ltrec", "sweep", "plan.yaml", "--out", str(out), *flags],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def checkpointed(run: Path) -> bool:
@@ -95,17 +105,24 @@ def test_a_sweep_killed_with_sigkill_takes_its_runs_with_it(project):
     """kill -9 gives the sweep no chance to stop its runs: each run ends by itself once its parent is gone.
     While the sweep runs, a second sweep on its folder is refused; once it is killed, nothing blocks."""
     out = project / "killed"
-    first = subprocess.Popen([sys.executable, "-m", "ltrec", "sweep", "plan.yaml", "--out", str(out), "--jobs", "2"],
-                             cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ltrec", "sweep", "plan.yaml", "--out", str(out), "--jobs", "2"],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
-        wait_for(lambda: checkpointed(out / "a-s0") and checkpointed(out / "b-s0") or first.poll() is not None,
-                 120, "both runs to train")
+        wait_for(
+            lambda: checkpointed(out / "a-s0") and checkpointed(out / "b-s0") or first.poll() is not None,
+            120,
+            "both runs to train",
+        )
         runs = [pid for pid in processes_naming(str(out)) if pid != first.pid]
         assert first.poll() is None and len(runs) == 2, (runs, first.poll())
         again = sweep(project, out, "--resume")
         assert again.returncode == 2 and again.stderr.strip() == (
-            f"{out}: another ltrec sweep (pid {first.pid}) is using this sweep folder; wait for it or stop it"), \
-            again.stderr
+            f"{out}: another ltrec sweep (pid {first.pid}) is using this sweep folder; wait for it or stop it"
+        ), again.stderr
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
@@ -121,8 +138,12 @@ def test_a_sweep_will_not_start_a_run_another_process_trains(project):
     """After a killed sweep, someone resumes one of its runs by hand: `sweep --resume` names that trainer and
     starts nothing, and the trainer goes on."""
     out = project / "shared"
-    first = subprocess.Popen([sys.executable, "-m", "ltrec", "sweep", "plan.yaml", "--out", str(out)],
-                             cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = subprocess.Popen(
+        [sys.executable, "-m", "ltrec", "sweep", "plan.yaml", "--out", str(out)],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_for(lambda: checkpointed(out / "a-s0") or first.poll() is not None, 120, "the first run to train")
         runs = [pid for pid in processes_naming(str(out)) if pid != first.pid]
@@ -151,16 +172,17 @@ def test_a_second_trainer_is_refused_and_a_killed_trainers_lock_blocks_nobody(pr
         for flags in ([], ["--overwrite"], ["--resume"]):
             r = runner.invoke(app, ["train", str(project / "long.yaml"), "--out", str(out), *flags])
             assert r.exit_code == 2 and r.output.strip() == (
-                f"{out}: another ltrec train (pid {first.pid}) is using this run folder; wait for it or stop it"), \
-                (flags, r.output)
+                f"{out}: another ltrec train (pid {first.pid}) is using this run folder; wait for it or stop it"
+            ), (flags, r.output)
         assert first.poll() is None  # untouched by the refused ones
     finally:
         first.send_signal(signal.SIGKILL)
         first.wait()
     assert (out / LOCK).exists() and holder(out) is None
     done = load_torch(out / "last.pt")["state"]["epoch"]
-    r = runner.invoke(app, ["train", str(project / "long.yaml"), "--out", str(out), "--resume",
-                            "--set", f"train.epochs={done + 1}"])
+    r = runner.invoke(
+        app, ["train", str(project / "long.yaml"), "--out", str(out), "--resume", "--set", f"train.epochs={done + 1}"]
+    )
     assert r.exit_code == 0 and f"resuming {out} after epoch {done}" in r.output, r.output
     assert [e["epoch"] for e in read_epochs(out / "metrics.jsonl")] == list(range(1, done + 2))
     assert not (out / LOCK).exists()  # a trainer that ends removes its lock file
@@ -195,7 +217,11 @@ def test_the_lock_file_is_not_a_stray_file(project, tmp_path, monkeypatch):
 def test_a_bound_process_ends_when_its_parent_is_killed(use_prctl):
     """Both ways a run follows its sweep: the kernel's parent-death signal (Linux), and the watchdog thread
     used where that does not exist."""
-    parent = subprocess.Popen([sys.executable, "-c", f"""
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            f"""
 import os, subprocess, sys, time
 code = ("from ltrec.runtime.lifeline import bind; bind(use_prctl={use_prctl}); print('bound', flush=True); "
         "import time; time.sleep(120)")
@@ -203,7 +229,11 @@ child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, t
                          env={{**os.environ, "LTREC_PARENT_PID": str(os.getpid())}})
 print(child.pid, child.stdout.readline().strip(), flush=True)
 time.sleep(120)
-"""], stdout=subprocess.PIPE, text=True)
+""",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     pid, state = parent.stdout.readline().split()
     assert state == "bound" and alive(int(pid))
     parent.send_signal(signal.SIGKILL)
@@ -215,7 +245,13 @@ def test_a_run_whose_sweep_ended_before_it_was_bound_does_not_start(project, tmp
     """The parent may die while the run's Python starts, before the parent-death signal is asked for: the run
     sees that its parent is not the one named, and ends without touching the run folder."""
     env = {**os.environ, "LTREC_PARENT_PID": str(os.getppid())}  # alive, but not the parent of what starts
-    r = subprocess.run([sys.executable, "-m", "ltrec", "train", "long.yaml", "--out", str(tmp_path / "r")],
-                       cwd=project, env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "ltrec", "train", "long.yaml", "--out", str(tmp_path / "r")],
+        cwd=project,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 1 and f"(pid {os.getppid()}) has ended; stopping" in r.stderr, r.stderr
     assert not (tmp_path / "r").exists()

@@ -25,8 +25,10 @@ def base(tmp_path_factory):
     events = write_events(folder / "events.csv", users=60)
     run = train_run(folder, events, "gru4rec", epochs=2, extra="", name="run")
     sampled = folder / "sampled.yaml"
-    sampled.write_text(f"name: s\ndata: {{source: {events}, max_len: 20}}\nbackbone: {{kind: gru4rec, dim: 8}}\n"
-                       "train: {epochs: 1}\neval: {mode: sampled, negatives: 20}\n")
+    sampled.write_text(
+        f"name: s\ndata: {{source: {events}, max_len: 20}}\nbackbone: {{kind: gru4rec, dim: 8}}\n"
+        "train: {epochs: 1}\neval: {mode: sampled, negatives: 20}\n"
+    )
     ok(["train", sampled, "--out", folder / "sampled"])
     return {"run": run, "sampled": folder / "sampled"}
 
@@ -48,25 +50,37 @@ def with_epoch(real: bytes, epoch) -> bytes:
     return torch_bytes({**ckpt, "epoch": epoch})
 
 
-JUNK = {"empty": b"", "not-text": b"\xff\xfe\x00garbage", "a-list": b"[1, 2, 3]", "a-number": b"42",
-        "null": b"null"}
+JUNK = {"empty": b"", "not-text": b"\xff\xfe\x00garbage", "a-list": b"[1, 2, 3]", "a-number": b"42", "null": b"null"}
 DAMAGE = [
     *((f".ltrec-run.json {k}", ".ltrec-run.json", v) for k, v in JUNK.items()),
     (".ltrec-run.json other format", ".ltrec-run.json", b'{"format": 99}'),
     *((f"data.json {k}", "data.json", v) for k, v in JUNK.items()),
     ("data.json wrong types", "data.json", b'{"fingerprint": 7, "head_threshold": "many"}'),
     *((f"metrics.json {k}", "metrics.json", v) for k, v in JUNK.items()),
-    ("metrics.json wrong types", "metrics.json", b'{"best_epoch": "x", "epochs": 1, "seconds_per_epoch": 1, '
-                                                 b'"valid": {}, "test": {}, "protocol": "p"}'),
-    ("metrics.json tables of text", "metrics.json", b'{"best_epoch": 1, "epochs": 1, "seconds_per_epoch": 1, '
-                                                    b'"valid": {"all": "x"}, "test": [], "protocol": "p"}'),
+    (
+        "metrics.json wrong types",
+        "metrics.json",
+        b'{"best_epoch": "x", "epochs": 1, "seconds_per_epoch": 1, "valid": {}, "test": {}, "protocol": "p"}',
+    ),
+    (
+        "metrics.json tables of text",
+        "metrics.json",
+        b'{"best_epoch": 1, "epochs": 1, "seconds_per_epoch": 1, "valid": {"all": "x"}, "test": [], "protocol": "p"}',
+    ),
     # a torn *last* line is what a writer killed mid-line leaves, and is left out (see below); elsewhere: damage
-    ("metrics.jsonl torn mid-file", "metrics.jsonl", b'{"epoch": 1, "seconds": 1.0, "loss": 2.0, "valid": {"al\n'
-                                                     b'{"epoch": 2, "seconds": 1, "loss": 1, "valid": {"all": {}, '
-                                                     b'"head": {}, "tail": {}}}\n'),
+    (
+        "metrics.jsonl torn mid-file",
+        "metrics.jsonl",
+        b'{"epoch": 1, "seconds": 1.0, "loss": 2.0, "valid": {"al\n'
+        b'{"epoch": 2, "seconds": 1, "loss": 1, "valid": {"all": {}, '
+        b'"head": {}, "tail": {}}}\n',
+    ),
     ("metrics.jsonl a list per line", "metrics.jsonl", b"[1]\n[2]\n"),
-    ("metrics.jsonl epochs out of order", "metrics.jsonl",
-     b'{"epoch": 2, "seconds": 1, "loss": 1, "valid": {"all": {}, "head": {}, "tail": {}}}\n'),
+    (
+        "metrics.jsonl epochs out of order",
+        "metrics.jsonl",
+        b'{"epoch": 2, "seconds": 1, "loss": 1, "valid": {"all": {}, "head": {}, "tail": {}}}\n',
+    ),
     ("metrics.jsonl no slices", "metrics.jsonl", b'{"epoch": 1, "seconds": 1, "loss": 1, "valid": {}}\n'),
     ("users_test.csv empty", "users_test.csv", b""),
     ("users_test.csv header only", "users_test.csv", b"user_id,slice,train_events,ndcg@10,hr@10\n"),
@@ -94,11 +108,20 @@ VERBS = {
     "report": lambda run: ["report", run, "--out", run.parent / f"{run.name}.html"],
 }
 # what each verb reads (a verb that does not read a file has nothing to fail on)
-READS = {"eval": {".ltrec-run.json", "recipe.yaml", "data.json", "best.pt"},
-         "export": {".ltrec-run.json", "recipe.yaml", "data.json", "best.pt", "metrics.json"},
-         "compare": {".ltrec-run.json", "users_test.csv", "users_test.json"},
-         "report": {".ltrec-run.json", "users_test.csv", "users_test.json", "recipe.yaml", "data.json",
-                    "metrics.json", "metrics.jsonl"}}
+READS = {
+    "eval": {".ltrec-run.json", "recipe.yaml", "data.json", "best.pt"},
+    "export": {".ltrec-run.json", "recipe.yaml", "data.json", "best.pt", "metrics.json"},
+    "compare": {".ltrec-run.json", "users_test.csv", "users_test.json"},
+    "report": {
+        ".ltrec-run.json",
+        "users_test.csv",
+        "users_test.json",
+        "recipe.yaml",
+        "data.json",
+        "metrics.json",
+        "metrics.jsonl",
+    },
+}
 
 
 CASES = [(verb, *c) for verb in sorted(VERBS) for c in DAMAGE if c[1] in READS[verb]]
@@ -120,9 +143,15 @@ def test_a_damaged_run_file_is_one_line_naming_it(base, tmp_path, verb, case, na
     assert len(lines) == 1 and name.split(".")[0] in lines[0] or "recipe.yaml" in lines[0], r.output
 
 
-@pytest.mark.parametrize("case, array", [
-    ("wrong shape", np.ones((3, 3), np.int64)), ("floats", None), ("items out of range", None), ("not npy", b"x"),
-])
+@pytest.mark.parametrize(
+    "case, array",
+    [
+        ("wrong shape", np.ones((3, 3), np.int64)),
+        ("floats", None),
+        ("items out of range", None),
+        ("not npy", b"x"),
+    ],
+)
 def test_stored_negatives_are_validated(base, tmp_path, case, array):
     run = tmp_path / "sampled"
     shutil.copytree(base["sampled"], run)
@@ -144,8 +173,7 @@ def test_a_checkpoint_with_python_objects_says_why_in_a_whole_sentence(base, tmp
     shutil.copytree(base["run"], run)
     (run / "best.pt").write_bytes(torch_bytes({"model": {}, "path": Path("/etc/passwd")}))
     r = runner.invoke(app, ["eval", str(run)])
-    assert r.exit_code == 2 and r.output.strip().endswith(
-        "which ltrec never unpickles)"), r.output
+    assert r.exit_code == 2 and r.output.strip().endswith("which ltrec never unpickles)"), r.output
     assert "(it holds a Python object (pathlib." in r.output
 
 
@@ -154,11 +182,23 @@ def test_the_catalogue_is_broad():
     assert json.dumps(sorted(READS)) == json.dumps(sorted(VERBS))
 
 
-@pytest.mark.parametrize("field, value", [
-    ("epoch", "2"), ("epoch", -1), ("epoch", True), ("epoch", 2.0), ("epoch", None), ("best_epoch", 9),
-    ("best_epoch", -1), ("bad", "none"), ("best", "high"), ("best", float("nan")), ("stopped", "no"),
-    ("epoch", 10**9),  # a whole number, but metrics.jsonl holds 2 epochs: the files are not of one run
-])
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("epoch", "2"),
+        ("epoch", -1),
+        ("epoch", True),
+        ("epoch", 2.0),
+        ("epoch", None),
+        ("best_epoch", 9),
+        ("best_epoch", -1),
+        ("bad", "none"),
+        ("best", "high"),
+        ("best", float("nan")),
+        ("stopped", "no"),
+        ("epoch", 10**9),  # a whole number, but metrics.jsonl holds 2 epochs: the files are not of one run
+    ],
+)
 def test_a_damaged_training_state_is_refused_on_resume(base, tmp_path, field, value):
     """last.pt's state says where training continues: a damaged field is one line naming the file, never a
     resume at a wrong epoch."""
@@ -196,8 +236,9 @@ def test_a_torn_last_line_of_metrics_jsonl_is_left_out_with_a_note(base, tmp_pat
     note = f"note: {run}/metrics.jsonl: line 3 is incomplete (a write was cut short); it is left out"
     r = runner.invoke(app, ["report", str(run), "--out", str(tmp_path / "r.html")])
     assert r.exit_code == 0 and note in r.output, r.output
-    r = runner.invoke(app, ["train", str(run / "recipe.yaml"), "--out", str(run), "--resume",
-                            "--set", "train.epochs=3"])
+    r = runner.invoke(
+        app, ["train", str(run / "recipe.yaml"), "--out", str(run), "--resume", "--set", "train.epochs=3"]
+    )
     assert r.exit_code == 0 and note in r.output and "resuming" in r.output, r.output
     lines = (run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]

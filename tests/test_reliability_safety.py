@@ -59,9 +59,9 @@ def test_no_eval_exec_pickle_or_shell():
         tree = ast.parse(path.read_text())
         names = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
         assert not names & {"eval", "exec", "compile", "__import__", "os.system", "os.popen"}, path.name
-        imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
-                    for a in n.names} | {n.module.split(".")[0] for n in ast.walk(tree)
-                                          if isinstance(n, ast.ImportFrom) and n.module}
+        imported = {
+            a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names
+        } | {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
         assert not imported & {"pickle", "dill", "marshal", "shelve", "cloudpickle"}, path.name
         assert "shell=True" not in path.read_text(), path.name
 
@@ -100,8 +100,9 @@ def test_an_evil_best_pt_through_the_cli(tmp_path, monkeypatch):
 def test_tampered_checkpoints_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "events.csv").write_text(EVENTS)
-    (tmp_path / "r.yaml").write_text("name: t\ndata: {source: events.csv}\nbackbone: {kind: gru4rec, dim: 4}\n"
-                                     "train: {epochs: 1}\n")
+    (tmp_path / "r.yaml").write_text(
+        "name: t\ndata: {source: events.csv}\nbackbone: {kind: gru4rec, dim: 4}\ntrain: {epochs: 1}\n"
+    )
     assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
     run = tmp_path / "runs/t"
     good = (run / "best.pt").read_bytes()
@@ -122,10 +123,16 @@ def test_tampered_checkpoints_are_clear_errors(tmp_path, monkeypatch):
 
 def test_yaml_tags_that_run_code_are_refused_not_run(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for i, tag in enumerate(["!!python/object/apply:os.system ['touch pwned']",
-                             "!!python/object/new:pathlib.Path.touch [pwned]",
-                             "!!python/object/apply:subprocess.call [[touch, pwned]]"]):
-        (tmp_path / "r.yaml").write_text(f"name: t\ndata: {{source: events.csv}}\nbackbone: {{kind: pop}}\nseed: {tag}\n")
+    for i, tag in enumerate(
+        [
+            "!!python/object/apply:os.system ['touch pwned']",
+            "!!python/object/new:pathlib.Path.touch [pwned]",
+            "!!python/object/apply:subprocess.call [[touch, pwned]]",
+        ]
+    ):
+        (tmp_path / "r.yaml").write_text(
+            f"name: t\ndata: {{source: events.csv}}\nbackbone: {{kind: pop}}\nseed: {tag}\n"
+        )
         r = runner.invoke(app, ["validate", "r.yaml"])
         assert r.exit_code == 2 and "invalid YAML: could not determine a constructor" in r.output, (i, r.output)
         r = runner.invoke(app, ["validate", "r.yaml", "--set", f"seed={tag}"])
@@ -164,11 +171,19 @@ def test_recipe_sql_cannot_leave_the_table(tmp_path, monkeypatch, query):
 def test_the_connection_is_locked_after_loading(tmp_path):
     (tmp_path / "e.csv").write_text(EVENTS)
     con = connect([str(tmp_path / "e.csv")], "csv", "e.csv")
-    settings = dict(con.execute("SELECT name, value FROM duckdb_settings() WHERE name IN ('enable_external_access', "
-                                "'lock_configuration', 'autoinstall_known_extensions', "
-                                "'autoload_known_extensions')").fetchall())
-    assert settings == {"enable_external_access": "false", "lock_configuration": "true",
-                        "autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
+    settings = dict(
+        con.execute(
+            "SELECT name, value FROM duckdb_settings() WHERE name IN ('enable_external_access', "
+            "'lock_configuration', 'autoinstall_known_extensions', "
+            "'autoload_known_extensions')"
+        ).fetchall()
+    )
+    assert settings == {
+        "enable_external_access": "false",
+        "lock_configuration": "true",
+        "autoinstall_known_extensions": "false",
+        "autoload_known_extensions": "false",
+    }
     with pytest.raises(duckdb.Error):
         con.execute("SET enable_external_access = true")
 
@@ -183,6 +198,6 @@ def test_a_path_is_a_parameter_not_sql(tmp_path, monkeypatch):
 
 
 def test_column_names_are_checked_before_any_sql(tmp_path):
-    for bad in ('user_id" FROM source; COPY source TO \'w.csv\' --', "user_id)--", "1user"):
+    for bad in ("user_id\" FROM source; COPY source TO 'w.csv' --", "user_id)--", "1user"):
         with pytest.raises(ValueError, match="is not a plain column name"):
             Data(source="e.csv", columns={"user": bad})

@@ -16,8 +16,18 @@ from ltrec.cli import app
 from ltrec.evaluation.report import METRICS, fmt
 
 runner = CliRunner()
-TINY = ["--set", "backbone.dim=16", "--set", "train.epochs=2", "--set", "data.max_len=20",
-        "--set", "train.batch_size=64", "--set", "train.patience=5"]
+TINY = [
+    "--set",
+    "backbone.dim=16",
+    "--set",
+    "train.epochs=2",
+    "--set",
+    "data.max_len=20",
+    "--set",
+    "train.batch_size=64",
+    "--set",
+    "train.patience=5",
+]
 GA_AT = ["--set", "transfer={grad_align: {k: 2, users_per_step: 4, sampling: uniform}, adversarial: {}}"]
 
 
@@ -112,25 +122,39 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
 
     _, path = report
     shot = tmp_path / "shot.png"
-    cmd = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
-           path.resolve().as_uri()]
+    cmd = [
+        chromium,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        f"--screenshot={shot}",
+        "--window-size=1200,2000",
+        path.resolve().as_uri(),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     assert shot.exists(), done.stderr[-2000:]
     pixels = imread(shot)[..., :3]  # (H, W, 3) floats in [0, 1]
     assert pixels.shape[:2] == (2000, 1200)
     assert (pixels.min(axis=2) < 0.9).mean() > 0.03  # text, tables and plots, not a blank page
     for colour in ("#1f77b4", "#d62728"):  # the two runs' lines on the long-tail curve
-        rgb = np.array([int(colour[i:i + 2], 16) for i in (1, 3, 5)]) / 255
+        rgb = np.array([int(colour[i : i + 2], 16) for i in (1, 3, 5)]) / 255
         assert (np.abs(pixels - rgb).max(axis=2) < 0.1).sum() > 200, colour
 
 
 def test_empty_activity_buckets_are_left_out_and_the_histogram_starts_at_the_least_active_user():
     from ltrec.evaluation.report import buckets, long_tail
 
-    run = {"slices": np.array(["tail"] * 4 + ["head"] * 2), "events": np.array([20, 21, 25, 30, 60, 70]),
-           "per_user": {"ndcg@10": np.linspace(0, 0.5, 6), "hr@10": np.ones(6)}}
+    run = {
+        "slices": np.array(["tail"] * 4 + ["head"] * 2),
+        "events": np.array([20, 21, 25, 30, 60, 70]),
+        "per_user": {"ndcg@10": np.linspace(0, 0.5, 6), "hr@10": np.ones(6)},
+    }
     rows = long_tail(run, buckets(50))
     assert [r["label"] for r in rows if r["users"]] == ["20-49", "50+"]
     assert all(r["users"] == 0 for r in rows if r["label"] not in ("20-49", "50+"))  # the page drops these

@@ -40,8 +40,13 @@ def test_balanced_weights_fall_with_a_user_s_training_targets():
     users = torch.tensor([2, 0, 1, 3, 0])
     assert BalancedLoss(Balanced(kind="balanced", power=0), lengths).weights(users).tolist() == [1.0] * 5
     assert BalancedLoss(Balanced(kind="balanced"), lengths).weights(users).tolist() == [0.25, 1.0, 0.5, 1.0, 1.0]
-    assert BalancedLoss(Balanced(kind="balanced", power=0.5), lengths).weights(users).tolist() == \
-        [0.5, 1.0, pytest.approx(2 ** -0.5), 1.0, 1.0]
+    assert BalancedLoss(Balanced(kind="balanced", power=0.5), lengths).weights(users).tolist() == [
+        0.5,
+        1.0,
+        pytest.approx(2**-0.5),
+        1.0,
+        1.0,
+    ]
 
 
 def test_the_balanced_objective_is_the_batch_s_targets_weighted_by_their_users(tiny_csv):
@@ -80,8 +85,14 @@ def test_length_groups_are_quantiles_or_head_tail():
     assert groups.tolist() == sorted(groups.tolist()) and len(set(groups.tolist())) == 4
 
 
-@pytest.mark.parametrize("robust", [{"kind": "cvar", "alpha": 0.3, "mix": 0.2}, {"kind": "group_dro", "step": 0.1},
-                                    {"kind": "balanced", "power": 0.5}])
+@pytest.mark.parametrize(
+    "robust",
+    [
+        {"kind": "cvar", "alpha": 0.3, "mix": 0.2},
+        {"kind": "group_dro", "step": 0.1},
+        {"kind": "balanced", "power": 0.5},
+    ],
+)
 @pytest.mark.parametrize("kind", ["gru4rec", "sasrec", "caser", "narm", "bert4rec"])
 def test_every_backbone_trains_with_a_robust_objective(tiny_csv, kind, robust):
     *_, runner_ = runner_for(tiny_csv, kind, robust=robust)
@@ -90,8 +101,9 @@ def test_every_backbone_trains_with_a_robust_objective(tiny_csv, kind, robust):
 
 
 def test_robust_objectives_with_both_paper_components(tiny_csv):
-    *_, runner_ = runner_for(tiny_csv, "sasrec", robust={"kind": "group_dro"}, grad_align={"k": 2},
-                             adversarial={"weight": 0.1})
+    *_, runner_ = runner_for(
+        tiny_csv, "sasrec", robust={"kind": "group_dro"}, grad_align={"k": 2}, adversarial={"weight": 0.1}
+    )
     stats = runner_(lambda n, loss: None)
     assert np.isfinite(stats["loss"]) and "disc_acc" in stats and "dro_q1" in stats
     state = runner_.state_dict()
@@ -101,26 +113,34 @@ def test_robust_objectives_with_both_paper_components(tiny_csv):
 def test_group_dro_weights_survive_resume(tmp_path, tiny_csv, monkeypatch):
     monkeypatch.chdir(tmp_path)
     recipe = tmp_path / "r.yaml"
-    recipe.write_text(f"name: g\ndata: {{source: {tiny_csv}, max_len: 10}}\nbackbone: {{kind: gru4rec, dim: 8}}\n"
-                      "transfer: {robust: {kind: group_dro, step: 0.2}}\n"
-                      "train: {epochs: 4, batch_size: 16, patience: 10}\n")
+    recipe.write_text(
+        f"name: g\ndata: {{source: {tiny_csv}, max_len: 10}}\nbackbone: {{kind: gru4rec, dim: 8}}\n"
+        "transfer: {robust: {kind: group_dro, step: 0.2}}\n"
+        "train: {epochs: 4, batch_size: 16, patience: 10}\n"
+    )
     assert runner.invoke(app, ["train", str(recipe), "--out", "full"]).exit_code == 0
     assert runner.invoke(app, ["train", str(recipe), "--out", "cut", "--set", "train.epochs=2"]).exit_code == 0
     r = runner.invoke(app, ["train", str(recipe), "--out", "cut", "--resume"])
     assert r.exit_code == 0 and "resuming cut after epoch 2" in r.output, r.output
-    full, cut = ([json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
-                 for d in ("full", "cut"))
+    full, cut = (
+        [json.loads(line) for line in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+        for d in ("full", "cut")
+    )
     assert [e["dro_q0"] for e in full] == [e["dro_q0"] for e in cut]  # q carried across the resume
     assert len({round(e["dro_q0"], 6) for e in full}) > 1  # and it moved
-    assert json.loads((tmp_path / "cut/metrics.json").read_text())["test"] == \
-        json.loads((tmp_path / "full/metrics.json").read_text())["test"]
+    assert (
+        json.loads((tmp_path / "cut/metrics.json").read_text())["test"]
+        == json.loads((tmp_path / "full/metrics.json").read_text())["test"]
+    )
 
 
 ML100K = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/movielens-100k/interactions.csv"
 
 
-@pytest.mark.parametrize("kind, robust", [("sasrec", "cvar"), ("gru4rec", "group_dro"), ("caser", "cvar"),
-                                          ("narm", "group_dro"), ("bert4rec", "cvar")])
+@pytest.mark.parametrize(
+    "kind, robust",
+    [("sasrec", "cvar"), ("gru4rec", "group_dro"), ("caser", "cvar"), ("narm", "group_dro"), ("bert4rec", "cvar")],
+)
 def test_the_tail_components_train_on_the_init_example_for_every_backbone(tmp_path, monkeypatch, kind, robust):
     """`ltrec init`'s recipe (MovieLens-100K; a synthetic log where the shared data is absent) with a robust
     objective, the user branch, the contrastive term (not bert4rec's) and the popularity blend together, through
@@ -130,20 +150,43 @@ def test_the_tail_components_train_on_the_init_example_for_every_backbone(tmp_pa
     monkeypatch.chdir(tmp_path)
     data = ML100K if ML100K.exists() else write_long_tailed(tmp_path / "events.csv", users=300)
     assert runner.invoke(app, ["init", "demo", "--data", str(data)]).exit_code == 0
-    r = runner.invoke(app, ["train", "demo/recipe.yaml", "--set", f"backbone.kind={kind}", "--set", "backbone.dim=8",
-                            "--set", "data.max_len=20", "--set", "train.epochs=1",
-                            "--set", f"transfer.robust={{kind: {robust}}}", "--set", "transfer.user_branch={}",
-                            "--set", "eval.pop_blend={weights: [0.0, 0.3]}",
-                            "--set", "transfer.contrastive=" + ("null" if kind == "bert4rec" else "{}")])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "demo/recipe.yaml",
+            "--set",
+            f"backbone.kind={kind}",
+            "--set",
+            "backbone.dim=8",
+            "--set",
+            "data.max_len=20",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            f"transfer.robust={{kind: {robust}}}",
+            "--set",
+            "transfer.user_branch={}",
+            "--set",
+            "eval.pop_blend={weights: [0.0, 0.3]}",
+            "--set",
+            "transfer.contrastive=" + ("null" if kind == "bert4rec" else "{}"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "branch_loss" in r.output and ("dro_q0" in r.output) == (robust == "group_dro")
     assert ("cl_loss" in r.output) == (kind != "bert4rec")
     assert "blended with popularity" in json.loads((tmp_path / "runs/my-sasrec/metrics.json").read_text())["protocol"]
 
 
-@pytest.mark.parametrize("value, message", [("{kind: balanced, power: 3}", "transfer.robust.power"),
-                                            ("{kind: balance}", "expected one of cvar, group_dro, balanced"),
-                                            ("{kind: balanced, alpha: 0.5}", "transfer.robust.alpha")])
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("{kind: balanced, power: 3}", "transfer.robust.power"),
+        ("{kind: balance}", "expected one of cvar, group_dro, balanced"),
+        ("{kind: balanced, alpha: 0.5}", "transfer.robust.alpha"),
+    ],
+)
 def test_a_bad_robust_section_is_a_clear_user_error(tmp_path, monkeypatch, value, message):
     monkeypatch.chdir(tmp_path)
     assert runner.invoke(app, ["init", "demo"]).exit_code == 0

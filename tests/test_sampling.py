@@ -25,9 +25,19 @@ def test_users_sampling_equals_grad_align_with_k1_beta1_adam(tiny_csv):
     # the sampling-only control is grad_align with k 1, β 1; the option
     # must be that very algorithm: the same batches and, up to the outer step's rounding, the same weights
     _, plain, users, _ = build(tiny_csv, train={"sampling": "users", "users_per_step": 4})
-    _, ga_model, ga, _ = build(tiny_csv, transfer={"grad_align": {"k": 1, "beta": 1.0, "inner_optimizer": "adam",
-                                                                  "inner_lr": 1.0e-2, "users_per_step": 4,
-                                                                  "sampling": "uniform"}})
+    _, ga_model, ga, _ = build(
+        tiny_csv,
+        transfer={
+            "grad_align": {
+                "k": 1,
+                "beta": 1.0,
+                "inner_optimizer": "adam",
+                "inner_lr": 1.0e-2,
+                "users_per_step": 4,
+                "sampling": "uniform",
+            }
+        },
+    )
     assert users.sampler is not None
     a, b = record(users), record(ga)
     assert len(a) == len(b) > 3 and all(torch.equal(x, y) for x, y in zip(a, b))
@@ -93,13 +103,17 @@ def test_grad_align_windows_sampling_is_plain_training_data(tiny_csv):
     assert sorted(torch.cat(seen).tolist()) == list(range(len(owner)))
     assert len(seen) >= math.ceil(len(owner) / 16)
     for lo in range(0, len(seen), 3):
-        users = [set(owner[b].tolist()) for b in seen[lo:lo + 3]]
+        users = [set(owner[b].tolist()) for b in seen[lo : lo + 3]]
         assert sum(len(u) for u in users) == len(set().union(*users))
 
 
 def test_grad_align_windows_with_k1_beta1_is_plain_adam_on_the_same_batches(tiny_csv):
-    _, ga_model, ga, _ = build(tiny_csv, transfer={"grad_align": {
-        "k": 1, "beta": 1.0, "inner_optimizer": "adam", "inner_lr": 1.0e-2, "sampling": "windows"}})
+    _, ga_model, ga, _ = build(
+        tiny_csv,
+        transfer={
+            "grad_align": {"k": 1, "beta": 1.0, "inner_optimizer": "adam", "inner_lr": 1.0e-2, "sampling": "windows"}
+        },
+    )
     _, plain_model, plain, _ = build(tiny_csv)
     batches = record(ga)
     plain.plan = lambda: (len(batches), ([b] for b in batches))
@@ -112,7 +126,7 @@ def test_grad_align_permuted_sampling_visits_every_user_once_per_epoch(tiny_csv)
     # sampling: permuted is the paper's per-user inner steps without redrawing: a random order of the users,
     # users_per_step of them per inner step, k steps per outer iteration, each user in exactly one step
     _, _, ga, owner = build(tiny_csv, transfer={"grad_align": {"k": 3, "sampling": "permuted", "users_per_step": 2}})
-    for epoch in range(2):
+    for _ in range(2):
         seen = record(ga)
         users = [sorted(set(owner[b].tolist())) for b in seen]
         assert all(len(u) == 2 for u in users[:-1]) and 1 <= len(users[-1]) <= 2
@@ -135,7 +149,9 @@ def test_user_subset_takes_all_windows_up_to_the_cap_each_once():
     sampler = UserSampler(owner, torch.zeros(3, dtype=torch.bool), "uniform", 3, torch.Generator().manual_seed(0))
     for _ in range(20):
         got = sampler.subset(torch.tensor([2, 0, 1])).tolist()
-        assert sorted(got[:3]) == [6, 7, 8] and got[-1] == 5  # user 2 whole, user 0 capped at 3, user 1 whole, in that order
+        assert (
+            sorted(got[:3]) == [6, 7, 8] and got[-1] == 5
+        )  # user 2 whole, user 0 capped at 3, user 1 whole, in that order
         assert len(set(got[3:6])) == 3 and set(got[3:6]) <= {0, 1, 2, 3, 4}
     picks = {tuple(sorted(sampler.subset(torch.tensor([0])).tolist())) for _ in range(50)}
     assert len(picks) > 3  # the capped user's windows are a random subset, not always the first three

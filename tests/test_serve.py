@@ -33,12 +33,19 @@ class Server:
     reads could fill and stall it)."""
 
     def __init__(self, bundle: Path, log: Path, *args, env: dict | None = None):
-        env = {**{k: v for k, v in os.environ.items() if k != "LTREC_API_KEY"},  # a key only where a test sets one
-               "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), **(env or {})}
+        env = {
+            **{k: v for k, v in os.environ.items() if k != "LTREC_API_KEY"},  # a key only where a test sets one
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+            **(env or {}),
+        }
         self.log = log
         with open(log, "wb") as err:
-            self.proc = subprocess.Popen([sys.executable, "-m", "ltrec", "serve", str(bundle), "--port", "0",
-                                          *map(str, args)], stdout=subprocess.DEVNULL, stderr=err, env=env)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "ltrec", "serve", str(bundle), "--port", "0", *map(str, args)],
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=env,
+            )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             found = re.search(r"on http://127\.0\.0\.1:(\d+)", log.read_text())
@@ -54,8 +61,11 @@ class Server:
         """(status, headers, parsed JSON or text) of one request on a new connection."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
         try:
-            data = body if body is None or isinstance(body, bytes) or hasattr(body, "__next__") else json.dumps(
-                body).encode()
+            data = (
+                body
+                if body is None or isinstance(body, bytes) or hasattr(body, "__next__")
+                else json.dumps(body).encode()
+            )
             conn.request(method, path, body=data, headers=headers or {}, encode_chunked=hasattr(data, "__next__"))
             r = conn.getresponse()
             text = r.read().decode()
@@ -91,8 +101,13 @@ def setup(tmp_path_factory):
     run = train_run(folder, events, "gru4rec", epochs=1, dim=16)
     ok(["export", run, "--out", folder / "bundle", "--k", 10])
     server = Server(folder / "bundle", folder / "server.log", "--max-wait-ms", 50)
-    yield {"bundle": folder / "bundle", "events": events, "server": server, "folder": folder,
-           "meta": json.loads((folder / "bundle" / "bundle.json").read_text())}
+    yield {
+        "bundle": folder / "bundle",
+        "events": events,
+        "server": server,
+        "folder": folder,
+        "meta": json.loads((folder / "bundle" / "bundle.json").read_text()),
+    }
     server.stop()
 
 
@@ -109,8 +124,18 @@ def predicted(setup, users: dict[str, list[tuple[str, int]]], tmp_path: Path, *f
     """`ltrec predict` on these histories: user → (items, scores, source)."""
     rows = "".join(f"{u},{item},{t}\n" for u, events in users.items() for item, t in events)
     (tmp_path / "h.csv").write_text("user_id,item_id,timestamp\n" + rows)
-    result = runner.invoke(app, ["predict", str(setup["bundle"]), "--input", str(tmp_path / "h.csv"), "--output",
-                                 str(tmp_path / "p.csv"), *flags])
+    result = runner.invoke(
+        app,
+        [
+            "predict",
+            str(setup["bundle"]),
+            "--input",
+            str(tmp_path / "h.csv"),
+            "--output",
+            str(tmp_path / "p.csv"),
+            *flags,
+        ],
+    )
     assert result.exit_code == 0, result.output
     out: dict[str, tuple] = {}
     with open(tmp_path / "p.csv", newline="") as f:
@@ -153,8 +178,13 @@ def test_answers_equal_predict(setup, tmp_path):
             same(answer, expected[user])
             assert answer["unknown"] == sum(item not in vocab for item, _ in events)
         # one request each, concurrently (so micro-batched together), events shuffled but carrying their times
-        bodies = {u: {"history": [{"item": users[u][j][0], "time": users[u][j][1]}
-                                  for j in rng.permutation(len(users[u]))], **options} for u in list(users)[-12:]}
+        bodies = {
+            u: {
+                "history": [{"item": users[u][j][0], "time": users[u][j][1]} for j in rng.permutation(len(users[u]))],
+                **options,
+            }
+            for u in list(users)[-12:]
+        }
         batches = server.metric("ltrec_batch_size_count")
         answers = concurrently(lambda body: server.post("/recommend", body)[2], list(bodies.values()))
         assert server.metric("ltrec_batch_size_count") - batches < len(bodies)
@@ -174,7 +204,7 @@ def test_popularity_fallback(setup):
 
 BIG = json.dumps({"history": ["i1"] * 300_000}).encode()  # 1.8 MB
 BAD = [  # (path, body, status, part of the message)
-    ("/recommend", b"{\"history\": [", 400, "not valid JSON"),
+    ("/recommend", b'{"history": [', 400, "not valid JSON"),
     ("/recommend", b"\xff\xff", 400, "not valid JSON"),
     ("/recommend", b"[" * 100_000, 400, "nested too deeply"),
     ("/recommend", [1, 2], 400, "expected a JSON object"),
@@ -192,7 +222,7 @@ BAD = [  # (path, body, status, part of the message)
     ("/recommend", {"history": ["i1"], "user": "u1"}, 400, '"user": unknown key'),
     ("/recommend", {"history": ["i1"] * 10_001}, 413, "over the limit of 10,000"),
     ("/recommend", BIG, 413, "over the limit of 1,048,576"),
-    ("/recommend", iter([BIG[j:j + 65536] for j in range(0, 1_200_000, 65536)]), 413, "body over the limit"),
+    ("/recommend", iter([BIG[j : j + 65536] for j in range(0, 1_200_000, 65536)]), 413, "body over the limit"),
     ("/recommend/batch", {"history": []}, 400, '"history": unknown key (expected users)'),
     ("/recommend/batch", {"users": [{"history": []}] * 1001}, 413, "over this server's limit of 1,000"),
     ("/recommend/batch", {"users": [{"history": []}, 3]}, 400, "users[1]: expected an object"),
@@ -215,9 +245,14 @@ def test_other_endpoints(setup):
     assert server.request("GET", "/ready")[2] == {"status": "ready"}
     status, _, info = server.request("GET", "/info")
     assert status == 200 and info == {  # what docs/serving.md lists, and nothing else
-        "backbone": "gru4rec", "n_items": setup["meta"]["n_items"], "max_len": 50, "k": 10,
-        "columns": {"user": "user_id", "item": "item_id", "time": "timestamp"}, "exclude_seen": True,
-        "ltrec": ltrec.__version__}
+        "backbone": "gru4rec",
+        "n_items": setup["meta"]["n_items"],
+        "max_len": 50,
+        "k": 10,
+        "columns": {"user": "user_id", "item": "item_id", "time": "timestamp"},
+        "exclude_seen": True,
+        "ltrec": ltrec.__version__,
+    }
 
 
 def test_keep_alive_answers_without_delay(setup):
@@ -243,8 +278,12 @@ def test_metrics_count_requests(setup):
     assert (server.metric(ok_line), server.metric(bad_line)) == (before_ok + 3, before_bad + 1)
     _, headers, text = server.request("GET", "/metrics")
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
-    for name in ("ltrec_request_duration_seconds_bucket{endpoint=\"/recommend\",le=\"+Inf\"}",
-                 "ltrec_batch_size_bucket{le=\"64\"}", "ltrec_queue_rejections_total", "ltrec_queue_histories"):
+    for name in (
+        'ltrec_request_duration_seconds_bucket{endpoint="/recommend",le="+Inf"}',
+        'ltrec_batch_size_bucket{le="64"}',
+        "ltrec_queue_rejections_total",
+        "ltrec_queue_histories",
+    ):
         assert name in text
 
 
@@ -322,9 +361,11 @@ def test_bad_bundle_or_port_exit_2(setup, tmp_path):
 
 
 def test_serve_never_imports_torch(setup):
-    code = ("import sys\nfrom pathlib import Path\nimport ltrec.cli\nfrom ltrec.deploy.bundle import load_bundle\n"
-            "from ltrec.deploy.serve.app import create_app\n"
-            f"create_app(load_bundle(Path({str(setup['bundle'])!r})))\nprint('torch' in sys.modules)\n")
+    code = (
+        "import sys\nfrom pathlib import Path\nimport ltrec.cli\nfrom ltrec.deploy.bundle import load_bundle\n"
+        "from ltrec.deploy.serve.app import create_app\n"
+        f"create_app(load_bundle(Path({str(setup['bundle'])!r})))\nprint('torch' in sys.modules)\n"
+    )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.splitlines()[-1] == "False"

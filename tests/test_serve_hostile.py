@@ -20,8 +20,9 @@ from ltrec.files.errors import UserError
 
 KEY = "k3y-For-tests_0123456789abcdefXYZ"
 PARTIAL_HEADERS = b"GET /info HTTP/1.1\r\nHost: t\r\nX-Slow: "
-PARTIAL_BODY = (b"POST /recommend HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
-                b"\r\n{\"history\": [")
+PARTIAL_BODY = (
+    b'POST /recommend HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"history": ['
+)
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +103,10 @@ def test_slow_clients_are_cut_off_while_fast_ones_are_served(slow):
         assert until(lambda: slow.metric("ltrec_connections_open") >= 301, 2)  # all 300 held, and the probe
         statuses = []
         while time.monotonic() - t0 < 1.2 and len(statuses) < 400:
-            statuses += [slow.request("GET", "/health", timeout=5)[0],
-                         slow.post("/recommend", {"history": ["i1", "i2"], "k": 3}, timeout=5)[0]]
+            statuses += [
+                slow.request("GET", "/health", timeout=5)[0],
+                slow.post("/recommend", {"history": ["i1", "i2"], "k": 3}, timeout=5)[0],
+            ]
         assert statuses and set(statuses) == {200}
         first, closed = ending(headers[0], time.monotonic() + 5)
         assert closed and time.monotonic() >= t0 + 2 - 0.05  # not before its time
@@ -198,16 +201,25 @@ def test_past_the_connection_cap(bundle):
     assert "Traceback" not in server.log.read_text()
 
 
-ROUTES = [("GET", "/info", None), ("GET", "/metrics", None), ("GET", "/ready", None),
-          ("POST", "/recommend", {"history": ["i1"]}), ("POST", "/recommend/batch", {"users": [{"history": []}]})]
+ROUTES = [
+    ("GET", "/info", None),
+    ("GET", "/metrics", None),
+    ("GET", "/ready", None),
+    ("POST", "/recommend", {"history": ["i1"]}),
+    ("POST", "/recommend/batch", {"users": [{"history": []}]}),
+]
 
 
 def test_api_key(keyed):
     assert keyed.request("GET", "/health")[0] == 200  # no key needed
     for method, path, body in ROUTES:
-        for headers, message in (({}, "no API key"), ({"Authorization": "Bearer nope"}, "wrong API key"),
-                                 ({"X-API-Key": KEY[:-1]}, "wrong API key"), ({"Authorization": KEY}, "wrong API key"),
-                                 ({"Authorization": f"Bearer {KEY}x"}, "wrong API key")):
+        for headers, message in (
+            ({}, "no API key"),
+            ({"Authorization": "Bearer nope"}, "wrong API key"),
+            ({"X-API-Key": KEY[:-1]}, "wrong API key"),
+            ({"Authorization": KEY}, "wrong API key"),
+            ({"Authorization": f"Bearer {KEY}x"}, "wrong API key"),
+        ):
             status, got_headers, got = keyed.request(method, path, body, headers=headers)
             assert status == 401 and message in got["error"] and got_headers["www-authenticate"] == "Bearer"
         for headers in ({"Authorization": f"Bearer {KEY}"}, {"authorization": f"bearer {KEY}"}, {"X-API-Key": KEY}):

@@ -1,4 +1,5 @@
-"""ltrec.training.loop and ltrec.runtime.checkpoint through the CLI: resume (after a crash, after early stopping, after a real
+"""ltrec.training.loop and ltrec.runtime.checkpoint through the CLI: resume (after a crash, after early stopping,
+after a real
 kill), what --overwrite may delete, the run folder's files."""
 
 import json
@@ -29,8 +30,17 @@ def recipe(tmp_path, tiny_csv, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])  # bert4rec: its masks come from the saved generator
 def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch, kind):
-    args = ["train", recipe, *TINY, "--set", "train.epochs=4", "--set", "train.patience=10",
-            "--set", f"backbone.kind={kind}"]
+    args = [
+        "train",
+        recipe,
+        *TINY,
+        "--set",
+        "train.epochs=4",
+        "--set",
+        "train.patience=10",
+        "--set",
+        f"backbone.kind={kind}",
+    ]
     ok(args + ["--out", "runs/full"])
     full = json.loads((tmp_path / "runs/full/metrics.json").read_text())
 
@@ -46,16 +56,30 @@ def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch,
     runner.invoke(app, [str(a) for a in args + ["--out", "runs/cut"]])
     assert not (tmp_path / "runs/cut/metrics.json").exists()
     monkeypatch.setattr(ltrec.evaluation.engine.Evaluator, "run", real_run)
-    fails(args + ["--out", "runs/cut", "--resume", "--set", "train.lr=0.5"],
-          "--resume continues the same experiment, but the recipe differs in train")
+    fails(
+        args + ["--out", "runs/cut", "--resume", "--set", "train.lr=0.5"],
+        "--resume continues the same experiment, but the recipe differs in train",
+    )
     out = ok(args + ["--out", "runs/cut", "--resume"])
     assert "resuming" in out and "after epoch 2" in out
     cut = json.loads((tmp_path / "runs/cut/metrics.json").read_text())
     assert cut["test"] == full["test"] and cut["epochs"] == full["epochs"] == 4
 
 
-EARLY = ["--set", "train.epochs=40", "--set", "train.patience=1", "--set", "train.lr=0.05",
-         "--set", "backbone.kind=gru4rec", "--set", "backbone.dim=8", "--set", "data.max_len=10"]
+EARLY = [
+    "--set",
+    "train.epochs=40",
+    "--set",
+    "train.patience=1",
+    "--set",
+    "train.lr=0.05",
+    "--set",
+    "backbone.kind=gru4rec",
+    "--set",
+    "backbone.dim=8",
+    "--set",
+    "data.max_len=10",
+]
 
 
 def test_resume_of_an_early_stopped_run_says_it_is_finished(recipe, tmp_path):
@@ -76,8 +100,14 @@ def test_killed_right_after_early_stop_resumes_to_the_uninterrupted_result(recip
     ok(["train", recipe, *EARLY, "--out", "runs/full"])
     full = json.loads((tmp_path / "runs/full/metrics.json").read_text())
     args = [sys.executable, "-m", "ltrec", "train", str(recipe), *EARLY, "--out", "runs/cut"]
-    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path,
-                            env={**os.environ, "COLUMNS": "200"})
+    proc = subprocess.Popen(
+        args,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "COLUMNS": "200"},
+    )
     for line in proc.stdout:
         if line.startswith("early stop"):
             proc.send_signal(signal.SIGKILL)
@@ -93,8 +123,10 @@ def test_overwrite_never_deletes_a_folder_holding_the_recipe_or_data(recipe, tmp
     (tmp_path / "proj" / "notes.txt").write_text("mine")
     events = tmp_path / "proj" / "events.csv"
     events.write_bytes(tiny_csv.read_bytes())
-    fails(["train", recipe, *TINY, "--out", "proj", "--overwrite"], "proj: holds the working directory" if False
-          else "proj: holds the")
+    fails(
+        ["train", recipe, *TINY, "--out", "proj", "--overwrite"],
+        "proj: holds the working directory" if False else "proj: holds the",
+    )
     assert (tmp_path / "proj" / "notes.txt").read_text() == "mine" and events.exists() and recipe.exists()
     fails(["train", recipe, *TINY, "--out", ".", "--overwrite"], "holds the working directory")
     fails(["train", recipe, *TINY, "--out", str(tmp_path.parent), "--overwrite"], "holds the working directory")
@@ -116,16 +148,23 @@ def test_overwrite_replaces_a_run_and_a_run_holding_the_data_is_kept(recipe, tmp
     assert not (tmp_path / "runs/r/extra.txt").exists() and (tmp_path / "runs/r" / MARKER).is_file()
     inside = tmp_path / "runs/r/events.csv"  # the data moved into the run: --overwrite would delete it
     inside.write_bytes(tiny_csv.read_bytes())
-    fails(["train", recipe, *TINY, "--set", f"data.source={inside}", "--out", "runs/r", "--overwrite"],
-          "runs/r: holds the data")
+    fails(
+        ["train", recipe, *TINY, "--set", f"data.source={inside}", "--out", "runs/r", "--overwrite"],
+        "runs/r: holds the data",
+    )
     assert inside.exists()
 
 
 def test_a_run_without_the_marker_is_refused_with_retrain(recipe, tmp_path):
     ok(["train", recipe, *TINY, "--set", "train.epochs=1", "--out", "runs/old"])
     (tmp_path / "runs/old" / MARKER).unlink()
-    for verb in (["eval", "runs/old"], ["export", "runs/old"], ["report", "runs/old"],
-                 ["compare", "runs/old", "runs/old"], ["train", recipe, "--out", "runs/old", "--resume"]):
+    for verb in (
+        ["eval", "runs/old"],
+        ["export", "runs/old"],
+        ["report", "runs/old"],
+        ["compare", "runs/old", "runs/old"],
+        ["train", recipe, "--out", "runs/old", "--resume"],
+    ):
         fails(verb, "written by an older ltrec", "retrain it")
 
 

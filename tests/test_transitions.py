@@ -27,8 +27,9 @@ def two_users(direction: str, neighbours: int = 10) -> Table:
 
 def as_dense(table: Table) -> np.ndarray:
     dense = np.zeros((table.ids.shape[0],) * 2)
-    np.add.at(dense, (np.arange(len(dense))[:, None].repeat(table.ids.shape[1], 1), table.ids.numpy()),
-              table.strength.numpy())
+    np.add.at(
+        dense, (np.arange(len(dense))[:, None].repeat(table.ids.shape[1], 1), table.ids.numpy()), table.strength.numpy()
+    )
     dense[:, 0] = 0  # empty slots point at the padding item with strength 0
     return dense
 
@@ -58,7 +59,7 @@ def test_the_prior_sums_the_newest_items_transitions_halving_with_age():
     want = torch.zeros(3, n + 1)
     for b, row in enumerate(history):
         for age, item in enumerate(row.flip(0)[:3]):
-            want[b] += 0.5 ** age * dense[item]
+            want[b] += 0.5**age * dense[item]
     torch.testing.assert_close(table.prior(history, last=3), torch.log1p(want))
     # a history cut to its own length (as predict batches it) has the same prior
     torch.testing.assert_close(table.prior(history[:1, -1:], last=3), torch.log1p(want[:1]))
@@ -88,8 +89,13 @@ def test_blended_ranks_are_the_blended_score_matrix_ranked(tmp_path, kind):  # s
     users, history, target = seqs.eval_inputs("test", 20)
     with torch.no_grad():
         hist = torch.from_numpy(history)
-        scores = model(hist) + blend.weight(hist)[:, None] * torch.log1p(
-            sum(0.5 ** j * torch.from_numpy(as_dense(table)).float()[hist[:, -1 - j]] for j in range(2)))[:, 1:]
+        scores = (
+            model(hist)
+            + blend.weight(hist)[:, None]
+            * torch.log1p(sum(0.5**j * torch.from_numpy(as_dense(table)).float()[hist[:, -1 - j]] for j in range(2)))[
+                :, 1:
+            ]
+        )
     from ltrec.evaluation.ranks import Seen
 
     seen = Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users, "test")))
@@ -130,21 +136,29 @@ def test_fit_picks_the_direction_and_weights_on_validation(tmp_path):
 
 def test_a_damaged_fitted_blend_is_named_with_the_way_out(tiny_csv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "r.yaml").write_text(f"name: b\ndata: {{source: {tiny_csv}, max_len: 10}}\n"
-                                     "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1}\n"
-                                     "eval: {transition_blend: {weights: [0.0, 1.0]}}\n")
+    (tmp_path / "r.yaml").write_text(
+        f"name: b\ndata: {{source: {tiny_csv}, max_len: 10}}\n"
+        "backbone: {kind: gru4rec, dim: 8}\ntrain: {epochs: 1}\n"
+        "eval: {transition_blend: {weights: [0.0, 1.0]}}\n"
+    )
     assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
     (tmp_path / "runs/b/transition_blend.json").write_text('{"direction": "sideways", "edges": [], "weights": [1]}')
     r = runner.invoke(app, ["export", "runs/b"])
-    assert r.exit_code == 2 and "transition_blend.json: written by an older ltrec, which did not record the " \
-        "settings" in r.output and "refit it: `ltrec eval runs/b`" in r.output and "Traceback" not in r.output
+    assert (
+        r.exit_code == 2
+        and "transition_blend.json: written by an older ltrec, which did not record the settings" in r.output
+        and "refit it: `ltrec eval runs/b`" in r.output
+        and "Traceback" not in r.output
+    )
     assert not (tmp_path / "runs/b/bundle").exists()
 
 
 def test_a_blend_fitted_on_a_finished_run_exports_with_set(tiny_csv, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "r.yaml").write_text(f"name: b\ndata: {{source: {tiny_csv}, max_len: 10}}\n"
-                                     "backbone: {kind: sasrec, dim: 8}\ntrain: {epochs: 1}\n")
+    (tmp_path / "r.yaml").write_text(
+        f"name: b\ndata: {{source: {tiny_csv}, max_len: 10}}\n"
+        "backbone: {kind: sasrec, dim: 8}\ntrain: {epochs: 1}\n"
+    )
     assert runner.invoke(app, ["train", "r.yaml"]).exit_code == 0
     blend = "eval.transition_blend={weights: [1.0]}"
     r = runner.invoke(app, ["export", "runs/b", "--set", blend])
@@ -161,9 +175,15 @@ def test_a_blend_fitted_on_a_finished_run_exports_with_set(tiny_csv, tmp_path, m
     assert not (tmp_path / "other").exists()
 
 
-@pytest.mark.parametrize("cfg, message", [({"edges": [3, 3]}, "edges must increase"),
-                                          ({"directions": ["forward", "forward"]}, "each candidate once"),
-                                          ({"directions": ["backward"]}, "forward"), ({"window": 0}, "greater")])
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        ({"edges": [3, 3]}, "edges must increase"),
+        ({"directions": ["forward", "forward"]}, "each candidate once"),
+        ({"directions": ["backward"]}, "forward"),
+        ({"window": 0}, "greater"),
+    ],
+)
 def test_bad_blends_are_recipe_errors(cfg, message):
     with pytest.raises(ValueError, match=message):
         TransitionBlend(**cfg)

@@ -14,9 +14,13 @@ def test_the_branch_changes_only_histories_shorter_than_the_cutoff():
     torch.manual_seed(0)
     backbone = BACKBONES["gru4rec"](30, 10, dim=8)
     model = Branched(backbone, cutoff=4).eval()
-    history = torch.tensor([[0, 0, 0, 0, 0, 0, 0, 0, 3, 4],   # 2 items: short
-                            [0, 0, 0, 0, 0, 0, 5, 6, 7, 8],   # 4 items: not short
-                            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    history = torch.tensor(
+        [
+            [0, 0, 0, 0, 0, 0, 0, 0, 3, 4],  # 2 items: short
+            [0, 0, 0, 0, 0, 0, 5, 6, 7, 8],  # 4 items: not short
+            [1, 2, 3, 4, 5, 6, 7, 8, 9, 10],
+        ]
+    )
     torch.testing.assert_close(model.encode(history), backbone.encode(history))  # W = 0: the identity
     with torch.no_grad():
         model.map.weight.normal_()
@@ -55,8 +59,15 @@ def test_every_backbone_trains_the_branch_on_head_windows(tiny_csv, kind):
 def test_the_branch_with_every_other_component(tiny_csv):
     recipe, seqs, backbone, _ = runner_for(tiny_csv, "sasrec")
     model = Branched(backbone, cutoff=min(seqs.head_threshold, 10), hidden=16)
-    *_, runner = runner_for(tiny_csv, "sasrec", model=model, user_branch={"weight": 0.5, "hidden": 16},
-                            grad_align={"k": 2}, adversarial={"weight": 0.1}, robust={"kind": "cvar", "alpha": 0.5})
+    *_, runner = runner_for(
+        tiny_csv,
+        "sasrec",
+        model=model,
+        user_branch={"weight": 0.5, "hidden": 16},
+        grad_align={"k": 2},
+        adversarial={"weight": 0.1},
+        robust={"kind": "cvar", "alpha": 0.5},
+    )
     stats = runner(lambda n, loss: None)
     assert np.isfinite(stats["loss"]) and "branch_loss" in stats and "disc_acc" in stats
 
@@ -66,8 +77,9 @@ def test_the_discriminator_reads_the_encoder_not_the_branch(tiny_csv):
     with state: last), so the reversed gradient never reaches the branch's map, only the encoder."""
     recipe, seqs, backbone, _ = runner_for(tiny_csv, "gru4rec")
     model = Branched(backbone, cutoff=min(seqs.head_threshold, 10), hidden=0)
-    *_, runner = runner_for(tiny_csv, "gru4rec", model=model, user_branch={"weight": 0.5},
-                            adversarial={"weight": 1.0, "state": "matched"})
+    *_, runner = runner_for(
+        tiny_csv, "gru4rec", model=model, user_branch={"weight": 0.5}, adversarial={"weight": 1.0, "state": "matched"}
+    )
     obj = runner.objective
     idx = torch.arange(len(obj.lengths))
     is_head = obj.owner_head[idx]

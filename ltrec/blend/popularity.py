@@ -51,8 +51,9 @@ def bucket_weight(edges: torch.Tensor, weights: torch.Tensor, history: torch.Ten
     return weights.to(history.device)[torch.bucketize(lengths, edges.to(history.device), right=True)]
 
 
-def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: str,
-                blend_with) -> tuple[list[float], float]:
+def fit_buckets(
+    evaluator, edges: list[int], candidates: list[float], metric: str, blend_with
+) -> tuple[list[float], float]:
     """Each length bucket's weight: the candidate whose blends (`blend_with(weights)`: the popularity and
     transition blends, all buckets at that weight) have the best mean validation `metric` over the bucket's
     users. Returns the weights and the mean validation metric of the users under them."""
@@ -61,8 +62,10 @@ def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: st
     per_weight = [result.per_user[metric][rows] for result in results]
     bucket = np.searchsorted(np.asarray(edges), results[0].lengths[rows], side="right")
     scores = np.stack(per_weight)  # (weights, users)
-    best = [int(np.argmax(scores[:, bucket == b].mean(axis=1))) if (bucket == b).any() else None
-            for b in range(len(edges) + 1)]
+    best = [
+        int(np.argmax(scores[:, bucket == b].mean(axis=1))) if (bucket == b).any() else None
+        for b in range(len(edges) + 1)
+    ]
     chosen = [candidates[i] if i is not None else 0.0 for i in best]
     picked = scores[np.array([i or 0 for i in best])[bucket], np.arange(len(bucket))]  # each user's pick
     return chosen, float(picked.mean()) if len(picked) else 0.0
@@ -71,8 +74,9 @@ def fit_buckets(evaluator, edges: list[int], candidates: list[float], metric: st
 def fit(evaluator, cfg, item_counts: np.ndarray, metric: str) -> FittedPopBlend:
     """Each bucket's weight: the candidate with the best mean validation `metric` over the bucket's users."""
     edges, p = torch.tensor(cfg.edges), prior(item_counts)
-    chosen, _ = fit_buckets(evaluator, cfg.edges, cfg.weights, metric,
-                            lambda weights: (FittedPopBlend(edges, weights, p), None))
+    chosen, _ = fit_buckets(
+        evaluator, cfg.edges, cfg.weights, metric, lambda weights: (FittedPopBlend(edges, weights, p), None)
+    )
     return FittedPopBlend(edges, torch.tensor(chosen, dtype=torch.float32), p)
 
 
@@ -81,18 +85,27 @@ def read(run_dir: Path, key: str, recipe, overrides=()):
     `recipe` (the run's, with the eval.* `overrides`)."""
     path = run_dir / f"{key}.json"
     if not path.is_file():
-        hint = "" if any(o.startswith(f"eval.{key}") for o in overrides) else \
-            f" (add --set eval.{key}=... if the run's recipe has none)"
-        raise UserError(f"{path}: no fitted {'popularity' if key == 'pop_blend' else 'transition'} blend; fit it "
-                        f"with `{refit_command(run_dir, overrides)}`{hint}")
+        hint = (
+            ""
+            if any(o.startswith(f"eval.{key}") for o in overrides)
+            else f" (add --set eval.{key}=... if the run's recipe has none)"
+        )
+        raise UserError(
+            f"{path}: no fitted {'popularity' if key == 'pop_blend' else 'transition'} blend; fit it "
+            f"with `{refit_command(run_dir, overrides)}`{hint}"
+        )
     return read_fitted(read_bytes(path, "fitted file"), path, key, recipe, run_dir, overrides)
 
 
 def load(run_dir: Path, recipe, item_counts: np.ndarray, overrides=()) -> FittedPopBlend:
     """The blend fitted for a run (by training or `ltrec eval`), for the run's recipe with `overrides`."""
     fitted = read(run_dir, "pop_blend", recipe, overrides)
-    return FittedPopBlend(torch.tensor(fitted.edges, dtype=torch.long), torch.tensor(fitted.weights, dtype=torch.float32),
-                 prior(item_counts), fitted.settings.model_dump())
+    return FittedPopBlend(
+        torch.tensor(fitted.edges, dtype=torch.long),
+        torch.tensor(fitted.weights, dtype=torch.float32),
+        prior(item_counts),
+        fitted.settings.model_dump(),
+    )
 
 
 def save(run_dir: Path, blend: FittedPopBlend) -> None:

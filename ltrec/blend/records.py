@@ -62,8 +62,12 @@ class FittedPop(Record):
     @model_validator(mode="before")
     @classmethod
     def _format_first(cls, value):
-        return check_version(value, "format", FITTED_FORMAT, "written by an older ltrec, which did not record the "
-                        "settings a blend is fitted with")
+        return check_version(
+            value,
+            "format",
+            FITTED_FORMAT,
+            "written by an older ltrec, which did not record the settings a blend is fitted with",
+        )
 
     @property
     def section(self) -> PopBlend | TransitionBlend:
@@ -112,9 +116,12 @@ def fit_settings(recipe, key: str) -> dict:
     """What the `key` blend's fit depends on: its section, the ranking protocol it is scored under, the
     metric it maximises, and for the transition blend the popularity blend it is fitted on top of."""
     ev, sampled = recipe.eval, recipe.eval.mode == "sampled"
-    out = {"mask_seen": None if sampled else ev.mask_seen, "mode": ev.mode,
-           "negatives": ev.negatives if sampled else None,
-           "pop_blend": ev.pop_blend.model_dump() if ev.pop_blend else None}
+    out = {
+        "mask_seen": None if sampled else ev.mask_seen,
+        "mode": ev.mode,
+        "negatives": ev.negatives if sampled else None,
+        "pop_blend": ev.pop_blend.model_dump() if ev.pop_blend else None,
+    }
     if key == "transition_blend":
         out["transition_blend"] = ev.transition_blend.model_dump()
     return {"eval": out, "train": {"monitor": {"metric": recipe.train.monitor.metric}}}
@@ -122,8 +129,13 @@ def fit_settings(recipe, key: str) -> dict:
 
 def fitted_record(key: str, settings: dict, edges: list[int], weights: list[float], **extra) -> dict:
     """The content of a fitted blend file (and of the bundle's record of it), validated as it will be read."""
-    record = {"format": FITTED_FORMAT, "settings": settings, "edges": edges,
-              "weights": [rounded(w) for w in weights], **extra}
+    record = {
+        "format": FITTED_FORMAT,
+        "settings": settings,
+        "edges": edges,
+        "weights": [rounded(w) for w in weights],
+        **extra,
+    }
     FITTED[key].model_validate(record)  # what is written must read back
     return record
 
@@ -155,9 +167,9 @@ def read_fitted(text: bytes | str, path: Path, key: str, recipe, run_dir: Path, 
     if diff:
         name, was, now = diff
         fitted_set = shlex.quote(f"{name}={was if isinstance(was, str) else json.dumps(was)}")
-        raise UserError(f"{path}: {name}: the blend was fitted with {json.dumps(was)} but the recipe (with any "
-                        f"--set) says {json.dumps(now)}; refit it with these settings (`{refit}`) or pass the "
-                        f"fitted ones (--set {fitted_set})")
+        raise UserError(
+            f"{path}: {name}: the blend was fitted with {json.dumps(was)} but the recipe (with any "
+            f"--set) says {json.dumps(now)}; refit it with these settings (`{refit}`) or pass the "
+            f"fitted ones (--set {fitted_set})"
+        )
     return fitted
-
-

@@ -30,7 +30,7 @@ FILE = "transition_blend.json"
 @dataclass
 class Table:
     ids: torch.Tensor  # (N + 1, K) int32 (half an int64 table, in memory and in the graph): row a holds the
-                       # items most often after item a (0 = none)
+    # items most often after item a (0 = none)
     strength: torch.Tensor  # (N + 1, K) float32: their summed 1 / distance
 
     def prior(self, history: torch.Tensor, last: int) -> torch.Tensor:
@@ -44,8 +44,15 @@ class Table:
         return torch.log1p(out.scatter_add(1, ids, strength))
 
 
-def build(items: np.ndarray, offsets: np.ndarray, train_lengths: np.ndarray, n_items: int, window: int,
-          neighbours: int, direction: str) -> Table:
+def build(
+    items: np.ndarray,
+    offsets: np.ndarray,
+    train_lengths: np.ndarray,
+    n_items: int,
+    window: int,
+    neighbours: int,
+    direction: str,
+) -> Table:
     """The transition tables of the training events (items[offsets[u]:offsets[u] + train_lengths[u]])."""
     lengths = np.diff(offsets)
     user = np.repeat(np.arange(len(lengths)), lengths)  # (E,)
@@ -96,8 +103,9 @@ class FittedTransitionBlend:
 
     def record(self) -> dict:
         """The fitted file's content, which the bundle records too."""
-        return fitted_record("transition_blend", self.settings, self.edges.tolist(), self.weights.tolist(),
-                             direction=self.direction)
+        return fitted_record(
+            "transition_blend", self.settings, self.edges.tolist(), self.weights.tolist(), direction=self.direction
+        )
 
 
 def fit(evaluator, cfg, seqs, metric: str, pop_blend=None) -> FittedTransitionBlend:
@@ -112,8 +120,10 @@ def fit(evaluator, cfg, seqs, metric: str, pop_blend=None) -> FittedTransitionBl
 
         chosen, score = fit_buckets(evaluator, cfg.edges, cfg.weights, metric, blend_with)
         if best is None or score > best[0]:
-            best = (score, FittedTransitionBlend(edges, torch.tensor(chosen, dtype=torch.float32), table, cfg.last,
-                                           direction))
+            best = (
+                score,
+                FittedTransitionBlend(edges, torch.tensor(chosen, dtype=torch.float32), table, cfg.last, direction),
+            )
     return best[1]
 
 
@@ -122,10 +132,14 @@ def load(run_dir: Path, recipe, seqs, overrides=()) -> FittedTransitionBlend:
     tables rebuilt from the training data with the settings it was fitted with."""
     fitted = read(run_dir, "transition_blend", recipe, overrides)
     cfg = fitted.section
-    return FittedTransitionBlend(torch.tensor(fitted.edges, dtype=torch.long),
-                           torch.tensor(fitted.weights, dtype=torch.float32),
-                           table_for(seqs, cfg, fitted.direction), cfg.last, fitted.direction,
-                           fitted.settings.model_dump())
+    return FittedTransitionBlend(
+        torch.tensor(fitted.edges, dtype=torch.long),
+        torch.tensor(fitted.weights, dtype=torch.float32),
+        table_for(seqs, cfg, fitted.direction),
+        cfg.last,
+        fitted.direction,
+        fitted.settings.model_dump(),
+    )
 
 
 def save(run_dir: Path, blend: FittedTransitionBlend) -> None:

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from ltrec.files.errors import UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Sequential recommenders that serve long-tail users too.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Sequential recommenders that serve long-tail users too.",
+)
 SCHEMA_DIR = Path("schemas")
-Sets = Annotated[Optional[list[str]], typer.Option("--set", help="override a recipe key: --set train.epochs=5")]
-RunDir = Annotated[Optional[str], typer.Argument(help="run directory (default: the newest under ./runs)")]
+Sets = Annotated[list[str] | None, typer.Option("--set", help="override a recipe key: --set train.epochs=5")]
+RunDir = Annotated[str | None, typer.Argument(help="run directory (default: the newest under ./runs)")]
 
 
 def fail(exc: UserError) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -16,7 +16,7 @@ from ltrec.files.errors import UserError
 def compare_runs(
     runs: Annotated[list[str], typer.Argument(help="run dirs; join seeds with commas: runs/a-s0,runs/a-s1")],
     split: Annotated[str, typer.Option(help="valid | test")] = "test",
-    metric: Annotated[Optional[list[str]], typer.Option(help="repeatable (default: ndcg@10 and hr@10)")] = None,
+    metric: Annotated[list[str] | None, typer.Option(help="repeatable (default: ndcg@10 and hr@10)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """One table of slices × metrics across runs, with the difference to the first and a paired p-value."""
@@ -49,11 +49,15 @@ def report(
 @app.command()
 def sweep(
     plan: Annotated[Path, typer.Argument(help="sweep plan (YAML): a base recipe, arms, seeds, a baseline")],
-    out: Annotated[Optional[Path], typer.Option(help="folder of the sweep's runs (default: runs/<plan name>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="folder of the sweep's runs (default: runs/<plan name>)")] = None,
     jobs: Annotated[int, typer.Option(min=1, help="runs side by side; the cores are split between them")] = 1,
-    resume: Annotated[bool, typer.Option(help="continue a sweep: finished runs are kept, interrupted ones resume")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="continue a sweep: finished runs are kept, interrupted ones resume")
+    ] = False,
     table: Annotated[bool, typer.Option("--table", help="only write and print the table of what has finished")] = False,
-    fail_fast: Annotated[bool, typer.Option(help="stop at the first failed run (default: report it, carry on)")] = False,
+    fail_fast: Annotated[
+        bool, typer.Option(help="stop at the first failed run (default: report it, carry on)")
+    ] = False,
 ) -> None:
     """Compare methods on your data: every arm at every seed (grids tuned on validation), then the table of
     test metrics by slice with paired p-values against the baseline."""

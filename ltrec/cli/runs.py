@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,7 @@ from ltrec.files.errors import UserError
 def train(
     recipe: Annotated[Path, typer.Argument(help="recipe.yaml")],
     set_: Sets = None,
-    out: Annotated[Optional[Path], typer.Option(help="run directory (default: <output.dir>/<name>)")] = None,
+    out: Annotated[Path | None, typer.Option(help="run directory (default: <output.dir>/<name>)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
 ) -> None:
@@ -50,13 +50,16 @@ def train(
 @app.command("eval")
 def evaluate(
     run_dir: RunDir = None,
-    slice_: Annotated[Optional[list[str]], typer.Option(
-        "--slice", help="all | head | tail | cold | cold-adapted; repeatable")] = None,
+    slice_: Annotated[
+        list[str] | None, typer.Option("--slice", help="all | head | tail | cold | cold-adapted; repeatable")
+    ] = None,
     split: Annotated[str, typer.Option(help="valid | test")] = "test",
-    ks: Annotated[Optional[str], typer.Option(help="cut-offs, e.g. 5,10,20 (default: the recipe's)")] = None,
+    ks: Annotated[str | None, typer.Option(help="cut-offs, e.g. 5,10,20 (default: the recipe's)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
-    set_: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="override an eval key of the run's recipe: --set eval.adapt.steps=5")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="override an eval key of the run's recipe: --set eval.adapt.steps=5"),
+    ] = None,
 ) -> None:
     """Evaluate a trained run's best checkpoint by user slice (full ranking unless the recipe says sampled)."""
     try:
@@ -80,13 +83,18 @@ def evaluate(
     typer.echo(format_table(table, result.protocol, split, cuts or result.ks))
     missing = [s for s in slices if s not in table]
     if missing:
-        typer.echo(f"no {' or '.join(missing)} users in this run, so no row for {'them' if len(missing) > 1 else 'it'}"
-                   + ("; hold users out of training with split.cold_users for a cold slice"
-                      if any(s.startswith("cold") for s in missing) else ""))
+        typer.echo(
+            f"no {' or '.join(missing)} users in this run, so no row for {'them' if len(missing) > 1 else 'it'}"
+            + (
+                "; hold users out of training with split.cold_users for a cold slice"
+                if any(s.startswith("cold") for s in missing)
+                else ""
+            )
+        )
     typer.echo(f"pictures: ltrec report {run}")
 
 
-def _slices(given: Optional[list[str]], split: str) -> list[str]:
+def _slices(given: list[str] | None, split: str) -> list[str]:
     from ltrec.files.runs import SLICES
 
     bad = [s for s in given or [] if s not in SLICES]
@@ -97,7 +105,7 @@ def _slices(given: Optional[list[str]], split: str) -> list[str]:
     return list(given or SLICES)
 
 
-def _eval_overrides(sets: list[str], cuts: Optional[list[int]]) -> tuple[list[str], Optional[list[int]]]:
+def _eval_overrides(sets: list[str], cuts: list[int] | None) -> tuple[list[str], list[int] | None]:
     """Only evaluation settings may change after training: anything else would not match the weights.
     `eval.ks` is taken as --ks (the monitored metric only mattered while training)."""
     kept = []
@@ -105,8 +113,10 @@ def _eval_overrides(sets: list[str], cuts: Optional[list[int]]) -> tuple[list[st
         key, _, value = text.partition("=")
         key = key.strip()
         if not key.startswith("eval."):
-            raise UserError(f"--set {key}: only eval.* keys can change after training (the run was trained with the "
-                            "rest); train a new run to change it")
+            raise UserError(
+                f"--set {key}: only eval.* keys can change after training (the run was trained with the "
+                "rest); train a new run to change it"
+            )
         if key == "eval.ks":
             cuts = _parse_ks(value.strip().strip("[]"), f"--set {text}")
         else:
@@ -114,7 +124,7 @@ def _eval_overrides(sets: list[str], cuts: Optional[list[int]]) -> tuple[list[st
     return kept, cuts
 
 
-def _parse_ks(text: Optional[str], flag: str = "--ks") -> Optional[list[int]]:
+def _parse_ks(text: str | None, flag: str = "--ks") -> list[int] | None:
     if text is None:
         return None
     try:
@@ -129,11 +139,16 @@ def _parse_ks(text: Optional[str], flag: str = "--ks") -> Optional[list[int]]:
 @app.command()
 def export(
     run_dir: RunDir = None,
-    out: Annotated[Optional[Path], typer.Option(help="bundle directory (default: RUN_DIR/bundle)")] = None,
+    out: Annotated[Path | None, typer.Option(help="bundle directory (default: RUN_DIR/bundle)")] = None,
     k: Annotated[int, typer.Option(min=1, help="top-K computed inside the graph")] = 10,
-    set_: Annotated[Optional[list[str]], typer.Option(
-        "--set", help="override an eval key of the run's recipe, e.g. a blend `ltrec eval --set` fitted: "
-        "--set eval.transition_blend={}")] = None,
+    set_: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override an eval key of the run's recipe, e.g. a blend `ltrec eval --set` fitted: "
+            "--set eval.transition_blend={}",
+        ),
+    ] = None,
 ) -> None:
     """Export the best checkpoint as an ONNX bundle (model.onnx + bundle.json), checked against torch."""
     try:
@@ -156,22 +171,32 @@ def predict(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by `ltrec export`")],
     input_: Annotated[Path, typer.Option("--input", help="events: CSV or Parquet, one row per event")],
     output: Annotated[str, typer.Option(help="CSV to write (- for standard output)")] = "predictions.csv",
-    k: Annotated[Optional[int], typer.Option(min=1, help="items per user (default: the bundle's K)")] = None,
+    k: Annotated[int | None, typer.Option(min=1, help="items per user (default: the bundle's K)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 1024,
-    user_col: Annotated[Optional[str], typer.Option(help="user column (default: the recipe's)")] = None,
-    item_col: Annotated[Optional[str], typer.Option(help="item column (default: the recipe's)")] = None,
-    time_col: Annotated[Optional[str], typer.Option(help="time column (default: the recipe's)")] = None,
-    exclude_seen: Annotated[Optional[bool], typer.Option(
-        "--exclude-seen/--include-seen", help="never recommend an item already in the history (default: as the "
-        "run was evaluated, eval.mask_seen)")] = None,
+    user_col: Annotated[str | None, typer.Option(help="user column (default: the recipe's)")] = None,
+    item_col: Annotated[str | None, typer.Option(help="item column (default: the recipe's)")] = None,
+    time_col: Annotated[str | None, typer.Option(help="time column (default: the recipe's)")] = None,
+    exclude_seen: Annotated[
+        bool | None,
+        typer.Option(
+            "--exclude-seen/--include-seen",
+            help="never recommend an item already in the history (default: as the run was evaluated, eval.mask_seen)",
+        ),
+    ] = None,
 ) -> None:
     """Top-K next items for each user of an events file, with onnxruntime on CPU (no torch)."""
     try:
         from ltrec.deploy.predict import run_predict
 
-        summary = run_predict(bundle, input_, output, k=k, batch_size=batch_size,
-                              columns={"user": user_col, "item": item_col, "time": time_col},
-                              exclude_seen=exclude_seen)
+        summary = run_predict(
+            bundle,
+            input_,
+            output,
+            k=k,
+            batch_size=batch_size,
+            columns={"user": user_col, "item": item_col, "time": time_col},
+            exclude_seen=exclude_seen,
+        )
     except UserError as exc:
         fail(exc)
     typer.echo(summary, err=output == "-")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,26 +15,41 @@ from ltrec.files.errors import UserError
 @app.command()
 def init(
     directory: Annotated[Path, typer.Argument(help="folder for recipe.yaml")] = Path("."),
-    data: Annotated[Optional[str], typer.Option(help="your own events file instead of MovieLens-100K")] = None,
+    data: Annotated[str | None, typer.Option(help="your own events file instead of MovieLens-100K")] = None,
     source: Annotated[str, typer.Option(help="where to get MovieLens-100K: pypi | grouplens")] = "pypi",
     force: Annotated[bool, typer.Option(help="overwrite an existing recipe.yaml")] = False,
-    user_col: Annotated[Optional[str], typer.Option(help="with --data: the user column (default: from the header)")] = None,
-    item_col: Annotated[Optional[str], typer.Option(help="with --data: the item column (default: from the header)")] = None,
-    time_col: Annotated[Optional[str], typer.Option(help="with --data: the time column (default: from the header)")] = None,
-    sweep: Annotated[bool, typer.Option("--sweep", help="also write sweep.yaml: plain training against the tail "
-                                        "methods, for `ltrec sweep`")] = False,
+    user_col: Annotated[
+        str | None, typer.Option(help="with --data: the user column (default: from the header)")
+    ] = None,
+    item_col: Annotated[
+        str | None, typer.Option(help="with --data: the item column (default: from the header)")
+    ] = None,
+    time_col: Annotated[
+        str | None, typer.Option(help="with --data: the time column (default: from the header)")
+    ] = None,
+    sweep: Annotated[
+        bool,
+        typer.Option(
+            "--sweep", help="also write sweep.yaml: plain training against the tail methods, for `ltrec sweep`"
+        ),
+    ] = False,
 ) -> None:
     """Write a commented starter recipe.yaml (and its JSON Schema) that trains on a real dataset."""
     from ltrec.cli.starter import init_project, write_sweep
 
     try:
-        recipe, path = init_project(directory, data, source, force,
-                                    {"user": user_col, "item": item_col, "time": time_col})
+        recipe, path = init_project(
+            directory, data, source, force, {"user": user_col, "item": item_col, "time": time_col}
+        )
         plan = write_sweep(directory, force) if sweep else None
     except UserError as exc:
         fail(exc)
-    typer.echo(f"wrote {recipe} (data: {path})" + (f" and {plan}" if plan else "")
-               + f"\nnext: ltrec train {recipe}" + (f"  or  ltrec sweep {plan} --jobs 2" if plan else ""))
+    typer.echo(
+        f"wrote {recipe} (data: {path})"
+        + (f" and {plan}" if plan else "")
+        + f"\nnext: ltrec train {recipe}"
+        + (f"  or  ltrec sweep {plan} --jobs 2" if plan else "")
+    )
 
 
 @app.command()
@@ -59,8 +74,10 @@ def validate(
 @app.command()
 def schema(
     check: Annotated[bool, typer.Option(help="fail if the committed schema differs from the code")] = False,
-    out: Annotated[Optional[str], typer.Option(help="where to write it (- for standard output; default: "
-                                               "schemas/<recipe|sweep>.schema.json)")] = None,
+    out: Annotated[
+        str | None,
+        typer.Option(help="where to write it (- for standard output; default: schemas/<recipe|sweep>.schema.json)"),
+    ] = None,
     sweep: Annotated[bool, typer.Option("--sweep", help="the sweep plan's schema instead of the recipe's")] = False,
 ) -> None:
     """Write the recipe's JSON Schema (or the sweep plan's) for editor completion, or --check it is up to date."""
@@ -77,8 +94,9 @@ def schema(
         if check:
             current = read_text(Path(out), "schema") if Path(out).is_file() else ""
             if current != text:
-                typer.echo(f"{out}: out of date; run `ltrec schema{' --sweep' if sweep else ''}` and commit it",
-                           err=True)
+                typer.echo(
+                    f"{out}: out of date; run `ltrec schema{' --sweep' if sweep else ''}` and commit it", err=True
+                )
                 raise typer.Exit(1)
             typer.echo(f"{out}: up to date")
             return

@@ -72,7 +72,7 @@ arms:
   - name: pop-blend             # add the items' popularity to the scores, per history length, fitted on validation
     at_baseline: true
     set: ["eval.pop_blend={{}}"]
-  - name: transition-blend      # add the transitions from the user's newest items, per history length, fitted on validation
+  - name: transition-blend      # add transitions from the user's newest items, per history length, fitted on valid
     at_baseline: true
     set: ["eval.transition_blend={{}}"]
   - name: balanced              # weigh every user alike, as the test metrics do
@@ -91,13 +91,69 @@ arms:
 
 # common column names, compared lower-case without punctuation (customer_id, CustomerID → customerid)
 NAMES = {
-    "user": {"user", "userid", "uid", "users", "customer", "customerid", "visitor", "visitorid", "member",
-             "memberid", "client", "clientid", "account", "accountid", "reviewer", "reviewerid", "person"},
-    "item": {"item", "itemid", "iid", "items", "product", "productid", "movie", "movieid", "track", "trackid",
-             "song", "songid", "article", "articleid", "sku", "asin", "business", "businessid", "video",
-             "videoid", "book", "bookid", "artist", "artistid", "poi", "content", "contentid"},
-    "time": {"time", "timestamp", "ts", "date", "datetime", "eventtime", "createdat", "unixtime", "when",
-             "eventtimestamp", "timestampunix", "t", "epoch"},
+    "user": {
+        "user",
+        "userid",
+        "uid",
+        "users",
+        "customer",
+        "customerid",
+        "visitor",
+        "visitorid",
+        "member",
+        "memberid",
+        "client",
+        "clientid",
+        "account",
+        "accountid",
+        "reviewer",
+        "reviewerid",
+        "person",
+    },
+    "item": {
+        "item",
+        "itemid",
+        "iid",
+        "items",
+        "product",
+        "productid",
+        "movie",
+        "movieid",
+        "track",
+        "trackid",
+        "song",
+        "songid",
+        "article",
+        "articleid",
+        "sku",
+        "asin",
+        "business",
+        "businessid",
+        "video",
+        "videoid",
+        "book",
+        "bookid",
+        "artist",
+        "artistid",
+        "poi",
+        "content",
+        "contentid",
+    },
+    "time": {
+        "time",
+        "timestamp",
+        "ts",
+        "date",
+        "datetime",
+        "eventtime",
+        "createdat",
+        "unixtime",
+        "when",
+        "eventtimestamp",
+        "timestampunix",
+        "t",
+        "epoch",
+    },
 }
 
 
@@ -115,7 +171,8 @@ def guess_columns(names: list[str], given: dict[str, str | None], where: str) ->
         if len(found) == 1:
             out[role] = found[0]
         else:
-            problems.append(f"cannot tell the {role} column ({'several fit: ' + ', '.join(found) if found else 'none of the usual names'}); pass --{role}-col NAME")
+            why = "several fit: " + ", ".join(found) if found else "none of the usual names"
+            problems.append(f"cannot tell the {role} column ({why}); pass --{role}-col NAME")
     bad = [n for n in out.values() if not IDENTIFIER.match(n)]
     if bad:
         problems.append(f"column {bad[0]!r} is not a plain name (letters, digits, _); rename it in the file")
@@ -147,8 +204,9 @@ def header(path: Path) -> list[str]:
         con.execute("SET autoload_known_extensions = false")
         with _literal(files) as paths:
             text = ", all_varchar = true" if fmt == "csv" else ""  # the reader's name and options are ours
-            return [row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {READERS[fmt]}(?{text})",
-                                                  [paths]).fetchall()]
+            return [
+                row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {READERS[fmt]}(?{text})", [paths]).fetchall()
+            ]
     except duckdb.Error as exc:
         raise UserError(f"--data: {path}: cannot read as {fmt.upper()}: {reason(exc)}") from None
     finally:
@@ -167,8 +225,9 @@ def write_sweep(directory: Path, force: bool, epochs: int = 20) -> Path:
     return plan
 
 
-def init_project(directory: Path, data: str | None, source: str, force: bool,
-                 columns: dict[str, str | None] | None = None) -> tuple[Path, Path]:
+def init_project(
+    directory: Path, data: str | None, source: str, force: bool, columns: dict[str, str | None] | None = None
+) -> tuple[Path, Path]:
     """Write DIRECTORY/recipe.yaml (+ its schema) for `data` or the MovieLens-100K example; returns
     (recipe path, data path)."""
     from ltrec.data.example import fetch_movielens_100k
@@ -193,8 +252,9 @@ def init_project(directory: Path, data: str | None, source: str, force: bool,
     return write_starter(directory, str(path.resolve()), name, force, cols), path
 
 
-def write_starter(directory: Path, source: str, name: str, force: bool, columns: dict[str, str],
-                  epochs: int = 20) -> Path:
+def write_starter(
+    directory: Path, source: str, name: str, force: bool, columns: dict[str, str], epochs: int = 20
+) -> Path:
     recipe = directory / "recipe.yaml"
     schema = directory / "recipe.schema.json"
     existing = [str(p) for p in (recipe, schema) if p.exists()]

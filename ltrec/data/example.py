@@ -55,15 +55,27 @@ def _sha256(data: bytes) -> str:
 def _check(what: str, data: bytes, expected: str) -> None:
     got = _sha256(data)
     if got != expected:
-        raise UserError(f"{what}: sha256 mismatch (got {got[:16]}…, expected {expected[:16]}…; "
-                        f"the download is corrupt or the source changed; {_HINT})")
+        raise UserError(
+            f"{what}: sha256 mismatch (got {got[:16]}…, expected {expected[:16]}…; "
+            f"the download is corrupt or the source changed; {_HINT})"
+        )
 
 
 def _download_wheel(dest: Path, log) -> Path:
     """Let pip fetch the wheel: it already knows the user's index, proxy and certificates."""
     log(f"downloading {RECBOLE} wheel from PyPI (about 2.1 MB)…")
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-           RECBOLE, "-d", str(dest), "--disable-pip-version-check"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--only-binary=:all:",
+        RECBOLE,
+        "-d",
+        str(dest),
+        "--disable-pip-version-check",
+    ]
     try:
         # stdin closed so a private index cannot stall on a password prompt.
         proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600)
@@ -73,8 +85,7 @@ def _download_wheel(dest: Path, log) -> Path:
     wheels = sorted(dest.glob("recbole-1.2.1-*.whl"))
     if not ok or not wheels:
         tail = "\n  ".join(err.splitlines()[-3:]) or "(no output)"
-        raise UserError(f"pip download {RECBOLE} failed (needed for the MovieLens-100K example):\n  "
-                        f"{tail}\n{_HINT}")
+        raise UserError(f"pip download {RECBOLE} failed (needed for the MovieLens-100K example):\n  {tail}\n{_HINT}")
     return wheels[0]
 
 

@@ -37,8 +37,10 @@ def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Seque
     del ev
     clean = len(uk)
     if clean == 0:
-        raise UserError(f"data: {data.source}: all {total:,} rows have an empty user, item or time "
-                        f"(columns {data.columns.user}, {data.columns.item}, {data.columns.time})")
+        raise UserError(
+            f"data: {data.source}: all {total:,} rows have an empty user, item or time "
+            f"(columns {data.columns.user}, {data.columns.item}, {data.columns.time})"
+        )
     n_uk, n_ik = (con.execute(f"SELECT count(*) FROM {k}s").fetchone()[0] + 1 for k in ("uk", "ik"))
     per_user, per_item = np.bincount(uk, minlength=n_uk), np.bincount(ik, minlength=n_ik)  # keys start at 1
     users_before, items_before = int((per_user > 0).sum()), int((per_item > 0).sum())
@@ -59,8 +61,10 @@ def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Seque
     if len(vocab) != int(present.sum()):  # two raw ids with one text, e.g. 1 and '1' in a mixed-type JSON column
         raise UserError(f"data.columns.item: {data.source}: item ids differ in type but not in text; unify them")
     if len(vocab) < 2:
-        raise UserError(f"data.columns.item: {data.source}: only {len(vocab)} distinct item; a recommender needs "
-                        "at least 2 (check data.columns.item and the minimum counts)")
+        raise UserError(
+            f"data.columns.item: {data.source}: only {len(vocab)} distinct item; a recommender needs "
+            "at least 2 (check data.columns.item and the minimum counts)"
+        )
     item_of = np.zeros(n_ik, np.int64)
     item_of[np.asarray(pairs["ik"])[pair_kept]] = np.arange(1, len(vocab) + 1)
     items = item_of[ik]
@@ -72,8 +76,11 @@ def _to_sequences(con, data: Data, split: Split, head: Head, seed: int) -> Seque
     text_of[np.asarray(names["uk"])] = np.asarray(names["txt"])
     users = text_of[uk[offsets[:-1]]].astype(str)
     report = {
-        "events": int(kept), "rows": int(total), "null_rows": int(total - clean),
-        "dropped_users": int(users_before - len(users)), "dropped_items": int(items_before - len(vocab)),
+        "events": int(kept),
+        "rows": int(total),
+        "null_rows": int(total - clean),
+        "dropped_users": int(users_before - len(users)),
+        "dropped_items": int(items_before - len(vocab)),
         "duplicate_rows": _repeats(uk, items, t),  # kept: a repeat of the same item at the same time is still an event
     }
     return _assign_roles(items, offsets, users, vocab.astype(str), split, head, seed, report)

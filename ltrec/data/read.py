@@ -17,8 +17,20 @@ from ltrec.files.errors import UserError
 from ltrec.recipe import IDENTIFIER, Data
 
 READERS = {"csv": "read_csv", "parquet": "read_parquet", "json": "read_json"}
-NUMERIC = ("TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER",
-           "UBIGINT", "FLOAT", "DOUBLE", "DECIMAL")
+NUMERIC = (
+    "TINYINT",
+    "SMALLINT",
+    "INTEGER",
+    "BIGINT",
+    "HUGEINT",
+    "UTINYINT",
+    "USMALLINT",
+    "UINTEGER",
+    "UBIGINT",
+    "FLOAT",
+    "DOUBLE",
+    "DECIMAL",
+)
 TIMESTAMPS = ("DATE", "TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS")
 RESERVED = ("rowid", "__row")  # ltrec orders ties by DuckDB's rowid; a column of that name would shadow it
 MAX_LINE_BYTES = 2_000_000  # DuckDB's read_csv max_line_size
@@ -38,8 +50,16 @@ def source_files(source: str, where: str = "data.source") -> tuple[list[str], st
         if not os.access(f, os.R_OK):
             raise UserError(f"{where}: {f}: not readable (permission denied)")
     exts = {Path(f).suffix.lower().lstrip(".") for f in files}
-    fmt = {"csv": "csv", "tsv": "csv", "txt": "csv", "parquet": "parquet", "pq": "parquet", "json": "json",
-           "jsonl": "json", "ndjson": "json"}
+    fmt = {
+        "csv": "csv",
+        "tsv": "csv",
+        "txt": "csv",
+        "parquet": "parquet",
+        "pq": "parquet",
+        "json": "json",
+        "jsonl": "json",
+        "ndjson": "json",
+    }
     kinds = {fmt.get(e, "csv") for e in exts}
     return files, kinds.pop() if len(kinds) == 1 else "mixed"
 
@@ -67,10 +87,15 @@ def connect(files: list[str], fmt: str, source: str, text: tuple[str, ...] = ())
             if fmt == "csv" and text:
                 header = [r[0] for r in con.execute("DESCRIBE SELECT * FROM read_csv(?)", [paths]).fetchall()]
                 # column names come from the validated recipe (plain identifiers), never from the file
-                types = ", types={" + ", ".join(f"'{c}': 'VARCHAR'" for c in text
-                                                if c in header and IDENTIFIER.match(c)) + "}"
+                types = (
+                    ", types={"
+                    + ", ".join(f"'{c}': 'VARCHAR'" for c in text if c in header and IDENTIFIER.match(c))
+                    + "}"
+                )
                 types = types if "VARCHAR" in types else ""
-            con.execute(f"CREATE TABLE source AS SELECT * FROM {READERS[fmt]}(?{types})", [paths])  # reader name is ours
+            con.execute(
+                f"CREATE TABLE source AS SELECT * FROM {READERS[fmt]}(?{types})", [paths]
+            )  # reader name is ours
     except duckdb.Error as exc:
         con.close()
         raise UserError(f"data.source: {source}: cannot read as {fmt.upper()}: {reason(exc)}") from None
@@ -131,8 +156,10 @@ def _check_line_lengths(path: str, rows: int = 20_480) -> None:
             too_long = np.flatnonzero(lengths > MAX_LINE_BYTES)
             if len(too_long) or carry > MAX_LINE_BYTES:
                 line = seen + 1 + (int(too_long[0]) if len(too_long) else len(ends))
-                raise UserError(f"data.source: {path}: line {line:,} is longer than {MAX_LINE_BYTES:,} bytes; "
-                                "an events file has short lines (the wrong file, or a quote left open?)")
+                raise UserError(
+                    f"data.source: {path}: line {line:,} is longer than {MAX_LINE_BYTES:,} bytes; "
+                    "an events file has short lines (the wrong file, or a quote left open?)"
+                )
             seen += len(ends)
 
 
@@ -152,22 +179,28 @@ def read_events(data: Data, con: duckdb.DuckDBPyConnection, source: str) -> None
     described = {row[0]: row[1] for row in con.execute(f"DESCRIBE {from_}").fetchall()}
     for name in RESERVED:
         if name in described:
-            raise UserError(f"data.source: {source}: a column is named {name!r}, which ltrec needs for the row "
-                            f"order; drop or rename it (in the file, or with data.query: SELECT * EXCLUDE ({name}) "
-                            "FROM source)")
+            raise UserError(
+                f"data.source: {source}: a column is named {name!r}, which ltrec needs for the row "
+                f"order; drop or rename it (in the file, or with data.query: SELECT * EXCLUDE ({name}) "
+                "FROM source)"
+            )
     if not data.query:
         con.execute("CREATE VIEW picked AS SELECT *, rowid AS __row FROM source")
     cols = data.columns
     for key in ("user", "item", "time"):
         name = getattr(cols, key)
         if name not in described:
-            raise UserError(f"data.columns.{key}: {source}: no column {name!r} (columns: {', '.join(described)})"
-                            f"{_columns_hint(list(described))}; set data.columns.{key} to the right name")
+            raise UserError(
+                f"data.columns.{key}: {source}: no column {name!r} (columns: {', '.join(described)})"
+                f"{_columns_hint(list(described))}; set data.columns.{key} to the right name"
+            )
     for key in ("user", "item"):
         kind = described[getattr(cols, key)]
         if kind.endswith("]") or kind.startswith(("STRUCT", "MAP", "UNION")):
-            raise UserError(f"data.columns.{key}: {source}: column {getattr(cols, key)!r} holds nested values "
-                            f"({kind}); expected plain ids (text or numbers)")
+            raise UserError(
+                f"data.columns.{key}: {source}: column {getattr(cols, key)!r} holds nested values "
+                f"({kind}); expected plain ids (text or numbers)"
+            )
     u, i, t = (f'"{getattr(cols, k)}"' for k in ("user", "item", "time"))  # validated identifiers, quoted
     row = "__row" if not data.query else "rowid"
     ttype = described[cols.time].split("(")[0]
@@ -186,8 +219,10 @@ def read_events(data: Data, con: duckdb.DuckDBPyConnection, source: str) -> None
             )
         tsql = f"TRY_CAST({t} AS DOUBLE)"
     else:
-        raise UserError(f"data.columns.time: {source}: column {cols.time!r} has type {described[cols.time]}; "
-                        "expected unix times (numbers) or dates/timestamps")
+        raise UserError(
+            f"data.columns.time: {source}: column {cols.time!r} has type {described[cols.time]}; "
+            "expected unix times (numbers) or dates/timestamps"
+        )
     # A view, not a copy: DuckDB computes only the columns a query reads, so load() never turns every event's
     # ids into text (it maps the distinct raw ids instead), while predict reads the text columns directly.
     con.execute(
@@ -199,19 +234,26 @@ def read_events(data: Data, con: duckdb.DuckDBPyConnection, source: str) -> None
     if nan:
         raise UserError(f"data.columns.time: {source}: column {cols.time!r} has {nan:,} NaN or infinite values")
     numeric_ids = all(described[getattr(cols, k)].split("(")[0] in NUMERIC for k in ("user", "item"))
-    nul = 0 if numeric_ids else con.execute(  # the text of a number holds no NUL: skip a scan of every id
-        "SELECT count(*) FROM events WHERE contains(u, chr(0)) OR contains(i, chr(0))").fetchone()[0]
+    nul = (
+        0
+        if numeric_ids
+        else con.execute(  # the text of a number holds no NUL: skip a scan of every id
+            "SELECT count(*) FROM events WHERE contains(u, chr(0)) OR contains(i, chr(0))"
+        ).fetchone()[0]
+    )
     if nul:
-        raise UserError(f"data.source: {source}: {nul:,} user or item ids contain a NUL character (a binary file?); "
-                        "clean the ids")
+        raise UserError(
+            f"data.source: {source}: {nul:,} user or item ids contain a NUL character (a binary file?); clean the ids"
+        )
 
 
 def _columns_hint(names: list[str]) -> str:
     if names and all(n.startswith("column") and n[6:].isdigit() for n in names):
         return "; the file seems to have no header row: add one"
     if len(names) == 1 and any(c in names[0] for c in ",;\t|"):
-        return ("; every row was read as one column: some rows have a different number of fields, "
-                "or a quote is left open")
+        return (
+            "; every row was read as one column: some rows have a different number of fields, or a quote is left open"
+        )
     return ""
 
 

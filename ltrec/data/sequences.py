@@ -65,7 +65,7 @@ class Sequences:
         targets = np.where(inputs == 0, 0, seq[:, 1:])
         if s < max_len:  # overlapping windows: a target older than the newest s is trained by an older window
             oldest = j == per_user[user] - 1  # (W,)
-            targets[~oldest, :max_len - s] = 0
+            targets[~oldest, : max_len - s] = 0
         return inputs, targets, user
 
     def eval_inputs(self, split: str, max_len: int, cold: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -109,7 +109,9 @@ class Sequences:
         )
 
 
-def distinct_items(items: np.ndarray, start: np.ndarray, end: np.ndarray, n_items: int) -> tuple[np.ndarray, np.ndarray]:
+def distinct_items(
+    items: np.ndarray, start: np.ndarray, end: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
     """The distinct items of each range items[start[b]:end[b]], as (row b, item) pairs sorted by row, then item."""
     lens = np.maximum(end - start, 0)
     row = np.repeat(np.arange(len(lens)), lens)  # (M,)

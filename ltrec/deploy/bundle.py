@@ -85,8 +85,10 @@ def load_bundle(path: Path, threads: int = 0) -> Bundle:
         raise UserError(f"{model_path}: not a loadable ONNX model ({first[:300]})") from None
     _check_graph(sess, meta, model_path)
     if hashlib.sha256(model_bytes).hexdigest() != meta.model_sha256:  # same shapes, other weights: an edit
-        raise UserError(f"{path}: model.onnx does not match bundle.json (its sha256 differs from model_sha256); "
-                        "the two files come from different exports or were modified (re-run `ltrec export`)")
+        raise UserError(
+            f"{path}: model.onnx does not match bundle.json (its sha256 differs from model_sha256); "
+            "the two files come from different exports or were modified (re-run `ltrec export`)"
+        )
     probe(sess, meta, model_path)
     return Bundle(path, meta, sess, np.asarray(meta.vocab, dtype=object))
 
@@ -106,22 +108,30 @@ def _check_graph(sess, meta: BundleMeta, model_path: Path) -> None:
     outputs = {o.name: (o.type, o.shape) for o in sess.get_outputs()}
     typed = {n: t for n, (t, s) in {**inputs, **outputs}.items() if len(s) == 2}
     if typed != {**INPUTS, **OUTPUTS}:
-        raise UserError(f"{model_path}: inputs {sorted(inputs)}, outputs {sorted(outputs)}; expected int64 inputs "
-                        "history, exclude (B, L) and outputs items (int64), scores (float) of shape (B, K): a "
-                        "model written by `ltrec export`")
+        raise UserError(
+            f"{model_path}: inputs {sorted(inputs)}, outputs {sorted(outputs)}; expected int64 inputs "
+            "history, exclude (B, L) and outputs items (int64), scores (float) of shape (B, K): a "
+            "model written by `ltrec export`"
+        )
     stamped = sess.get_modelmeta().custom_metadata_map
-    found = {"max_len": stamped.get("ltrec.max_len"), "k": outputs["items"][1][1], "n_items": stamped.get("ltrec.n_items")}
+    found = {
+        "max_len": stamped.get("ltrec.max_len"),
+        "k": outputs["items"][1][1],
+        "n_items": stamped.get("ltrec.n_items"),
+    }
     for key, value in found.items():
         if str(value) != str(getattr(meta, key)):
-            raise UserError(f"{model_path.parent}: bundle.json says {key} {getattr(meta, key)} but model.onnx has "
-                            f"{value}; the two files come from different exports (re-run `ltrec export`)")
+            raise UserError(
+                f"{model_path.parent}: bundle.json says {key} {getattr(meta, key)} but model.onnx has "
+                f"{value}; the two files come from different exports (re-run `ltrec export`)"
+            )
 
 
 def length_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
     """Indices grouped by history length, so each batch is only as wide as its longest history: most users
     are short (the long tail), and a model fed max_len columns of padding does up to max_len× the work."""
     order = np.argsort(lengths, kind="stable")
-    return [order[lo:lo + batch_size] for lo in range(0, len(order), batch_size)]
+    return [order[lo : lo + batch_size] for lo in range(0, len(order), batch_size)]
 
 
 def write_bundle(out: Path, model_bytes: bytes, meta_json: str) -> None:

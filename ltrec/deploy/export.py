@@ -40,8 +40,13 @@ PARITY_USERS = 2000
 class TopKScorer(nn.Module):
     """Backbone + exclusion + top-K: (history (B, L), exclude (B, E)) → (items (B, K), scores (B, K))."""
 
-    def __init__(self, backbone: nn.Module, k: int, blend: FittedPopBlend | None = None,
-                 transitions: FittedTransitionBlend | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        k: int,
+        blend: FittedPopBlend | None = None,
+        transitions: FittedTransitionBlend | None = None,
+    ):
         super().__init__()
         self.backbone, self.k, self.blend, self.transitions = backbone, k, blend is not None, transitions
         # Scores are laid out over ids 0..N, so topk's column index IS the item id; column 0 (padding)
@@ -104,13 +109,25 @@ def to_onnx(wrapper: TopKScorer, max_len: int, metadata: dict[str, str]) -> byte
     # batch ≥ 2 and a non-trivial exclude, so no dimension is specialised to 1 while tracing
     example = (torch.tensor([[0] * (max_len - 1) + [1]] * 2), torch.ones(2, 3, dtype=torch.long))
     buf = io.BytesIO()
-    dynamic = {"history": {0: "batch", 1: "length"}, "exclude": {0: "batch", 1: "n_exclude"},
-               "items": {0: "batch"}, "scores": {0: "batch"}}
+    dynamic = {
+        "history": {0: "batch", 1: "length"},
+        "exclude": {0: "batch", 1: "n_exclude"},
+        "items": {0: "batch"},
+        "scores": {0: "batch"},
+    }
     with warnings.catch_warnings():  # the legacy exporter's deprecation and GRU warnings are not actionable
         warnings.simplefilter("ignore")
-        torch.onnx.export(wrapper, example, buf, dynamo=False, opset_version=OPSET,
-                          input_names=["history", "exclude"], output_names=["items", "scores"],
-                          dynamic_axes=dynamic, do_constant_folding=True)
+        torch.onnx.export(
+            wrapper,
+            example,
+            buf,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["history", "exclude"],
+            output_names=["items", "scores"],
+            dynamic_axes=dynamic,
+            do_constant_folding=True,
+        )
     proto = onnx.load_from_string(buf.getvalue())
     for out in proto.graph.output:  # name the K axis instead of the exporter's TopKitems_dim_1
         out.type.tensor_type.shape.dim[1].dim_value = k
@@ -168,16 +185,22 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
         raise UserError(f"--k {k}: expected 1..{seqs.n_items} (the number of items the model knows)")
     # read before minutes of export, and only under the settings they were fitted with
     blend = popblend.load(run_dir, recipe, seqs.item_counts(), overrides or ()) if recipe.eval.pop_blend else None
-    transitions = transition_blend.load(run_dir, recipe, seqs, overrides or ()) \
-        if recipe.eval.transition_blend else None
+    transitions = (
+        transition_blend.load(run_dir, recipe, seqs, overrides or ()) if recipe.eval.transition_blend else None
+    )
     backbone = build_model(recipe, seqs)
     if not (run_dir / "best.pt").exists():
         raise UserError(f"{run_dir}: no best.pt (training did not finish an epoch); train it first")
     load_weights(backbone, run_dir / "best.pt")
     backbone.eval()
     max_len = recipe.data.max_len
-    metadata = {"ltrec.format_version": str(BUNDLE_FORMAT), "ltrec.n_items": str(seqs.n_items),
-                "ltrec.max_len": str(max_len), "ltrec.k": str(k), "ltrec.backbone": recipe.backbone.kind}
+    metadata = {
+        "ltrec.format_version": str(BUNDLE_FORMAT),
+        "ltrec.n_items": str(seqs.n_items),
+        "ltrec.max_len": str(max_len),
+        "ltrec.k": str(k),
+        "ltrec.backbone": recipe.backbone.kind,
+    }
     scorer = TopKScorer(backbone, k, blend, transitions).eval()
     try:
         model_bytes = to_onnx(scorer, max_len, metadata)
@@ -188,15 +211,21 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
     pick = np.linspace(0, len(history) - 1, min(PARITY_USERS, len(history))).round().astype(int)
     parity = check_parity(model_bytes, scorer, history[pick], k)
     if np.isnan(parity["max_abs_score_diff"]):
-        raise UserError(f"{run_dir}: the model's scores are not finite (NaN or +inf) on the parity histories; "
-                        "nothing was written (the checkpoint or a fitted blend holds non-finite numbers: retrain "
-                        f"the run, or refit its blends with `{refit_command(run_dir, overrides or ())}`)")
+        raise UserError(
+            f"{run_dir}: the model's scores are not finite (NaN or +inf) on the parity histories; "
+            "nothing was written (the checkpoint or a fitted blend holds non-finite numbers: retrain "
+            f"the run, or refit its blends with `{refit_command(run_dir, overrides or ())}`)"
+        )
     if not parity["max_abs_score_diff"] <= TOLERANCE:
-        raise UserError(f"{run_dir}: onnxruntime and torch disagree (max |score diff| "
-                        f"{parity['max_abs_score_diff']:.3g} > {TOLERANCE}); nothing was written")
-    console.print(f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
-                  f"trimmed with seen items excluded, as predict runs it): max |score diff| "
-                  f"{parity['max_abs_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}")
+        raise UserError(
+            f"{run_dir}: onnxruntime and torch disagree (max |score diff| "
+            f"{parity['max_abs_score_diff']:.3g} > {TOLERANCE}); nothing was written"
+        )
+    console.print(
+        f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
+        f"trimmed with seen items excluded, as predict runs it): max |score diff| "
+        f"{parity['max_abs_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}"
+    )
 
     meta = {
         "format_version": BUNDLE_FORMAT,
@@ -209,18 +238,27 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
         "pad_id": 0,
         "k": k,
         "n_items": seqs.n_items,
-        "inputs": {"history": "int64 (batch, L ≤ max_len): item ids 1..n_items, left-padded with 0, newest last",
-                   "exclude": "int64 (batch, any): item ids never to return, 0 = none; width 0 allowed"},
-        "outputs": {"items": "int64 (batch, k): item ids 1..n_items, best first; vocab[id - 1] is the original id",
-                    "scores": "float32 (batch, k): model scores; -inf when fewer than k items remain"},
+        "inputs": {
+            "history": "int64 (batch, L ≤ max_len): item ids 1..n_items, left-padded with 0, newest last",
+            "exclude": "int64 (batch, any): item ids never to return, 0 = none; width 0 allowed",
+        },
+        "outputs": {
+            "items": "int64 (batch, k): item ids 1..n_items, best first; vocab[id - 1] is the original id",
+            "scores": "float32 (batch, k): model scores; -inf when fewer than k items remain",
+        },
         "parity": parity,
         "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
         "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
         "pop_blend": blend.record() if blend else None,  # in the graph; here for the record
         "transition_blend": transitions.record() if transitions else None,
         "metrics": metrics,
-        "versions": {"ltrec": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
-                     "onnxruntime": onnxruntime.__version__, "opset": OPSET},
+        "versions": {
+            "ltrec": __version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": OPSET,
+        },
         "popularity": seqs.item_counts().tolist(),  # training counts, index i = item i+1: predict's fallback
         "vocab": seqs.vocab.tolist(),  # original item ids as strings, index i = item i+1
     }
@@ -228,4 +266,3 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
     read_meta(text, out / "bundle.json")  # what predict and serve will read back
     write_bundle(out, model_bytes, text)
     return out
-

@@ -62,10 +62,12 @@ class BundleMeta(Record):
         return check_version(value, "format_version", BUNDLE_FORMAT, "no format_version")
 
     @model_validator(mode="after")
-    def _sizes_agree(self) -> "BundleMeta":
+    def _sizes_agree(self) -> BundleMeta:
         if not len(self.vocab) == len(self.popularity) == self.n_items or self.k > self.n_items:
-            raise ValueError(f"vocab ({len(self.vocab)}), popularity ({len(self.popularity)}), n_items "
-                             f"({self.n_items}) and k ({self.k}) do not agree")
+            raise ValueError(
+                f"vocab ({len(self.vocab)}), popularity ({len(self.popularity)}), n_items "
+                f"({self.n_items}) and k ({self.k}) do not agree"
+            )
         if len(set(self.vocab)) != len(self.vocab):
             seen: set[str] = set()
             twice = next(v for v in self.vocab if v in seen or seen.add(v))
@@ -89,8 +91,10 @@ def check_outputs(items, scores, rows: int, meta: BundleMeta, where: Path, probe
     if not (isinstance(items, np.ndarray) and isinstance(scores, np.ndarray)):
         bad = "outputs that are not tensors"
     elif items.dtype != np.int64 or scores.dtype != np.float32 or items.shape != shape or scores.shape != shape:
-        bad = f"items {items.dtype} {items.shape} and scores {scores.dtype} {scores.shape}, expected int64 and " \
-              f"float32 {shape}"
+        bad = (
+            f"items {items.dtype} {items.shape} and scores {scores.dtype} {scores.shape}, expected int64 and "
+            f"float32 {shape}"
+        )
     elif np.isnan(scores).any() or np.isposinf(scores).any() or (probe and not np.isfinite(scores).all()):
         bad = "non-finite scores"
     elif ((items < 1) | (items > meta.n_items))[np.isfinite(scores)].any():
@@ -98,7 +102,4 @@ def check_outputs(items, scores, rows: int, meta: BundleMeta, where: Path, probe
     elif probe and ((np.diff(scores, axis=1) > 0).any() or (np.diff(np.sort(items, axis=1), axis=1) == 0).any()):
         bad = "items out of order or repeated"
     if bad:
-        raise UserError(f"{where}: the graph returned {bad}; not a model written by `ltrec export` (re-export "
-                        "the run)")
-
-
+        raise UserError(f"{where}: the graph returned {bad}; not a model written by `ltrec export` (re-export the run)")

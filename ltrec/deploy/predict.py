@@ -66,8 +66,11 @@ def read_histories(input_path: Path, columns: dict, vocab: np.ndarray) -> Histor
 
 
 def _histories(con, vocab: np.ndarray, source: str) -> Histories:
-    con.execute("CREATE TABLE vocab AS SELECT unnest(v) AS i, generate_subscripts(v, 1) AS item "
-                "FROM (SELECT ?::VARCHAR[] AS v)", [vocab.tolist()])
+    con.execute(
+        "CREATE TABLE vocab AS SELECT unnest(v) AS i, generate_subscripts(v, 1) AS item "
+        "FROM (SELECT ?::VARCHAR[] AS v)",
+        [vocab.tolist()],
+    )
     con.execute("""CREATE TABLE ev AS SELECT u, t, r, i, coalesce(vocab.item, 0)::BIGINT AS item
                    FROM events LEFT JOIN vocab USING (i)
                    WHERE u IS NOT NULL AND i IS NOT NULL AND t IS NOT NULL""")
@@ -78,8 +81,14 @@ def _histories(con, vocab: np.ndarray, source: str) -> Histories:
     per_user = con.execute("SELECT u, count(*) FILTER (item > 0) AS n FROM ev GROUP BY u ORDER BY u").fetchnumpy()
     items = con.execute("SELECT item FROM ev WHERE item > 0 ORDER BY u, t, r").fetchnumpy()["item"]
     offsets = np.concatenate([[0], np.cumsum(per_user["n"])]).astype(np.int64)
-    return Histories(np.asarray(per_user["u"], dtype=object), np.asarray(items, dtype=np.int64), offsets,
-                     int(unknown), int(unknown_items), int(total - kept))
+    return Histories(
+        np.asarray(per_user["u"], dtype=object),
+        np.asarray(items, dtype=np.int64),
+        offsets,
+        int(unknown),
+        int(unknown_items),
+        int(total - kept),
+    )
 
 
 def last_items(h: Histories, users: np.ndarray, width: int) -> np.ndarray:
@@ -122,8 +131,15 @@ def plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
-def run_predict(bundle: Path, input_path: Path, output: str | Path, k: int | None = None, batch_size: int = 1024,
-                columns: dict | None = None, exclude_seen: bool | None = None) -> str:
+def run_predict(
+    bundle: Path,
+    input_path: Path,
+    output: str | Path,
+    k: int | None = None,
+    batch_size: int = 1024,
+    columns: dict | None = None,
+    exclude_seen: bool | None = None,
+) -> str:
     """Write `output` (CSV <user column>,rank,item_id,score,source; `-` = standard output); returns a summary.
     `columns` (any of user/item/time) and `exclude_seen` default to the bundle's."""
     t0 = time.perf_counter()
@@ -132,21 +148,32 @@ def run_predict(bundle: Path, input_path: Path, output: str | Path, k: int | Non
     b = load_bundle(bundle)
     k = b.meta.k if k is None else k
     if not 1 <= k <= b.meta.k:
-        raise UserError(f"--k {k}: this bundle computes the top {b.meta.k} inside its graph; pass --k ≤ "
-                        f"{b.meta.k} or re-export with `ltrec export --k {k}`")
+        raise UserError(
+            f"--k {k}: this bundle computes the top {b.meta.k} inside its graph; pass --k ≤ "
+            f"{b.meta.k} or re-export with `ltrec export --k {k}`"
+        )
     columns = {**b.meta.columns.model_dump(), **{key: v for key, v in (columns or {}).items() if v}}
     exclude_seen = b.meta.exclude_seen if exclude_seen is None else exclude_seen
     h = read_histories(input_path, columns, b.vocab)
     if h.unknown:
-        console.print(f"skipped {plural(h.unknown, 'event')} whose item the model does not know "
-                      f"({plural(h.unknown_items, 'distinct item')})")
+        console.print(
+            f"skipped {plural(h.unknown, 'event')} whose item the model does not know "
+            f"({plural(h.unknown_items, 'distinct item')})"
+        )
     popular, share = popular_items(b.meta.popularity, k)
     n_users = len(h.users)
     lengths = np.diff(h.offsets)  # (U,) known items per user
     known = lengths > 0  # (U,) False = popularity fallback
     rows = 0
-    progress = Progress(TextColumn("predict"), BarColumn(), MofNCompleteColumn(), TextColumn("users"),
-                        TimeRemainingColumn(), console=console, disable=not console.is_terminal)
+    progress = Progress(
+        TextColumn("predict"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("users"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+    )
     with progress, open_output(output, "--output") as f:
         f.write(f"{csv_field(np.array([columns['user']]))[0]},rank,item_id,score,source\n")
         user_ids, item_ids = csv_field(h.users), csv_field(b.vocab)  # quoted once, not once per row
@@ -165,11 +192,13 @@ def run_predict(bundle: Path, input_path: Path, output: str | Path, k: int | Non
             rows += _write_rows(f, user_ids[users], items, scores, ~known[users], item_ids)
     seconds = time.perf_counter() - t0
     where = "standard output" if str(output) == "-" else str(output)
-    return (f"{plural(n_users, 'user')}, {plural(rows, 'row')} written to {where} (seen items "
-            f"{'excluded' if exclude_seen else 'allowed'}); {plural(h.unknown, 'event')} with unknown items "
-            f"skipped; {plural(int((~known).sum()), 'user')} with no known item got popular items; "
-            + (f"{plural(h.null_rows, 'row')} with an empty user, item or time ignored; " if h.null_rows else "")
-            + f"{seconds:.2f}s, {n_users / seconds:,.0f} users/s")
+    return (
+        f"{plural(n_users, 'user')}, {plural(rows, 'row')} written to {where} (seen items "
+        f"{'excluded' if exclude_seen else 'allowed'}); {plural(h.unknown, 'event')} with unknown items "
+        f"skipped; {plural(int((~known).sum()), 'user')} with no known item got popular items; "
+        + (f"{plural(h.null_rows, 'row')} with an empty user, item or time ignored; " if h.null_rows else "")
+        + f"{seconds:.2f}s, {n_users / seconds:,.0f} users/s"
+    )
 
 
 def csv_field(values: np.ndarray) -> np.ndarray:

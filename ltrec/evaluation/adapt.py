@@ -42,8 +42,9 @@ def adaptable(model: nn.Module, params: str = "encoder") -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad and (params == "all" or p is not table)]
 
 
-def adapted_scores(model, history: np.ndarray, steps: int, lr: float, device="cpu", params: str = "encoder",
-                   chunk: int | None = None) -> torch.Tensor:
+def adapted_scores(
+    model, history: np.ndarray, steps: int, lr: float, device="cpu", params: str = "encoder", chunk: int | None = None
+) -> torch.Tensor:
     """(B, N) scores after adapting a private copy of the model to each row of `history` (B, L)."""
     model.eval()
     names = adaptable(model, params)
@@ -65,7 +66,7 @@ def adapted_scores(model, history: np.ndarray, steps: int, lr: float, device="cp
         return functional_call(objective, p, (inputs[None], targets[None]), tie_weights=False)
 
     def scores(p, row):
-        return functional_call(model, {k[len("model."):]: v for k, v in p.items()}, (row[None],), tie_weights=False)[0]
+        return functional_call(model, {k[len("model.") :]: v for k, v in p.items()}, (row[None],), tie_weights=False)[0]
 
     step, each = per_user(model, grad(loss)), per_user(model, scores)
     lo = 0

@@ -20,9 +20,11 @@ def _check_protocols(runs: list[Path], split: str) -> str:
     first = ranking_protocol(protocols[0][1])
     for run, p in protocols[1:]:
         if ranking_protocol(p) != first:
-            raise UserError(f"{run}: its per-user {split} metrics are '{p}', but {protocols[0][0]}'s are "
-                            f"'{protocols[0][1]}'; a comparison needs one protocol: re-run `ltrec eval` on one of "
-                            "them with the other's --set (plain `ltrec eval RUN` restores the run's own recipe)")
+            raise UserError(
+                f"{run}: its per-user {split} metrics are '{p}', but {protocols[0][0]}'s are "
+                f"'{protocols[0][1]}'; a comparison needs one protocol: re-run `ltrec eval` on one of "
+                "them with the other's --set (plain `ltrec eval RUN` restores the run's own recipe)"
+            )
     for note, prior in ((BLENDED, "popularity"), (TRANSITIONS, "transitions")):
         blended = [run.name for run, p in protocols if note in p]
         if len(blended) == len(runs):
@@ -47,8 +49,12 @@ def load_group(spec: str, split: str) -> tuple[str, np.ndarray, np.ndarray, dict
     return label, parts[0][0], parts[0][1], means
 
 
-def compare(specs: list[str], split: str = "test", metrics=("ndcg@10", "hr@10"),
-            slices=("all", "head", "tail", "cold", "cold-adapted")) -> dict:
+def compare(
+    specs: list[str],
+    split: str = "test",
+    metrics=("ndcg@10", "hr@10"),
+    slices=("all", "head", "tail", "cold", "cold-adapted"),
+) -> dict:
     runs = [check_run(Path(p)) for spec in specs for p in spec.split(",") if p]
     if not runs or any(not [p for p in spec.split(",") if p] for spec in specs):
         raise UserError("compare: an empty run argument; give run folders, seeds joined by commas")
@@ -66,8 +72,13 @@ def compare(specs: list[str], split: str = "test", metrics=("ndcg@10", "hr@10"),
             if metric not in groups[0][3]:
                 raise UserError(f"--metric {metric}: not in the per-user file (have: {', '.join(groups[0][3])})")
             base = groups[0][3][metric][mask]
-            row = {"slice": name, "metric": metric, "users": int(mask.sum()), "values": [float(base.mean())],
-                   "tests": []}
+            row = {
+                "slice": name,
+                "metric": metric,
+                "users": int(mask.sum()),
+                "values": [float(base.mean())],
+                "tests": [],
+            }
             for g in groups[1:]:
                 other = g[3][metric][mask]
                 row["values"].append(float(other.mean()))
@@ -92,6 +103,8 @@ def format_comparison(result: dict) -> str:
         cells += [format_test(t) for t in row["tests"]]
         lines.append(" | ".join(cells))
     proto = f"{result['protocol']}; " if result.get("protocol") else ""
-    note = (f"\n{result['split']} split; {proto}per-user metrics averaged over the runs joined by commas; "
-            "p: two-sided paired bootstrap over users (10,000 resamples) of the difference to the first column")
+    note = (
+        f"\n{result['split']} split; {proto}per-user metrics averaged over the runs joined by commas; "
+        "p: two-sided paired bootstrap over users (10,000 resamples) of the difference to the first column"
+    )
     return "\n".join("| " + line + " |" for line in lines) + note

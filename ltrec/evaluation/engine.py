@@ -1,10 +1,10 @@
 """Full-ranking evaluation by user slice (all / head / tail / cold / cold-adapted), plus the sampled mode.
 
-Protocol (printed with every table): chronological leave-one-out; the target is ranked against every item
-(padding excluded), every item of the user's history (not only the last max_len) masked when `eval.mask_seen`; ties are pessimistic (the target
-loses them). Sampled mode ranks the target against `eval.negatives` negatives drawn once with the recipe's
-seed and stored in the run, so reruns compare like with like. With `eval.adapt`, cold users are ranked a
-second time after a few SGD steps on their own history (slice `cold-adapted`, the same users as `cold`).
+Protocol (printed with every table): chronological leave-one-out; the target is ranked against every item (padding
+excluded), every item of the user's history (not only the last max_len) masked when `eval.mask_seen`; ties are
+pessimistic (the target loses them). Sampled mode ranks the target against `eval.negatives` negatives drawn once
+with the recipe's seed and stored in the run, so reruns compare like with like. With `eval.adapt`, cold users are
+ranked a second time after a few SGD steps on their own history (slice `cold-adapted`, the same users as `cold`).
 
 Seen items are held as (user, item) pairs, never as a batch × longest-history matrix, so one very long
 history costs memory in proportion to itself only.
@@ -74,20 +74,31 @@ class Evaluator:
     """Evaluates one model on one dataset with one recipe's settings; `run(split)` ranks every evaluated (and
     cold) user's `split` target and returns the per-user metrics (on every rank under torchrun)."""
 
-    def __init__(self, model, seqs: Sequences, cfg: Eval, max_len: int, device="cpu", run_dir: Path | None = None,
-                 seed: int = 0, dist: Dist = LOCAL):
+    def __init__(
+        self,
+        model,
+        seqs: Sequences,
+        cfg: Eval,
+        max_len: int,
+        device="cpu",
+        run_dir: Path | None = None,
+        seed: int = 0,
+        dist: Dist = LOCAL,
+    ):
         self.model, self.seqs, self.cfg, self.max_len, self.device = model, seqs, cfg, max_len, device
         self.run_dir, self.seed, self.dist = run_dir, seed, dist
 
-    def run(self, split: str, ks=None, blend: FittedPopBlend | None = None,
-            transitions: FittedTransitionBlend | None = None) -> Result:
+    def run(
+        self, split: str, ks=None, blend: FittedPopBlend | None = None, transitions: FittedTransitionBlend | None = None
+    ) -> Result:
         """Rank every evaluated (and cold) user's `split` target; `blend` adds the popularity blend,
         `transitions` the transition blend."""
         return self.run_many(split, [(blend, transitions)], ks)[0]
 
     @torch.no_grad()
-    def run_many(self, split: str, blends: list[tuple[FittedPopBlend | None, FittedTransitionBlend | None]],
-                 ks=None) -> list[Result]:
+    def run_many(
+        self, split: str, blends: list[tuple[FittedPopBlend | None, FittedTransitionBlend | None]], ks=None
+    ) -> list[Result]:
         """`run` once per (popularity, transition) blend pair, sharing each batch's forward pass: fitting a
         blend ranks the same users under many weights."""
         model, seqs, cfg, dist, device = self.model, self.seqs, self.cfg, self.dist, self.device
@@ -100,15 +111,15 @@ class Evaluator:
         targets = np.concatenate([p[2] for p in parts])
         slice_of = np.where(seqs.head[users], "head", "tail").astype(object)
         n_warm, n_cold = len(parts[0][0]), len(parts[1][0])
-        slice_of[n_warm:n_warm + n_cold] = "cold"
-        slice_of[n_warm + n_cold:] = "cold-adapted"
+        slice_of[n_warm : n_warm + n_cold] = "cold"
+        slice_of[n_warm + n_cold :] = "cold-adapted"
         negs = self._negatives(split, history, targets) if cfg.mode == "sampled" else None
         # Users in order of history length, so each batch is only as wide as its longest history: most users
         # are short (the long tail) and every backbone ignores left padding (a tested property), so the encoder
         # skips the all-pad columns.
         lengths = (history > 0).sum(axis=1)
         order = np.argsort(seqs.lengths[users], kind="stable")
-        batches = [order[lo:lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
+        batches = [order[lo : lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
         # a transition prior is per user, not per item: its scores are no longer one dot product per item
         blocks = negs is None and model.tied and all(t is None for _, t in blends)
         mine = [[] for _ in blends]
@@ -118,8 +129,11 @@ class Evaluator:
             width = max(int(lengths[sel].max()), 1)
             hist = torch.from_numpy(np.ascontiguousarray(history[sel, -width:])).to(device)  # (B, width)
             tgt = torch.from_numpy(targets[sel]).to(device)
-            seen = Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users[sel], split))).to(device) \
-                if cfg.mask_seen and negs is None else None
+            seen = (
+                Seen.of(*(torch.from_numpy(a) for a in seqs.seen(users[sel], split))).to(device)
+                if cfg.mask_seen and negs is None
+                else None
+            )
             adapt = sel >= n_warm + n_cold  # the cold users' second rows: adapt, then rank
             if blocks and not adapt.any():
                 state = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
@@ -134,7 +148,8 @@ class Evaluator:
             model_scores = model(hist).float()  # (B, N)
             if adapt.any():
                 model_scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
-                    model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params)
+                    model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params
+                )
             priors = {}  # one transition prior per table for this batch, whatever the candidates' weights
             for out, (blend, transitions) in zip(mine, blends):
                 scores = model_scores
@@ -157,8 +172,9 @@ class Evaluator:
                 rank[sel] = gathered[b % dist.world][b // dist.world].numpy()
             per_user = metrics_from_ranks(rank, ks or cfg.ks)
             per_user["rank"] = rank.astype(np.float64)
-            results.append(Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks),
-                                  lengths))
+            results.append(
+                Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks), lengths)
+            )
         return results
 
     def _negatives(self, split: str, history: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -172,8 +188,10 @@ class Evaluator:
             try:
                 negs = np.load(io.BytesIO(data), allow_pickle=False)
             except (OSError, ValueError, EOFError) as exc:
-                raise UserError(f"{path}: not a stored negatives array ({' '.join(str(exc).split())[:200]}); delete "
-                                "it to draw them again") from None
+                raise UserError(
+                    f"{path}: not a stored negatives array ({' '.join(str(exc).split())[:200]}); delete "
+                    "it to draw them again"
+                ) from None
             return check_negatives(negs, targets, history, self.seqs.n_items, n, path)
         require_eligible(self.seqs.n_items, targets, history, n)
         negs = sample_negatives(self.seqs.n_items, targets, history, self.cfg.negatives, self.seed)

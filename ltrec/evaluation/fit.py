@@ -14,16 +14,19 @@ from ltrec.evaluation.engine import Evaluator
 from ltrec.runtime.distributed import LOCAL, Dist
 
 
-def fit_blends(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path,
-              dist: Dist = LOCAL) -> tuple[FittedPopBlend | None, FittedTransitionBlend | None]:
+def fit_blends(
+    recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path, dist: Dist = LOCAL
+) -> tuple[FittedPopBlend | None, FittedTransitionBlend | None]:
     """The blends the recipe asks for (popularity, then transitions on top), fitted on validation and saved
     with the run (rank 0)."""
     cfg, metric = recipe.eval, recipe.train.monitor.metric
     blend = popularity.fit(evaluator, cfg.pop_blend, seqs.item_counts(), metric) if cfg.pop_blend else None
-    trans = transitions.fit(evaluator, cfg.transition_blend, seqs, metric, blend) \
-        if cfg.transition_blend else None
-    fits = [(key, module, fitted) for key, module, fitted in (("pop_blend", popularity, blend),
-            ("transition_blend", transitions, trans)) if fitted is not None]
+    trans = transitions.fit(evaluator, cfg.transition_blend, seqs, metric, blend) if cfg.transition_blend else None
+    fits = [
+        (key, module, fitted)
+        for key, module, fitted in (("pop_blend", popularity, blend), ("transition_blend", transitions, trans))
+        if fitted is not None
+    ]
     for key, _, fitted in fits:
         fitted.settings = fit_settings(recipe, key)
     with dist.together():
@@ -31,5 +34,3 @@ def fit_blends(recipe, seqs: Sequences, evaluator: Evaluator, run_dir: Path,
             for _, module, fitted in fits:
                 module.save(run_dir, fitted)
     return blend, trans
-
-

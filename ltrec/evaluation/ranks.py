@@ -4,6 +4,7 @@ Conventions: items are 1..N, 0 is padding; a score matrix (B, N) has column j = 
 All ranks are 0-based and PESSIMISTIC about ties (the target loses every tie), so a model
 that outputs constant scores gets the worst rank instead of a flattering one.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,11 +25,11 @@ class Seen(NamedTuple):
     item: torch.Tensor  # (M,) int64: item id 1..N, each at most once per row, sorted by item
 
     @staticmethod
-    def of(row: torch.Tensor, item: torch.Tensor) -> "Seen":
+    def of(row: torch.Tensor, item: torch.Tensor) -> Seen:
         order = torch.argsort(item, stable=True)
         return Seen(row.long()[order], item.long()[order])
 
-    def split(self, targets: torch.Tensor) -> tuple["Seen", torch.Tensor]:
+    def split(self, targets: torch.Tensor) -> tuple[Seen, torch.Tensor]:
         """(the pairs that are not the row's target, whether each row's target is among its seen items: it
         is then masked too and ranks last)."""
         is_target = self.item == targets.long()[self.row]
@@ -37,7 +38,7 @@ class Seen(NamedTuple):
         keep = ~is_target
         return Seen(self.row[keep], self.item[keep]), has_target
 
-    def to(self, device) -> "Seen":
+    def to(self, device) -> Seen:
         return Seen(self.row.to(device), self.item.to(device))
 
 
@@ -65,8 +66,13 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor, seen: Seen | None 
     return torch.where(last, n_items - 1, rank)
 
 
-def state_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor,
-                seen: Seen | None = None, block_bytes: int = 1 << 21) -> torch.Tensor:
+def state_ranks(
+    states: torch.Tensor,
+    table: torch.Tensor,
+    targets: torch.Tensor,
+    seen: Seen | None = None,
+    block_bytes: int = 1 << 21,
+) -> torch.Tensor:
     """target_ranks(states @ table.T, targets, seen) without ever holding the (B, N) score matrix.
 
     Scores are made one block of items at a time, small enough to stay in cache, and compared and counted
@@ -88,9 +94,9 @@ def state_ranks(states: torch.Tensor, table: torch.Tensor, targets: torch.Tensor
         seen_hit = torch.zeros(len(other.row), dtype=torch.bool, device=states.device)
     for j, lo in enumerate(range(0, N, width)):
         w = min(width, N - lo)
-        s = buf[:B * w].view(B, w)  # contiguous, so mm and ge write in place
-        m = hit[:B * w].view(B, w)
-        torch.mm(states, table[lo:lo + w].T, out=s)
+        s = buf[: B * w].view(B, w)  # contiguous, so mm and ge write in place
+        m = hit[: B * w].view(B, w)
+        torch.mm(states, table[lo : lo + w].T, out=s)
         torch.ge(s, t, out=m)
         count += m.sum(dim=1, dtype=torch.int32)
         col = tgt - lo
@@ -137,12 +143,16 @@ def require_eligible(n_items: int, targets: np.ndarray, histories: np.ndarray, n
         return
     _, eligible = _excluded(n_items, targets, histories)
     if len(eligible) and eligible.min() < n:
-        raise UserError(f"eval.negatives: {n} negatives per user, but some user has only {eligible.min()} items "
-                        f"besides the target and history ({n_items} items in all); lower eval.negatives (e.g. "
-                        f"--set eval.negatives={eligible.min()})")
+        raise UserError(
+            f"eval.negatives: {n} negatives per user, but some user has only {eligible.min()} items "
+            f"besides the target and history ({n_items} items in all); lower eval.negatives (e.g. "
+            f"--set eval.negatives={eligible.min()})"
+        )
 
 
-def sample_negatives(n_items: int, targets: np.ndarray, histories: np.ndarray, n: int = 100, seed: int = 0) -> np.ndarray:
+def sample_negatives(
+    n_items: int, targets: np.ndarray, histories: np.ndarray, n: int = 100, seed: int = 0
+) -> np.ndarray:
     """(B, n) int64 negatives per user, uniform over 1..N minus {target} ∪ history, no repeats.
 
     Rejection sampling over all users at once: we draw i.i.d. uniform candidates, drop
@@ -156,8 +166,10 @@ def sample_negatives(n_items: int, targets: np.ndarray, histories: np.ndarray, n
     B, stride = len(eligible), n_items + 1
     if B and eligible.min() < n:
         u = int(eligible.argmin())
-        raise ValueError(f"sample_negatives: user {u} has only {int(eligible[u])} eligible items "
-                         f"(n_items={n_items}, minus target and history) but n={n} negatives were requested")
+        raise ValueError(
+            f"sample_negatives: user {u} has only {int(eligible[u])} eligible items "
+            f"(n_items={n_items}, minus target and history) but n={n} negatives were requested"
+        )
     out = np.zeros((B, n), dtype=np.int64)
     filled = np.zeros(B, dtype=np.int64)
     pending = np.arange(B) if n > 0 else np.arange(0)
@@ -193,8 +205,9 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
     return (scores.gather(1, neg - 1) >= t).sum(dim=1)
 
 
-def check_negatives(negs: np.ndarray, targets: np.ndarray, history: np.ndarray, n_items: int, n: int,
-                    path: Path) -> np.ndarray:
+def check_negatives(
+    negs: np.ndarray, targets: np.ndarray, history: np.ndarray, n_items: int, n: int, path: Path
+) -> np.ndarray:
     """Stored negatives must be what `sample_negatives` draws: (users, n) item ids 1..N, none the user's target
     or in the history it was drawn against, none twice in a row."""
     fix = "the file is damaged or from other settings: delete it to draw them again"

@@ -38,17 +38,28 @@ def read_run(path: Path) -> dict:
     users, slices, per_user, events = read_per_user(run, "test")  # sorted by user id
     missing = [m for m in METRICS if m not in per_user]
     if missing:
-        raise UserError(f"{run}/users_test.csv: no {', '.join(missing)} column; "
-                        f"run `ltrec eval {run} --ks 5,{K},20` first")
+        raise UserError(
+            f"{run}/users_test.csv: no {', '.join(missing)} column; run `ltrec eval {run} --ks 5,{K},20` first"
+        )
     recipe = load_recipe(run / "recipe.yaml")
-    tags = "".join(tag for on, tag in ((recipe.transfer.grad_align, " +GA"), (recipe.transfer.adversarial, " +AT"))
-                   if on is not None)
+    tags = "".join(
+        tag
+        for on, tag in ((recipe.transfer.grad_align, " +GA"), (recipe.transfer.adversarial, " +AT"))
+        if on is not None
+    )
     summary = run / "metrics.json"
-    return {"dir": run, "name": run.name, "label": f"{run.name} ({recipe.backbone.kind}{tags})",
-            "recipe": read_text(run / "recipe.yaml", "recipe"), "slices": slices, "per_user": per_user,
-            "events": events, "threshold": read_json(run / "data.json", DataInfo).head_threshold,
-            "summary": read_json(summary, Summary).model_dump() if summary.is_file() else {},
-            "history": read_epochs(run / "metrics.jsonl")}
+    return {
+        "dir": run,
+        "name": run.name,
+        "label": f"{run.name} ({recipe.backbone.kind}{tags})",
+        "recipe": read_text(run / "recipe.yaml", "recipe"),
+        "slices": slices,
+        "per_user": per_user,
+        "events": events,
+        "threshold": read_json(run / "data.json", DataInfo).head_threshold,
+        "summary": read_json(summary, Summary).model_dump() if summary.is_file() else {},
+        "history": read_epochs(run / "metrics.jsonl"),
+    }
 
 
 def slice_table(runs: list[dict]) -> list[dict]:
@@ -80,8 +91,14 @@ def long_tail(run: dict, bounds) -> list[dict]:
     rows = []
     for lo, hi in bounds:
         mask = warm & (run["events"] >= lo) & (run["events"] < (hi or np.inf))
-        rows.append({"lo": lo, "label": bucket_label(lo, hi), "users": int(mask.sum()),
-                     **{m: float(run["per_user"][m][mask].mean()) if mask.any() else float("nan") for m in METRICS}})
+        rows.append(
+            {
+                "lo": lo,
+                "label": bucket_label(lo, hi),
+                "users": int(mask.sum()),
+                **{m: float(run["per_user"][m][mask].mean()) if mask.any() else float("nan") for m in METRICS},
+            }
+        )
     return rows
 
 
@@ -100,14 +117,24 @@ def histogram_png(run: dict) -> str:
     fig = Figure(figsize=(11, 3.2), layout="constrained")
     ax = fig.subplots()
     counts, _, _ = ax.hist(events, bins=edges, color="#888888", edgecolor="white")
-    ax.set(xscale="log", yscale="log", xlabel="training events per user (log scale; bins widen)",
-           ylabel="users in bin", title=f"user activity: {len(events):,} evaluated users")
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="training events per user (log scale; bins widen)",
+        ylabel="users in bin",
+        title=f"user activity: {len(events):,} evaluated users",
+    )
     t = run["threshold"]
     if t:
         ax.axvline(t - 0.5, color="#555555", ls="--")
         n_head = int((events >= t).sum())
-        ax.text(t, counts.max(), f"  head: ≥ {t} events ({n_head:,} users, {n_head / len(events):.0%})",
-                color="#555555", va="top")
+        ax.text(
+            t,
+            counts.max(),
+            f"  head: ≥ {t} events ({n_head:,} users, {n_head / len(events):.0%})",
+            color="#555555",
+            va="top",
+        )
     return png(fig)
 
 
@@ -126,7 +153,9 @@ def curve_png(runs: list[dict], curves: list[list[dict]], threshold: int | None)
             ax.axvline(split_at - 0.5, color="#555555", ls="--")
             ax.text(split_at - 0.45, 0.02, "head →", color="#555555", transform=ax.get_xaxis_transform())
         ax.set_xticks(x, labels)
-        ax.set(xlabel="training events (bucket) / users", ylabel=f"mean {metric}", title=f"{metric.upper()} by activity")
+        ax.set(
+            xlabel="training events (bucket) / users", ylabel=f"mean {metric}", title=f"{metric.upper()} by activity"
+        )
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside upper center", ncols=min(len(runs), 3))
@@ -178,38 +207,57 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def slice_html(runs: list[dict], rows: list[dict]) -> str:
-    head = ["slice", "metric", "users", *(r["name"] for r in runs), *(f"Δ {r['name']} vs {runs[0]['name']}" for r in runs[1:])]
+    head = [
+        "slice",
+        "metric",
+        "users",
+        *(r["name"] for r in runs),
+        *(f"Δ {r['name']} vs {runs[0]['name']}" for r in runs[1:]),
+    ]
     cells = []
     for row in rows:
         base = row["values"][0]
-        diffs = [f"{v - base:+.4f} ({100 * (v / base - 1):+.1f}%, {_p(t)})" if base else f"{v - base:+.4f} ({_p(t)})"
-                 for v, t in zip(row["values"][1:], row["tests"])]
+        diffs = [
+            f"{v - base:+.4f} ({100 * (v / base - 1):+.1f}%, {_p(t)})" if base else f"{v - base:+.4f} ({_p(t)})"
+            for v, t in zip(row["values"][1:], row["tests"])
+        ]
         cells.append([row["slice"], row["metric"], str(row["users"]), *(fmt(v) for v in row["values"]), *diffs])
     return _table(head, cells)
 
 
 def curve_html(runs: list[dict], curves: list[list[dict]]) -> str:
     head = ["training events", "users", *(f"{m} {r['name']}" for r in runs for m in METRICS)]
-    rows = [[b["label"], f"{b['users']:,}", *(fmt(c[i][m]) for c in curves for m in METRICS)]
-            for i, b in enumerate(curves[0])]
+    rows = [
+        [b["label"], f"{b['users']:,}", *(fmt(c[i][m]) for c in curves for m in METRICS)]
+        for i, b in enumerate(curves[0])
+    ]
     return _table(head, rows)
 
 
 def run_html(run: dict) -> str:
     s = run["summary"]
-    facts = (f"best epoch {s['best_epoch']} of {s['epochs']}, {s['seconds_per_epoch']:.1f} s/epoch"
-             if s else "no metrics.json (training did not finish); evaluated with `ltrec eval`")
+    facts = (
+        f"best epoch {s['best_epoch']} of {s['epochs']}, {s['seconds_per_epoch']:.1f} s/epoch"
+        if s
+        else "no metrics.json (training did not finish); evaluated with `ltrec eval`"
+    )
     curves = training_png(run)
     what = " and discriminator accuracy" if any("disc_acc" in r for r in run["history"]) else ""
-    img = f'<img alt="training curves{what}: {html.escape(run["name"])}" src="{curves}">' if curves else \
-        "<p>no training epochs (nothing to train, e.g. the popularity baseline)</p>"
-    return (f"<h3>{html.escape(run['label'])}</h3><p class=note>{html.escape(str(run['dir']))}: "
-            f"{html.escape(facts)}</p>{img}<details><summary>recipe.yaml</summary>"
-            f"<pre>{html.escape(run['recipe'])}</pre></details>")
+    img = (
+        f'<img alt="training curves{what}: {html.escape(run["name"])}" src="{curves}">'
+        if curves
+        else "<p>no training epochs (nothing to train, e.g. the popularity baseline)</p>"
+    )
+    return (
+        f"<h3>{html.escape(run['label'])}</h3><p class=note>{html.escape(str(run['dir']))}: "
+        f"{html.escape(facts)}</p>{img}<details><summary>recipe.yaml</summary>"
+        f"<pre>{html.escape(run['recipe'])}</pre></details>"
+    )
 
 
 CSS = """body{font-family:sans-serif;max-width:1140px;margin:1em auto;color:#222}img{max-width:100%}
-table{border-collapse:collapse;margin:.5em 0;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:.5em 0;font-size:14px}
+td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}
 td:first-child,th:first-child{text-align:left}.note{color:#555;font-size:14px}pre{background:#f6f6f6;padding:8px}"""
 
 
@@ -233,11 +281,14 @@ def activity_html(runs: list[dict], curves: list[list[dict]], threshold: int | N
     """The histogram and the long-tail curve; both need evaluated (head or tail) users, which a run whose
     users_test.csv holds cold users only has none of."""
     if not curves[0]:
-        return ("<h2>Users by activity</h2><p class=note>no head or tail user in users_test.csv of "
-                f"{html.escape(runs[0]['name'])} (cold users only), so no activity histogram or long-tail "
-                "curve</p>")
+        return (
+            "<h2>Users by activity</h2><p class=note>no head or tail user in users_test.csv of "
+            f"{html.escape(runs[0]['name'])} (cold users only), so no activity histogram or long-tail "
+            "curve</p>"
+        )
     return f"""<h2>Users by activity</h2><img alt="user activity histogram" src="{histogram_png(runs[0])}">
-<h2>The long-tail curve</h2><img alt="NDCG@{K} and HR@{K} by activity bucket" src="{curve_png(runs, curves, threshold)}">
+<h2>The long-tail curve</h2>
+<img alt="NDCG@{K} and HR@{K} by activity bucket" src="{curve_png(runs, curves, threshold)}">
 {curve_html(runs, curves)}
 <p class=note>Mean per-user metrics of the evaluated (non-cold) users in each bucket of training events,
 from users_test.csv; the dashed line is the head/tail threshold.</p>
@@ -251,8 +302,10 @@ def write_report(runs: list[Path], out: str | Path) -> str | Path:
         raise UserError("report: give at least one run directory")
     for run in runs:  # a page written over a run's own file would destroy it
         if str(out) != "-" and Path(out).exists() and same_or_inside(Path(out), run):
-            raise UserError(f"--out {out}: is inside the run {run}; writing there would replace one of its "
-                            "files: choose another path")
+            raise UserError(
+                f"--out {out}: is inside the run {run}; writing there would replace one of its "
+                "files: choose another path"
+            )
     loaded = [read_run(Path(r)) for r in runs]
     rows = slice_table(loaded)  # also checks that the runs share users and slices
     threshold = loaded[0]["threshold"]
@@ -262,13 +315,13 @@ def write_report(runs: list[Path], out: str | Path) -> str | Path:
     curves = [[c[i] for i in used] for c in curves]
     protocol = next((r["summary"]["protocol"] for r in loaded if r["summary"].get("protocol")), "see `ltrec eval`")
     page = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>ltrec report</title><style>{CSS}</style></head>
-<body><h1>ltrec report: {html.escape(', '.join(r['name'] for r in loaded))}</h1>
+<body><h1>ltrec report: {html.escape(", ".join(r["name"] for r in loaded))}</h1>
 <p class=note>test split; {html.escape(protocol)}; head/tail threshold {threshold} training events.</p>
 {activity_html(loaded, curves, threshold)}
 <h2>By slice</h2>{slice_html(loaded, rows)}
 <p class=note>Values as computed by <code>ltrec eval</code>. Δ: difference to the first run; p: two-sided paired
 bootstrap over users (10,000 resamples), as <code>ltrec compare</code>.</p>
-<h2>Training</h2>{''.join(run_html(r) for r in loaded)}
+<h2>Training</h2>{"".join(run_html(r) for r in loaded)}
 </body></html>
 """
     atomic_write(out, page, "--out")

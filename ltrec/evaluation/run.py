@@ -37,8 +37,7 @@ def write_per_user(result: Result, seqs: Sequences, path: Path) -> None:
     n = seqs.lengths
     for j, u in enumerate(result.users):
         events = train_len[u] if result.slice_of[j] in WARM else n[u] - 2
-        w.writerow([seqs.users[u], result.slice_of[j], int(events),
-                    *(f"{result.per_user[k][j]:.6g}" for k in keys)])
+        w.writerow([seqs.users[u], result.slice_of[j], int(events), *(f"{result.per_user[k][j]:.6g}" for k in keys)])
     atomic_write(path, out.getvalue())
     # the protocol beside it: `ltrec eval --set` may rewrite the file under another one, and compare must see that
     atomic_write(path.with_suffix(".json"), json.dumps({"protocol": result.protocol}) + "\n")

@@ -30,9 +30,12 @@ def check_version(value, key: str, reads: int, legacy: str):
     if found != reads:
         newer = isinstance(found, int) and found > reads
         age = "a newer" if newer else "an older" if isinstance(found, int) else "another"
-        raise PydanticCustomError("ltrec_version", "written by {age} ltrec (format {found}, this ltrec reads "
-                                  "{reads})" + ("; upgrade ltrec or" if newer else ""),
-                                  {"age": age, "found": json.dumps(found)[:40], "reads": reads})
+        raise PydanticCustomError(
+            "ltrec_version",
+            "written by {age} ltrec (format {found}, this ltrec reads "
+            "{reads})" + ("; upgrade ltrec or" if newer else ""),
+            {"age": age, "found": json.dumps(found)[:40], "reads": reads},
+        )
     return value
 
 
@@ -48,5 +51,3 @@ def problem(path: Path, exc: ValidationError, fix: str) -> UserError:
     got = err.get("input")
     shown = f" (got {got!r:.40})" if isinstance(got, (int, float, str)) and not isinstance(got, bool) else ""
     return UserError(f"{path}: {key}: {msg}{shown}; {fix}")
-
-

@@ -40,8 +40,7 @@ def is_run(folder: Path) -> bool:
 
 def _only_marker_temps(folder: Path) -> bool:
     """What a run killed while writing its marker leaves: the marker's temp file (and the lock) alone."""
-    return all(p.name == LOCK or p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp")
-               for p in folder.iterdir())
+    return all(p.name == LOCK or p.name.startswith(f".{MARKER}.") and p.name.endswith(".tmp") for p in folder.iterdir())
 
 
 def check_run(folder: Path) -> Path:
@@ -55,8 +54,10 @@ def check_run(folder: Path) -> Path:
         raise UserError(f"{folder}: not a run directory (no {MARKER}); pass the folder `ltrec train` wrote")
     info = read_json(marker, RunMarker)
     if info.format != RUN_FORMAT:
-        raise UserError(f"{folder}: run format {info.format} (written by ltrec {info.ltrec}); this ltrec reads "
-                        f"format {RUN_FORMAT}: retrain it")
+        raise UserError(
+            f"{folder}: run format {info.format} (written by ltrec {info.ltrec}); this ltrec reads "
+            f"format {RUN_FORMAT}: retrain it"
+        )
     return folder
 
 
@@ -86,14 +87,20 @@ def prepare_run_dir(run_dir: Path, overwrite: bool, protected: dict[str, Path], 
                 raise UserError(f"{run_dir}: already exists; pass --overwrite to replace it or --resume to continue")
             for name, path in protected.items():
                 if same_or_inside(path, run_dir):
-                    raise UserError(f"{run_dir}: holds {name} ({path}), so --overwrite will not delete it; "
-                                    "choose another --out or output.dir")
+                    raise UserError(
+                        f"{run_dir}: holds {name} ({path}), so --overwrite will not delete it; "
+                        "choose another --out or output.dir"
+                    )
             if not mine:
-                raise UserError(f"{run_dir}: not an ltrec run (no {MARKER}), so --overwrite will not delete it; "
-                                "choose another --out or output.dir")
+                raise UserError(
+                    f"{run_dir}: not an ltrec run (no {MARKER}), so --overwrite will not delete it; "
+                    "choose another --out or output.dir"
+                )
             if run_dir.is_symlink():
-                raise UserError(f"{run_dir}: is a link, so --overwrite will not delete through it; choose another "
-                                "--out or output.dir")
+                raise UserError(
+                    f"{run_dir}: is a link, so --overwrite will not delete through it; choose another "
+                    "--out or output.dir"
+                )
             _empty(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         if not mine:
@@ -150,7 +157,7 @@ class Epoch(_File):
     valid: Table
 
     @model_validator(mode="after")
-    def _slices(self) -> "Epoch":
+    def _slices(self) -> Epoch:
         if not {"all", "head", "tail"} <= set(self.valid):
             raise ValueError("valid: expected the slices all, head and tail")
         return self
@@ -198,8 +205,11 @@ def read_epochs(path: Path, note: Callable[[str], None] | None = None) -> list[d
                 message = f"note: {path}: line {n} is incomplete (a write was cut short); it is left out"
                 (note or (lambda text: print(text, file=sys.stderr)))(message)
                 break
-            what = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else \
-                _problem(path, exc).args[0].split(": ", 1)[1]
+            what = (
+                "not UTF-8 text"
+                if isinstance(exc, UnicodeDecodeError)
+                else _problem(path, exc).args[0].split(": ", 1)[1]
+            )
             raise UserError(f"{path}: line {n}: {what}") from None
     if [r["epoch"] for r in records] != list(range(1, len(records) + 1)):
         raise UserError(f"{path}: epochs are not numbered 1, 2, …; the file is damaged (retrain the run)")
@@ -224,8 +234,9 @@ def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[s
     except csv.Error as exc:
         raise UserError(f"{path}: cannot read ({exc}); the file is damaged ({rerun})") from None
     if not rows or rows[0][:3] != ["user_id", "slice", "train_events"] or len(rows[0]) < 4:
-        raise UserError(f"{path}: expected the header user_id,slice,train_events,<metrics>; the file is damaged "
-                        f"({rerun})")
+        raise UserError(
+            f"{path}: expected the header user_id,slice,train_events,<metrics>; the file is damaged ({rerun})"
+        )
     if len(rows) == 1:  # every evaluation has users: a file without any was cut short or emptied
         raise UserError(f"{path}: a header and no user; the file is damaged ({rerun})")
     header, body = rows[0], rows[1:]
@@ -236,8 +247,10 @@ def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[s
                 raise ValueError
             values[n] = [float(x) for x in r[2:]]
         except ValueError:
-            raise UserError(f"{path}: line {n + 2}: expected {len(header)} fields, a slice "
-                            f"({', '.join(SLICE_NAMES)}) and numbers; the file is damaged ({rerun})") from None
+            raise UserError(
+                f"{path}: line {n + 2}: expected {len(header)} fields, a slice "
+                f"({', '.join(SLICE_NAMES)}) and numbers; the file is damaged ({rerun})"
+            ) from None
     users, slices = np.array([r[0] for r in body]), np.array([r[1] for r in body])
     order = np.argsort(users, kind="stable")
     metrics = {name: values[order, j] for j, name in enumerate(header[3:], start=1)}

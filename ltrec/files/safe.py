@@ -118,8 +118,9 @@ def read_bytes(path: Path, what: str = "file", limit: int | None = None) -> byte
     except OSError as exc:
         raise UserError(f"{path}: cannot read the {what} ({exc.strerror or exc})") from None
     if len(data) > limit:
-        raise UserError(f"{path}: the {what} is larger than {limit // MB} MB, the most ltrec reads for one; "
-                        f"is this the right file?")
+        raise UserError(
+            f"{path}: the {what} is larger than {limit // MB} MB, the most ltrec reads for one; is this the right file?"
+        )
     return data
 
 
@@ -148,8 +149,10 @@ def refuse_inputs(output: str | Path, inputs: dict[str, Path], flag: str) -> Non
         return
     for name, path in inputs.items():
         if same_or_inside(Path(output), path):
-            raise UserError(f"{flag} {output}: is {name} ({path}) or inside it; writing there would destroy "
-                            "the input: choose another path")
+            raise UserError(
+                f"{flag} {output}: is {name} ({path}) or inside it; writing there would destroy "
+                "the input: choose another path"
+            )
 
 
 def remove_stale_temps(folder: Path) -> list[str]:

@@ -22,5 +22,16 @@ from ltrec.models.sasrec import Block, SASRec
 
 BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop, "caser": Caser, "narm": NARM, "bert4rec": BERT4Rec}
 
-__all__ = ["BACKBONES", "BERT4Rec", "Caser", "GRU4Rec", "LOSSES", "NARM", "Pop", "SASRec", "NeuralBackbone", "Block",
-           "loss_from_states"]
+__all__ = [
+    "BACKBONES",
+    "BERT4Rec",
+    "Caser",
+    "GRU4Rec",
+    "LOSSES",
+    "NARM",
+    "Pop",
+    "SASRec",
+    "NeuralBackbone",
+    "Block",
+    "loss_from_states",
+]

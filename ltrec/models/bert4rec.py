@@ -24,8 +24,17 @@ from ltrec.models.sasrec import Block
 
 
 class BERT4Rec(NeuralBackbone):
-    def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2,
-                 dropout: float = 0.2, mask_prob: float = 0.2, last_only: float = 0.1):
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        dropout: float = 0.2,
+        mask_prob: float = 0.2,
+        last_only: float = 0.1,
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"BERT4Rec: dim={dim} must be divisible by heads={heads}")
@@ -60,7 +69,7 @@ class BERT4Rec(NeuralBackbone):
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         mask = torch.full_like(history[:, :1], self.mask_id)  # (B, 1); full_like keeps ONNX batch-dynamic
-        ids = torch.cat([history, mask], dim=1)[:, -self.max_len:]  # (B, ≤ max_len): the oldest may drop out
+        ids = torch.cat([history, mask], dim=1)[:, -self.max_len :]  # (B, ≤ max_len): the oldest may drop out
         return self.encode_all(ids)[:, -1]  # (B, D): the state at the [MASK] asks "what comes next?"
 
     def training_loss(self, inputs, targets, loss="ce", negatives=1, generator=None, per_target=False, weights=None):

@@ -22,8 +22,11 @@ class Branched(NeuralBackbone):
         self.n_items, self.max_len, self.dim = backbone.n_items, backbone.max_len, backbone.dim
         self.item_emb = backbone.item_emb  # tied scores: the backbone's table
         dim = backbone.dim
-        self.map = nn.Linear(dim, dim) if hidden == 0 else nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        self.map = (
+            nn.Linear(dim, dim)
+            if hidden == 0
+            else nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, dim))
+        )
         last = self.map if hidden == 0 else self.map[-1]
         nn.init.zeros_(last.weight)  # f starts as the identity: the untrained branch changes nothing
         nn.init.zeros_(last.bias)

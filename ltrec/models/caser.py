@@ -24,8 +24,16 @@ from ltrec.models.base import Dropout, NeuralBackbone
 
 
 class Caser(NeuralBackbone):
-    def __init__(self, n_items: int, max_len: int, dim: int = 64, window: int = 5, n_h: int = 16, n_v: int = 4,
-                 dropout: float = 0.4):
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        dim: int = 64,
+        window: int = 5,
+        n_h: int = 16,
+        n_v: int = 4,
+        dropout: float = 0.4,
+    ):
         super().__init__()
         self.n_items, self.max_len, self.dim, self.window = n_items, max_len, dim, window
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
@@ -56,4 +64,4 @@ class Caser(NeuralBackbone):
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         # the user state only needs the last window: no need to convolve the whole history at inference
-        return self.encode_all(history[:, -self.window:])[:, -1]  # (B, D)
+        return self.encode_all(history[:, -self.window :])[:, -1]  # (B, D)

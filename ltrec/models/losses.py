@@ -22,9 +22,9 @@ class _ChunkedCE(torch.autograd.Function):
         lse = torch.empty(h.shape[0], dtype=h.dtype, device=h.device)
         losses = torch.empty_like(lse)
         for lo in range(0, h.shape[0], rows):
-            logits = h[lo:lo + rows] @ W.T  # (c, N)
-            lse[lo:lo + rows] = torch.logsumexp(logits, dim=1)
-            losses[lo:lo + rows] = lse[lo:lo + rows] - logits.gather(1, t[lo:lo + rows, None]).squeeze(1)
+            logits = h[lo : lo + rows] @ W.T  # (c, N)
+            lse[lo : lo + rows] = torch.logsumexp(logits, dim=1)
+            losses[lo : lo + rows] = lse[lo : lo + rows] - logits.gather(1, t[lo : lo + rows, None]).squeeze(1)
         ctx.save_for_backward(h, W, t, lse)
         ctx.rows = rows
         return losses
@@ -34,11 +34,11 @@ class _ChunkedCE(torch.autograd.Function):
         h, W, t, lse = ctx.saved_tensors
         grad_h, grad_W = torch.empty_like(h), torch.zeros_like(W)
         for lo in range(0, h.shape[0], ctx.rows):
-            hc, tc = h[lo:lo + ctx.rows], t[lo:lo + ctx.rows]
-            p = torch.exp(hc @ W.T - lse[lo:lo + ctx.rows, None])  # (c, N): the softmax
+            hc, tc = h[lo : lo + ctx.rows], t[lo : lo + ctx.rows]
+            p = torch.exp(hc @ W.T - lse[lo : lo + ctx.rows, None])  # (c, N): the softmax
             p[torch.arange(len(tc), device=p.device), tc] -= 1.0  # minus the one-hot target
-            p *= grad[lo:lo + ctx.rows, None]
-            grad_h[lo:lo + ctx.rows] = p @ W
+            p *= grad[lo : lo + ctx.rows, None]
+            grad_h[lo : lo + ctx.rows] = p @ W
             grad_W.addmm_(p.T, hc)
         return grad_h.to(ctx.dtypes[0]), grad_W.to(ctx.dtypes[1]), None
 
@@ -58,7 +58,7 @@ class _MeanCE(torch.autograd.Function):
         grad_h, grad_W = torch.empty_like(h), torch.zeros_like(W)
         total = h.new_zeros(())
         for lo in range(0, h.shape[0], rows):
-            hc, tc = h[lo:lo + rows], t[lo:lo + rows]
+            hc, tc = h[lo : lo + rows], t[lo : lo + rows]
             p = hc @ W.T  # (c, N): the logits, then in place the softmax minus the one-hot target
             picked = torch.arange(len(tc), device=p.device), tc
             top = p.amax(dim=1, keepdim=True)  # (c, 1)
@@ -70,13 +70,13 @@ class _MeanCE(torch.autograd.Function):
             if w is None:
                 total += norm.log().sum()
             else:
-                wc = w[lo:lo + rows].to(dtype)
+                wc = w[lo : lo + rows].to(dtype)
                 total += (wc * (norm.squeeze(1).log() - shifted)).sum()
             p.div_(norm)
             p[picked] -= 1.0
             if w is not None:
                 p.mul_(wc[:, None])
-            grad_h[lo:lo + rows] = p @ W
+            grad_h[lo : lo + rows] = p @ W
             grad_W.addmm_(p.T, hc)
         n = max(1, h.shape[0]) if w is None else 1  # weights summing to 1 are already the mean's scale
         ctx.save_for_backward(grad_h / n, grad_W / n)
@@ -104,8 +104,7 @@ def mean_ce(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, weights: to
     return each.mean() if weights is None else (weights * each).sum()
 
 
-def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=None, per_target=False,
-                     weights=None):
+def loss_from_states(model, states, targets, loss="ce", negatives=1, generator=None, per_target=False, weights=None):
     """Next-item loss from precomputed states (B, L, D) and targets (B, L); target 0 = no target.
 
     ce: full softmax over all N items. bce: SASRec-style binary CE, `negatives` uniform negatives per

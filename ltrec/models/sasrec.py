@@ -22,7 +22,9 @@ class Block(nn.Module):
         self.attn_drop = Dropout(dropout)
         self.resid_drop = Dropout(dropout)
         self.ln2 = nn.LayerNorm(dim)
-        self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim), Dropout(dropout))
+        self.ffn = nn.Sequential(
+            nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim), Dropout(dropout)
+        )
 
     def forward(self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, L, D); allowed (B, 1, L, L) [query, key]; bias (H, L, L) added to the attention scores."""
@@ -42,8 +44,18 @@ class Block(nn.Module):
 
 
 class SASRec(NeuralBackbone):
-    def __init__(self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2,
-                 input_norm: bool = True, item_scale: bool = True, positions: str = "newest"):
+    def __init__(
+        self,
+        n_items: int,
+        max_len: int,
+        dim: int = 64,
+        layers: int = 2,
+        heads: int = 2,
+        dropout: float = 0.2,
+        input_norm: bool = True,
+        item_scale: bool = True,
+        positions: str = "newest",
+    ):
         super().__init__()
         if dim % heads:
             raise ValueError(f"SASRec: dim={dim} must be divisible by heads={heads}")

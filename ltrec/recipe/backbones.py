@@ -3,7 +3,7 @@ constructors' arguments."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
@@ -47,15 +47,21 @@ class SASRecConfig(_Transformer):
 
     kind: Literal["sasrec"] = Field(description="selects this backbone")
     input_norm: bool = Field(
-        True, description="LayerNorm on item + position embedding before the first block, position embeddings "
-        "initialised small; false: the original SASRec's input (item + position, no LayerNorm)")
+        True,
+        description="LayerNorm on item + position embedding before the first block, position embeddings "
+        "initialised small; false: the original SASRec's input (item + position, no LayerNorm)",
+    )
     item_scale: bool = Field(
-        True, description="multiply the item embedding by sqrt(dim) before adding the position embedding (the "
-        "SASRec paper's scaling); false: add them unscaled, which weighs order more")
+        True,
+        description="multiply the item embedding by sqrt(dim) before adding the position embedding (the "
+        "SASRec paper's scaling); false: add them unscaled, which weighs order more",
+    )
     positions: Literal["newest", "relative"] = Field(
-        "newest", description="newest: a position embedding counted from the newest item; relative: none, each "
+        "newest",
+        description="newest: a position embedding counted from the newest item; relative: none, each "
         "head adds a learned bias of the distance between query and key to its attention scores, so a short "
-        "history is encoded exactly as the same items at the start of a long one")
+        "history is encoded exactly as the same items at the start of a long one",
+    )
 
 
 class BERT4RecConfig(_Transformer):
@@ -64,8 +70,12 @@ class BERT4RecConfig(_Transformer):
 
     kind: Literal["bert4rec"] = Field(description="selects this backbone")
     mask_prob: float = Field(0.2, gt=0, le=1, description="chance that each item of a training window is masked")
-    last_only: float = Field(0.1, ge=0, le=1, description="share of windows in which only the newest item is "
-                             "masked (what inference looks like)")
+    last_only: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="share of windows in which only the newest item is masked (what inference looks like)",
+    )
 
 
 class CaserConfig(Strict):
@@ -85,7 +95,14 @@ class PopConfig(Strict):
     kind: Literal["pop"] = Field(description="selects this backbone")
 
 
-Backbone = Annotated[Union[GRU4RecConfig, SASRecConfig, PopConfig, CaserConfig, NARMConfig, BERT4RecConfig],
-                     Field(discriminator="kind")]
-BACKBONE_KINDS = {"gru4rec": GRU4RecConfig, "sasrec": SASRecConfig, "pop": PopConfig, "caser": CaserConfig,
-                  "narm": NARMConfig, "bert4rec": BERT4RecConfig}
+Backbone = Annotated[
+    GRU4RecConfig | SASRecConfig | PopConfig | CaserConfig | NARMConfig | BERT4RecConfig, Field(discriminator="kind")
+]
+BACKBONE_KINDS = {
+    "gru4rec": GRU4RecConfig,
+    "sasrec": SASRecConfig,
+    "pop": PopConfig,
+    "caser": CaserConfig,
+    "narm": NARMConfig,
+    "bert4rec": BERT4RecConfig,
+}

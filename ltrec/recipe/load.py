@@ -29,8 +29,7 @@ class _Loader(yaml.SafeLoader):
             if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
                 key = self.construct_object(key_node, deep=deep)
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}",
-                                                            key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep)
 
@@ -88,9 +87,11 @@ def apply_overrides(raw: dict, overrides: list[str], notes: list[str] | None = N
         for key in dropped:
             del backbone[key]
         if dropped and notes is not None:
-            notes.append(f"note: backbone.kind {kind}: the recipe's {', '.join(dropped)} "
-                         f"{'does' if len(dropped) == 1 else 'do'} not apply to {kind} and "
-                         f"{'is' if len(dropped) == 1 else 'are'} left out")
+            notes.append(
+                f"note: backbone.kind {kind}: the recipe's {', '.join(dropped)} "
+                f"{'does' if len(dropped) == 1 else 'do'} not apply to {kind} and "
+                f"{'is' if len(dropped) == 1 else 'are'} left out"
+            )
     return raw
 
 

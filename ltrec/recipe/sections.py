@@ -32,15 +32,20 @@ class Data(Strict):
     min_item_events: int = Field(1, ge=1, description="drop items with fewer events (one pass, on the raw counts)")
     max_len: int = Field(50, ge=1, le=4096, description="history length the model sees")
     stride: int | None = Field(
-        None, ge=1, description="step between a user's training windows (null = max_len: windows do not "
+        None,
+        ge=1,
+        description="step between a user's training windows (null = max_len: windows do not "
         "overlap). Smaller: windows overlap and each target is still trained once, with at least max_len − "
-        "stride items before it (more windows per epoch)")
+        "stride items before it (more windows per epoch)",
+    )
 
     @model_validator(mode="after")
-    def _stride_fits(self) -> "Data":
+    def _stride_fits(self) -> Data:
         if self.stride is not None and self.stride > self.max_len:
-            raise ValueError(f"stride ({self.stride}) is more than max_len ({self.max_len}); windows would "
-                             "skip events: use at most max_len (or null)")
+            raise ValueError(
+                f"stride ({self.stride}) is more than max_len ({self.max_len}); windows would "
+                "skip events: use at most max_len (or null)"
+            )
         return self
 
 
@@ -58,7 +63,7 @@ class Head(Strict):
         return value
 
     @model_validator(mode="after")
-    def _exactly_one(self) -> "Head":
+    def _exactly_one(self) -> Head:
         if (self.fraction is None) == (self.count is None):
             raise ValueError("give exactly one of head.fraction and head.count")
         return self
@@ -71,17 +76,22 @@ class Split(Strict):
         "train", description="users with < 3 events: use for training only, or drop them"
     )
     cold_users: float = Field(0.0, ge=0, lt=1, description="fraction of users held out of training entirely")
-    cold_from: Literal["all", "tail"] = Field("all", description="hold cold users out of all users, or of "
-                                              "the tail only")
+    cold_from: Literal["all", "tail"] = Field(
+        "all", description="hold cold users out of all users, or of the tail only"
+    )
     seed: Seed | None = Field(
-        None, description="seed of the cold hold-out; default: the recipe's seed. Fix it so runs at "
-        "different seeds hold out the same users and can be compared user by user"
+        None,
+        description="seed of the cold hold-out; default: the recipe's seed. Fix it so runs at "
+        "different seeds hold out the same users and can be compared user by user",
     )
 
 
 class Monitor(Strict):
-    metric: str = Field("ndcg@10", pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$", description="validation metric that "
-                        "picks the best epoch and stops training")
+    metric: str = Field(
+        "ndcg@10",
+        pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$",
+        description="validation metric that picks the best epoch and stops training",
+    )
     slice: Literal["all", "head", "tail"] = Field("all", description="the users it is measured on")
 
 
@@ -91,20 +101,27 @@ class Train(Strict):
     lr: float = Field(1.0e-3, gt=0, description="Adam's learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Adam's weight decay")
     sampling: Literal["windows", "users"] = Field(
-        "windows", description="windows: every training window once per epoch, shuffled; users: each step "
+        "windows",
+        description="windows: every training window once per epoch, shuffled; users: each step "
         "draws users_per_step users uniformly (up to batch_size / users_per_step windows of each), so tail "
-        "users get as many steps as head users")
+        "users get as many steps as head users",
+    )
     users_per_step: Count = Field(64, description="with sampling: users, the users of one step")
-    loss: Literal["ce", "bce", "sampled"] = Field("ce", description="ce: full softmax; bce: binary CE with "
-                                                  "`negatives` random negatives per target; sampled: softmax over "
-                                                  "the target and `negatives` shared negatives")
+    loss: Literal["ce", "bce", "sampled"] = Field(
+        "ce",
+        description="ce: full softmax; bce: binary CE with "
+        "`negatives` random negatives per target; sampled: softmax over "
+        "the target and `negatives` shared negatives",
+    )
     negatives: int = Field(1, ge=1, le=100_000, description="negatives per position for bce / per batch for sampled")
     patience: int = Field(5, ge=1, le=100_000, description="stop after this many epochs without improvement on monitor")
     monitor: Monitor = Field(Monitor(), description="what early stopping watches")
     device: Literal["auto", "cpu", "cuda"] = Field(
-        "auto", description="auto: CUDA when torch sees a GPU (under torchrun, the LOCAL_RANK's), else CPU")
+        "auto", description="auto: CUDA when torch sees a GPU (under torchrun, the LOCAL_RANK's), else CPU"
+    )
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="bf16: autocast of the training forward pass, CUDA only; evaluation stays fp32")
+        "fp32", description="bf16: autocast of the training forward pass, CUDA only; evaluation stays fp32"
+    )
     threads: int = Field(0, ge=0, le=1024, description="torch CPU threads per process; 0 = torch's default")
 
 
@@ -114,18 +131,22 @@ class Adapt(Strict):
     steps: int = Field(3, ge=1, le=1000, description="SGD steps on each cold user's own history")
     lr: float = Field(1.0e-2, gt=0, description="SGD learning rate of the adaptation steps")
     params: Literal["encoder", "all"] = Field(
-        "encoder", description="what each user adapts: the encoder (item table shared) or every parameter")
+        "encoder", description="what each user adapts: the encoder (item table shared) or every parameter"
+    )
 
 
 class BucketBlend(Strict):
     """What every score blend shares: the history-length buckets, one weight each."""
 
     edges: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
-        [2, 3, 5, 8, 13, 21], min_length=1, description="history lengths (items the model sees) where a new bucket "
-        "starts; the first bucket holds the histories shorter than the first edge")
+        [2, 3, 5, 8, 13, 21],
+        min_length=1,
+        description="history lengths (items the model sees) where a new bucket "
+        "starts; the first bucket holds the histories shorter than the first edge",
+    )
 
     @model_validator(mode="after")
-    def _increasing(self) -> "BucketBlend":
+    def _increasing(self) -> BucketBlend:
         if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
             raise ValueError(f"edges must increase (got {self.edges})")
         return self
@@ -136,7 +157,8 @@ class PopBlend(BucketBlend):
     on the validation split from `weights`: a short history can lean on popularity, a long one on the model."""
 
     weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
-        [0.0, 0.03, 0.1, 0.3, 1.0, 3.0], min_length=1, description="candidate weights (0: the model alone)")
+        [0.0, 0.03, 0.1, 0.3, 1.0, 3.0], min_length=1, description="candidate weights (0: the model alone)"
+    )
 
 
 class TransitionBlend(BucketBlend):
@@ -145,40 +167,70 @@ class TransitionBlend(BucketBlend):
     its last one in other users' histories, a relation the model learns least from the tail."""
 
     weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
-        [0.0, 0.3, 1.0, 2.0, 4.0, 8.0], min_length=1, description="candidate weights (0: the model alone)")
-    window: int = Field(5, ge=1, le=50, description="two training events of one user at most this many apart "
-                        "count as a transition, weighted 1 / distance")
-    last: int = Field(5, ge=1, le=50, description="the user's newest items whose transitions are summed, the "
-                      "newest weighted 1, each older one half the next")
-    neighbours: int = Field(100, ge=1, le=10_000, description="transitions kept per item (the strongest); the "
-                            "exported graph stores items × neighbours of them")
+        [0.0, 0.3, 1.0, 2.0, 4.0, 8.0], min_length=1, description="candidate weights (0: the model alone)"
+    )
+    window: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="two training events of one user at most this many apart "
+        "count as a transition, weighted 1 / distance",
+    )
+    last: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="the user's newest items whose transitions are summed, the "
+        "newest weighted 1, each older one half the next",
+    )
+    neighbours: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="transitions kept per item (the strongest); the exported graph stores items × neighbours of them",
+    )
     directions: list[Literal["forward", "both"]] = Field(
-        ["forward", "both"], min_length=1, description="candidates, chosen on validation: forward counts only "
-        "a later event after an earlier one, both counts each pair both ways")
+        ["forward", "both"],
+        min_length=1,
+        description="candidates, chosen on validation: forward counts only "
+        "a later event after an earlier one, both counts each pair both ways",
+    )
 
     @model_validator(mode="after")
-    def _once_each(self) -> "TransitionBlend":
+    def _once_each(self) -> TransitionBlend:
         if len(set(self.directions)) != len(self.directions):
             raise ValueError(f"directions: each candidate once (got {self.directions})")
         return self
 
 
 class Eval(Strict):
-    ks: list[Annotated[int, Field(ge=1, le=100_000)]] = Field([5, 10, 20], min_length=1, description="cut-offs of "
-                                                               "HR, NDCG and MRR")
+    ks: list[Annotated[int, Field(ge=1, le=100_000)]] = Field(
+        [5, 10, 20], min_length=1, description="cut-offs of HR, NDCG and MRR"
+    )
     mask_seen: bool = Field(True, description="exclude the user's history items from the ranking (as RecBole)")
-    mode: Literal["full", "sampled"] = Field("full", description="full: rank the target among all items; "
-                                             "sampled: among `negatives` stored random items (for comparison "
-                                             "with papers only)")
+    mode: Literal["full", "sampled"] = Field(
+        "full",
+        description="full: rank the target among all items; "
+        "sampled: among `negatives` stored random items (for comparison "
+        "with papers only)",
+    )
     negatives: int = Field(100, ge=1, le=1_000_000, description="negatives per user in sampled mode")
     batch_size: Count = Field(1024, description="users scored at once")
-    adapt: Adapt | None = Field(None, description="also rank cold users after a few SGD steps on their own "
-                                "history (slice cold-adapted); null = zero-shot only")
-    pop_blend: PopBlend | None = Field(None, description="blend scores with item popularity per history-length "
-                                       "bucket, fitted on validation; in the exported graph too")
+    adapt: Adapt | None = Field(
+        None,
+        description="also rank cold users after a few SGD steps on their own "
+        "history (slice cold-adapted); null = zero-shot only",
+    )
+    pop_blend: PopBlend | None = Field(
+        None,
+        description="blend scores with item popularity per history-length "
+        "bucket, fitted on validation; in the exported graph too",
+    )
     transition_blend: TransitionBlend | None = Field(
-        None, description="blend scores with the item-to-item transitions of the user's newest items per "
-        "history-length bucket, fitted on validation (after pop_blend); in the exported graph too")
+        None,
+        description="blend scores with the item-to-item transitions of the user's newest items per "
+        "history-length bucket, fitted on validation (after pop_blend); in the exported graph too",
+    )
 
 
 class Output(Strict):
@@ -199,7 +251,7 @@ class Recipe(Strict):
     _file: str | None = PrivateAttr(None)
     _notes: list[str] = PrivateAttr(default_factory=list)
 
-    def loaded_from(self, path: str, notes: list[str]) -> "Recipe":
+    def loaded_from(self, path: str, notes: list[str]) -> Recipe:
         self._file, self._notes = path, list(notes)
         return self
 
@@ -214,45 +266,63 @@ class Recipe(Strict):
         return self._notes
 
     @model_validator(mode="after")
-    def _chains_use_full_softmax(self) -> "Recipe":
+    def _chains_use_full_softmax(self) -> Recipe:
         ga = self.transfer.grad_align
         if ga is not None and ga.chains > 1 and self.train.loss != "ce":
-            raise ValueError(f"transfer.grad_align.chains: {ga.chains} chains train with train.loss ce only "
-                             f"(got {self.train.loss}); set chains: 1 or loss: ce")
+            raise ValueError(
+                f"transfer.grad_align.chains: {ga.chains} chains train with train.loss ce only "
+                f"(got {self.train.loss}); set chains: 1 or loss: ce"
+            )
         # both use the next-item objective, which a bidirectional encoder would answer by looking ahead
         if ga is not None and ga.chains > 1 and self.backbone.kind == "bert4rec":
-            raise ValueError("transfer.grad_align.chains: bert4rec trains with its cloze objective, which "
-                             "chains do not implement; set chains: 1")
+            raise ValueError(
+                "transfer.grad_align.chains: bert4rec trains with its cloze objective, which "
+                "chains do not implement; set chains: 1"
+            )
         t = self.transfer
         if ga is not None and ga.chains > 1 and any(c is not None for c in (t.robust, t.user_branch, t.contrastive)):
-            raise ValueError("transfer.grad_align.chains: chains train with the plain objective; set chains: 1 to "
-                             "use transfer.robust, transfer.user_branch or transfer.contrastive")
+            raise ValueError(
+                "transfer.grad_align.chains: chains train with the plain objective; set chains: 1 to "
+                "use transfer.robust, transfer.user_branch or transfer.contrastive"
+            )
         for key in ("user_branch", "contrastive"):
             if getattr(t, key) is not None and self.backbone.kind == "pop":
-                raise ValueError(f"transfer.{key}: the popularity baseline has no user state; pick a neural "
-                                 f"backbone or set {key}: null")
+                raise ValueError(
+                    f"transfer.{key}: the popularity baseline has no user state; pick a neural "
+                    f"backbone or set {key}: null"
+                )
         if t.contrastive is not None and self.backbone.kind == "bert4rec":
-            raise ValueError("transfer.contrastive pairs the states that predict the same next item; bert4rec's "
-                             "cloze states see their own targets; set contrastive: null for bert4rec")
+            raise ValueError(
+                "transfer.contrastive pairs the states that predict the same next item; bert4rec's "
+                "cloze states see their own targets; set contrastive: null for bert4rec"
+            )
         if ga is not None and self.train.sampling == "users":
-            raise ValueError("train.sampling: users applies to plain training; gradient alignment draws its own "
-                             "users (transfer.grad_align.sampling, users_per_step); set train.sampling: windows")
+            raise ValueError(
+                "train.sampling: users applies to plain training; gradient alignment draws its own "
+                "users (transfer.grad_align.sampling, users_per_step); set train.sampling: windows"
+            )
         if self.eval.adapt is not None and self.backbone.kind == "bert4rec":
-            raise ValueError("eval.adapt: adaptation takes next-item steps, which a bidirectional bert4rec "
-                             "would answer by looking ahead; set eval.adapt: null for bert4rec")
+            raise ValueError(
+                "eval.adapt: adaptation takes next-item steps, which a bidirectional bert4rec "
+                "would answer by looking ahead; set eval.adapt: null for bert4rec"
+            )
         return self
 
     @model_validator(mode="after")
-    def _monitor_is_evaluated(self) -> "Recipe":
+    def _monitor_is_evaluated(self) -> Recipe:
         k = int(self.train.monitor.metric.split("@")[1])
         if k not in self.eval.ks:
-            raise ValueError(f"train.monitor.metric: {self.train.monitor.metric} needs {k} in eval.ks "
-                             f"(which is {self.eval.ks}); add it there or monitor another cut-off")
+            raise ValueError(
+                f"train.monitor.metric: {self.train.monitor.metric} needs {k} in eval.ks "
+                f"(which is {self.eval.ks}); add it there or monitor another cut-off"
+            )
         return self
 
     @model_validator(mode="after")
-    def _window_fits(self) -> "Recipe":
+    def _window_fits(self) -> Recipe:
         if self.backbone.kind == "caser" and self.backbone.window > self.data.max_len:
-            raise ValueError(f"backbone.window: {self.backbone.window} is longer than data.max_len "
-                             f"({self.data.max_len}), the most items the model ever sees; lower it")
+            raise ValueError(
+                f"backbone.window: {self.backbone.window} is longer than data.max_len "
+                f"({self.data.max_len}), the most items the model ever sees; lower it"
+            )
         return self

@@ -30,8 +30,10 @@ def pick_device(name: str, dist: Dist = LOCAL) -> torch.device:
 
 def check_precision(precision: str, device: torch.device) -> None:
     if precision == "bf16" and device.type != "cuda":
-        raise UserError("train.precision: bf16 autocast runs on CUDA only, and this run trains on the CPU "
-                        "(no CUDA device, or train.device: cpu); use precision: fp32")
+        raise UserError(
+            "train.precision: bf16 autocast runs on CUDA only, and this run trains on the CPU "
+            "(no CUDA device, or train.device: cpu); use precision: fp32"
+        )
 
 
 def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
@@ -41,8 +43,10 @@ def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
     except ValueError as exc:
         raise UserError(f"backbone: {exc}") from None
     except (MemoryError, RuntimeError) as exc:  # a size that passes validation but does not fit in memory
-        raise UserError(f"backbone: the model does not fit in memory with {seqs.n_items:,} items "
-                        f"({type(exc).__name__}); lower backbone.dim or layers") from None
+        raise UserError(
+            f"backbone: the model does not fit in memory with {seqs.n_items:,} items "
+            f"({type(exc).__name__}); lower backbone.dim or layers"
+        ) from None
     if not model.trainable:
         model.fit(seqs)
     branch = recipe.transfer.user_branch
@@ -86,15 +90,19 @@ def check_eval(recipe: Recipe, seqs: data_mod.Sequences) -> None:
     evaluated = seqs.role == data_mod.EVAL
     users = {"all": evaluated, "head": evaluated & seqs.head, "tail": evaluated & ~seqs.head}[which]
     if BACKBONES[recipe.backbone.kind].trainable and not users.any():
-        raise UserError(f"train.monitor.slice: no evaluated user is {which} (head = at least "
-                        f"{seqs.head_threshold} training events), so no epoch could be picked; monitor another "
-                        "slice or change head.fraction / head.count")
+        raise UserError(
+            f"train.monitor.slice: no evaluated user is {which} (head = at least "
+            f"{seqs.head_threshold} training events), so no epoch could be picked; monitor another "
+            "slice or change head.fraction / head.count"
+        )
     trained = seqs.train_lengths >= 2  # users with a training window
     for name, present in (("head", seqs.head & trained), ("tail", ~seqs.head & trained)):
         if recipe.transfer.adversarial is not None and not present.any():
-            raise UserError(f"transfer.adversarial: no {name} user has training windows (head = at least "
-                            f"{seqs.head_threshold} training events), so the discriminator would have nothing to "
-                            "tell apart; change head.fraction / head.count or set transfer.adversarial: null")
+            raise UserError(
+                f"transfer.adversarial: no {name} user has training windows (head = at least "
+                f"{seqs.head_threshold} training events), so the discriminator would have nothing to "
+                "tell apart; change head.fraction / head.count or set transfer.adversarial: null"
+            )
     if recipe.eval.mode != "sampled":
         return
     for split in ("valid", "test"):

@@ -1,5 +1,6 @@
-"""Run folders opened for training, checkpoints and resume: `best.pt` (weights of the best epoch) and `last.pt` (everything an exact resume
-needs: weights, optimiser state, random streams, the early-stopping state and whether training is over).
+"""Run folders opened for training, checkpoints and resume: `best.pt` (weights of the best epoch) and `last.pt`
+(everything an exact resume needs: weights, optimiser state, random streams, the early-stopping state and whether
+training is over).
 
 Checkpoints hold only tensors and primitives and are read with `torch.load(weights_only=True)`: a file with
 pickled Python objects in it is refused, never run.
@@ -89,8 +90,10 @@ def load_weights(model: torch.nn.Module, path: Path) -> dict:
     try:
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
-        raise UserError(f"{path}: does not hold this run's model ({type(exc).__name__}: {_reason(exc)}); was it "
-                        "copied from another run?") from None
+        raise UserError(
+            f"{path}: does not hold this run's model ({type(exc).__name__}: {_reason(exc)}); was it "
+            "copied from another run?"
+        ) from None
     return ckpt
 
 
@@ -102,16 +105,25 @@ def check_state(state, path: Path) -> TrainState:
     """last.pt's training state, each field checked: a damaged one would otherwise resume at a wrong epoch."""
     if not isinstance(state, dict) or set(state) != {f.name for f in fields(TrainState)}:
         keys = sorted(state) if isinstance(state, dict) else type(state).__name__
-        raise UserError(f"{path}: state: expected the fields {', '.join(f.name for f in fields(TrainState))} "
-                        f"(got {keys}); {DAMAGED}")
+        raise UserError(
+            f"{path}: state: expected the fields {', '.join(f.name for f in fields(TrainState))} "
+            f"(got {keys}); {DAMAGED}"
+        )
     epoch = state["epoch"]
     problems = {
         "epoch": (_whole(epoch), "a whole number ≥ 0"),
-        "best_epoch": (_whole(state["best_epoch"]) and _whole(epoch) and state["best_epoch"] <= epoch,
-                       "a whole number from 0 to the epoch"),
+        "best_epoch": (
+            _whole(state["best_epoch"]) and _whole(epoch) and state["best_epoch"] <= epoch,
+            "a whole number from 0 to the epoch",
+        ),
         "bad": (_whole(state["bad"]) and _whole(epoch) and state["bad"] <= epoch, "a whole number from 0 to the epoch"),
-        "best": (isinstance(state["best"], (int, float)) and not isinstance(state["best"], bool)
-                 and not math.isnan(state["best"]) and state["best"] != math.inf, "a number or -inf"),
+        "best": (
+            isinstance(state["best"], (int, float))
+            and not isinstance(state["best"], bool)
+            and not math.isnan(state["best"])
+            and state["best"] != math.inf,
+            "a number or -inf",
+        ),
         "stopped": (isinstance(state["stopped"], bool), "true or false"),
     }
     for key, (good, expected) in problems.items():
@@ -128,9 +140,11 @@ def resumable(given: Recipe, saved: Recipe, run_dir: Path) -> Recipe:
     b = merged.model_dump(exclude={"train": set(RESUME_MAY_CHANGE)})
     diff = sorted(f"{section}" for section in a if a[section] != b[section])
     if diff:
-        raise UserError(f"{run_dir}: --resume continues the same experiment, but the recipe differs in "
-                        f"{', '.join(diff)} (only train.{'/'.join(RESUME_MAY_CHANGE)} may change); "
-                        "start a new run instead")
+        raise UserError(
+            f"{run_dir}: --resume continues the same experiment, but the recipe differs in "
+            f"{', '.join(diff)} (only train.{'/'.join(RESUME_MAY_CHANGE)} may change); "
+            "start a new run instead"
+        )
     return merged
 
 
@@ -139,25 +153,39 @@ def save_last(run_dir: Path, model, runner, state: TrainState, gen: torch.Genera
     resume on as many processes continues exactly; rank 0 writes."""
     ranks = None
     if dist.world > 1:
-        ranks = dist.gather(to_cpu({"rng": torch.get_rng_state(), "gen": gen.get_state(),
-                                    "state": runner.rank_state()}))
+        ranks = dist.gather(
+            to_cpu({"rng": torch.get_rng_state(), "gen": gen.get_state(), "state": runner.rank_state()})
+        )
     with dist.together():
         if dist.main:
             extra = {"world": dist.world, "ranks": ranks} if dist.world > 1 else {}
-            save_torch(run_dir / "last.pt", {"format": FORMAT, "model": model.state_dict(),
-                                             "optim": runner.state_dict(), "rng": torch.get_rng_state(),
-                                             "gen": gen.get_state(), "state": asdict(state), **extra})
+            save_torch(
+                run_dir / "last.pt",
+                {
+                    "format": FORMAT,
+                    "model": model.state_dict(),
+                    "optim": runner.state_dict(),
+                    "rng": torch.get_rng_state(),
+                    "gen": gen.get_state(),
+                    "state": asdict(state),
+                    **extra,
+                },
+            )
 
 
-def restore(run_dir: Path, model, runner, gen: torch.Generator, seed: int, dist: Dist = LOCAL) -> tuple[TrainState, int]:
+def restore(
+    run_dir: Path, model, runner, gen: torch.Generator, seed: int, dist: Dist = LOCAL
+) -> tuple[TrainState, int]:
     """Load last.pt into model, runner and random streams; returns (state, world size it was trained with)."""
     ckpt = None
     with dist.together():
         if dist.main:
             ckpt = load_torch(run_dir / "last.pt")
             if ckpt.get("format") != FORMAT:
-                raise UserError(f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')!r:.60} is not {FORMAT} "
-                                "(written by another ltrec version); retrain the run")
+                raise UserError(
+                    f"{run_dir}/last.pt: checkpoint format {ckpt.get('format')!r:.60} is not {FORMAT} "
+                    "(written by another ltrec version); retrain the run"
+                )
             check_state(ckpt.get("state"), run_dir / "last.pt")  # a last.pt without one, too
     ckpt = dist.broadcast(ckpt)  # rank 0's file: other machines need not see the run directory
     saved_world = ckpt.get("world", 1)
@@ -177,8 +205,9 @@ def restore(run_dir: Path, model, runner, gen: torch.Generator, seed: int, dist:
                 if dist.world > 1:
                     runner.load_rank_state(mine["state"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as exc:
-            raise UserError(f"{run_dir}/last.pt: does not match this run ({type(exc).__name__}: "
-                            f"{_reason(exc)}); start a new run") from None
+            raise UserError(
+                f"{run_dir}/last.pt: does not match this run ({type(exc).__name__}: {_reason(exc)}); start a new run"
+            ) from None
     return state, saved_world
 
 
@@ -189,8 +218,11 @@ def open_run(recipe: Recipe, run_dir: Path, overwrite: bool, resume: bool, held:
         open_for_resume(run_dir, held)
         recipe = resumable(recipe, load_recipe(run_dir / "recipe.yaml"), run_dir)
     else:
-        protected = {"the working directory": Path.cwd(), "the recipe": Path(recipe.file or "."),
-                     **{"the data": Path(f) for f in source_files(recipe.data.source)[0]}}
+        protected = {
+            "the working directory": Path.cwd(),
+            "the recipe": Path(recipe.file or "."),
+            **{f"the data ({f})": Path(f) for f in source_files(recipe.data.source)[0]},  # every file of a glob
+        }
         prepare_run_dir(run_dir, overwrite, protected, held)
     atomic_write(run_dir / "recipe.yaml", dump_recipe(recipe))
     return recipe
@@ -202,19 +234,25 @@ def resume(recipe, model, runner, gen, run_dir: Path, console: Console, dist: Di
         if dist.main:  # epochs after the checkpoint were never saved whole: forget them
             records = read_epochs(run_dir / "metrics.jsonl", console.print)
             if len(records) < state.epoch:  # each epoch's line is written before its checkpoint
-                raise UserError(f"{run_dir}/last.pt: holds epoch {state.epoch}, but metrics.jsonl only "
-                                f"{len(records)}; the two files are not of one run (retrain the run, or restore "
-                                "the files)")
+                raise UserError(
+                    f"{run_dir}/last.pt: holds epoch {state.epoch}, but metrics.jsonl only "
+                    f"{len(records)}; the two files are not of one run (retrain the run, or restore "
+                    "the files)"
+                )
             kept = [r for r in records if r["epoch"] <= state.epoch]
             atomic_write(run_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
     if state.stopped or state.epoch >= recipe.train.epochs:
         why = "early stopping" if state.stopped else f"all {recipe.train.epochs} epochs"
-        console.print(f"{run_dir}: training is finished ({why} after epoch {state.epoch}; best epoch "
-                      f"{state.best_epoch}); nothing left to resume, evaluating the best checkpoint")
+        console.print(
+            f"{run_dir}: training is finished ({why} after epoch {state.epoch}; best epoch "
+            f"{state.best_epoch}); nothing left to resume, evaluating the best checkpoint"
+        )
         return state
     console.print(f"resuming {run_dir} after epoch {state.epoch}")
     if saved_world != dist.world:
-        console.print(f"note: the run was trained by {saved_world} process(es) and continues with {dist.world}: "
-                      "users are re-sharded and random streams reseeded, so it will not end with exactly "
-                      "the numbers of an uninterrupted run")
+        console.print(
+            f"note: the run was trained by {saved_world} process(es) and continues with {dist.world}: "
+            "users are re-sharded and random streams reseeded, so it will not end with exactly "
+            "the numbers of an uninterrupted run"
+        )
     return state

@@ -69,8 +69,9 @@ class Dist:
         if self.world == 1:
             return list(values)
         t = torch.tensor(values, dtype=torch.int64)
-        torch.distributed.all_reduce(t, {"sum": torch.distributed.ReduceOp.SUM,
-                                         "max": torch.distributed.ReduceOp.MAX}[op])
+        torch.distributed.all_reduce(
+            t, {"sum": torch.distributed.ReduceOp.SUM, "max": torch.distributed.ReduceOp.MAX}[op]
+        )
         return t.tolist()
 
     def sum_stats(self, sums: dict) -> None:
@@ -83,8 +84,9 @@ class Dist:
         for k, v in zip(keys, t.tolist()):
             sums[k] = type(sums[k])(v)
 
-    def mean_(self, tensors: list[torch.Tensor], weight: float = 1.0,
-              present: list[bool] | None = None) -> tuple[float, list[bool]]:
+    def mean_(
+        self, tensors: list[torch.Tensor], weight: float = 1.0, present: list[bool] | None = None
+    ) -> tuple[float, list[bool]]:
         """Replace each tensor by the weighted mean over ranks, Σ_r w_r·t_r / Σ_r w_r, in one all-reduce.
 
         A rank with weight 0 (no finite loss, no users) contributes nothing and does not dilute the mean.
@@ -95,16 +97,18 @@ class Dist:
         if self.world == 1:
             return weight, list(present)
         device = tensors[0].device if tensors else torch.device("cpu")
-        flat = torch.cat([t.detach().reshape(-1).float() * weight for t in tensors]
-                         + [torch.tensor([weight] + [float(x) for x in present], device=device)])
+        flat = torch.cat(
+            [t.detach().reshape(-1).float() * weight for t in tensors]
+            + [torch.tensor([weight] + [float(x) for x in present], device=device)]
+        )
         torch.distributed.all_reduce(flat)
-        tail = flat[len(flat) - len(tensors) - 1:].tolist()
+        tail = flat[len(flat) - len(tensors) - 1 :].tolist()
         total, had = tail[0], [x > 0 for x in tail[1:]]
         if total > 0:
             offset = 0
             with torch.no_grad():
                 for t in tensors:
-                    t.copy_((flat[offset:offset + t.numel()] / total).view_as(t))
+                    t.copy_((flat[offset : offset + t.numel()] / total).view_as(t))
                     offset += t.numel()
         return total, had
 

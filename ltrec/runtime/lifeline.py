@@ -40,8 +40,7 @@ def _parent_death_signal() -> bool:
 
 
 def _orphaned(parent: int) -> None:
-    print(f"ltrec: the process that started this one (pid {parent}) has ended; stopping", file=sys.stderr,
-          flush=True)
+    print(f"ltrec: the process that started this one (pid {parent}) has ended; stopping", file=sys.stderr, flush=True)
     os._exit(1)
 
 

@@ -29,8 +29,9 @@ def plan_schema() -> dict:
     return schema
 
 
-def run_sweep(plan_path: Path, out: Path | None, jobs: int, resume: bool, table_only: bool,
-              fail_fast: bool) -> tuple[str, int]:
+def run_sweep(
+    plan_path: Path, out: Path | None, jobs: int, resume: bool, table_only: bool, fail_fast: bool
+) -> tuple[str, int]:
     """Run (or with `table_only` only tabulate) the sweep; returns (the Markdown table, failed runs)."""
     console = Console(stderr=True, soft_wrap=True)
     plan, base = load_plan(plan_path)
@@ -51,8 +52,9 @@ def run_sweep(plan_path: Path, out: Path | None, jobs: int, resume: bool, table_
             raise UserError(f"{out}: exists and is not a sweep folder; choose another --out")
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"{out}: cannot create the sweep folder ({exc.strerror or exc}); choose another "
-                        "--out") from None
+        raise UserError(
+            f"{out}: cannot create the sweep folder ({exc.strerror or exc}); choose another --out"
+        ) from None
     with locked(out, "ltrec sweep", "sweep folder"):
         sweep = Sweep(plan, base, plan_path, out, jobs, fail_fast, console)
         failed = sweep.run()

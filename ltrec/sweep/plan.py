@@ -28,30 +28,42 @@ class Arm(Strict):
 
     name: str = Field(pattern=NAME, description="run folders are <out>/<name>-s<seed>")
     set: list[str] = Field([], description="overrides of the base recipe, as `--set` takes them: key=value")
-    grid: dict[str, list[Any]] = Field({}, description="key → values: every combination is trained at the first "
-                                       "seed and the one best on the validation split runs at every seed")
-    at_baseline: bool = Field(False, description="train at the baseline's chosen grid combination (its learning "
-                              "rate, batch, …), then this arm's own set and grid: every method at the control's "
-                              "tuned setting; the arm starts once the baseline's grid has chosen")
+    grid: dict[str, list[Any]] = Field(
+        {},
+        description="key → values: every combination is trained at the first "
+        "seed and the one best on the validation split runs at every seed",
+    )
+    at_baseline: bool = Field(
+        False,
+        description="train at the baseline's chosen grid combination (its learning "
+        "rate, batch, …), then this arm's own set and grid: every method at the control's "
+        "tuned setting; the arm starts once the baseline's grid has chosen",
+    )
 
     @model_validator(mode="after")
-    def _bounded(self) -> "Arm":
+    def _bounded(self) -> Arm:
         if len(self.name) > MAX_ARM_NAME:
-            raise ValueError(f"name: {len(self.name)} characters; at most {MAX_ARM_NAME} (it names the arm's run "
-                             "folders)")
+            raise ValueError(
+                f"name: {len(self.name)} characters; at most {MAX_ARM_NAME} (it names the arm's run folders)"
+            )
         for key, values in self.grid.items():
             parse_override(f"{key}=0")  # a dotted key, or the same error --set gives
             if not values:
                 raise ValueError(f"grid: {key}: give at least one value")
         if len(points(self)) > MAX_POINTS:
-            raise ValueError(f"grid: {len(points(self))} combinations; at most {MAX_POINTS} (a grid is searched "
-                             "by training every combination)")
+            raise ValueError(
+                f"grid: {len(points(self))} combinations; at most {MAX_POINTS} (a grid is searched "
+                "by training every combination)"
+            )
         return self
 
 
 class Select(Strict):
-    metric: str = Field("ndcg@10", pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$", description="validation metric that "
-                        "picks a grid's combination")
+    metric: str = Field(
+        "ndcg@10",
+        pattern=r"^(hr|ndcg|mrr)@[1-9][0-9]*$",
+        description="validation metric that picks a grid's combination",
+    )
     slice: str = Field("all", pattern=r"^(all|head|tail)$")
 
 
@@ -66,7 +78,7 @@ class Plan(Strict):
     arms: list[Arm] = Field(min_length=1)
 
     @model_validator(mode="after")
-    def _names(self) -> "Plan":
+    def _names(self) -> Plan:
         names = [a.name for a in self.arms]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
@@ -79,16 +91,20 @@ class Plan(Strict):
         for arm in self.arms:
             if arm.at_baseline and (arm is base or not base.grid):
                 why = "it is the baseline" if arm is base else f"baseline {base.name} has none"
-                raise ValueError(f"arms: {arm.name}: at_baseline needs a baseline with a grid to take the chosen "
-                                 f"combination from ({why})")
+                raise ValueError(
+                    f"arms: {arm.name}: at_baseline needs a baseline with a grid to take the chosen "
+                    f"combination from ({why})"
+                )
         return self
 
 
 def points(arm: Arm) -> list[list[str]]:
     """Every combination of the arm's grid, as lists of `key=value` overrides ([[]] without a grid)."""
     keys = list(arm.grid)
-    return [[f"{k}={json.dumps(v)}" for k, v in zip(keys, combo)]
-            for combo in itertools.product(*(arm.grid[k] for k in keys))]
+    return [
+        [f"{k}={json.dumps(v)}" for k, v in zip(keys, combo)]
+        for combo in itertools.product(*(arm.grid[k] for k in keys))
+    ]
 
 
 def point_names(arm: Arm) -> list[str]:
@@ -124,8 +140,9 @@ def load_plan(path: Path) -> tuple[Plan, Path]:
                 recipe_for(plan, base, arm, [*inherited, *point], plan.seeds[0])
             except UserError as exc:
                 first = str(exc).splitlines()[0]
-                problems.append(f"{path}: arms.{i} ({arm.name}){' ' + ','.join(point) if point else ''}: "
-                                f"{first.split(': ', 1)[-1]}")
+                problems.append(
+                    f"{path}: arms.{i} ({arm.name}){' ' + ','.join(point) if point else ''}: {first.split(': ', 1)[-1]}"
+                )
                 break
     if problems:
         raise UserError("\n".join(problems))

@@ -50,8 +50,9 @@ def finished(run: Path) -> bool:
 
 
 class Sweep:
-    def __init__(self, plan: Plan, base: Path, plan_path: Path, out: Path, jobs: int, fail_fast: bool,
-                 console: Console):
+    def __init__(
+        self, plan: Plan, base: Path, plan_path: Path, out: Path, jobs: int, fail_fast: bool, console: Console
+    ):
         self.plan, self.base, self.out, self.jobs, self.fail_fast = plan, base, out, jobs, fail_fast
         self.console, self.plan_path = console, plan_path
         self.threads = max(1, (os.cpu_count() or 1) // jobs)
@@ -64,8 +65,10 @@ class Sweep:
 
     def _queue_arm(self, arm) -> None:
         if arm.grid:
-            self.queue += [self._job(arm, point, self.plan.seeds[0], f"grid/{arm.name}/{name}")
-                           for point, name in zip(points(arm), point_names(arm))]
+            self.queue += [
+                self._job(arm, point, self.plan.seeds[0], f"grid/{arm.name}/{name}")
+                for point, name in zip(points(arm), point_names(arm))
+            ]
         else:
             self.state.chosen[arm.name] = []
             self.queue += [self._job(arm, [], seed) for seed in self.plan.seeds]
@@ -80,8 +83,11 @@ class Sweep:
     def run(self) -> int:
         """Run everything not finished yet; returns the number of failed runs. The caller holds the sweep
         folder's lock."""
-        live = Live(self._view(), console=self.console, refresh_per_second=1, transient=True) \
-            if self.console.is_terminal else None
+        live = (
+            Live(self._view(), console=self.console, refresh_per_second=1, transient=True)
+            if self.console.is_terminal
+            else None
+        )
         # runs are process groups of their own (so one Ctrl-C is not every run's): a `kill` of the sweep must
         # stop them as Ctrl-C does, or they train on, orphaned (a `kill -9`: see ltrec.runtime.lifeline)
         previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -100,11 +106,15 @@ class Sweep:
                     break
         except KeyboardInterrupt:
             self._stop()
-            raise UserError(f"sweep stopped; continue it with: ltrec sweep {self.plan_path} --out {self.out} --resume")
+            raise UserError(
+                f"sweep stopped; continue it with: ltrec sweep {self.plan_path} --out {self.out} --resume"
+            ) from None
         except OSError as exc:  # a run folder or log the file system refuses (a name too long, a full disk)
             self._stop()
-            raise UserError(f"{exc.filename or self.out}: {exc.strerror or exc}; the sweep stopped its runs (continue "
-                            f"it with: ltrec sweep {self.plan_path} --out {self.out} --resume)") from None
+            raise UserError(
+                f"{exc.filename or self.out}: {exc.strerror or exc}; the sweep stopped its runs (continue "
+                f"it with: ltrec sweep {self.plan_path} --out {self.out} --resume)"
+            ) from None
         finally:
             signal.signal(signal.SIGTERM, previous)
             self._stop()  # whatever ended the loop, an error included: no run trains on without its sweep
@@ -127,13 +137,26 @@ class Sweep:
             if busy is not None:  # --resume or --overwrite would be refused, or worse, race the other trainer
                 raise busy
             flags = ["--resume"] if (run / "last.pt").is_file() else ["--overwrite"] if run.exists() else []
-            cmd = [sys.executable, "-m", "ltrec", "train", str(self.base), "--out", str(run), *flags,
-                   *(a for s in [*job.sets, f"train.threads={self.threads}"] for a in ("--set", s))]
-            env = {**os.environ, "OMP_NUM_THREADS": str(self.threads), "PYTHONUNBUFFERED": "1", "COLUMNS": "200",
-                   **child_env()}
+            cmd = [
+                sys.executable,
+                "-m",
+                "ltrec",
+                "train",
+                str(self.base),
+                "--out",
+                str(run),
+                *flags,
+                *(a for s in [*job.sets, f"train.threads={self.threads}"] for a in ("--set", s)),
+            ]
+            env = {
+                **os.environ,
+                "OMP_NUM_THREADS": str(self.threads),
+                "PYTHONUNBUFFERED": "1",
+                "COLUMNS": "200",
+                **child_env(),
+            }
             with open(self._log(job), "a") as log:
-                job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+                job.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
             job.status, job.started = "running", time.time()
             running += 1
 
@@ -165,10 +188,20 @@ class Sweep:
         if not arm.grid or name in self.state.chosen or any(j.status in ("pending", "running") for j in grid):
             return
         sel = self.plan.select
-        scores = {j.folder: read_json(self.out / j.folder / "metrics.json", Summary).valid[sel.slice][sel.metric]
-                  for j in grid if j.status == "done"}
-        self.state.grid[name] = [{"point": j.point, "folder": j.folder, "status": j.status,
-                                     f"valid {sel.slice} {sel.metric}": scores.get(j.folder)} for j in grid]
+        scores = {
+            j.folder: read_json(self.out / j.folder / "metrics.json", Summary).valid[sel.slice][sel.metric]
+            for j in grid
+            if j.status == "done"
+        }
+        self.state.grid[name] = [
+            {
+                "point": j.point,
+                "folder": j.folder,
+                "status": j.status,
+                f"valid {sel.slice} {sel.metric}": scores.get(j.folder),
+            }
+            for j in grid
+        ]
         if not scores:
             self.state.failed[name] = "every grid combination failed"
             for waiting in self._waiting(name):
@@ -176,8 +209,9 @@ class Sweep:
             return
         best = next(j for j in grid if j.folder == max(scores, key=scores.get))
         self.state.chosen[name] = best.point
-        self.console.print(f"{name}: {', '.join(best.point)} chosen on validation "
-                           f"({sel.slice} {sel.metric} {scores[best.folder]:.4f})")
+        self.console.print(
+            f"{name}: {', '.join(best.point)} chosen on validation ({sel.slice} {sel.metric} {scores[best.folder]:.4f})"
+        )
         for seed in self.plan.seeds:
             job = self._job(arm, best.point, seed)
             run = self.out / job.folder
@@ -209,14 +243,18 @@ class Sweep:
         return self.out / "logs" / (job.folder.replace("/", "__") + ".log")
 
     def _save(self) -> None:
-        self.state.runs = [RunState(folder=j.folder, arm=j.arm, seed=j.seed, status=j.status, set=j.sets)
-                           for j in self.queue]
+        self.state.runs = [
+            RunState(folder=j.folder, arm=j.arm, seed=j.seed, status=j.status, set=j.sets) for j in self.queue
+        ]
         atomic_write(self.out / STATE, self.state.model_dump_json(indent=1))
 
     def _view(self) -> Table:
         counts = {s: sum(1 for j in self.queue if j.status == s) for s in ("done", "running", "pending", "failed")}
-        table = Table(title=f"sweep {self.out}: {counts['done']} done, {counts['running']} running, "
-                            f"{counts['pending']} left, {counts['failed']} failed", title_justify="left")
+        table = Table(
+            title=f"sweep {self.out}: {counts['done']} done, {counts['running']} running, "
+            f"{counts['pending']} left, {counts['failed']} failed",
+            title_justify="left",
+        )
         table.add_column("run")
         table.add_column("epoch", justify="right")
         for job in self.queue:

@@ -62,5 +62,6 @@ def read_state(folder: Path) -> SweepState | None:
         else:
             loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
             what = f"{loc}: {err['msg'].removeprefix('Value error, ')}"
-        raise UserError(f"{path}: {what}; the file is damaged (restore it, or run the sweep again into another "
-                        "--out)") from None
+        raise UserError(
+            f"{path}: {what}; the file is damaged (restore it, or run the sweep again into another --out)"
+        ) from None

@@ -25,9 +25,16 @@ def sweep_table(plan: Plan, out: Path, state: SweepState) -> dict:
     """What the finished runs of the sweep in `out` say (arms with no finished run are listed as such)."""
     done = {a.name: [s for s in plan.seeds if finished(out / f"{a.name}-s{s}")] for a in plan.arms}
     base = plan.baseline
-    result = {"baseline": base, "seeds": plan.seeds, "protocol": None, "chosen": state.chosen,
-              "grid": state.grid, "failed": state.failed, "arms": [],
-              "at_baseline": [a.name for a in plan.arms if a.at_baseline]}
+    result = {
+        "baseline": base,
+        "seeds": plan.seeds,
+        "protocol": None,
+        "chosen": state.chosen,
+        "grid": state.grid,
+        "failed": state.failed,
+        "arms": [],
+        "at_baseline": [a.name for a in plan.arms if a.at_baseline],
+    }
     for arm in plan.arms:
         seeds = done[arm.name]
         row = {"arm": arm.name, "seeds": seeds, "slices": {}}
@@ -38,17 +45,26 @@ def sweep_table(plan: Plan, out: Path, state: SweepState) -> dict:
             row["seconds_per_epoch"] = float(np.mean([s.seconds_per_epoch for s in summaries]))
             for name in SLICES:
                 if name in summaries[0].test:
-                    row["slices"][name] = {m: {"mean": float(np.mean([s.test[name][m] for s in summaries])),
-                                               "std": float(np.std([s.test[name][m] for s in summaries])),
-                                               "users": int(summaries[0].test[name]["users"])}
-                                           for m in METRICS}
+                    row["slices"][name] = {
+                        m: {
+                            "mean": float(np.mean([s.test[name][m] for s in summaries])),
+                            "std": float(np.std([s.test[name][m] for s in summaries])),
+                            "users": int(summaries[0].test[name]["users"]),
+                        }
+                        for m in METRICS
+                    }
         common = [s for s in seeds if s in done[base]]
         if arm.name != base and common:  # paired over users, on the seeds both have finished
             joined = [",".join(str(out / f"{a}-s{s}") for s in common) for a in (base, arm.name)]
             for r in compare(joined, "test", METRICS, SLICES)["rows"]:
                 row["slices"].get(r["slice"], {}).get(r["metric"], {}).update(
-                    {"rel_diff": r["tests"][0]["rel_diff"], "p_value": r["tests"][0]["p_value"],
-                     "test": fmt_test(r["tests"][0]), "paired_seeds": common})
+                    {
+                        "rel_diff": r["tests"][0]["rel_diff"],
+                        "p_value": r["tests"][0]["p_value"],
+                        "test": fmt_test(r["tests"][0]),
+                        "paired_seeds": common,
+                    }
+                )
         result["arms"].append(row)
     return result
 
@@ -63,17 +79,25 @@ def format_table(result: dict, command: str) -> str:
         for s in slices:
             for m in METRICS:
                 c = a["slices"].get(s, {}).get(m)
-                cells.append("–" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}"
-                             + (f" {c['test']}" if "test" in c else ""))
-        cells += [f"{a['epochs']:.1f}" if "epochs" in a else "–",
-                  f"{a['seconds_per_epoch']:.1f}" if "seconds_per_epoch" in a else "–"]
+                cells.append(
+                    "–" if c is None else f"{c['mean']:.4f} ± {c['std']:.4f}" + (f" {c['test']}" if "test" in c else "")
+                )
+        cells += [
+            f"{a['epochs']:.1f}" if "epochs" in a else "–",
+            f"{a['seconds_per_epoch']:.1f}" if "seconds_per_epoch" in a else "–",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     at_base = result.get("at_baseline", [])
-    chosen = [f"{arm}: " + ", ".join([f"at {result['baseline']}'s choice"] * (arm in at_base) + p)
-              for arm, p in result["chosen"].items() if p or arm in at_base]
-    notes = [f"test split; {result['protocol'] or 'no run finished yet'}; mean ± std over seeds; Δ% vs "
-             f"{result['baseline']} with a two-sided paired bootstrap p over users (seeds averaged per user)",
-             f"reproduce: {command}"]
+    chosen = [
+        f"{arm}: " + ", ".join([f"at {result['baseline']}'s choice"] * (arm in at_base) + p)
+        for arm, p in result["chosen"].items()
+        if p or arm in at_base
+    ]
+    notes = [
+        f"test split; {result['protocol'] or 'no run finished yet'}; mean ± std over seeds; Δ% vs "
+        f"{result['baseline']} with a two-sided paired bootstrap p over users (seeds averaged per user)",
+        f"reproduce: {command}",
+    ]
     if chosen:
         notes.insert(1, "chosen on validation: " + "; ".join(chosen))
     if result["failed"]:

@@ -29,9 +29,11 @@ def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Co
             history = read_epochs(run_dir / "metrics.jsonl")
     dist.broadcast_module_(model)  # rank 0 read best.pt; the others get its weights
     monitor = recipe.train.monitor
-    summary = {"best_epoch": max(history, key=lambda r: r["valid"][monitor.slice][monitor.metric])["epoch"]
-               if history else 0, "epochs": len(history),
-               "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0}
+    summary = {
+        "best_epoch": max(history, key=lambda r: r["valid"][monitor.slice][monitor.metric])["epoch"] if history else 0,
+        "epochs": len(history),
+        "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0,
+    }
     blends = fit_blends(recipe, seqs, evaluator, run_dir, dist)
     for split in ("valid", "test"):
         result = evaluator.run(split, None, *blends)
@@ -45,5 +47,3 @@ def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Co
     console.print(format_table(summary["test"], summary["protocol"], "test", recipe.eval.ks))
     console.print(f"run: {run_dir}  (next: ltrec eval {run_dir} --slice tail; pictures: ltrec report {run_dir})")
     return run_dir
-
-

@@ -1,8 +1,8 @@
 """The training loop: one epoch after another, validation after each, early stopping, checkpoints.
 
 How an epoch updates the model (plain training, gradient alignment, adversarial training, ...) is the
-business of `ltrec.training.transfer`; saving and resuming, of `ltrec.runtime.checkpoint`. Under torchrun every rank runs this
-same code on its own users (`distributed.shard_users`); rank 0 alone writes the run folder and prints.
+business of `ltrec.training.transfer`; saving and resuming, of `ltrec.runtime.checkpoint`. Under torchrun every rank
+runs this same code on its own users (`distributed.shard_users`); rank 0 alone writes the run folder and prints.
 """
 
 from __future__ import annotations
@@ -33,8 +33,14 @@ from ltrec.training.transfer import make_runner
 DISC_WINS = 0.99  # balanced accuracy from which the discriminator is said to win (0.5 = chance)
 
 
-def train(recipe: Recipe, out: Path | None = None, overwrite: bool = False, resume: bool = False,
-          console: Console | None = None, dist: Dist = LOCAL) -> Path:
+def train(
+    recipe: Recipe,
+    out: Path | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    console: Console | None = None,
+    dist: Dist = LOCAL,
+) -> Path:
     """Train a recipe into a run directory; returns it."""
     console = console or Console(stderr=True, soft_wrap=True, quiet=not dist.main)
     recipe = recipe.model_copy(deep=True)
@@ -57,8 +63,12 @@ def _train(recipe: Recipe, run_dir: Path, device, resume: bool, console: Console
     console.print(f"data: {seqs.describe()}")
     with dist.together():
         if dist.main:
-            atomic_write(run_dir / "data.json", json.dumps({"fingerprint": fingerprint(seqs), **seqs.report,
-                                                             "head_threshold": seqs.head_threshold}, indent=2))
+            atomic_write(
+                run_dir / "data.json",
+                json.dumps(
+                    {"fingerprint": fingerprint(seqs), **seqs.report, "head_threshold": seqs.head_threshold}, indent=2
+                ),
+            )
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     keep_freed_memory()
@@ -71,8 +81,9 @@ def _train(recipe: Recipe, run_dir: Path, device, resume: bool, console: Console
     return finish(recipe, seqs, model, evaluator, run_dir, console, dist)
 
 
-def fit(recipe: Recipe, seqs, model, evaluator: Evaluator, run_dir: Path, resume: bool, console: Console,
-        dist: Dist = LOCAL) -> None:
+def fit(
+    recipe: Recipe, seqs, model, evaluator: Evaluator, run_dir: Path, resume: bool, console: Console, dist: Dist = LOCAL
+) -> None:
     cfg, metric, which = recipe.train, recipe.train.monitor.metric, recipe.train.monitor.slice
     windows = seqs.train_windows(recipe.data.max_len, recipe.data.stride)
     if dist.world > 1:  # each rank trains on its own users' windows
@@ -88,8 +99,7 @@ def fit(recipe: Recipe, seqs, model, evaluator: Evaluator, run_dir: Path, resume
         state = checkpoint.resume(recipe, model, runner, gen, run_dir, console, dist)
     n_windows = len(windows[0])
     with _progress(console) as progress:
-        task = progress.add_task("train", total=cfg.epochs * n_windows, completed=state.epoch * n_windows,
-                                 status="")
+        task = progress.add_task("train", total=cfg.epochs * n_windows, completed=state.epoch * n_windows, status="")
         while state.epoch < cfg.epochs and not state.stopped:
             epoch = state.epoch + 1
             progress.update(task, description=f"epoch {epoch}/{cfg.epochs}")
@@ -113,20 +123,24 @@ def fit(recipe: Recipe, seqs, model, evaluator: Evaluator, run_dir: Path, resume
                 if dist.main:
                     if improved:
                         checkpoint.save_torch(run_dir / "best.pt", {"model": model.state_dict(), "epoch": epoch})
-                    append_epoch(run_dir / "metrics.jsonl", {"epoch": epoch, "seconds": round(seconds, 3),
-                                                             **stats, "valid": valid})
+                    append_epoch(
+                        run_dir / "metrics.jsonl",
+                        {"epoch": epoch, "seconds": round(seconds, 3), **stats, "valid": valid},
+                    )
             checkpoint.save_last(run_dir, model, runner, state, gen, dist)
             progress.console.print(
                 f"epoch {epoch}: loss {stats['loss']:.4f}, {seconds:.1f}s, valid {metric} "
                 + ", ".join(f"{s} {valid[s][metric]:.4f}" for s in ("all", "head", "tail"))
-                + (" *" if improved else "") + "".join(f", {k} {v:.3f}" for k, v in stats.items()
-                                                       if isinstance(v, float) and k != "loss")
-                + (f", skipped {stats['skipped']} batches with a non-finite loss" if stats["skipped"] else ""))
+                + (" *" if improved else "")
+                + "".join(f", {k} {v:.3f}" for k, v in stats.items() if isinstance(v, float) and k != "loss")
+                + (f", skipped {stats['skipped']} batches with a non-finite loss" if stats["skipped"] else "")
+            )
             if stats.get("disc_wins"):
                 progress.console.print(
                     f"warning: epoch {epoch}: the discriminator separates head from tail users almost perfectly "
                     f"(balanced accuracy {stats['disc_acc']:.3f} ≥ {DISC_WINS}), so the adversarial term no longer "
-                    "makes user states frequency-agnostic; try another transfer.adversarial.weight (λ) or lr")
+                    "makes user states frequency-agnostic; try another transfer.adversarial.weight (λ) or lr"
+                )
             if state.stopped:
                 progress.console.print(f"early stop: no better valid {which} {metric} for {cfg.patience} epochs")
 
@@ -137,17 +151,28 @@ def _check_finite(stats: dict, runner, state, epoch: int, run_dir: Path, dist: D
     finite = all(bool(torch.isfinite(p).all()) for p in runner.parameters())
     if math.isfinite(stats["loss"]) and finite:
         return
-    kept = f"{run_dir}/last.pt holds epoch {state.epoch}, the last good one" if state.epoch else "no checkpoint was written"
-    exc = UserError(f"training diverged at epoch {epoch} (loss {stats['loss']:.4g}, "
-                    f"{'finite' if finite else 'non-finite'} weights, {stats['skipped']} batches skipped for a "
-                    f"non-finite loss); {kept}; lower train.lr and rerun with --overwrite")
+    kept = (
+        f"{run_dir}/last.pt holds epoch {state.epoch}, the last good one"
+        if state.epoch
+        else "no checkpoint was written"
+    )
+    exc = UserError(
+        f"training diverged at epoch {epoch} (loss {stats['loss']:.4g}, "
+        f"{'finite' if finite else 'non-finite'} weights, {stats['skipped']} batches skipped for a "
+        f"non-finite loss); {kept}; lower train.lr and rerun with --overwrite"
+    )
     exc.echo = dist.main  # printed once
     raise exc
 
 
 def _progress(console: Console) -> Progress:
     # loss and speed appear once the first batch is done (not `nan` / `0 seq/s` before it)
-    columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[status]}"),
-               TimeElapsedColumn(), TimeRemainingColumn()]
+    columns = [
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    ]
     # not a terminal (CI, a log file): no bar, the per-epoch lines are the progress
     return Progress(*columns, console=console, disable=not console.is_terminal)

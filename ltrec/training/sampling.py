@@ -55,14 +55,15 @@ def window_plan(owner: torch.Tensor, parts: int, batch_size: int, gen: torch.Gen
     perm = torch.randperm(len(owner), generator=gen)
     per_iter = parts * batch_size
     for lo in range(0, len(perm), per_iter):
-        yield disjoint_batches(perm[lo:lo + per_iter], owner, parts)
+        yield disjoint_batches(perm[lo : lo + per_iter], owner, parts)
 
 
 class UserSampler:
     """Draws distinct users, then up to `per_user` random windows of each (indices into the window arrays)."""
 
-    def __init__(self, owner: torch.Tensor, user_head: torch.Tensor, sampling: str, per_user: int,
-                 gen: torch.Generator):
+    def __init__(
+        self, owner: torch.Tensor, user_head: torch.Tensor, sampling: str, per_user: int, gen: torch.Generator
+    ):
         # windows are grouped by owner (train_windows emits them user by user): user u owns [start, start + count)
         self.users, self.counts = torch.unique_consecutive(owner, return_counts=True)
         self.starts = torch.cumsum(self.counts, 0) - self.counts
@@ -117,8 +118,9 @@ def permuted_plan(sampler: UserSampler, parts: int, users_per_step: int) -> tupl
     return len(chunks), ((sampler.subset(group) for group in chunk.split(users_per_step)) for chunk in chunks)
 
 
-def drawn_plan(sampler: UserSampler, parts: int, users_per_step: int, iterations: int,
-               fixed: bool = False) -> tuple[int, Iterator]:
+def drawn_plan(
+    sampler: UserSampler, parts: int, users_per_step: int, iterations: int, fixed: bool = False
+) -> tuple[int, Iterator]:
     """Fresh users every outer iteration: `parts` batches of `users_per_step` distinct users each (so some
     users go unvisited in an epoch, others come twice). `fixed`: exactly the cap of windows per user, drawn
     with replacement (equal shapes for vmapped chains). Returns (iterations, plan)."""
@@ -129,4 +131,5 @@ def drawn_plan(sampler: UserSampler, parts: int, users_per_step: int, iterations
             chosen = sampler.draw(parts * users_per_step)  # all distinct: no two batches share a user
             # lazily, so the random stream runs as in plain `train.sampling: users` when parts = 1
             yield (windows(group) for group in chosen.split(users_per_step))
+
     return iterations, plan()

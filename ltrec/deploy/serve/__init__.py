@@ -27,9 +27,20 @@ from ltrec.files.errors import UserError
 SPARE_FILES = 256  # descriptors besides client connections: the bundle, onnxruntime, logs, the listener
 
 
-def serve(bundle_path: Path, host: str = "127.0.0.1", port: int = 8000, workers: int = 1, max_batch: int = 64,
-          max_wait_ms: float = 2.0, max_queue: int = 1024, threads: int = 0, header_timeout: float = 10.0,
-          body_timeout: float = 10.0, max_connections: int = 4096, api_key: str | None = None) -> None:
+def serve(
+    bundle_path: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = 1,
+    max_batch: int = 64,
+    max_wait_ms: float = 2.0,
+    max_queue: int = 1024,
+    threads: int = 0,
+    header_timeout: float = 10.0,
+    body_timeout: float = 10.0,
+    max_connections: int = 4096,
+    api_key: str | None = None,
+) -> None:
     """Load the bundle and listen (both fail as a UserError before anything is served), then serve until
     SIGTERM / Ctrl-C."""
     import uvicorn
@@ -45,19 +56,37 @@ def serve(bundle_path: Path, host: str = "127.0.0.1", port: int = 8000, workers:
     sock = _listen(host, port)
     address, port = sock.getsockname()[:2]  # --port 0: the one the system chose
     max_connections, note = _open_files(max_connections)
-    settings = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_queue": max_queue,
-                "header_timeout": header_timeout, "body_timeout": body_timeout, "max_connections": max_connections,
-                "api_key": api_key}
+    settings = {
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "max_queue": max_queue,
+        "header_timeout": header_timeout,
+        "body_timeout": body_timeout,
+        "max_connections": max_connections,
+        "api_key": api_key,
+    }
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-    print(f"ltrec serve: {bundle_path} ({bundle.meta.backbone}, {bundle.meta.n_items:,} items, top {bundle.meta.k}) "
-          f"on {url} with {workers} worker{'s' if workers > 1 else ''}"
-          f"{', API key required' if api_key else ''}", file=sys.stderr, flush=True)
+    print(
+        f"ltrec serve: {bundle_path} ({bundle.meta.backbone}, {bundle.meta.n_items:,} items, top {bundle.meta.k}) "
+        f"on {url} with {workers} worker{'s' if workers > 1 else ''}"
+        f"{', API key required' if api_key else ''}",
+        file=sys.stderr,
+        flush=True,
+    )
     for line in (*notes, note, exposure_warning(address, api_key)):
         if line:
             print(line, file=sys.stderr, flush=True)
     # uvicorn's own connection limit stays off: it counts idle connections too and answers in plain text
-    common = {"host": host, "port": port, "lifespan": "on", "access_log": False, "timeout_graceful_shutdown": 30,
-              "http": GuardedH11Protocol, "ws": "none", "log_level": "info"}
+    common = {
+        "host": host,
+        "port": port,
+        "lifespan": "on",
+        "access_log": False,
+        "timeout_graceful_shutdown": 30,
+        "http": GuardedH11Protocol,
+        "ws": "none",
+        "log_level": "info",
+    }
     if workers == 1:
         uvicorn.Server(uvicorn.Config(create_app(bundle, **settings), **common)).run(sockets=[sock])
         return
@@ -80,10 +109,14 @@ def _open_files(max_connections: int) -> tuple[int, str | None]:
     if soft == resource.RLIM_INFINITY or soft >= need:
         return max_connections, None
     if soft - SPARE_FILES < 1:
-        raise UserError(f"--max-connections {max_connections}: this system allows {soft} open files per process "
-                        "(ulimit -Hn), too few to serve; raise the limit")
-    return soft - SPARE_FILES, (f"note: --max-connections {max_connections}: this system allows {soft} open files "
-                                f"per process (ulimit -Hn); serving at most {soft - SPARE_FILES:,} connections")
+        raise UserError(
+            f"--max-connections {max_connections}: this system allows {soft} open files per process "
+            "(ulimit -Hn), too few to serve; raise the limit"
+        )
+    return soft - SPARE_FILES, (
+        f"note: --max-connections {max_connections}: this system allows {soft} open files "
+        f"per process (ulimit -Hn); serving at most {soft - SPARE_FILES:,} connections"
+    )
 
 
 def _listen(host: str, port: int) -> socket.socket:

@@ -27,9 +27,16 @@ EXTRA_REQUESTS = 256  # requests in progress beyond --max-queue: bodies being re
 INFO = ("backbone", "n_items", "max_len", "k", "columns", "exclude_seen")  # no paths, metrics or versions
 
 
-def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, max_queue: int = 1024,
-               header_timeout: float = 10.0, body_timeout: float = 10.0, max_connections: int = 4096,
-               api_key: str | None = None) -> Observe:
+def create_app(
+    bundle: Bundle,
+    max_batch: int = 64,
+    max_wait_ms: float = 2.0,
+    max_queue: int = 1024,
+    header_timeout: float = 10.0,
+    body_timeout: float = 10.0,
+    max_connections: int = 4096,
+    api_key: str | None = None,
+) -> Observe:
     metrics = Metrics()
     recommender = Recommender(bundle)
     batcher = Batcher(recommender, metrics, max_batch, max_wait_ms / 1000, max_queue)
@@ -43,8 +50,11 @@ def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, ma
         try:
             got = iter(await batcher.submit(model) if model else [])
         except QueueFull:
-            raise HTTPException(503, f"queue full ({max_queue:,} histories waiting or running); retry after "
-                                f"{RETRY_AFTER}s", headers={"Retry-After": RETRY_AFTER}) from None
+            raise HTTPException(
+                503,
+                f"queue full ({max_queue:,} histories waiting or running); retry after {RETRY_AFTER}s",
+                headers={"Retry-After": RETRY_AFTER},
+            ) from None
         return [next(got) if len(q.known) else recommender.fallback(q) for q in queries]
 
     async def recommend(request: Request) -> Response:
@@ -57,8 +67,11 @@ def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, ma
 
     async def ready(request: Request) -> Response:
         if not state["ready"]:
-            return JSONResponse({"error": "not ready: the bundle is loading or the server is stopping"}, 503,
-                                headers={"Retry-After": RETRY_AFTER})
+            return JSONResponse(
+                {"error": "not ready: the bundle is loading or the server is stopping"},
+                503,
+                headers={"Retry-After": RETRY_AFTER},
+            )
         return JSONResponse({"status": "ready"})
 
     @contextlib.asynccontextmanager
@@ -80,11 +93,17 @@ def create_app(bundle: Bundle, max_batch: int = 64, max_wait_ms: float = 2.0, ma
     async def show_metrics(request: Request) -> Response:
         return Response(metrics.render(batcher.pending, connections), media_type=CONTENT_TYPE)
 
-    routes = [Route("/recommend", recommend, methods=["POST"]), Route("/recommend/batch", recommend_batch,
-              methods=["POST"]), Route("/health", health), Route("/ready", ready), Route("/info", show_info),
-              Route("/metrics", show_metrics)]
-    app = Starlette(routes=routes, lifespan=lifespan,
-                    exception_handlers={HTTPException: _http_error, Exception: _server_error})
+    routes = [
+        Route("/recommend", recommend, methods=["POST"]),
+        Route("/recommend/batch", recommend_batch, methods=["POST"]),
+        Route("/health", health),
+        Route("/ready", ready),
+        Route("/info", show_info),
+        Route("/metrics", show_metrics),
+    ]
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error, Exception: _server_error}
+    )
     guard = Guard(app, api_key, max_queue + EXTRA_REQUESTS, connections)
     return Observe(guard, metrics, {r.path for r in routes})
 

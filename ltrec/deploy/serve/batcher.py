@@ -32,17 +32,25 @@ class Recommender:
     def model(self, queries: list[Query]) -> list[dict]:
         """One onnxruntime call for all of `queries` (each with a known item)."""
         lengths = np.array([len(q.known) for q in queries])
-        h = Histories(np.arange(len(queries)), np.concatenate([q.known for q in queries]),
-                      np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64))
-        items, scores = model_top_k(self.bundle, h, np.arange(len(queries)),
-                                    np.array([q.exclude_seen for q in queries]))
+        h = Histories(
+            np.arange(len(queries)),
+            np.concatenate([q.known for q in queries]),
+            np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        )
+        items, scores = model_top_k(
+            self.bundle, h, np.arange(len(queries)), np.array([q.exclude_seen for q in queries])
+        )
         return [self._answer(q, items[j], scores[j], "model") for j, q in enumerate(queries)]
 
     def _answer(self, q: Query, items: np.ndarray, scores: np.ndarray, source: str) -> dict:
-        items, scores = items[:q.k], scores[:q.k]
+        items, scores = items[: q.k], scores[: q.k]
         keep = np.isfinite(scores)  # -inf: fewer than k items were left after excluding the history
-        return {"items": self.bundle.vocab[items[keep] - 1].tolist(), "scores": scores[keep].tolist(),
-                "source": source, "unknown": q.unknown}
+        return {
+            "items": self.bundle.vocab[items[keep] - 1].tolist(),
+            "scores": scores[keep].tolist(),
+            "source": source,
+            "unknown": q.unknown,
+        }
 
 
 class Batcher:
@@ -50,8 +58,7 @@ class Batcher:
     them together. At most `max_queue` histories are admitted (waiting or running) at any time: beyond that
     `submit` raises QueueFull at once, so memory stays bounded however fast requests come."""
 
-    def __init__(self, recommender: Recommender, metrics: Metrics, max_batch: int, max_wait: float,
-                 max_queue: int):
+    def __init__(self, recommender: Recommender, metrics: Metrics, max_batch: int, max_wait: float, max_queue: int):
         self.recommender, self.metrics = recommender, metrics
         self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait, max_queue
         self.pending = 0
@@ -64,7 +71,8 @@ class Batcher:
     async def start(self) -> None:
         self.wake = asyncio.Event()
         await asyncio.get_running_loop().run_in_executor(  # the first run is slow: not a client's
-            self.executor, self.recommender.model, [Query(np.ones(1, np.int64), 0, 1, True)])
+            self.executor, self.recommender.model, [Query(np.ones(1, np.int64), 0, 1, True)]
+        )
         self.task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:

@@ -47,8 +47,10 @@ class Connections:
 def raw_response(status: int, reason: str, message: str) -> bytes:
     """An answer written past h11, for a request whose headers never arrived (h11 answers only requests)."""
     body = error_body(message)
-    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
-            "connection: close\r\n\r\n").encode() + body
+    return (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
+        "connection: close\r\n\r\n"
+    ).encode() + body
 
 
 class GuardedH11Protocol(H11Protocol):
@@ -99,10 +101,16 @@ class GuardedH11Protocol(H11Protocol):
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to bytes that are not HTTP (or headers over h11's 16 KB), as JSON."""
         body = error_body("invalid HTTP request (malformed, or headers over 16 KB)")
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                   (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=b"Bad Request"), h11.Data(data=body),
-                      h11.EndOfMessage()):
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=b"Bad Request"),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
             self.transport.write(self.conn.send(event))
         self.transport.close()
 
@@ -155,9 +163,12 @@ class GuardedH11Protocol(H11Protocol):
         self._release()
         if partial:
             limit = self.pool.limits.header_timeout
-            message = (f"the request headers did not arrive within {limit:g} s" if why == "header_timeout" else
-                       "closed to make room: the server has its limit of open connections and this one had not "
-                       "sent a whole request")
+            message = (
+                f"the request headers did not arrive within {limit:g} s"
+                if why == "header_timeout"
+                else "closed to make room: the server has its limit of open connections and this one had not "
+                "sent a whole request"
+            )
             self.transport.write(raw_response(408, "Request Timeout", message))
         if why == "send_timeout" or self.transport.get_write_buffer_size():
             self.transport.abort()  # close() would wait for a client that does not read

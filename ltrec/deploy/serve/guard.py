@@ -22,8 +22,13 @@ def error_body(message: str) -> bytes:
 
 async def reply(send, status: int, message: str, headers: list[tuple[bytes, bytes]] = ()) -> None:
     body = error_body(message)
-    await send({"type": "http.response.start", "status": status, "headers": [
-        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), *headers],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 
@@ -53,8 +58,12 @@ class Guard:
             return await self.app(scope, receive, send)
         if self.pool.busy >= self.max_requests:
             self.pool.refused += 1
-            return await reply(send, 503, f"server busy ({self.max_requests:,} requests in progress); retry after "
-                               f"{RETRY_AFTER}s", busy_headers())
+            return await reply(
+                send,
+                503,
+                f"server busy ({self.max_requests:,} requests in progress); retry after {RETRY_AFTER}s",
+                busy_headers(),
+            )
         self.pool.busy += 1
         try:
             await self.app(scope, self._timed(receive), send)
@@ -89,8 +98,11 @@ class Guard:
                 message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
             except asyncio.TimeoutError:
                 self.pool.closed["body_timeout"] += 1  # the answer asks to close the connection
-                raise HTTPException(408, f"the request body did not arrive within {self.body_timeout:g} s of its "
-                                    "headers", headers={"Connection": "close"}) from None
+                raise HTTPException(
+                    408,
+                    f"the request body did not arrive within {self.body_timeout:g} s of its headers",
+                    headers={"Connection": "close"},
+                ) from None
             done[0] = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
@@ -108,5 +120,10 @@ class Overloaded:
         if scope["type"] != "http" or scope["path"] == HEALTH:
             return await self.app(scope, receive, send)
         self.pool.refused += 1
-        await reply(send, 503, f"server busy ({self.pool.limits.max_connections:,} connections open, each with a "
-                    f"request in progress); retry after {RETRY_AFTER}s", busy_headers(close=True))
+        await reply(
+            send,
+            503,
+            f"server busy ({self.pool.limits.max_connections:,} connections open, each with a "
+            f"request in progress); retry after {RETRY_AFTER}s",
+            busy_headers(close=True),
+        )

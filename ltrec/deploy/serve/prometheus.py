@@ -46,8 +46,10 @@ class Metrics:
 
     def render(self, queued: int, connections) -> str:
         out = _head("ltrec_requests_total", "counter", "HTTP requests answered, by endpoint and status.")
-        out += [f'ltrec_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}'
-                for (endpoint, status), n in sorted(self.requests.items())]
+        out += [
+            f'ltrec_requests_total{{endpoint="{endpoint}",status="{status}"}} {n}'
+            for (endpoint, status), n in sorted(self.requests.items())
+        ]
         out += _head("ltrec_request_duration_seconds", "histogram", "Time from request to response, by endpoint.")
         for endpoint, hist in sorted(self.latency.items()):
             out += hist.lines("ltrec_request_duration_seconds", f'endpoint="{endpoint}"')
@@ -57,18 +59,29 @@ class Metrics:
         out += [f"ltrec_queue_rejections_total {self.rejected}"]
         out += _head("ltrec_queue_histories", "gauge", "Histories admitted and not yet answered (waiting or running).")
         out += [f"ltrec_queue_histories {queued}"]
-        out += _head("ltrec_busy_rejections_total", "counter", "Requests answered 503 because too many requests "
-                     "were in progress, or every open connection had one.")
+        out += _head(
+            "ltrec_busy_rejections_total",
+            "counter",
+            "Requests answered 503 because too many requests were in progress, or every open connection had one.",
+        )
         out += [f"ltrec_busy_rejections_total {connections.refused}"]
-        out += _head("ltrec_requests_in_progress", "gauge",
-                     "Requests received and not yet answered (/health and /metrics aside).")
+        out += _head(
+            "ltrec_requests_in_progress",
+            "gauge",
+            "Requests received and not yet answered (/health and /metrics aside).",
+        )
         out += [f"ltrec_requests_in_progress {connections.busy}"]
         out += _head("ltrec_connections_open", "gauge", "Open client connections.")
         out += [f"ltrec_connections_open {connections.open}"]
-        out += _head("ltrec_connections_closed_total", "counter", "Connections the server closed, by reason: a "
-                     "deadline passed, or room was made for a new one.")
-        out += [f'ltrec_connections_closed_total{{reason="{reason}"}} {connections.closed[reason]}'
-                for reason in CLOSE_REASONS]
+        out += _head(
+            "ltrec_connections_closed_total",
+            "counter",
+            "Connections the server closed, by reason: a deadline passed, or room was made for a new one.",
+        )
+        out += [
+            f'ltrec_connections_closed_total{{reason="{reason}"}} {connections.closed[reason]}'
+            for reason in CLOSE_REASONS
+        ]
         return "\n".join(out) + "\n"
 
 

@@ -61,10 +61,13 @@ class QueryReader:
         _only_keys(value, ("users",), "")
         users = value.get("users")
         if not isinstance(users, list):
-            raise BadRequest(f"users: expected a list of {{\"history\": [...]}} objects, got {_kind(users)}")
+            raise BadRequest(f'users: expected a list of {{"history": [...]}} objects, got {_kind(users)}')
         if len(users) > self.max_users:
-            raise BadRequest(f"users: {len(users):,} histories, over this server's limit of {self.max_users:,} "
-                             "per request; split the batch", 413)
+            raise BadRequest(
+                f"users: {len(users):,} histories, over this server's limit of {self.max_users:,} "
+                "per request; split the batch",
+                413,
+            )
         return [self.query(u, f"users[{j}].") for j, u in enumerate(users)]
 
     def query(self, value, where: str) -> Query:
@@ -73,8 +76,10 @@ class QueryReader:
         _only_keys(value, KEYS, where)
         k = value.get("k", self.k)
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= self.k:
-            raise BadRequest(f"{where}k: expected an integer 1..{self.k} (this bundle computes the top {self.k} "
-                             f"inside its graph), got {k if _number(k) else _kind(k)}")
+            raise BadRequest(
+                f"{where}k: expected an integer 1..{self.k} (this bundle computes the top {self.k} "
+                f"inside its graph), got {k if _number(k) else _kind(k)}"
+            )
         exclude_seen = value.get("exclude_seen", self.exclude_seen)
         if not isinstance(exclude_seen, bool):
             raise BadRequest(f"{where}exclude_seen: expected true or false, got {_kind(exclude_seen)}")
@@ -87,25 +92,30 @@ def _items(history, where: str) -> list[str]:
     """The history's item ids as text, oldest first: plain ids in the order given, or events ordered by
     time (ties keep their order, as training and `ltrec predict` read them)."""
     if not isinstance(history, list):
-        raise BadRequest(f"{where}: expected a list of item ids or of {{\"item\": ..., \"time\": ...}} events, "
-                         f"got {_kind(history)}")
+        raise BadRequest(
+            f'{where}: expected a list of item ids or of {{"item": ..., "time": ...}} events, got {_kind(history)}'
+        )
     if len(history) > MAX_HISTORY:
-        raise BadRequest(f"{where}: {len(history):,} events, over the limit of {MAX_HISTORY:,}; send the most "
-                         "recent ones", 413)
+        raise BadRequest(
+            f"{where}: {len(history):,} events, over the limit of {MAX_HISTORY:,}; send the most recent ones", 413
+        )
     if not any(isinstance(e, dict) for e in history):
         return [_item_text(e, f"{where}[{j}]") for j, e in enumerate(history)]
     times, items = [], []
     for j, event in enumerate(history):
         missing = [key for key in ("item", "time") if key not in event] if isinstance(event, dict) else ["item"]
         if missing:
-            raise BadRequest(f"{where}[{j}]: expected an event {{\"item\": ..., \"time\": ...}} like the others, "
-                             f"got {_kind(event)}" + (f" without {missing[0]}" if isinstance(event, dict) else ""))
+            raise BadRequest(
+                f'{where}[{j}]: expected an event {{"item": ..., "time": ...}} like the others, '
+                f"got {_kind(event)}" + (f" without {missing[0]}" if isinstance(event, dict) else "")
+            )
         items.append(_item_text(event["item"], f"{where}[{j}].item"))
         times.append(event["time"])
     kinds = {str if isinstance(t, str) else float if _number(t) else None for t in times}
     if None in kinds or len(kinds) > 1:
-        raise BadRequest(f"{where}: every time must be a number, or every time a string (e.g. ISO 8601), so "
-                         "that they can be ordered")
+        raise BadRequest(
+            f"{where}: every time must be a number, or every time a string (e.g. ISO 8601), so that they can be ordered"
+        )
     return [items[j] for j in sorted(range(len(times)), key=times.__getitem__)]
 
 
@@ -129,4 +139,5 @@ def _only_keys(value: dict, keys: tuple[str, ...], where: str) -> None:
 
 def _kind(value) -> str:
     return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
-        type(value), "a number")
+        type(value), "a number"
+    )

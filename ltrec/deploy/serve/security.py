@@ -17,14 +17,20 @@ def check_key(key: str | None) -> tuple[str | None, list[str]]:
     if key is None:
         return None, []
     if not key:
-        raise UserError(f"--api-key / {KEY_ENV}: the key is empty; give one (e.g. {MAKE_KEY}), or unset "
-                         f"{KEY_ENV} to serve without a key")
+        raise UserError(
+            f"--api-key / {KEY_ENV}: the key is empty; give one (e.g. {MAKE_KEY}), or unset "
+            f"{KEY_ENV} to serve without a key"
+        )
     if not all("!" <= c <= "~" for c in key):  # what a header value carries unchanged: visible ASCII
-        raise UserError(f"--api-key / {KEY_ENV}: the key may hold visible ASCII characters only (no spaces, "
-                         f"line breaks or accents); e.g. {MAKE_KEY}")
+        raise UserError(
+            f"--api-key / {KEY_ENV}: the key may hold visible ASCII characters only (no spaces, "
+            f"line breaks or accents); e.g. {MAKE_KEY}"
+        )
     if len(key) < SHORT_KEY:
-        note = (f"warning: the API key has only {len(key)} characters; a random one of 32 or more ({MAKE_KEY}) "
-                "cannot be guessed")
+        note = (
+            f"warning: the API key has only {len(key)} characters; a random one of 32 or more ({MAKE_KEY}) "
+            "cannot be guessed"
+        )
         return key, [note]
     return key, []
 
@@ -41,8 +47,12 @@ def exposure_warning(address: str, key: str | None) -> str | None:
     if is_loopback(address):
         return None
     if key is None:
-        return (f"warning: listening on {address}, which other machines can reach, with no authentication and no "
-                "TLS: anyone who can connect can query the model; put ltrec serve behind a reverse proxy with "
-                f"TLS, or pass --api-key (or set {KEY_ENV})")
-    return (f"warning: listening on {address} without TLS: the API key and every request cross the network in "
-            "clear text; put ltrec serve behind a reverse proxy with TLS")
+        return (
+            f"warning: listening on {address}, which other machines can reach, with no authentication and no "
+            "TLS: anyone who can connect can query the model; put ltrec serve behind a reverse proxy with "
+            f"TLS, or pass --api-key (or set {KEY_ENV})"
+        )
+    return (
+        f"warning: listening on {address} without TLS: the API key and every request cross the network in "
+        "clear text; put ltrec serve behind a reverse proxy with TLS"
+    )

@@ -73,35 +73,61 @@ def make_runner(recipe, model, seqs, windows, device, gen: torch.Generator, dist
     user_head = torch.from_numpy(seqs.head)
     t = recipe.transfer
     branch = BranchLoss(t.user_branch, model, gen) if t.user_branch else None
-    objective = Objective(recipe, model, inputs, targets, owner, user_head[owner], device, gen,
-                          robust_loss(t.robust, seqs, dist), branch,
-                          ContrastiveLoss(t.contrastive, inputs, targets, gen) if t.contrastive else None)
+    objective = Objective(
+        recipe,
+        model,
+        inputs,
+        targets,
+        owner,
+        user_head[owner],
+        device,
+        gen,
+        robust_loss(t.robust, seqs, dist),
+        branch,
+        ContrastiveLoss(t.contrastive, inputs, targets, gen) if t.contrastive else None,
+    )
     cfg, ga = recipe.train, recipe.transfer.grad_align
     if ga is None:
-        update = AdamSteps(objective, cfg.lr, cfg.weight_decay,
-                           recipe.transfer.adversarial.lr if recipe.transfer.adversarial else None, dist)
+        update = AdamSteps(
+            objective,
+            cfg.lr,
+            cfg.weight_decay,
+            recipe.transfer.adversarial.lr if recipe.transfer.adversarial else None,
+            dist,
+        )
         if cfg.sampling == "users":  # each step: users_per_step users; an epoch: about one step per user
             sampler = UserSampler(owner, user_head, "uniform", max(1, cfg.batch_size // cfg.users_per_step), gen)
             steps = math.ceil(dist.sum_ints([len(sampler.users)])[0] / cfg.users_per_step)
             per_rank = math.ceil(cfg.users_per_step / dist.world)
-            return Runner(objective, lambda: (steps, ([b] for b in sampler.batches(per_rank, steps))), update, dist,
-                          sampler)
+            return Runner(
+                objective, lambda: (steps, ([b] for b in sampler.batches(per_rank, steps))), update, dist, sampler
+            )
         size = math.ceil(cfg.batch_size / dist.world)  # one step still sees batch_size windows over all ranks
 
         def plain():
             batches = window_batches(objective.lengths, size, gen)
             return len(batches), ([b] for b in batches)
+
         return Runner(objective, plain, update, dist)
     update = (Chains if ga.chains > 1 else Reptile)(objective, ga, cfg.lr, dist)
     parts = ga.chains * ga.k
     if ga.sampling == "windows":
-        return Runner(objective, lambda: (math.ceil(len(owner) / (parts * cfg.batch_size)),
-                                          window_plan(owner, parts, cfg.batch_size, gen)), update, dist)
+        return Runner(
+            objective,
+            lambda: (math.ceil(len(owner) / (parts * cfg.batch_size)), window_plan(owner, parts, cfg.batch_size, gen)),
+            update,
+            dist,
+        )
     drawn = "uniform" if ga.sampling == "permuted" else ga.sampling
     sampler = UserSampler(owner, user_head, drawn, max(1, cfg.batch_size // ga.users_per_step), gen)
     if ga.sampling == "permuted":
         return Runner(objective, lambda: permuted_plan(sampler, parts, ga.users_per_step), update, dist, sampler)
     # vmapped chains need equal shapes: exactly batch_size / users_per_step windows per user, with replacement
     iterations = math.ceil(dist.sum_ints([len(sampler.users)])[0] / (parts * ga.users_per_step * dist.world))
-    return Runner(objective, lambda: drawn_plan(sampler, parts, ga.users_per_step, iterations, fixed=ga.chains > 1),
-                  update, dist, sampler)
+    return Runner(
+        objective,
+        lambda: drawn_plan(sampler, parts, ga.users_per_step, iterations, fixed=ga.chains > 1),
+        update,
+        dist,
+        sampler,
+    )

@@ -37,8 +37,9 @@ class Discriminator(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.net = nn.Linear(dim, 1) if hidden == 0 else nn.Sequential(
-            nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.net = (
+            nn.Linear(dim, 1) if hidden == 0 else nn.Sequential(nn.Linear(dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        )
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         return self.net(h).squeeze(-1)  # (B,)
@@ -88,8 +89,15 @@ class Adversary(nn.Module):
         n = lengths.to(dev)
         return torch.where(is_head.to(dev), torch.minimum(draw, n), n).to(device)
 
-    def forward(self, model, states: torch.Tensor, inputs: torch.Tensor, is_head: torch.Tensor,
-                seen: torch.Tensor | None, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        model,
+        states: torch.Tensor,
+        inputs: torch.Tensor,
+        is_head: torch.Tensor,
+        seen: torch.Tensor | None,
+        rows: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(balanced BCE through gradient reversal, logits (B,)) for windows `inputs` (B, L) whose
         per-position states are `states` (B, L, D)."""
         # the encoder's own state, as with state: last: a user branch's map (`model.encoder` is what it wraps) is

@@ -62,8 +62,9 @@ class Chains:
         self.outer = outer_step(objective, cfg, lr, dist)
         self.padded = _Padded(objective.model, objective.adversary)
         self.live = dict(self.padded.named_parameters())
-        self.weights = [{n: p.detach().clone().requires_grad_() for n, p in self.live.items()}
-                        for _ in range(self.chains)]
+        self.weights = [
+            {n: p.detach().clone().requires_grad_() for n, p in self.live.items()} for _ in range(self.chains)
+        ]
         inner = torch.optim.SGD if cfg.inner_optimizer == "sgd" else torch.optim.Adam
         self.opts = [inner(list(w.values()), lr=cfg.inner_lr) for w in self.weights]
         grad_fn = grad_and_value(self._loss, has_aux=True)
@@ -87,7 +88,7 @@ class Chains:
                 for n, p in self.live.items():
                     w[n].copy_(p)
         for s in range(0, len(group), self.chains):
-            chunk = group[s:s + self.chains]
+            chunk = group[s : s + self.chains]
             chunk += [chunk[-1][:0]] * (self.chains - len(chunk))  # a chain with no windows left idles
             if not any(len(i) for i in chunk):
                 continue
@@ -111,29 +112,28 @@ class Chains:
         head = torch.zeros(C, B, dtype=torch.bool)
         rows = torch.zeros(C, B)
         for c, i in enumerate(idx):
-            inputs[c, :len(i)], targets[c, :len(i)] = obj.inputs[i, -W:], obj.targets[i, -W:]
-            head[c, :len(i)], rows[c, :len(i)] = obj.owner_head[i], 1.0
+            inputs[c, : len(i)], targets[c, : len(i)] = obj.inputs[i, -W:], obj.targets[i, -W:]
+            head[c, : len(i)], rows[c, : len(i)] = obj.owner_head[i], 1.0
         flat = targets.reshape(C, -1)  # (C, B·W)
         M = max(int((flat > 0).sum(1).max()), 1)
         pos = torch.zeros(C, M, dtype=torch.long)
         pos_w = torch.zeros(C, M)
         for c in range(C):
             where = (flat[c] > 0).nonzero().squeeze(1)
-            pos[c, :len(where)], pos_w[c, :len(where)] = where, 1.0
+            pos[c, : len(where)], pos_w[c, : len(where)] = where, 1.0
         tgt = torch.gather(flat, 1, pos)  # (C, M)
         dev = obj.device
         seen = torch.ones(C, B, dtype=torch.long, device=dev)  # with state: matched; padding rows weigh nothing
         if obj.adversary is not None and obj.adversary.longest_tail:
             for c, i in enumerate(idx):
                 if len(i):
-                    seen[c, :len(i)] = obj.adversary.counts(obj.lengths[i], obj.owner_head[i], dev)
+                    seen[c, : len(i)] = obj.adversary.counts(obj.lengths[i], obj.owner_head[i], dev)
         return ChainBatch(*(t.to(dev) for t in (inputs, pos, tgt, pos_w, head, rows)), seen), int(rows.sum())
 
-    def _grads(self, params: dict, batch: "ChainBatch"):
+    def _grads(self, params: dict, batch: ChainBatch):
         if self.vectorized:
             return self.grad_fn(params, *batch)
-        outs = [self.grad_fn({n: p[c] for n, p in params.items()}, *(b[c] for b in batch))
-                for c in range(self.chains)]
+        outs = [self.grad_fn({n: p[c] for n, p in params.items()}, *(b[c] for b in batch)) for c in range(self.chains)]
         grads = {n: torch.stack([o[0][n] for o in outs]) for n in params}
         loss = torch.stack([o[1][0] for o in outs])
         return grads, (loss, tuple(torch.stack([o[1][1][j] for o in outs]) for j in range(2)))

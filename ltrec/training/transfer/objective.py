@@ -15,8 +15,20 @@ class Objective:
     """`loss(idx)`: the training loss of windows `idx`, or None when it is not finite (the batch is skipped:
     one bad batch must not poison the weights; a diverged epoch ends the run)."""
 
-    def __init__(self, recipe, model: nn.Module, inputs, targets, owner, owner_head, device, gen: torch.Generator,
-                 robust=None, branch=None, contrastive=None):
+    def __init__(
+        self,
+        recipe,
+        model: nn.Module,
+        inputs,
+        targets,
+        owner,
+        owner_head,
+        device,
+        gen: torch.Generator,
+        robust=None,
+        branch=None,
+        contrastive=None,
+    ):
         self.cfg, self.model, self.device, self.gen = recipe.train, model, device, gen
         self.inputs, self.targets, self.owner, self.owner_head = inputs, targets, owner, owner_head
         self.robust, self.branch, self.contrastive = robust, branch, contrastive
@@ -34,9 +46,18 @@ class Objective:
         self.model.train()
         if self.adversary is not None:
             self.adversary.set_epoch(epoch)
-        self.sums = {"loss": 0.0, "batches": 0, "skipped": 0, "adv_loss": 0.0, "correct_head": 0.0,
-                     "correct_tail": 0.0, "n_head": 0.0, "n_tail": 0.0, "branch_loss": 0.0,
-                     "cl_loss": 0.0}
+        self.sums = {
+            "loss": 0.0,
+            "batches": 0,
+            "skipped": 0,
+            "adv_loss": 0.0,
+            "correct_head": 0.0,
+            "correct_tail": 0.0,
+            "n_head": 0.0,
+            "n_tail": 0.0,
+            "branch_loss": 0.0,
+            "cl_loss": 0.0,
+        }
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor | None:
         width = int(self.lengths[idx].max())  # drop leading all-pad columns: backbones are pad-invariant
@@ -72,10 +93,12 @@ class Objective:
         targets = self.targets[idx, -width:].to(self.device)
         if self.robust is None or self.robust.fixed_weights:  # the fused mean takes fixed weights
             weights = None if self.robust is None else self.robust.weights(self.owner[idx].to(self.device))
-            return self.model.training_loss(inputs, targets, self.cfg.loss, self.cfg.negatives, self.gen,
-                                            weights=weights)
-        (losses, rows), states = self.model.training_loss(inputs, targets, self.cfg.loss, self.cfg.negatives,
-                                                          self.gen, per_target=True)
+            return self.model.training_loss(
+                inputs, targets, self.cfg.loss, self.cfg.negatives, self.gen, weights=weights
+            )
+        (losses, rows), states = self.model.training_loss(
+            inputs, targets, self.cfg.loss, self.cfg.negatives, self.gen, per_target=True
+        )
         if not len(losses):
             return states.sum() * 0.0, states
         return self.robust(losses, self.owner[idx].to(self.device)[rows]), states
@@ -86,9 +109,15 @@ class Objective:
         real = torch.ones_like(is_head) if rows is None else rows
         right = ((logits > 0) == is_head) & real
         # one device-to-host copy instead of five: each is a sync on a GPU
-        counts = torch.stack([adv_loss.detach().float().sum(), (right & is_head).sum().float(),
-                              (right & ~is_head).sum().float(), (is_head & real).sum().float(),
-                              (~is_head & real).sum().float()]).tolist()
+        counts = torch.stack(
+            [
+                adv_loss.detach().float().sum(),
+                (right & is_head).sum().float(),
+                (right & ~is_head).sum().float(),
+                (is_head & real).sum().float(),
+                (~is_head & real).sum().float(),
+            ]
+        ).tolist()
         for key, value in zip(("adv_loss", "correct_head", "correct_tail", "n_head", "n_tail"), counts):
             self.sums[key] += value
 
@@ -108,8 +137,10 @@ class Objective:
         return out
 
     def state_dict(self) -> dict:
-        return {"adversary": self.adversary.state_dict() if self.adversary else {},
-                "robust": self.robust.state_dict() if self.robust else {}}
+        return {
+            "adversary": self.adversary.state_dict() if self.adversary else {},
+            "robust": self.robust.state_dict() if self.robust else {},
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if self.adversary is not None:

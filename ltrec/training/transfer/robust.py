@@ -78,7 +78,7 @@ class BalancedLoss(Stateless):
 
     def __init__(self, cfg, train_lengths: np.ndarray):
         targets = np.maximum(train_lengths.astype(np.float64) - 1, 1)  # n events give n − 1 next-item targets
-        self.weight = torch.from_numpy(targets ** -cfg.power).float()  # (U,)
+        self.weight = torch.from_numpy(targets**-cfg.power).float()  # (U,)
 
     def weights(self, users: torch.Tensor) -> torch.Tensor:
         """(B,) the weight of each window's targets, from its user."""
@@ -100,6 +100,7 @@ def length_groups(train_lengths: np.ndarray, head: np.ndarray, cfg) -> np.ndarra
 
 class GroupDROLoss:
     fixed_weights = False
+
     def __init__(self, cfg, user_group: torch.Tensor, dist: Dist = LOCAL):
         self.step, self.user_group, self.dist = cfg.step, user_group, dist
         self.n = int(user_group.max()) + 1 if len(user_group) else 1
@@ -142,4 +143,3 @@ def robust_loss(cfg, seqs, dist: Dist = LOCAL):
         return BalancedLoss(cfg, seqs.train_lengths)
     groups = torch.from_numpy(length_groups(seqs.train_lengths, seqs.head, cfg))
     return GroupDROLoss(cfg, groups, dist)
-
