@@ -2,9 +2,9 @@
 
 import pytest
 import torch
-from conftest import runner_for
+from conftest import next_item_loss, runner_for
 
-from ltrec.models import BACKBONES, next_item_loss
+from ltrec.models import BACKBONES
 from ltrec.training.transfer.adversarial import Discriminator, GradReverse, balanced_bce
 
 

@@ -69,9 +69,9 @@ def test_the_readme_is_a_guide_not_a_diary():
 def key_tables() -> str:
     """The reference tables of every recipe key: name, default, meaning (from the pydantic models)."""
     sys.path.insert(0, str(ROOT))
-    from ltrec.recipe import BACKBONE_KINDS, ROBUST_KINDS
-    from ltrec.recipe.components import Adversarial, Contrastive, GradAlign, UserBranch
-    from ltrec.recipe.sections import (
+    from ltrec.recipe import (
+        BACKBONE_KINDS,
+        ROBUST_KINDS,
         Adapt,
         Columns,
         Data,
@@ -84,6 +84,7 @@ def key_tables() -> str:
         Train,
         TransitionBlend,
     )
+    from ltrec.recipe.components import Adversarial, Contrastive, GradAlign, UserBranch
 
     sections = [
         (Data, "data"),

@@ -4,9 +4,9 @@ import copy
 
 import pytest
 import torch
-from conftest import record, runner_for
+from conftest import next_item_loss, record, runner_for
 
-from ltrec.models import BACKBONES, next_item_loss
+from ltrec.models import BACKBONES
 from ltrec.training.transfer.grad_align import AdamSteps, Reptile
 
 

@@ -25,6 +25,7 @@ from ltrec.recipe.components import (
     Transfer,
     UserBranch,
 )
+from ltrec.recipe.evaluation import Adapt, Eval, PopBlend, TransitionBlend
 from ltrec.recipe.load import (
     apply_overrides,
     dump_recipe,
@@ -35,20 +36,7 @@ from ltrec.recipe.load import (
     recipe_schema,
     validate_dict,
 )
-from ltrec.recipe.sections import (
-    Adapt,
-    Columns,
-    Data,
-    Eval,
-    Head,
-    Monitor,
-    Output,
-    PopBlend,
-    Recipe,
-    Split,
-    Train,
-    TransitionBlend,
-)
+from ltrec.recipe.sections import Columns, Data, Head, Monitor, Output, Recipe, Split, Train
 
 __all__ = [
     "BACKBONE_KINDS",

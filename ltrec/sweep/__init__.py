@@ -14,9 +14,9 @@ from rich.console import Console
 
 from ltrec.files.errors import UserError
 from ltrec.files.lock import LOCK, locked
+from ltrec.files.sweeps import STATE
 from ltrec.sweep.plan import Plan, load_plan
 from ltrec.sweep.run import Sweep, sweep_folder
-from ltrec.sweep.state import STATE
 from ltrec.sweep.table import write_table
 
 __all__ = ["Plan", "load_plan", "plan_schema", "run_sweep", "sweep_folder"]

@@ -23,10 +23,10 @@ from ltrec.files.errors import UserError
 from ltrec.files.lock import LOCK, holder
 from ltrec.files.runs import MARKER, Summary, read_json
 from ltrec.files.safe import atomic_write, read_bytes
+from ltrec.files.sweeps import STATE, RunState, SweepState, read_state
 from ltrec.recipe import load_recipe
 from ltrec.runtime.lifeline import child_env
 from ltrec.sweep.plan import Plan, overrides, point_names, points
-from ltrec.sweep.state import STATE, RunState, SweepState, read_state
 
 
 @dataclass

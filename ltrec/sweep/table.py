@@ -13,9 +13,9 @@ from ltrec.evaluation.compare import compare
 from ltrec.evaluation.compare import format_test as fmt_test
 from ltrec.files.runs import Summary, read_json
 from ltrec.files.safe import atomic_write
+from ltrec.files.sweeps import SweepState
 from ltrec.sweep.plan import Plan
 from ltrec.sweep.run import finished
-from ltrec.sweep.state import SweepState
 
 METRICS = ("ndcg@10", "hr@10")
 SLICES = ("all", "head", "tail", "cold")

@@ -25,8 +25,9 @@ from ltrec.files.safe import atomic_write
 from ltrec.recipe import Recipe
 from ltrec.runtime import checkpoint
 from ltrec.runtime.allocator import keep_freed_memory
-from ltrec.runtime.build import build_model, check_eval, check_precision, fingerprint, load_data, pick_device
+from ltrec.runtime.build import build_model, check_precision, fingerprint, load_data, pick_device
 from ltrec.runtime.distributed import LOCAL, Dist, rank_seed, shard_users
+from ltrec.training.checks import check_eval
 from ltrec.training.finish import finish
 from ltrec.training.transfer import make_runner
 
