@@ -4,7 +4,6 @@ own events file, whose user / item / time columns are read from its header."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 
@@ -181,38 +180,6 @@ def guess_columns(names: list[str], given: dict[str, str | None], where: str) ->
     return out
 
 
-def header(path: Path) -> list[str]:
-    """The column names of an events file (CSV, Parquet or JSON), read without typing any column: DuckDB
-    types a CSV column from a sample of rows, so ids that look numeric for the sampled rows and are not
-    further down would fail the reading of a header that needs no types at all."""
-    import duckdb
-
-    from ltrec.data import reason, source_files
-    from ltrec.data.read import READERS, _check_line_lengths, _literal
-
-    files, fmt = source_files(str(path), "--data")
-    if fmt not in READERS:
-        raise UserError(f"--data: {path}: matches files of different formats; give one file")
-    if fmt != "parquet" and all(os.path.getsize(f) == 0 for f in files):
-        raise UserError(f"--data: {path}: the file is empty (expected a header and one row per event)")
-    if fmt == "csv":
-        for f in files:
-            _check_line_lengths(f)
-    con = duckdb.connect(":memory:")
-    try:
-        con.execute("SET autoinstall_known_extensions = false")
-        con.execute("SET autoload_known_extensions = false")
-        with _literal(files) as paths:
-            text = ", all_varchar = true" if fmt == "csv" else ""  # the reader's name and options are ours
-            return [
-                row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {READERS[fmt]}(?{text})", [paths]).fetchall()
-            ]
-    except duckdb.Error as exc:
-        raise UserError(f"--data: {path}: cannot read as {fmt.upper()}: {reason(exc)}") from None
-    finally:
-        con.close()
-
-
 def write_sweep(directory: Path, force: bool, epochs: int = 20) -> Path:
     """DIRECTORY/sweep.yaml (+ its schema): plain training against the tail methods, on the recipe beside it."""
     from ltrec.sweep import plan_schema
@@ -248,7 +215,9 @@ def init_project(
         path, name = Path(data), "my-sasrec"
         if not path.is_file():
             raise UserError(f"--data: {data}: no such file")
-        cols = guess_columns(header(path), columns or {}, f"--data {data}")
+        from ltrec.data.read import read_header
+
+        cols = guess_columns(read_header(path, "--data"), columns or {}, f"--data {data}")
     return write_starter(directory, str(path.resolve()), name, force, cols), path
 
 

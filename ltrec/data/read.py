@@ -71,16 +71,7 @@ def connect(files: list[str], fmt: str, source: str, text: tuple[str, ...] = ())
     are part of the id) would become numbers, and a later `u-17` a conversion error."""
     if fmt == "mixed":
         raise UserError(f"data.source: {source!r} matches files of different formats; set data.format")
-    if fmt != "parquet" and all(os.path.getsize(f) == 0 for f in files):
-        raise UserError(f"data.source: {source}: the file is empty (expected a header and one row per event)")
-    if fmt == "csv":
-        for f in files:
-            _check_line_lengths(f)
-    con = duckdb.connect(":memory:")
-    # nothing is fetched from the network: csv, parquet and json are built in
-    con.execute("SET autoinstall_known_extensions = false")
-    con.execute("SET autoload_known_extensions = false")
-    con.execute("SET enable_progress_bar = false")  # on big files DuckDB would draw one into ltrec's stdout
+    con = _opened(files, fmt, f"data.source: {source}")
     try:
         with _literal(files) as paths:
             types = ""
@@ -102,6 +93,40 @@ def connect(files: list[str], fmt: str, source: str, text: tuple[str, ...] = ())
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
     return con
+
+
+def _opened(files: list[str], fmt: str, where: str) -> duckdb.DuckDBPyConnection:
+    """The checks that fail fast before DuckDB reads (an empty file, a huge line), then an in-memory DuckDB
+    that fetches nothing from the network (csv, parquet and json are built in)."""
+    if fmt != "parquet" and all(os.path.getsize(f) == 0 for f in files):
+        raise UserError(f"{where}: the file is empty (expected a header and one row per event)")
+    if fmt == "csv":
+        for f in files:
+            _check_line_lengths(f)
+    con = duckdb.connect(":memory:")
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    con.execute("SET enable_progress_bar = false")  # on big files DuckDB would draw one into ltrec's stdout
+    return con
+
+
+def read_header(path: Path, flag: str) -> list[str]:
+    """The column names of an events file (CSV, Parquet or JSON), read without typing any column: DuckDB
+    types a CSV column from a sample of rows, so ids that look numeric for the sampled rows and are not
+    further down would fail the reading of a header that needs no types at all."""
+    files, fmt = source_files(str(path), flag)
+    if fmt not in READERS:
+        raise UserError(f"{flag}: {path}: matches files of different formats; give one file")
+    con = _opened(files, fmt, f"{flag}: {path}")
+    try:
+        with _literal(files) as paths:
+            text = ", all_varchar = true" if fmt == "csv" else ""  # the reader's name and options are ours
+            query = f"DESCRIBE SELECT * FROM {READERS[fmt]}(?{text})"
+            return [row[0] for row in con.execute(query, [paths]).fetchall()]
+    except duckdb.Error as exc:
+        raise UserError(f"{flag}: {path}: cannot read as {fmt.upper()}: {reason(exc)}") from None
+    finally:
+        con.close()
 
 
 @contextmanager
