@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from ltrec.cli import app
 from ltrec.deploy.serve import _open_files
+from ltrec.deploy.serve.app import Settings
 from ltrec.deploy.serve.security import check_key, exposure_warning
 from ltrec.files.errors import UserError
 
@@ -286,7 +287,7 @@ def test_serve_prints_the_warning_on_a_reachable_address(bundle, monkeypatch, ca
     ltrec.deploy.serve.serve(bundle, port=0)
     err = capsys.readouterr().err
     assert "warning: listening on 127.0.0.1" in err and "no authentication and no TLS" in err
-    ltrec.deploy.serve.serve(bundle, port=0, api_key=KEY)
+    ltrec.deploy.serve.serve(bundle, port=0, settings=Settings(api_key=KEY))
     err = capsys.readouterr().err
     assert "API key required" in err and "without TLS" in err and KEY not in err
 

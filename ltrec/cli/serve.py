@@ -73,23 +73,12 @@ def serve(
     """Serve a bundle over HTTP: POST /recommend {"history": [...]}, with onnxruntime on CPU (no torch)."""
     try:
         from ltrec.deploy.serve import serve as run_server
+        from ltrec.deploy.serve.app import Settings
         from ltrec.deploy.serve.security import KEY_ENV
 
         if api_key is None:  # read here, not by click, which takes an empty variable for an unset one
             api_key = os.environ.get(KEY_ENV)
-        run_server(
-            bundle,
-            host,
-            port,
-            workers,
-            max_batch,
-            max_wait_ms,
-            max_queue,
-            threads,
-            header_timeout,
-            body_timeout,
-            max_connections,
-            api_key,
-        )
+        limits = Settings(max_batch, max_wait_ms, max_queue, header_timeout, body_timeout, max_connections, api_key)
+        run_server(bundle, host, port, workers, threads, limits)
     except UserError as exc:
         fail(exc)

@@ -18,11 +18,16 @@ import os
 import resource
 import socket
 import sys
+from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ltrec.deploy.bundle import load_bundle
 from ltrec.deploy.serve.security import check_key, exposure_warning
 from ltrec.files.errors import UserError
+
+if TYPE_CHECKING:
+    from ltrec.deploy.serve.app import Settings
 
 SPARE_FILES = 256  # descriptors besides client connections: the bundle, onnxruntime, logs, the listener
 
@@ -32,39 +37,26 @@ def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
     workers: int = 1,
-    max_batch: int = 64,
-    max_wait_ms: float = 2.0,
-    max_queue: int = 1024,
     threads: int = 0,
-    header_timeout: float = 10.0,
-    body_timeout: float = 10.0,
-    max_connections: int = 4096,
-    api_key: str | None = None,
+    settings: Settings | None = None,
 ) -> None:
     """Load the bundle and listen (both fail as a UserError before anything is served), then serve until
     SIGTERM / Ctrl-C."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
-    from ltrec.deploy.serve.app import ENV, create_app
+    from ltrec.deploy.serve.app import ENV, Settings, create_app
     from ltrec.deploy.serve.connections import GuardedH11Protocol
 
-    api_key, notes = check_key(api_key)
+    settings = settings or Settings()
+    api_key, notes = check_key(settings.api_key)
     if not threads and workers > 1:  # N sessions that each take every core would fight over them
         threads = max(1, len(os.sched_getaffinity(0)) // workers)
     bundle = load_bundle(bundle_path, threads)
     sock = _listen(host, port)
     address, port = sock.getsockname()[:2]  # --port 0: the one the system chose
-    max_connections, note = _open_files(max_connections)
-    settings = {
-        "max_batch": max_batch,
-        "max_wait_ms": max_wait_ms,
-        "max_queue": max_queue,
-        "header_timeout": header_timeout,
-        "body_timeout": body_timeout,
-        "max_connections": max_connections,
-        "api_key": api_key,
-    }
+    max_connections, note = _open_files(settings.max_connections)
+    settings = replace(settings, max_connections=max_connections, api_key=api_key)
     url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
     print(
         f"ltrec serve: {bundle_path} ({bundle.meta.backbone}, {bundle.meta.n_items:,} items, top {bundle.meta.k}) "
@@ -88,10 +80,10 @@ def serve(
         "log_level": "info",
     }
     if workers == 1:
-        uvicorn.Server(uvicorn.Config(create_app(bundle, **settings), **common)).run(sockets=[sock])
+        uvicorn.Server(uvicorn.Config(create_app(bundle, settings), **common)).run(sockets=[sock])
         return
     del bundle  # each worker process loads its own
-    os.environ[ENV] = json.dumps({"bundle": str(bundle_path), "threads": threads, **settings})
+    os.environ[ENV] = json.dumps({"bundle": str(bundle_path), "threads": threads, **asdict(settings)})
     config = uvicorn.Config("ltrec.deploy.serve.app:from_env", factory=True, workers=workers, **common)
     Multiprocess(config, sockets=[sock]).run()
 

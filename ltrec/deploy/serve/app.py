@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -22,26 +23,32 @@ from ltrec.deploy.serve.guard import RETRY_AFTER, Guard
 from ltrec.deploy.serve.prometheus import CONTENT_TYPE, Metrics
 from ltrec.deploy.serve.queries import MAX_BODY, MAX_USERS, BadRequest, Query, QueryReader
 
+
+@dataclass(frozen=True)
+class Settings:
+    """An app's limits: the `ltrec serve` flags, which each --workers process gets through ENV."""
+
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_queue: int = 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 10.0
+    max_connections: int = 4096
+    api_key: str | None = None
+
+
 ENV = "LTREC_SERVE"  # the settings each --workers process builds its app from
 EXTRA_REQUESTS = 256  # requests in progress beyond --max-queue: bodies being read, popularity answers, errors
 INFO = ("backbone", "n_items", "max_len", "k", "columns", "exclude_seen")  # no paths, metrics or versions
 
 
-def create_app(
-    bundle: Bundle,
-    max_batch: int = 64,
-    max_wait_ms: float = 2.0,
-    max_queue: int = 1024,
-    header_timeout: float = 10.0,
-    body_timeout: float = 10.0,
-    max_connections: int = 4096,
-    api_key: str | None = None,
-) -> Observe:
+def create_app(bundle: Bundle, settings: Settings | None = None) -> Observe:
+    s = settings or Settings()
     metrics = Metrics()
     recommender = Recommender(bundle)
-    batcher = Batcher(recommender, metrics, max_batch, max_wait_ms / 1000, max_queue)
-    reader = QueryReader(bundle, max_users=min(MAX_USERS, max_queue))  # a larger batch could never be admitted
-    connections = Connections(Limits(header_timeout, body_timeout, max_connections))
+    batcher = Batcher(recommender, metrics, s.max_batch, s.max_wait_ms / 1000, s.max_queue)
+    reader = QueryReader(bundle, max_users=min(MAX_USERS, s.max_queue))  # a larger batch could never be admitted
+    connections = Connections(Limits(s.header_timeout, s.body_timeout, s.max_connections))
     state = {"ready": False}
     info = {**bundle.meta.model_dump(include=set(INFO)), "ltrec": __version__}
 
@@ -52,7 +59,7 @@ def create_app(
         except QueueFull:
             raise HTTPException(
                 503,
-                f"queue full ({max_queue:,} histories waiting or running); retry after {RETRY_AFTER}s",
+                f"queue full ({s.max_queue:,} histories waiting or running); retry after {RETRY_AFTER}s",
                 headers={"Retry-After": RETRY_AFTER},
             ) from None
         return [next(got) if len(q.known) else recommender.fallback(q) for q in queries]
@@ -104,7 +111,7 @@ def create_app(
     app = Starlette(
         routes=routes, lifespan=lifespan, exception_handlers={HTTPException: _http_error, Exception: _server_error}
     )
-    guard = Guard(app, api_key, max_queue + EXTRA_REQUESTS, connections)
+    guard = Guard(app, s.api_key, s.max_queue + EXTRA_REQUESTS, connections)
     return Observe(guard, metrics, {r.path for r in routes})
 
 
@@ -168,4 +175,4 @@ def from_env() -> Observe:
     """The app of one --workers process: each loads the bundle itself (an onnxruntime session per process)."""
     settings = json.loads(os.environ[ENV])
     bundle = load_bundle(Path(settings.pop("bundle")), settings.pop("threads"))
-    return create_app(bundle, **settings)
+    return create_app(bundle, Settings(**settings))

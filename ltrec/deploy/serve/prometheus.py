@@ -55,24 +55,30 @@ class Metrics:
             out += hist.lines("ltrec_request_duration_seconds", f'endpoint="{endpoint}"')
         out += _head("ltrec_batch_size", "histogram", "Histories per onnxruntime call.")
         out += self.batch_sizes.lines("ltrec_batch_size")
-        out += _head("ltrec_queue_rejections_total", "counter", "Requests answered 503 because the queue was full.")
-        out += [f"ltrec_queue_rejections_total {self.rejected}"]
-        out += _head("ltrec_queue_histories", "gauge", "Histories admitted and not yet answered (waiting or running).")
-        out += [f"ltrec_queue_histories {queued}"]
-        out += _head(
-            "ltrec_busy_rejections_total",
-            "counter",
-            "Requests answered 503 because too many requests were in progress, or every open connection had one.",
+        gauges = (  # (name, type, help, value): one sample each
+            (
+                "ltrec_queue_rejections_total",
+                "counter",
+                "Requests answered 503 because the queue was full.",
+                self.rejected,
+            ),
+            ("ltrec_queue_histories", "gauge", "Histories admitted and not yet answered (waiting or running).", queued),
+            (
+                "ltrec_busy_rejections_total",
+                "counter",
+                "Requests answered 503 because too many requests were in progress, or every open connection had one.",
+                connections.refused,
+            ),
+            (
+                "ltrec_requests_in_progress",
+                "gauge",
+                "Requests received and not yet answered (/health and /metrics aside).",
+                connections.busy,
+            ),
+            ("ltrec_connections_open", "gauge", "Open client connections.", connections.open),
         )
-        out += [f"ltrec_busy_rejections_total {connections.refused}"]
-        out += _head(
-            "ltrec_requests_in_progress",
-            "gauge",
-            "Requests received and not yet answered (/health and /metrics aside).",
-        )
-        out += [f"ltrec_requests_in_progress {connections.busy}"]
-        out += _head("ltrec_connections_open", "gauge", "Open client connections.")
-        out += [f"ltrec_connections_open {connections.open}"]
+        for name, kind, text, value in gauges:
+            out += [*_head(name, kind, text), f"{name} {value}"]
         out += _head(
             "ltrec_connections_closed_total",
             "counter",
