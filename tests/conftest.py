@@ -123,3 +123,24 @@ def seen_from_padded(seen: torch.Tensor) -> Seen:
 def next_item_loss(model, inputs, targets, loss="ce", negatives=1, generator=None) -> torch.Tensor:
     """inputs/targets (B, L); targets[:, t] is the item after inputs[:, t] (0 = ignored)."""
     return loss_from_states(model, model.encode_all(inputs), targets, loss, negatives, generator)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to collect it has ended)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+def processes_naming(text: str) -> list[int]:
+    """The live processes whose command line holds `text`."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if text in (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                found.append(int(pid))
+        except OSError:  # ended meanwhile
+            pass
+    return [pid for pid in found if alive(pid)]

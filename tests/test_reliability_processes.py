@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_long_tailed
+from conftest import alive, processes_naming, write_long_tailed
 from typer.testing import CliRunner
 
 from ltrec.cli import app
@@ -36,26 +36,6 @@ def project(tmp_path_factory):
     (folder / "short.yaml").write_text(base + "train: {epochs: 1, threads: 1}\n")
     (folder / "plan.yaml").write_text(PLAN)
     return folder
-
-
-def alive(pid: int) -> bool:
-    """Running (a zombie waiting for its parent to collect it has ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
-
-
-def processes_naming(text: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if text in (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                found.append(int(pid))
-        except OSError:  # ended meanwhile
-            pass
-    return [pid for pid in found if alive(pid)]
 
 
 def wait_for(condition, seconds: float, what: str) -> None:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import write_long_tailed
+from conftest import processes_naming, write_long_tailed
 from typer.testing import CliRunner
 
 from ltrec.cli import app
@@ -122,17 +122,6 @@ def test_an_arm_at_the_baseline_trains_at_its_chosen_setting(project, tmp_path):
     assert "cvar: at plain's choice" in (tmp_path / "s" / "table.md").read_text()
 
 
-def _processes_naming(text: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if text in (Path("/proc") / pid / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
-                found.append(int(pid))
-        except OSError:  # ended meanwhile
-            pass
-    return found
-
-
 @pytest.mark.skipif(not Path("/proc/self/cmdline").exists(), reason="reads /proc")
 def test_a_killed_sweep_stops_the_runs_it_started(project, tmp_path):
     """Runs are process groups of their own; SIGTERM to the sweep stops them as Ctrl-C does (none trains on,
@@ -151,11 +140,11 @@ def test_a_killed_sweep_stops_the_runs_it_started(project, tmp_path):
     deadline = time.time() + 180
     while not list(out.glob("*/metrics.jsonl")) and time.time() < deadline and sweep.poll() is None:
         time.sleep(0.5)
-    runs = [pid for pid in _processes_naming(str(out)) if pid != sweep.pid]
+    runs = [pid for pid in processes_naming(str(out)) if pid != sweep.pid]
     assert runs, "no training run started"
     sweep.send_signal(signal.SIGTERM)
     output = sweep.communicate(timeout=120)[0]
-    left = [pid for pid in runs if pid in _processes_naming(str(out))]
+    left = [pid for pid in runs if pid in processes_naming(str(out))]
     for pid in left:  # a failing check must not leave them training
         os.kill(pid, signal.SIGKILL)
     assert sweep.returncode == 2 and "--resume" in output, output
@@ -307,7 +296,7 @@ def test_a_run_folder_the_file_system_refuses_stops_the_sweep_and_its_runs(tiny_
         "s/logs/b-s0.log: Is a directory; the sweep stopped its runs (continue it with: ltrec sweep "
         "plan.yaml --out s --resume)"
     ), line
-    assert (out / "logs" / "a-s0.log").is_file() and _processes_naming(str(out)) == []  # a-s0 started, and stopped
+    assert (out / "logs" / "a-s0.log").is_file() and processes_naming(str(out)) == []  # a-s0 started, and stopped
 
 
 SWEEP_STATES = {
