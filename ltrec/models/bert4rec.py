@@ -18,34 +18,16 @@ import math
 import torch
 import torch.nn as nn
 
-from ltrec.models.base import Dropout, NeuralBackbone
 from ltrec.models.losses import loss_from_states
-from ltrec.models.sasrec import Block
+from ltrec.models.sasrec import Transformer
 
 
-class BERT4Rec(NeuralBackbone):
-    def __init__(
-        self,
-        n_items: int,
-        max_len: int,
-        dim: int = 64,
-        layers: int = 2,
-        heads: int = 2,
-        dropout: float = 0.2,
-        mask_prob: float = 0.2,
-        last_only: float = 0.1,
-    ):
-        super().__init__()
-        if dim % heads:
-            raise ValueError(f"BERT4Rec: dim={dim} must be divisible by heads={heads}")
-        self.n_items, self.max_len, self.dim, self.heads = n_items, max_len, dim, heads
+class BERT4Rec(Transformer):
+    def __init__(self, n_items: int, max_len: int, *, mask_prob: float = 0.2, last_only: float = 0.1, **sizes):
+        super().__init__(n_items, max_len, **sizes)
         self.mask_id, self.mask_prob, self.last_only = n_items + 1, mask_prob, last_only
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
-        self.mask_emb = nn.Parameter(torch.randn(dim) * 0.02)  # the [MASK] token's embedding (id N+1)
-        self.pos_emb = nn.Embedding(max_len, dim)  # counted from the right, as SASRec: pads never shift items
-        self.drop = Dropout(dropout)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(dim)
+        self.mask_emb = nn.Parameter(torch.randn(self.dim) * 0.02)  # the [MASK] token's embedding (id N+1)
+        self.pos_emb = nn.Embedding(max_len, self.dim)  # counted from the right, as SASRec: pads never shift items
         self._init_items()
 
     def encode_all(self, ids: torch.Tensor) -> torch.Tensor:

@@ -43,42 +43,42 @@ class Block(nn.Module):
         return x + self.ffn(self.ln2(x))  # (B, L, D)
 
 
-class SASRec(NeuralBackbone):
+class Transformer(NeuralBackbone):
+    """What SASRec and BERT4Rec share: the item table, `layers` pre-LN blocks of `heads` heads, dropout on the
+    input and a final LayerNorm. Subclasses add their positions and their input."""
+
     def __init__(
-        self,
-        n_items: int,
-        max_len: int,
-        dim: int = 64,
-        layers: int = 2,
-        heads: int = 2,
-        dropout: float = 0.2,
-        input_norm: bool = True,
-        item_scale: bool = True,
-        positions: str = "newest",
+        self, n_items: int, max_len: int, dim: int = 64, layers: int = 2, heads: int = 2, dropout: float = 0.2
     ):
         super().__init__()
         if dim % heads:
-            raise ValueError(f"SASRec: dim={dim} must be divisible by heads={heads}")
+            raise ValueError(f"{type(self).__name__}: dim={dim} must be divisible by heads={heads}")
         self.n_items, self.max_len, self.dim, self.heads = n_items, max_len, dim, heads
+        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.drop = Dropout(dropout)
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
+        self.ln_f = nn.LayerNorm(dim)
+
+
+class SASRec(Transformer):
+    def __init__(self, n_items: int, max_len: int, *, input_norm=True, item_scale=True, positions="newest", **sizes):
+        super().__init__(n_items, max_len, **sizes)
+        dim = self.dim
         # sqrt(dim) as in the original SASRec; a Python constant, so the exported graph holds one Mul or none
         self.item_mult = math.sqrt(dim) if item_scale else 1.0
-        self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         # newest: a position embedding counted from the right (newest item = 0), so extra left pads never shift
         # real items. relative: none; each head adds a learned bias of the query-key distance to its scores
         # (shared by the blocks), so a state depends only on the items before it and how far back they are
         self.relative = positions == "relative"
         if self.relative:
-            self.dist_bias = nn.Embedding(max_len, heads)
+            self.dist_bias = nn.Embedding(max_len, self.heads)
             nn.init.zeros_(self.dist_bias.weight)
         else:
             self.pos_emb = nn.Embedding(max_len, dim)
-        self.drop = Dropout(dropout)
         # Without it the residual stream starts at the item embeddings' small init scale while every block adds
         # O(1) outputs: items with few updates (the catalogue's long tail) stay drowned out. A unit-scale input
         # trains far better on long-tailed catalogues; recipes default to it.
         self.ln_in = nn.LayerNorm(dim) if input_norm else nn.Identity()
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
-        self.ln_f = nn.LayerNorm(dim)
         self._init_items()
         if input_norm and not self.relative:  # nn.Embedding's N(0, 1) would outweigh the items' 0.02 * sqrt(dim)
             nn.init.normal_(self.pos_emb.weight, std=0.02)
