@@ -188,7 +188,7 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
     transitions = (
         transition_blend.load(run_dir, recipe, seqs, overrides or ()) if recipe.eval.transition_blend else None
     )
-    backbone = build_model(recipe, seqs)
+    backbone = build_model(recipe, seqs, fit=False)
     if not (run_dir / "best.pt").exists():
         raise UserError(f"{run_dir}: no best.pt (training did not finish an epoch); train it first")
     load_weights(backbone, run_dir / "best.pt")

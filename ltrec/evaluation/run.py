@@ -19,7 +19,7 @@ def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None,
     from ltrec.runtime.build import build_model, load_run
 
     recipe, seqs = load_run(run, overrides)
-    model = build_model(recipe, seqs)
+    model = build_model(recipe, seqs, fit=False)
     load_weights(model, run / "best.pt")
     evaluator = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed)
     result = evaluator.run(split, ks, *fit_blends(recipe, seqs, evaluator, run))

@@ -14,17 +14,30 @@ Conventions shared by every backbone:
 from ltrec.models.base import NeuralBackbone
 from ltrec.models.bert4rec import BERT4Rec
 from ltrec.models.caser import Caser
+from ltrec.models.ease import EASE
 from ltrec.models.gru4rec import GRU4Rec
 from ltrec.models.losses import LOSSES, loss_from_states
 from ltrec.models.narm import NARM
 from ltrec.models.pop import Pop
 from ltrec.models.sasrec import Block, SASRec
+from ltrec.models.transitions import Transitions
 
-BACKBONES = {"gru4rec": GRU4Rec, "sasrec": SASRec, "pop": Pop, "caser": Caser, "narm": NARM, "bert4rec": BERT4Rec}
+BACKBONES = {
+    "gru4rec": GRU4Rec,
+    "sasrec": SASRec,
+    "pop": Pop,
+    "caser": Caser,
+    "narm": NARM,
+    "bert4rec": BERT4Rec,
+    "transitions": Transitions,
+    "ease": EASE,
+}
 
 __all__ = [
     "BACKBONES",
     "BERT4Rec",
+    "EASE",
+    "Transitions",
     "Caser",
     "GRU4Rec",
     "LOSSES",

@@ -8,10 +8,12 @@ from ltrec.recipe.backbones import (
     Backbone,
     BERT4RecConfig,
     CaserConfig,
+    EASEConfig,
     GRU4RecConfig,
     NARMConfig,
     PopConfig,
     SASRecConfig,
+    TransitionsConfig,
 )
 from ltrec.recipe.base import IDENTIFIER, Strict
 from ltrec.recipe.components import (
@@ -62,6 +64,8 @@ __all__ = [
     "Output",
     "PopBlend",
     "PopConfig",
+    "EASEConfig",
+    "TransitionsConfig",
     "Recipe",
     "SASRecConfig",
     "Split",

@@ -95,8 +95,46 @@ class PopConfig(Strict):
     kind: Literal["pop"] = Field(description="selects this backbone")
 
 
+class TransitionsConfig(Strict):
+    """Transitions: log(1 + Σ_j 2^-j·T[h_j, i]), T[a, i] how often item i followed item a within `window`
+    events in the training histories (weighted 1 / distance), summed over the user's `last` newest items."""
+
+    kind: Literal["transitions"] = Field(description="selects this backbone")
+    window: int = Field(5, ge=1, le=50, description="events at most this far apart count, weighted 1 / distance")
+    last: int = Field(5, ge=1, le=50, description="newest items summed, the newest weighted 1, each older half")
+    direction: Literal["forward", "both"] = Field(
+        "both", description="forward: a later event after an earlier one; both: each pair both ways"
+    )
+    neighbours: int = Field(100, ge=1, le=10_000, description="transitions kept per item (the strongest)")
+
+
+class EASEConfig(Strict):
+    """EASE (Steck 2019): the closed-form linear item-to-item model over the training users' item sets."""
+
+    kind: Literal["ease"] = Field(description="selects this backbone")
+    l2: float = Field(500.0, gt=0, le=1e9, description="λ, the L2 penalty on the item-to-item weights")
+    neighbours: int = Field(
+        200, ge=1, le=10_000, description="weights kept per item (largest magnitude); scored and exported"
+    )
+    max_items: int = Field(
+        20_000,
+        ge=1,
+        le=200_000,
+        description="the largest catalogue accepted: the solve holds about three items² float32 matrices "
+        "(20,000 items: 4.5 GB)",
+    )
+
+
 Backbone = Annotated[
-    GRU4RecConfig | SASRecConfig | PopConfig | CaserConfig | NARMConfig | BERT4RecConfig, Field(discriminator="kind")
+    GRU4RecConfig
+    | SASRecConfig
+    | PopConfig
+    | CaserConfig
+    | NARMConfig
+    | BERT4RecConfig
+    | TransitionsConfig
+    | EASEConfig,
+    Field(discriminator="kind"),
 ]
 BACKBONE_KINDS = {
     "gru4rec": GRU4RecConfig,
@@ -105,4 +143,6 @@ BACKBONE_KINDS = {
     "caser": CaserConfig,
     "narm": NARMConfig,
     "bert4rec": BERT4RecConfig,
+    "transitions": TransitionsConfig,
+    "ease": EASEConfig,
 }

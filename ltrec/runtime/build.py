@@ -35,7 +35,9 @@ def check_precision(precision: str, device: torch.device) -> None:
         )
 
 
-def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
+def build_model(recipe: Recipe, seqs: data_mod.Sequences, fit: bool = True) -> torch.nn.Module:
+    """The recipe's backbone for `seqs`; a fitted (non-trainable) one is fitted unless `fit` is False (its
+    checkpoint is loaded next)."""
     cfg = recipe.backbone.model_dump(exclude={"kind"})
     try:
         model = BACKBONES[recipe.backbone.kind](seqs.n_items, recipe.data.max_len, **cfg)
@@ -46,7 +48,7 @@ def build_model(recipe: Recipe, seqs: data_mod.Sequences) -> torch.nn.Module:
             f"backbone: the model does not fit in memory with {seqs.n_items:,} items "
             f"({type(exc).__name__}); lower backbone.dim or layers"
         ) from None
-    if not model.trainable:
+    if fit and not model.trainable:
         model.fit(seqs)
     branch = recipe.transfer.user_branch
     if branch is not None:  # histories shorter than the head threshold (or max_len) get the head→tail map
