@@ -8,12 +8,15 @@ import torch
 from typer.testing import CliRunner
 
 from ltrec.blend.popularity import FittedPopBlend, prior
-from ltrec.blend.transitions import FittedTransitionBlend, Table, build, fit
+from ltrec.blend.transitions import FittedTransitionBlend, fit
+from ltrec.blend.transitions import prior as transition_prior
 from ltrec.cli import app
 from ltrec.data import load
 from ltrec.evaluation.engine import Evaluator
 from ltrec.evaluation.ranks import target_ranks
 from ltrec.models import BACKBONES
+from ltrec.models.neighbours import Table
+from ltrec.models.neighbours import transition_table as build
 from ltrec.recipe import Data, Eval, Head, Split, TransitionBlend
 
 runner = CliRunner()
@@ -60,9 +63,9 @@ def test_the_prior_sums_the_newest_items_transitions_halving_with_age():
     for b, row in enumerate(history):
         for age, item in enumerate(row.flip(0)[:3]):
             want[b] += 0.5**age * dense[item]
-    torch.testing.assert_close(table.prior(history, last=3), torch.log1p(want))
+    torch.testing.assert_close(transition_prior(table, history, last=3), torch.log1p(want))
     # a history cut to its own length (as predict batches it) has the same prior
-    torch.testing.assert_close(table.prior(history[:1, -1:], last=3), torch.log1p(want[:1]))
+    torch.testing.assert_close(transition_prior(table, history[:1, -1:], last=3), torch.log1p(want[:1]))
 
 
 def chain_csv(tmp_path):

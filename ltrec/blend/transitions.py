@@ -7,8 +7,8 @@ Item-to-item transitions are what a short history can offer: one or two items sa
 model trained mostly on long histories, but many other users went from those items somewhere. The weights
 and the direction are chosen on the validation split after training, as the popularity blend's are, and
 applied in `ltrec eval` and in the exported graph. Each item keeps its `neighbours` strongest transitions,
-as (N + 1, K) id and strength tables (row 0, the padding item, is all zeros), so a user's prior is one
-gather and one scatter-add: no N × N matrix is ever formed.
+as (N + 1, K) id and strength tables (`ltrec.models.neighbours`, shared with `kind: transitions`), so a
+user's prior is one gather and one scatter-add: no N × N matrix is ever formed.
 """
 
 from __future__ import annotations
@@ -17,71 +17,25 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ltrec.blend.popularity import bucket_weight, fit_buckets, read
 from ltrec.blend.records import fitted_record
 from ltrec.files.safe import atomic_write
+from ltrec.models.neighbours import Table, transition_table
+from ltrec.models.transitions import DECAY
 
 FILE = "transition_blend.json"
 
 
-@dataclass
-class Table:
-    ids: torch.Tensor  # (N + 1, K) int32 (half an int64 table, in memory and in the graph): row a holds the
-    # items most often after item a (0 = none)
-    strength: torch.Tensor  # (N + 1, K) float32: their summed 1 / distance
-
-    def prior(self, history: torch.Tensor, last: int) -> torch.Tensor:
-        """(B, N + 1) log(1 + Σ_j 2^-j·T[h_j, i]) over the newest `last` items of left-padded histories;
-        column 0 (padding) is 0."""
-        newest = history[:, -last:]  # (B, m); padding rows of the tables are zeros
-        decay = 0.5 ** torch.arange(newest.shape[1] - 1, -1, -1, dtype=torch.float32, device=history.device)
-        ids = self.ids.to(history.device)[newest].flatten(1).long()  # (B, m·K); scatter indices are int64
-        strength = (self.strength.to(history.device)[newest] * decay[None, :, None]).flatten(1)
-        out = torch.zeros(history.shape[0], self.ids.shape[0], device=history.device)
-        return torch.log1p(out.scatter_add(1, ids, strength))
-
-
-def build(
-    items: np.ndarray,
-    offsets: np.ndarray,
-    train_lengths: np.ndarray,
-    n_items: int,
-    window: int,
-    neighbours: int,
-    direction: str,
-) -> Table:
-    """The transition tables of the training events (items[offsets[u]:offsets[u] + train_lengths[u]])."""
-    lengths = np.diff(offsets)
-    user = np.repeat(np.arange(len(lengths)), lengths)  # (E,)
-    pos = np.arange(len(items)) - offsets[user]
-    stride = n_items + 1
-    keys, values = np.zeros(0, np.int64), np.zeros(0, np.float64)
-    for d in range(1, window + 1):  # one distance at a time: memory follows the distinct pairs, not all pairs
-        at = np.flatnonzero(pos + d < train_lengths[user])
-        a, b = items[at].astype(np.int64), items[at + d].astype(np.int64)
-        new = [a * stride + b] + ([b * stride + a] if direction == "both" else [])
-        keys = np.concatenate([keys, *new])
-        values = np.concatenate([values, np.full(sum(len(k) for k in new), 1.0 / d)])
-        keys, inverse = np.unique(keys, return_inverse=True)
-        values = np.bincount(inverse, weights=values, minlength=len(keys))
-    rows, cols = keys // stride, keys % stride
-    order = np.lexsort((-values, rows))  # by row, strongest first (ties: lower item id first)
-    rows, cols, values = rows[order], cols[order], values[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
-    keep = rank < neighbours
-    k = min(neighbours, int(rank.max(initial=0)) + 1)  # as wide as the most-connected item needs
-    ids = np.zeros((stride, k), np.int32)
-    strength = np.zeros((stride, k), np.float32)
-    ids[rows[keep], rank[keep]] = cols[keep]
-    strength[rows[keep], rank[keep]] = values[keep]
-    return Table(torch.from_numpy(ids), torch.from_numpy(strength))
+def prior(table: Table, history: torch.Tensor, last: int) -> torch.Tensor:
+    """(B, N + 1) log(1 + Σ_j 2^-j·T[h_j, i]) over the newest `last` items; column 0 (padding) is 0."""
+    return torch.log1p(table.summed(history, last, DECAY))
 
 
 def table_for(seqs, cfg, direction: str) -> Table:
-    return build(seqs.items, seqs.offsets, seqs.train_lengths, seqs.n_items, cfg.window, cfg.neighbours, direction)
+    args = (seqs.items, seqs.offsets, seqs.train_lengths, seqs.n_items)
+    return transition_table(*args, cfg.window, cfg.neighbours, direction)
 
 
 @dataclass
@@ -99,7 +53,7 @@ class FittedTransitionBlend:
 
     def prior(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N) the transition prior of items 1..N, before the bucket's weight."""
-        return self.table.prior(history, self.last)[:, 1:]
+        return prior(self.table, history, self.last)[:, 1:]
 
     def record(self) -> dict:
         """The fitted file's content, which the bundle records too."""

@@ -72,7 +72,9 @@ class TopKScorer(nn.Module):
         if self.blend:
             scores = scores + bucket_weight(history, self.edges, self.weights) * self.prior.unsqueeze(0)
         if self.transitions is not None:
-            prior = self.transitions.table.prior(history, self.transitions.last)  # (B, N+1), 0 at padding
+            prior = transition_blend.prior(
+                self.transitions.table, history, self.transitions.last
+            )  # (B, N+1), 0 at padding
             scores = scores + bucket_weight(history, self.transition_edges, self.transition_weights) * prior
         return scores
 
