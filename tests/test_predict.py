@@ -184,3 +184,38 @@ def test_predict_never_imports_torch(setup, tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.splitlines()[-1] == "False" and "200 users" in out
+
+
+def test_parquet_output_and_json_input_match_csv(setup, tmp_path):
+    """Parquet is written when the output ends in .parquet (typed columns, same rows as the CSV), and JSON
+    events are read as CSV events are; ids with commas and quotes survive both."""
+    import duckdb
+
+    events = tmp_path / "e.csv"
+    events.write_text('user_id,item_id,timestamp\n"a,b",i3,1\n"q""x",i4,2\nu2,i5,3\nu2,i6,4\n')
+    predict(setup, events, tmp_path / "p.csv", "--k", 3)
+    predict(setup, events, tmp_path / "p.parquet", "--k", 3)
+    want = [
+        (r["user_id"], int(r["rank"]), r["item_id"], float(r["score"]), r["source"])
+        for r in read_rows(tmp_path / "p.csv")
+    ]
+    con = duckdb.connect()
+    got = con.execute("SELECT * FROM read_parquet(?)", [str(tmp_path / "p.parquet")]).fetchall()
+    assert got == want and {u for u, *_ in got} == {"a,b", 'q"x', "u2"}
+    types = [
+        t
+        for _, t, *_ in con.execute("DESCRIBE SELECT * FROM read_parquet(?)", [str(tmp_path / "p.parquet")]).fetchall()
+    ]
+    assert types == ["VARCHAR", "INTEGER", "VARCHAR", "DOUBLE", "VARCHAR"]
+    rows = [
+        {"user_id": u, "item_id": i, "timestamp": t}
+        for u, i, t in [("a,b", "i3", 1), ('q"x', "i4", 2), ("u2", "i5", 3), ("u2", "i6", 4)]
+    ]
+    (tmp_path / "e.json").write_text(json.dumps(rows))
+    predict(setup, tmp_path / "e.json", tmp_path / "j.csv", "--k", 3)
+    assert (tmp_path / "j.csv").read_text() == (tmp_path / "p.csv").read_text()
+
+
+def test_parquet_output_failure_leaves_nothing(setup, tmp_path):
+    out = predict(setup, tmp_path / "missing.csv", tmp_path / "p.parquet", code=2)
+    assert "missing.csv" in out and not list(tmp_path.iterdir())

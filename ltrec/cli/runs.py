@@ -169,8 +169,10 @@ def export(
 @app.command()
 def predict(
     bundle: Annotated[Path, typer.Argument(help="bundle directory written by `ltrec export`")],
-    input_: Annotated[Path, typer.Option("--input", help="events: CSV or Parquet, one row per event")],
-    output: Annotated[str, typer.Option(help="CSV to write (- for standard output)")] = "predictions.csv",
+    input_: Annotated[Path, typer.Option("--input", help="events: CSV, Parquet or JSON, one row per event")],
+    output: Annotated[
+        str, typer.Option(help="file to write: Parquet where it ends in .parquet, else CSV (- for standard output)")
+    ] = "predictions.csv",
     k: Annotated[int | None, typer.Option(min=1, help="items per user (default: the bundle's K)")] = None,
     batch_size: Annotated[int, typer.Option(min=1)] = 1024,
     user_col: Annotated[str | None, typer.Option(help="user column (default: the recipe's)")] = None,

@@ -10,10 +10,14 @@ The bundle format is described in ltrec/deploy/bundle.py.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import numpy as np
 from pydantic import ValidationError
 from rich.console import Console
@@ -140,7 +144,8 @@ def run_predict(
     columns: dict | None = None,
     exclude_seen: bool | None = None,
 ) -> str:
-    """Write `output` (CSV <user column>,rank,item_id,score,source; `-` = standard output); returns a summary.
+    """Write `output` (<user column>,rank,item_id,score,source: Parquet where it ends in .parquet, else CSV;
+    `-` = standard output); returns a summary.
     `columns` (any of user/item/time) and `exclude_seen` default to the bundle's."""
     t0 = time.perf_counter()
     console = Console(stderr=True, soft_wrap=True)
@@ -174,7 +179,8 @@ def run_predict(
         console=console,
         disable=not console.is_terminal,
     )
-    with progress, open_output(output, "--output") as f:
+    parquet = str(output).lower().endswith(".parquet")
+    with progress, open_output(output, "--output", binary=parquet) as final, rows_file(final, parquet) as f:
         f.write(f"{csv_field(np.array([columns['user']]))[0]},rank,item_id,score,source\n")
         user_ids, item_ids = csv_field(h.users), csv_field(b.vocab)  # quoted once, not once per row
         task = progress.add_task("predict", total=n_users)
@@ -199,6 +205,34 @@ def run_predict(
         + (f"{plural(h.null_rows, 'row')} with an empty user, item or time ignored; " if h.null_rows else "")
         + f"{seconds:.2f}s, {n_users / seconds:,.0f} users/s"
     )
+
+
+@contextmanager
+def rows_file(final, parquet: bool):
+    """Where the CSV rows go: `final` itself, or for Parquet a temporary CSV that DuckDB converts into `final`
+    once every row is written (typed columns: ids as text, rank integer, score double)."""
+    if not parquet:
+        yield final
+        return
+    with tempfile.TemporaryDirectory(prefix="ltrec-predict-") as tmp:
+        rows, table = Path(tmp) / "rows.csv", Path(tmp) / "rows.parquet"
+        with open(rows, "w", encoding="utf-8", newline="") as f:
+            yield f
+        con = duckdb.connect()
+        try:
+            header = con.execute("SELECT * FROM read_csv(?, header=true, all_varchar=true) LIMIT 0", [str(rows)])
+            user = '"' + header.description[0][0].replace('"', '""') + '"'
+            types = {header.description[0][0]: "VARCHAR", "rank": "INTEGER", "item_id": "VARCHAR"}
+            types |= {"score": "DOUBLE", "source": "VARCHAR"}
+            con.execute(
+                f"COPY (SELECT {user}, rank, item_id, score, source FROM read_csv(?, header=true, columns=?, "
+                "quote='\"', escape='\"')) TO '" + str(table).replace("'", "''") + "' (FORMAT parquet)",
+                [str(rows), types],
+            )
+        finally:
+            con.close()
+        with open(table, "rb") as src:
+            shutil.copyfileobj(src, final)
 
 
 def csv_field(values: np.ndarray) -> np.ndarray:
