@@ -24,9 +24,9 @@ class EASE(TableModel):
         super().__init__(n_items, max_len)
         if n_items > max_items:
             raise ValueError(
-                f"EASE solves a dense items × items system: {n_items:,} items need about "
-                f"{3 * 4 * n_items**2 / GB:.1f} GB; raise max_items to at least {n_items} if the memory is there, "
-                "or use kind: transitions"
+                f"EASE solves a dense items × items system, and the data has {n_items:,} items, more than "
+                f"backbone.max_items ({max_items:,}); the solve needs about {3 * 4 * n_items**2 / GB:.2g} GB: "
+                f"raise backbone.max_items to at least {n_items} if the memory is there, or use kind: transitions"
             )
         self.l2, self.neighbours = l2, neighbours
 

@@ -119,10 +119,16 @@ class TableModel(nn.Module):
         return torch.zeros(history.shape[0], 1, device=history.device)  # (B, 1), no user state
 
 
+class DamagedTable(ValueError):
+    """A table read from a file that no fit can have written (ids out of range, a wrong dtype, a strength that
+    is not finite, a padding row with entries): the file is damaged, not another run's."""
+
+
 def check_table(ids: torch.Tensor, strength: torch.Tensor, n_items: int) -> None:
-    """A table read from a file, checked before any id is used as an index."""
+    """A table read from a file, checked before any id is used as an index. A shape that is not this
+    catalogue's is a ValueError (another run's table, or a damaged one); the rest, `DamagedTable`."""
     if ids.dtype != torch.int32 or strength.dtype != torch.float32:
-        raise ValueError(
+        raise DamagedTable(
             f"neighbour tables: expected int32 ids and float32 strengths, got {ids.dtype}, {strength.dtype}"
         )
     if ids.dim() != 2 or ids.shape != strength.shape or ids.shape[0] != n_items + 1:
@@ -131,8 +137,8 @@ def check_table(ids: torch.Tensor, strength: torch.Tensor, n_items: int) -> None
             f"{tuple(ids.shape)} and {tuple(strength.shape)}"
         )
     if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) > n_items):
-        raise ValueError(f"neighbour tables: item ids outside 0..{n_items}")
+        raise DamagedTable(f"neighbour tables: item ids outside 0..{n_items}")
     if not torch.isfinite(strength).all():
-        raise ValueError("neighbour tables: strengths that are not finite")
+        raise DamagedTable("neighbour tables: strengths that are not finite")
     if ids[0].any() or strength[0].any():
-        raise ValueError("neighbour tables: the padding row (0) must be empty")
+        raise DamagedTable("neighbour tables: the padding row (0) must be empty")

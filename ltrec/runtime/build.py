@@ -49,7 +49,15 @@ def build_model(recipe: Recipe, seqs: data_mod.Sequences, fit: bool = True) -> t
             f"({type(exc).__name__}); lower backbone.dim or layers"
         ) from None
     if fit and not model.trainable:
-        model.fit(seqs)
+        try:
+            model.fit(seqs)
+        except (MemoryError, RuntimeError) as exc:  # EASE's dense solve: a catalogue the memory cannot hold
+            if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+                raise
+            raise UserError(
+                f"backbone: fitting {recipe.backbone.kind} on {seqs.n_items:,} items ran out of memory "
+                f"({type(exc).__name__}); free memory, or keep fewer items (data.min_item_events)"
+            ) from None
     branch = recipe.transfer.user_branch
     if branch is not None:  # histories shorter than the head threshold (or max_len) get the head→tail map
         model = Branched(model, min(seqs.head_threshold, recipe.data.max_len), branch.hidden)

@@ -23,6 +23,7 @@ from ltrec.data import source_files
 from ltrec.files.errors import UserError
 from ltrec.files.runs import open_for_resume, prepare_run_dir, read_epochs
 from ltrec.files.safe import atomic_write
+from ltrec.models.neighbours import DamagedTable
 from ltrec.recipe import Recipe, dump_recipe, load_recipe
 from ltrec.runtime.distributed import LOCAL, Dist, rank_seed, to_cpu
 
@@ -89,6 +90,8 @@ def load_weights(model: torch.nn.Module, path: Path) -> dict:
     ckpt = load_torch(path)
     try:
         model.load_state_dict(ckpt["model"])
+    except DamagedTable as exc:  # a fitted model's table that no fit writes
+        raise UserError(f"{path}: {exc}; {DAMAGED}") from None
     except (KeyError, TypeError, RuntimeError, ValueError) as exc:
         raise UserError(
             f"{path}: does not hold this run's model ({type(exc).__name__}: {_reason(exc)}); was it "
