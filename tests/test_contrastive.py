@@ -115,7 +115,7 @@ def test_it_combines_with_the_other_components(tiny_csv):
     "backbone, transfer, words",
     [
         ("bert4rec", {"contrastive": {}}, "bert4rec"),
-        ("pop", {"contrastive": {}}, "popularity baseline"),
+        ("pop", {"contrastive": {}}, "kind pop is fitted in closed form"),
         ("gru4rec", {"contrastive": {}, "grad_align": {"chains": 2}}, "chains"),
         ("gru4rec", {"contrastive": {"temperature": 0}}, "temperature"),
         ("gru4rec", {"contrastive": {"weight": 1, "negatives": 5}}, "negatives"),

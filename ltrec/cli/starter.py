@@ -29,7 +29,7 @@ split:
 head:
   fraction: 0.2        # the most active 20% of users, by training events, are "head"
 backbone:              # another kind: --set backbone.kind=gru4rec (its own defaults apply)
-  kind: sasrec         # sasrec | gru4rec | caser | narm | bert4rec | pop
+  kind: sasrec         # sasrec | gru4rec | caser | narm | bert4rec | ease | transitions | pop
   dim: 64
   layers: 2
   heads: 2

@@ -146,3 +146,5 @@ BACKBONE_KINDS = {
     "transitions": TransitionsConfig,
     "ease": EASEConfig,
 }
+# fitted in closed form, without the training loop that the transfer components change
+FITTED_KINDS = ("pop", "transitions", "ease")

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, PrivateAttr, model_validator
 
-from ltrec.recipe.backbones import Backbone
+from ltrec.recipe.backbones import FITTED_KINDS, Backbone
 from ltrec.recipe.base import ColumnName, Count, Seed, Strict
 from ltrec.recipe.components import Transfer
 from ltrec.recipe.evaluation import Eval
@@ -178,12 +178,14 @@ class Recipe(Strict):
                 "transfer.grad_align.chains: chains train with the plain objective; set chains: 1 to "
                 "use transfer.robust, transfer.user_branch or transfer.contrastive"
             )
-        for key in ("user_branch", "contrastive"):
-            if getattr(t, key) is not None and self.backbone.kind == "pop":
-                raise ValueError(
-                    f"transfer.{key}: the popularity baseline has no user state; pick a neural "
-                    f"backbone or set {key}: null"
-                )
+        if self.backbone.kind in FITTED_KINDS:
+            # fitted in closed form: no training loop for a transfer component to change
+            for key in ("grad_align", "adversarial", "robust", "user_branch", "contrastive"):
+                if getattr(t, key) is not None:
+                    raise ValueError(
+                        f"transfer.{key}: backbone.kind {self.backbone.kind} is fitted in closed form, without "
+                        f"the training loop this component changes; pick a neural backbone or set {key}: null"
+                    )
         if t.contrastive is not None and self.backbone.kind == "bert4rec":
             raise ValueError(
                 "transfer.contrastive pairs the states that predict the same next item; bert4rec's "
