@@ -144,3 +144,19 @@ def processes_naming(text: str) -> list[int]:
         except OSError:  # ended meanwhile
             pass
     return [pid for pid in found if alive(pid)]
+
+
+def sequences_of(histories: list[list[int]], n_items: int, role: int | None = None):
+    """A `Sequences` of the given item lists (ids 1..n_items), one user each, chronological. By default every
+    user is train-only, so every event is a training event (what a fitted model's `fit` counts)."""
+    from ltrec.data.sequences import TRAIN_ONLY, Sequences
+
+    lengths = np.array([len(h) for h in histories], np.int64)
+    return Sequences(
+        items=np.array([i for h in histories for i in h], np.int64),
+        offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+        users=np.array([f"u{u}" for u in range(len(histories))]),
+        vocab=np.array([str(i) for i in range(1, n_items + 1)]),
+        role=np.full(len(histories), TRAIN_ONLY if role is None else role, np.int8),
+        head=np.zeros(len(histories), bool),
+    )

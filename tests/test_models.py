@@ -4,18 +4,31 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import next_item_loss
+from conftest import next_item_loss, sequences_of
 
 from ltrec.models import BACKBONES, BERT4Rec, SASRec, loss_from_states
+from ltrec.models.neighbours import check_table
 from ltrec.recipe import BACKBONE_KINDS, Backbone
+from ltrec.recipe.backbones import FITTED_KINDS
 
 N, MAX_LEN, DIM = 20, 12, 16
-# every backbone with a user state, new ones included, and SASRec's variants
-NEURAL = (*(k for k in BACKBONES if k != "pop"), "sasrec-legacy", "sasrec-unscaled", "sasrec-relative")
+# every trained backbone (a user state), new ones included, and SASRec's variants
+NEURAL = (*(k for k, c in BACKBONES.items() if c.trainable), "sasrec-legacy", "sasrec-unscaled", "sasrec-relative")
+# fitted item-to-item tables (no user state, no training loop): their scores are what is checked
+FITTED = tuple(k for k, c in BACKBONES.items() if not c.trainable and k != "pop")
+# what the fitted ones are fitted on: 40 users walking mostly item → item + 1 over items 1..N, repeats included
+_rng = np.random.default_rng(0)
+FIT_LOG = [
+    [int(i) for i in (_rng.integers(0, N) + np.cumsum(_rng.random(n) < 0.8)) % N + 1]
+    for n in _rng.integers(2, 12, size=40)
+]
 
 
 def make(name, **kw):
     torch.manual_seed(0)
+    if name in FITTED:  # fitted on a small log; EASE with a small penalty, so its weights are far from 0
+        kw = {"l2": 1.0, **kw} if name == "ease" else kw
+        return BACKBONES[name](N, MAX_LEN, **kw).fit(sequences_of(FIT_LOG, N)).eval()
     if name == "sasrec-legacy":  # runs saved before input_norm existed
         name, kw = "sasrec", {"input_norm": False, **kw}
     if name == "sasrec-unscaled":  # backbone.item_scale: false
@@ -43,15 +56,19 @@ def left_pad(seqs, L):
 SEQS = [[3, 7, 1], [5], [2, 4, 6, 8, 10, 12, 14, 16], [9, 9, 20, 1, 1]]
 
 
-@pytest.mark.parametrize("name", NEURAL)
+@pytest.mark.parametrize("name", NEURAL + FITTED)
 def test_padding_invariance(name):
+    """The user state (a fitted model's: its scores, as it has no state) is the same whatever the left padding."""
     m = make(name)
+    state = m.encode if m.trainable else m
     with torch.no_grad():
-        short, long_ = m.encode(left_pad(SEQS, 8)), m.encode(left_pad(SEQS, 12))
+        short, long_ = state(left_pad(SEQS, 8)), state(left_pad(SEQS, 12))
         torch.testing.assert_close(short, long_, atol=1e-5, rtol=0)
         # each row alone (no batch-mates) gives the same state as in the mixed batch
         for i, s in enumerate(SEQS):
-            torch.testing.assert_close(m.encode(left_pad([s], len(s)))[0], short[i], atol=1e-5, rtol=0)
+            torch.testing.assert_close(state(left_pad([s], len(s)))[0], short[i], atol=1e-5, rtol=0)
+    if not m.trainable:  # every row scored (a table with nothing in it would pass the check above)
+        assert (short > 1e-3).any(dim=1).all()
 
 
 @pytest.mark.parametrize("name", ["sasrec", "sasrec-legacy", "caser", "narm"])
@@ -82,6 +99,37 @@ def test_shapes_and_forward(name):
         h = m.encode(x)
         torch.testing.assert_close(out[:, 4], h @ m.item_emb.weight[5])
     assert m.dim == DIM
+
+
+@pytest.mark.parametrize("name", FITTED)
+def test_fitted_shapes_and_forward(name):
+    """A fitted model: (B, N) scores from its table, no parameters, no user state, a table that passes the
+    checkpoint checks; an all-padding row scores 0 everywhere (nothing in the history, nothing summed)."""
+    m = make(name)
+    assert list(m.parameters()) == [] and not m.trainable and not m.tied and m.dim == 1
+    check_table(m.ids, m.strength, N)
+    assert m.ids.shape[0] == N + 1 and m.ids.shape[1] <= N
+    x = left_pad([*SEQS, []], 8)
+    with torch.no_grad():
+        out = m(x)
+        assert out.shape == (5, N) and torch.isfinite(out).all()
+        assert m.encode(x).shape == (5, 1)
+        assert torch.equal(out[4], torch.zeros(N))
+        assert len({tuple(row.tolist()) for row in out[:4]}) == 4  # the history matters
+
+
+@pytest.mark.parametrize("name", FITTED)
+def test_fitted_state_dict_loads_into_an_unfitted_model(name):
+    """What eval and export do: a fresh model (a 1-wide placeholder table) takes the fitted table's width from
+    the checkpoint and scores exactly as the fitted one."""
+    fitted = make(name)
+    fresh = BACKBONES[name](N, MAX_LEN).eval()
+    assert fresh.ids.shape == (N + 1, 1)
+    fresh.load_state_dict(fitted.state_dict())
+    x = left_pad(SEQS, 8)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), fitted(x))
+    assert fresh.ids.dtype == torch.int32 and fresh.ids.shape == fitted.ids.shape
 
 
 @pytest.mark.parametrize("name", NEURAL)
@@ -174,7 +222,7 @@ def test_relative_positions_encode_a_short_history_as_the_start_of_a_long_one(po
     assert torch.allclose(inside, short, atol=1e-5) == (positions == "relative")
 
 
-@pytest.mark.parametrize("name", NEURAL)
+@pytest.mark.parametrize("name", NEURAL + FITTED)
 def test_onnx_export(name, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     m = make(name)
@@ -202,6 +250,8 @@ def test_onnx_export(name, tmp_path):
 def test_backbones_are_the_recipe_kinds():
     kinds = [c.model_fields["kind"].annotation.__args__[0] for c in Backbone.__origin__.__args__]
     assert list(BACKBONES) == kinds == list(BACKBONE_KINDS)  # the error messages list the kinds from there
+    # the recipe (no torch) knows which kinds are fitted, to refuse the components that need a user state
+    assert set(FITTED_KINDS) == {k for k, c in BACKBONES.items() if not c.trainable}
 
 
 @pytest.mark.parametrize("name", [k for k in NEURAL if k != "bert4rec"])  # BERT4Rec's cloze: tested below

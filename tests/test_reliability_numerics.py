@@ -108,10 +108,10 @@ def test_a_discriminator_that_wins_is_reported(tmp_path, monkeypatch):
     (tmp_path / "sep.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "r.yaml").write_text(
         "name: sep\ndata: {source: sep.csv, max_len: 10}\nhead: {fraction: 0.3}\n"
-        # input_norm off: its raw states let a linear discriminator separate the groups within 6 epochs
+        # input_norm off: its raw states let a linear discriminator separate the groups within 8 epochs
         "backbone: {kind: sasrec, dim: 32, dropout: 0.0, input_norm: false}\n"
         "transfer: {adversarial: {weight: 0.0, hidden: 0, lr: 0.1, warmup_epochs: 1}}\n"
-        "train: {epochs: 6, batch_size: 128, patience: 10, threads: 1}\n"
+        "train: {epochs: 8, batch_size: 128, patience: 10, threads: 1}\n"
     )
     threads = torch.get_num_threads()
     r = runner.invoke(app, ["train", "r.yaml"])  # one thread: the same numbers everywhere
