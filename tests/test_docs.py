@@ -75,14 +75,13 @@ def key_tables() -> str:
         Adapt,
         Columns,
         Data,
+        Ensemble,
         Eval,
         Head,
         Monitor,
         Output,
-        PopBlend,
         Split,
         Train,
-        TransitionBlend,
     )
     from ltrec.recipe.components import Adversarial, Contrastive, GradAlign, UserBranch
 
@@ -95,8 +94,7 @@ def key_tables() -> str:
         (Monitor, "train.monitor"),
         (Eval, "eval"),
         (Adapt, "eval.adapt"),
-        (PopBlend, "eval.pop_blend"),
-        (TransitionBlend, "eval.transition_blend"),
+        (Ensemble, "eval.ensemble"),
         (Output, "output"),
         *((m, f"backbone: {k}") for k, m in BACKBONE_KINDS.items()),
         (GradAlign, "transfer.grad_align"),

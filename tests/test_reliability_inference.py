@@ -173,12 +173,12 @@ BAD_BUNDLES = [
     (
         "format-version-1",
         edit_meta(format_version=1),
-        "bundle.json: written by an older ltrec (format 1, this ltrec reads 3); re-export the run",
+        "bundle.json: written by an older ltrec (format 1, this ltrec reads 4); re-export the run",
     ),
     (
         "format-version-newer",
-        edit_meta(format_version=4),
-        "bundle.json: written by a newer ltrec (format 4, this ltrec reads 3); upgrade ltrec or re-export the run",
+        edit_meta(format_version=5),
+        "bundle.json: written by a newer ltrec (format 5, this ltrec reads 4); upgrade ltrec or re-export the run",
     ),
     ("format-version-missing", edit_meta(format_version=None), "bundle.json: no format_version; re-export the run"),
     ("unknown-key", edit_meta(note="mine"), "bundle.json: note: Extra inputs are not permitted"),
@@ -217,8 +217,8 @@ BAD_BUNDLES = [
     ("vocab-empty-id", edit_meta(vocab=lambda v: ["", *v[1:]]), "vocab.0: String should have at least 1 character"),
     (
         "parity-nan",
-        nan_in("parity", "max_abs_score_diff"),
-        "parity.max_abs_score_diff: Input should be a finite number",
+        nan_in("parity", "max_score_diff"),
+        "parity.max_score_diff: Input should be a finite number",
     ),
     ("max-len-huge", edit_meta(max_len=10**9), "max_len: Input should be less than or equal to 4096"),
     ("k-zero", edit_meta(k=0), "bundle.json: k: Input should be greater than or equal to 1 (got 0)"),

@@ -168,7 +168,7 @@ def test_the_tail_components_train_on_the_init_example_for_every_backbone(tmp_pa
             "--set",
             "transfer.user_branch={}",
             "--set",
-            "eval.pop_blend={weights: [0.0, 0.3]}",
+            "eval.ensemble={members: [{kind: pop}], weights: [0.0, 0.3], rounds: 1}",
             "--set",
             "transfer.contrastive=" + ("null" if kind == "bert4rec" else "{}"),
         ],
@@ -176,7 +176,8 @@ def test_the_tail_components_train_on_the_init_example_for_every_backbone(tmp_pa
     assert r.exit_code == 0, r.output
     assert "branch_loss" in r.output and ("dro_q0" in r.output) == (robust == "group_dro")
     assert ("cl_loss" in r.output) == (kind != "bert4rec")
-    assert "blended with popularity" in json.loads((tmp_path / "runs/my-sasrec/metrics.json").read_text())["protocol"]
+    metrics = json.loads((tmp_path / "runs/my-sasrec/metrics.json").read_text())
+    assert "ensemble of the model and pop" in metrics["protocol"]
 
 
 @pytest.mark.parametrize(

@@ -199,7 +199,7 @@ def test_the_starter_plan_validates(project):
 
     plan, base = load_plan(project / "demo" / "sweep.yaml")
     assert plan.baseline == "plain"
-    wanted = {"plain", "pop-blend", "transition-blend", "cvar", "group-dro", "balanced", "user-branch"}
+    wanted = {"plain", "ensemble", "cvar", "group-dro", "balanced", "user-branch"}
     assert {a.name for a in plan.arms} >= wanted
 
 

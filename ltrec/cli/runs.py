@@ -73,7 +73,7 @@ def evaluate(
         from ltrec.evaluation.run import evaluate_run, format_table
         from ltrec.files.lock import locked
 
-        with locked(run, "ltrec train or eval"):  # eval rewrites users_*.csv and the fitted blends
+        with locked(run, "ltrec train or eval"):  # eval rewrites users_*.csv and the fitted ensemble
             result, table = evaluate_run(run, split, slices, cuts, overrides)
     except UserError as exc:
         fail(exc)
@@ -145,8 +145,8 @@ def export(
         list[str] | None,
         typer.Option(
             "--set",
-            help="override an eval key of the run's recipe, e.g. a blend `ltrec eval --set` fitted: "
-            "--set eval.transition_blend={}",
+            help="override an eval key of the run's recipe, e.g. an ensemble `ltrec eval --set` fitted: "
+            "--set eval.ensemble={}",
         ),
     ] = None,
 ) -> None:

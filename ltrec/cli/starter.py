@@ -46,7 +46,7 @@ train:
 eval:
   ks: [5, 10, 20]
   mask_seen: true      # the user's own history items are not ranked
-  # transition_blend: {{}}  # add where other users went next from this user's newest items (docs/method.md)
+  # ensemble: {{}}     # add popularity and where other users went next, per history length (docs/method.md)
 """
 
 SWEEP = """\
@@ -68,12 +68,9 @@ arms:
   - name: group-dro             # weigh the worse history-length groups more
     at_baseline: true
     set: ["transfer.robust={{kind: group_dro, step: 0.01}}"]
-  - name: pop-blend             # add the items' popularity to the scores, per history length, fitted on validation
+  - name: ensemble              # add popularity and transitions to the scores, per history length, fitted on valid
     at_baseline: true
-    set: ["eval.pop_blend={{}}"]
-  - name: transition-blend      # add transitions from the user's newest items, per history length, fitted on valid
-    at_baseline: true
-    set: ["eval.transition_blend={{}}"]
+    set: ["eval.ensemble={{}}"]
   - name: balanced              # weigh every user alike, as the test metrics do
     at_baseline: true
     set: ["transfer.robust={{kind: balanced, power: 1.0}}"]

@@ -11,7 +11,7 @@ The graph (opset 17, one file):
            scores   float32 (B, K)      the model's scores; -inf where fewer than K items were left
 `bundle.json` carries what a reader needs besides the graph: the vocabulary, popularity for users with no
 known item, the recipe's column names and whether evaluation excluded seen items (predict's defaults).
-Its fields, and what the graph returns, are validated by ltrec/blend/records.py, for export as for predict and serve.
+Its fields, and what the graph returns, are validated by ltrec/deploy/meta.py, for export as for predict and serve.
 """
 
 from __future__ import annotations

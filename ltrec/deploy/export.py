@@ -19,13 +19,11 @@ import torch.nn.functional as F
 from rich.console import Console
 
 from ltrec import __version__
-from ltrec.blend import popularity as popblend
-from ltrec.blend import transitions as transition_blend
-from ltrec.blend.popularity import FittedPopBlend
-from ltrec.blend.records import refit_command
-from ltrec.blend.transitions import FittedTransitionBlend
 from ltrec.deploy.bundle import length_batches, ort_session, write_bundle
 from ltrec.deploy.meta import BUNDLE_FORMAT, read_meta
+from ltrec.ensemble import scores as ensemble_scores
+from ltrec.ensemble.records import refit_command
+from ltrec.ensemble.scores import Ensemble
 from ltrec.files.errors import UserError
 from ltrec.files.runs import Summary, read_json
 from ltrec.files.safe import read_bytes
@@ -33,35 +31,27 @@ from ltrec.runtime.build import build_model, load_run
 from ltrec.runtime.checkpoint import load_weights
 
 OPSET = 17
-TOLERANCE = 1e-4  # max |onnx - torch| score difference accepted at export
+TOLERANCE = 1e-4  # max |onnx - torch| / max(1, |torch|) accepted at export: float32 sums drift with size
 PARITY_USERS = 2000
 
 
 class TopKScorer(nn.Module):
     """Backbone + exclusion + top-K: (history (B, L), exclude (B, E)) → (items (B, K), scores (B, K))."""
 
-    def __init__(
-        self,
-        backbone: nn.Module,
-        k: int,
-        blend: FittedPopBlend | None = None,
-        transitions: FittedTransitionBlend | None = None,
-    ):
+    def __init__(self, backbone: nn.Module, k: int, ensemble: Ensemble | None = None):
         super().__init__()
-        self.backbone, self.k, self.blend, self.transitions = backbone, k, blend is not None, transitions
+        self.backbone, self.k = backbone, k
         # Scores are laid out over ids 0..N, so topk's column index IS the item id; column 0 (padding)
         # gets -inf through the bias. F.linear against the full embedding table (a Gemm) reuses the
         # weight the input lookup already holds, where `weight[1:].T` would store a second copy.
         bias = torch.zeros(backbone.n_items + 1)
         bias[0] = float("-inf")
         self.register_buffer("pad_bias", bias, persistent=False)
-        if blend is not None:  # the popularity blend: w of the history's length bucket × log(1 + count)
-            self.register_buffer("edges", blend.edges.clone(), persistent=False)
-            self.register_buffer("weights", blend.weights.clone(), persistent=False)
-            self.register_buffer("prior", F.pad(blend.prior, (1, 0)), persistent=False)  # (N+1,), 0 for padding
-        if transitions is not None:  # tables as constants of the graph: (N+1, K) ids and strengths
-            self.register_buffer("transition_edges", transitions.edges.clone(), persistent=False)
-            self.register_buffer("transition_weights", transitions.weights.clone(), persistent=False)
+        # the members' tables become constants of the graph: (N+1, K) ids and strengths, or (N,) counts
+        self.members = nn.ModuleList(ensemble.members) if ensemble is not None else None
+        if ensemble is not None:
+            self.register_buffer("edges", ensemble.edges.clone(), persistent=False)
+            self.register_buffer("weights", ensemble.weights.clone(), persistent=False)
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1): column j is item j, column 0 (padding) -inf."""
@@ -69,13 +59,10 @@ class TopKScorer(nn.Module):
             scores = F.linear(self.backbone.encode(history), self.backbone.item_table, self.pad_bias)
         else:  # scores that do not come from a user state times the item table (pop)
             scores = F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # (B, N+1)
-        if self.blend:
-            scores = scores + bucket_weight(history, self.edges, self.weights) * self.prior.unsqueeze(0)
-        if self.transitions is not None:
-            prior = transition_blend.prior(
-                self.transitions.table, history, self.transitions.last
-            )  # (B, N+1), 0 at padding
-            scores = scores + bucket_weight(history, self.transition_edges, self.transition_weights) * prior
+        if self.members is not None:  # evaluation's arithmetic (ltrec.ensemble.scores), on items 1..N
+            members = ensemble_scores.member_scores(self.members, history)
+            ensemble = ensemble_scores.combine(scores[:, 1:], members, history, self.edges, self.weights)
+            scores = F.pad(ensemble, (1, 0), value=float("-inf"))
         return scores
 
     def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,13 +72,6 @@ class TopKScorer(nn.Module):
         scores = scores.scatter_add(1, exclude, minus_inf)  # (B, N+1)
         values, items = torch.topk(scores, self.k, dim=1)  # (B, K) each, best first
         return items, values
-
-
-def bucket_weight(history: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """(B, 1) the weight of each history's length bucket: the bucket is how many edges the length reaches
-    (torch.bucketize, in ONNX ops)."""
-    lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
-    return weights[(lengths >= edges.unsqueeze(0)).sum(dim=1)].unsqueeze(1)
 
 
 def reference_topk(scorer: TopKScorer, history: torch.Tensor, exclude: torch.Tensor, k: int):
@@ -155,7 +135,7 @@ def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k:
     for exclude, (got_items, got_scores) in ((hist[:, :0], plain), (hist, trimmed)):
         scores, want_items, want_scores = (t.numpy() for t in reference_topk(scorer, hist, exclude, k))
         if any(np.isnan(a).any() or np.isposinf(a).any() for a in (scores, got_scores)):
-            return {"users": len(history), "max_abs_score_diff": float("nan"), "topk_agreement": 0.0}
+            return {"users": len(history), "max_score_diff": float("nan"), "topk_agreement": 0.0}
         if got_items.min(initial=0) < 0 or got_items.max(initial=0) >= scores.shape[1]:
             worst = float("inf")
             continue
@@ -167,9 +147,10 @@ def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k:
             # the scores at onnx's items and the K best scores must both agree: a tie reordered is fine,
             # a better item missed is not
             diff = np.maximum(np.abs(got_scores - at_got), np.abs(got_scores - want_scores))
+            diff = diff / np.maximum(1.0, np.abs(np.where(masked, 0.0, want_scores)))
             worst = max(worst, float(diff[~masked].max(initial=0.0)))
         same += int((got_items == want_items).all(axis=1).sum())
-    return {"users": len(history), "max_abs_score_diff": worst, "topk_agreement": same / (2 * len(history))}
+    return {"users": len(history), "max_score_diff": worst, "topk_agreement": same / (2 * len(history))}
 
 
 def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None = None) -> Path:
@@ -186,10 +167,7 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
     if not 1 <= k <= seqs.n_items:
         raise UserError(f"--k {k}: expected 1..{seqs.n_items} (the number of items the model knows)")
     # read before minutes of export, and only under the settings they were fitted with
-    blend = popblend.load(run_dir, recipe, seqs.item_counts(), overrides or ()) if recipe.eval.pop_blend else None
-    transitions = (
-        transition_blend.load(run_dir, recipe, seqs, overrides or ()) if recipe.eval.transition_blend else None
-    )
+    ensemble = ensemble_scores.load(run_dir, recipe, seqs, overrides or ()) if recipe.eval.ensemble else None
     backbone = build_model(recipe, seqs, fit=False)
     if not (run_dir / "best.pt").exists():
         raise UserError(f"{run_dir}: no best.pt (training did not finish an epoch); train it first")
@@ -203,7 +181,7 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
         "ltrec.k": str(k),
         "ltrec.backbone": recipe.backbone.kind,
     }
-    scorer = TopKScorer(backbone, k, blend, transitions).eval()
+    scorer = TopKScorer(backbone, k, ensemble).eval()
     try:
         model_bytes = to_onnx(scorer, max_len, metadata)
     except Exception as exc:  # an exporter or checker failure is a bug to report, but say where
@@ -212,21 +190,21 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
     _, history, _ = seqs.eval_inputs("test", max_len)
     pick = np.linspace(0, len(history) - 1, min(PARITY_USERS, len(history))).round().astype(int)
     parity = check_parity(model_bytes, scorer, history[pick], k)
-    if np.isnan(parity["max_abs_score_diff"]):
+    if np.isnan(parity["max_score_diff"]):
         raise UserError(
             f"{run_dir}: the model's scores are not finite (NaN or +inf) on the parity histories; "
-            "nothing was written (the checkpoint or a fitted blend holds non-finite numbers: retrain "
-            f"the run, or refit its blends with `{refit_command(run_dir, overrides or ())}`)"
+            "nothing was written (the checkpoint or the fitted ensemble holds non-finite numbers: retrain "
+            f"the run, or refit its ensemble with `{refit_command(run_dir, overrides or ())}`)"
         )
-    if not parity["max_abs_score_diff"] <= TOLERANCE:
+    if not parity["max_score_diff"] <= TOLERANCE:
         raise UserError(
-            f"{run_dir}: onnxruntime and torch disagree (max |score diff| "
-            f"{parity['max_abs_score_diff']:.3g} > {TOLERANCE}); nothing was written"
+            f"{run_dir}: onnxruntime and torch disagree (max |score diff| / max(1, |score|) "
+            f"{parity['max_score_diff']:.3g} > {TOLERANCE}); nothing was written"
         )
     console.print(
         f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
-        f"trimmed with seen items excluded, as predict runs it): max |score diff| "
-        f"{parity['max_abs_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}"
+        f"trimmed with seen items excluded, as predict runs it): max |score diff| / max(1, |score|) "
+        f"{parity['max_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}"
     )
 
     meta = {
@@ -251,8 +229,7 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
         "parity": parity,
         "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
         "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
-        "pop_blend": blend.record() if blend else None,  # in the graph; here for the record
-        "transition_blend": transitions.record() if transitions else None,
+        "ensemble": ensemble_scores.record(ensemble) if ensemble else None,  # in the graph; here for the record
         "metrics": metrics,
         "versions": {
             "ltrec": __version__,

@@ -10,12 +10,12 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import Field, ValidationError, model_validator
 
-from ltrec.blend.records import FittedPop, FittedTransitions
+from ltrec.ensemble.records import FittedEnsemble
 from ltrec.files.errors import UserError
 from ltrec.files.records import Finite, Record, check_version, problem
 from ltrec.files.runs import Summary
 
-BUNDLE_FORMAT = 3  # bundle.json
+BUNDLE_FORMAT = 4  # bundle.json
 
 
 class BundleColumns(Record):
@@ -26,7 +26,7 @@ class BundleColumns(Record):
 
 class Parity(Record):
     users: int = Field(ge=0)
-    max_abs_score_diff: Finite = Field(ge=0)
+    max_score_diff: Finite = Field(ge=0)  # max |onnx - torch| / max(1, |torch|)
     topk_agreement: Finite = Field(ge=0, le=1)
 
 
@@ -49,8 +49,7 @@ class BundleMeta(Record):
     parity: Parity
     columns: BundleColumns
     exclude_seen: bool
-    pop_blend: FittedPop | None
-    transition_blend: FittedTransitions | None
+    ensemble: FittedEnsemble | None  # in the graph; here for the record
     metrics: Summary | None  # as metrics.json: a slice without users has NaN metrics
     versions: dict[str, str | int]
     popularity: list[Annotated[float, Field(ge=0, allow_inf_nan=False)]]  # training counts, item i + 1 at i

@@ -12,7 +12,7 @@ import numpy as np
 
 from ltrec.evaluation.metrics import paired_test
 from ltrec.files.errors import UserError
-from ltrec.files.runs import BLENDED, TRANSITIONS, check_run, protocol_of, ranking_protocol, read_per_user
+from ltrec.files.runs import ENSEMBLE, check_run, protocol_of, ranking_protocol, read_per_user
 
 
 def _check_protocols(runs: list[Path], split: str) -> str:
@@ -25,12 +25,12 @@ def _check_protocols(runs: list[Path], split: str) -> str:
                 f"'{protocols[0][1]}'; a comparison needs one protocol: re-run `ltrec eval` on one of "
                 "them with the other's --set (plain `ltrec eval RUN` restores the run's own recipe)"
             )
-    for note, prior in ((BLENDED, "popularity"), (TRANSITIONS, "transitions")):
-        blended = [run.name for run, p in protocols if note in p]
-        if len(blended) == len(runs):
-            first += note
-        elif blended:
-            first += f"; scores blended with {prior} in {', '.join(blended)}"
+    notes = {p[len(ranking_protocol(p)) :] for _, p in protocols}
+    with_ensemble = [run.name for run, p in protocols if ENSEMBLE in p]
+    if len(with_ensemble) == len(runs) and len(notes) == 1:
+        first += notes.pop()
+    elif with_ensemble:
+        first += f"; scores of an ensemble in {', '.join(with_ensemble)}"
     return first
 
 

@@ -22,9 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ltrec.blend.popularity import FittedPopBlend
-from ltrec.blend.transitions import FittedTransitionBlend
 from ltrec.data import Sequences
+from ltrec.ensemble.scores import Ensemble
 from ltrec.evaluation.adapt import adapted_scores
 from ltrec.evaluation.metrics import metrics_from_ranks, summarize
 from ltrec.evaluation.ranks import (
@@ -37,7 +36,7 @@ from ltrec.evaluation.ranks import (
     target_ranks,
 )
 from ltrec.files.errors import UserError
-from ltrec.files.runs import BLENDED, SLICES, TRANSITIONS
+from ltrec.files.runs import SLICES, ensemble_note
 from ltrec.files.safe import MB, atomic_write, read_bytes
 from ltrec.recipe import Eval
 from ltrec.runtime.distributed import LOCAL, Dist
@@ -62,8 +61,8 @@ class Result:
         return {s: summarize(self.per_user, self.mask(s)) for s in slices if self.mask(s).any() or s in ("all", *WARM)}
 
 
-def protocol(cfg: Eval) -> str:
-    blend = (BLENDED if cfg.pop_blend else "") + (TRANSITIONS if cfg.transition_blend else "")
+def protocol(cfg: Eval, ensemble: Ensemble | None = None) -> str:
+    blend = ensemble_note(ensemble.kinds) if ensemble is not None else ""
     if cfg.mode == "sampled":
         return f"sampled: target vs {cfg.negatives} stored random negatives, pessimistic ties{blend}"
     masked = "history masked" if cfg.mask_seen else "history not masked"
@@ -88,19 +87,14 @@ class Evaluator:
         self.model, self.seqs, self.cfg, self.max_len, self.device = model, seqs, cfg, max_len, device
         self.run_dir, self.seed, self.dist = run_dir, seed, dist
 
-    def run(
-        self, split: str, ks=None, blend: FittedPopBlend | None = None, transitions: FittedTransitionBlend | None = None
-    ) -> Result:
-        """Rank every evaluated (and cold) user's `split` target; `blend` adds the popularity blend,
-        `transitions` the transition blend."""
-        return self.run_many(split, [(blend, transitions)], ks)[0]
+    def run(self, split: str, ks=None, ensemble: Ensemble | None = None) -> Result:
+        """Rank every evaluated (and cold) user's `split` target, by the model's scores or `ensemble`'s."""
+        return self.run_many(split, [ensemble], ks)[0]
 
     @torch.no_grad()
-    def run_many(
-        self, split: str, blends: list[tuple[FittedPopBlend | None, FittedTransitionBlend | None]], ks=None
-    ) -> list[Result]:
-        """`run` once per (popularity, transition) blend pair, sharing each batch's forward pass: fitting a
-        blend ranks the same users under many weights."""
+    def run_many(self, split: str, variants: list[Ensemble | None], ks=None) -> list[Result]:
+        """`run` once per ensemble variant (None: the model alone), sharing each batch's forward pass and each
+        member's scores: fitting an ensemble ranks the same users under many weights."""
         model, seqs, cfg, dist, device = self.model, self.seqs, self.cfg, self.dist, self.device
         model.eval()
         parts = [seqs.eval_inputs(split, self.max_len, cold=c) for c in (False, True)]
@@ -120,9 +114,9 @@ class Evaluator:
         lengths = (history > 0).sum(axis=1)
         order = np.argsort(seqs.lengths[users], kind="stable")
         batches = [order[lo : lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
-        # a transition prior is per user, not per item: its scores are no longer one dot product per item
-        blocks = negs is None and model.tied and all(t is None for _, t in blends)
-        mine = [[] for _ in blends]
+        # an ensemble standardises each user's scores over the catalogue: they are no longer made block by block
+        blocks = negs is None and model.tied and all(v is None for v in variants)
+        mine = [[] for _ in variants]
         for b, sel in enumerate(batches):
             if b % dist.world != dist.rank:  # under torchrun batch b is rank b mod world's
                 continue
@@ -138,34 +132,28 @@ class Evaluator:
             if blocks and not adapt.any():
                 state = model.encode(hist).float()  # (B, D); scores are made and ranked block by block
                 items = model.item_table[1:].float()  # (N, D)
-                for out, (blend, _) in zip(mine, blends):
-                    h, table = state, items
-                    if blend is not None:  # [h, w]·[e, log(1 + count)]: still one dot product per item
-                        h = torch.cat([h, blend.weight(hist)[:, None]], dim=1)
-                        table = torch.cat([table, blend.prior.to(device)[:, None]], dim=1)
-                    out.append(state_ranks(h, table, tgt, seen).cpu())
+                ranks = state_ranks(state, items, tgt, seen).cpu()
+                for out in mine:  # every variant is the model alone
+                    out.append(ranks)
                 continue
             model_scores = model(hist).float()  # (B, N)
             if adapt.any():
                 model_scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
                     model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params
                 )
-            priors = {}  # one transition prior per table for this batch, whatever the candidates' weights
-            for out, (blend, transitions) in zip(mine, blends):
+            members = {}  # each member's standardised scores for this batch, whatever the variants' weights
+            for out, variant in zip(mine, variants):
                 scores = model_scores
-                if blend is not None:
-                    scores = scores + blend.weight(hist)[:, None] * blend.prior.to(device)[None, :]
-                if transitions is not None:
-                    key = (id(transitions.table), transitions.last)
-                    if key not in priors:
-                        priors[key] = transitions.prior(hist)
-                    scores = scores + transitions.weight(hist)[:, None] * priors[key]
+                if variant is not None:
+                    if id(variant.members) not in members:
+                        members[id(variant.members)] = variant.member_scores(hist)
+                    scores = variant.scores(model_scores, hist, members[id(variant.members)])
                 if negs is None:
                     out.append(target_ranks(scores, tgt, seen).cpu())
                 else:
                     out.append(sampled_ranks(scores, tgt, torch.from_numpy(negs[sel]).to(device)).cpu())
         results = []
-        for ranks in mine:
+        for ranks, variant in zip(mine, variants):
             gathered = dist.all_gather(ranks)  # rank r holds batches r, r + world, ...
             rank = np.zeros(len(users), dtype=np.int64)
             for b, sel in enumerate(batches):
@@ -173,7 +161,9 @@ class Evaluator:
             per_user = metrics_from_ranks(rank, ks or cfg.ks)
             per_user["rank"] = rank.astype(np.float64)
             results.append(
-                Result(split, protocol(cfg), users, slice_of.astype(str), per_user, list(ks or cfg.ks), lengths)
+                Result(
+                    split, protocol(cfg, variant), users, slice_of.astype(str), per_user, list(ks or cfg.ks), lengths
+                )
             )
         return results
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ltrec.data import Sequences
 from ltrec.evaluation.engine import WARM, Evaluator, Result
-from ltrec.evaluation.fit import fit_blends
+from ltrec.evaluation.fit import fit_ensemble
 from ltrec.files.safe import atomic_write
 from ltrec.runtime.checkpoint import load_weights
 
@@ -22,7 +22,7 @@ def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None,
     model = build_model(recipe, seqs, fit=False)
     load_weights(model, run / "best.pt")
     evaluator = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed)
-    result = evaluator.run(split, ks, *fit_blends(recipe, seqs, evaluator, run))
+    result = evaluator.run(split, ks, fit_ensemble(recipe, seqs, evaluator, run))
     write_per_user(result, seqs, run / f"users_{split}.csv")
     return result, {k: v for k, v in result.table(slices).items() if k in slices}
 

@@ -1,4 +1,4 @@
-"""Validated records: the one way a JSON file ltrec wrote is read back (fitted blends, bundles). A file of
+"""Validated records: the one way a JSON file ltrec wrote is read back (fitted ensembles, bundles). A file of
 another format is refused before its fields are read, and the first problem is one line naming the file,
 the key, the value and the fix. pydantic only, no torch."""
 

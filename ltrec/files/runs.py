@@ -257,8 +257,12 @@ def read_per_user(run: Path, split: str) -> tuple[np.ndarray, np.ndarray, dict[s
     return users[order], slices[order], metrics, values[order, 0]
 
 
-BLENDED = "; scores blended with popularity per history length, fitted on validation"
-TRANSITIONS = "; scores blended with the newest items' transitions per history length, fitted on validation"
+ENSEMBLE = "; ensemble of the model and "
+
+
+def ensemble_note(kinds: list[str]) -> str:
+    """What an ensemble adds to the protocol line: it changes the scores, not how they are ranked."""
+    return f"{ENSEMBLE}{', '.join(kinds)}, weighted per history length, fitted on validation"
 
 
 def protocol_of(run: Path, split: str) -> str:
@@ -266,6 +270,6 @@ def protocol_of(run: Path, split: str) -> str:
 
 
 def ranking_protocol(protocol: str) -> str:
-    """The protocol without the blends' notes: a blend changes the scores, not how they are ranked, so
-    blended and unblended runs compare (that is the question a blend answers)."""
-    return protocol.removesuffix(TRANSITIONS).removesuffix(BLENDED)
+    """The protocol without the ensemble's note: an ensemble changes the scores, not how they are ranked, so
+    a run compares with its ensemble (that is the question an ensemble answers)."""
+    return protocol.split(ENSEMBLE)[0]

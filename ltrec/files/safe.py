@@ -96,7 +96,7 @@ def atomic_write(path: str | Path, data: str | bytes, what: str = "") -> None:
         f.write(data.encode() if isinstance(data, str) else data)
 
 
-# What ltrec parses is small: a recipe or plan is a few kB, a fitted blend or bundle.json at most a few MB
+# What ltrec parses is small: a recipe or plan is a few kB, a fitted ensemble or bundle.json at most a few MB
 # (vocabulary and popularity of a 1M-item catalogue). A file past its limit is refused before it is read,
 # so a hostile file cannot spend minutes and gigabytes in a parser. docs/reliability.md lists the limits.
 MB = 1 << 20

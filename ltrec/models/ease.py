@@ -25,8 +25,8 @@ class EASE(TableModel):
         if n_items > max_items:
             raise ValueError(
                 f"EASE solves a dense items × items system, and the data has {n_items:,} items, more than "
-                f"backbone.max_items ({max_items:,}); the solve needs about {3 * 4 * n_items**2 / GB:.2g} GB: "
-                f"raise backbone.max_items to at least {n_items} if the memory is there, or use kind: transitions"
+                f"max_items ({max_items:,}); the solve needs about {3 * 4 * n_items**2 / GB:.2g} GB: "
+                f"raise max_items to at least {n_items} if the memory is there, or use kind: transitions"
             )
         self.l2, self.neighbours = l2, neighbours
 

@@ -7,8 +7,7 @@ import torch.nn as nn
 
 
 class Pop(nn.Module):
-    """Popularity baseline: every user gets log(1 + training count) as scores (the popularity blend's prior,
-    so a transition blend on top is on a comparable scale). No trainable parameters."""
+    """Popularity baseline: every user gets log(1 + training count) as scores. No trainable parameters."""
 
     trainable: ClassVar[bool] = False
     tied = False  # one row of scores for every user, not a user state times an item table

@@ -27,7 +27,7 @@ from ltrec.recipe.components import (
     Transfer,
     UserBranch,
 )
-from ltrec.recipe.evaluation import Adapt, Eval, PopBlend, TransitionBlend
+from ltrec.recipe.evaluation import Adapt, Ensemble, Eval
 from ltrec.recipe.load import (
     apply_overrides,
     dump_recipe,
@@ -54,6 +54,7 @@ __all__ = [
     "Contrastive",
     "CVaR",
     "Data",
+    "Ensemble",
     "Eval",
     "GradAlign",
     "GroupDRO",
@@ -62,7 +63,6 @@ __all__ = [
     "Monitor",
     "NARMConfig",
     "Output",
-    "PopBlend",
     "PopConfig",
     "EASEConfig",
     "TransitionsConfig",
@@ -72,7 +72,6 @@ __all__ = [
     "Strict",
     "Train",
     "Transfer",
-    "TransitionBlend",
     "UserBranch",
     "apply_overrides",
     "dump_recipe",

@@ -1,4 +1,4 @@
-"""The recipe's `eval` section: the ranking protocol, cold users' adaptation, and the score blends fitted on
+"""The recipe's `eval` section: the ranking protocol, cold users' adaptation, and the ensemble fitted on
 validation after training."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, model_validator
 
+from ltrec.recipe.backbones import EASEConfig, PopConfig, TransitionsConfig
 from ltrec.recipe.base import Count, Strict
 
 
@@ -20,71 +21,45 @@ class Adapt(Strict):
     )
 
 
-class BucketBlend(Strict):
-    """What every score blend shares: the history-length buckets, one weight each."""
+Member = Annotated[PopConfig | TransitionsConfig | EASEConfig, Field(discriminator="kind")]
 
+
+class Ensemble(Strict):
+    """The run's model plus item-to-item members fitted on the training split, each one's scores standardised
+    per user (mean 0, sd 1 over the catalogue) and summed with one weight per member and history-length bucket.
+    The weights are chosen on validation by coordinate ascent over `weights`, the model's included (starting
+    from the model alone): a short history can lean on popularity or transitions, a long one on the model."""
+
+    members: list[Member] = Field(
+        [{"kind": "pop"}, {"kind": "transitions"}],
+        min_length=1,
+        description="what is added to the model's scores: pop, transitions and ease, each with its backbone keys "
+        "(see backbone), fitted on the run's training split; each kind at most once",
+    )
     edges: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         [2, 3, 5, 8, 13, 21],
         min_length=1,
         description="history lengths (items the model sees) where a new bucket "
         "starts; the first bucket holds the histories shorter than the first edge",
     )
+    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
+        [0.0, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0],
+        min_length=2,
+        description="candidate weights of each member and of the model (0: left out); 0 and 1 are always tried",
+    )
+    rounds: int = Field(
+        2, ge=1, le=10, description="coordinate-ascent passes over the model and the members (fewer once none moves)"
+    )
 
     @model_validator(mode="after")
-    def _increasing(self) -> BucketBlend:
+    def _well_formed(self) -> Ensemble:
         if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
             raise ValueError(f"edges must increase (got {self.edges})")
-        return self
-
-
-class PopBlend(BucketBlend):
-    """Scores plus w·log(1 + the item's training count), one weight w per history-length bucket, each chosen
-    on the validation split from `weights`: a short history can lean on popularity, a long one on the model."""
-
-    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
-        [0.0, 0.03, 0.1, 0.3, 1.0, 3.0], min_length=1, description="candidate weights (0: the model alone)"
-    )
-
-
-class TransitionBlend(BucketBlend):
-    """Scores plus w·log(1 + the transitions from the user's newest items to the item), one weight w per
-    history-length bucket chosen on the validation split: a short history's next item is often a neighbour of
-    its last one in other users' histories, a relation the model learns least from the tail."""
-
-    weights: list[Annotated[float, Field(ge=0, le=1000)]] = Field(
-        [0.0, 0.3, 1.0, 2.0, 4.0, 8.0], min_length=1, description="candidate weights (0: the model alone)"
-    )
-    window: int = Field(
-        5,
-        ge=1,
-        le=50,
-        description="two training events of one user at most this many apart "
-        "count as a transition, weighted 1 / distance",
-    )
-    last: int = Field(
-        5,
-        ge=1,
-        le=50,
-        description="the user's newest items whose transitions are summed, the "
-        "newest weighted 1, each older one half the next",
-    )
-    neighbours: int = Field(
-        100,
-        ge=1,
-        le=10_000,
-        description="transitions kept per item (the strongest); the exported graph stores items × neighbours of them",
-    )
-    directions: list[Literal["forward", "both"]] = Field(
-        ["forward", "both"],
-        min_length=1,
-        description="candidates, chosen on validation: forward counts only "
-        "a later event after an earlier one, both counts each pair both ways",
-    )
-
-    @model_validator(mode="after")
-    def _once_each(self) -> TransitionBlend:
-        if len(set(self.directions)) != len(self.directions):
-            raise ValueError(f"directions: each candidate once (got {self.directions})")
+        kinds = [m.kind for m in self.members]
+        if len(set(kinds)) != len(kinds):
+            raise ValueError(f"members: each kind at most once (got {kinds})")
+        if len(set(self.weights)) != len(self.weights):
+            raise ValueError(f"weights: each candidate once (got {self.weights})")
         return self
 
 
@@ -106,13 +81,19 @@ class Eval(Strict):
         description="also rank cold users after a few SGD steps on their own "
         "history (slice cold-adapted); null = zero-shot only",
     )
-    pop_blend: PopBlend | None = Field(
+    ensemble: Ensemble | None = Field(
         None,
-        description="blend scores with item popularity per history-length "
-        "bucket, fitted on validation; in the exported graph too",
+        description="add popularity, transitions and EASE to the model's scores per history-length bucket, "
+        "weights fitted on validation; in the exported graph too",
     )
-    transition_blend: TransitionBlend | None = Field(
-        None,
-        description="blend scores with the item-to-item transitions of the user's newest items per "
-        "history-length bucket, fitted on validation (after pop_blend); in the exported graph too",
-    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blends_are_members_now(cls, value):
+        for old, kind in (("pop_blend", "pop"), ("transition_blend", "transitions")):
+            if isinstance(value, dict) and old in value:
+                raise ValueError(
+                    f"{old}: the blends are members of eval.ensemble now; write "
+                    f"ensemble: {{members: [{{kind: {kind}}}]}} (docs/method.md)"
+                )
+        return value

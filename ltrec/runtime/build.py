@@ -49,19 +49,24 @@ def build_model(recipe: Recipe, seqs: data_mod.Sequences, fit: bool = True) -> t
             f"({type(exc).__name__}); lower backbone.dim or layers"
         ) from None
     if fit and not model.trainable:
-        try:
-            model.fit(seqs)
-        except (MemoryError, RuntimeError) as exc:  # EASE's dense solve: a catalogue the memory cannot hold
-            if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
-                raise
-            raise UserError(
-                f"backbone: fitting {recipe.backbone.kind} on {seqs.n_items:,} items ran out of memory "
-                f"({type(exc).__name__}); free memory, or keep fewer items (data.min_item_events)"
-            ) from None
+        fit_fitted(model, f"backbone: {recipe.backbone.kind}", seqs)
     branch = recipe.transfer.user_branch
     if branch is not None:  # histories shorter than the head threshold (or max_len) get the head→tail map
         model = Branched(model, min(seqs.head_threshold, recipe.data.max_len), branch.hidden)
     return model
+
+
+def fit_fitted(model: torch.nn.Module, where: str, seqs: data_mod.Sequences) -> torch.nn.Module:
+    """`model` (a non-trainable kind) fitted on the training split of `seqs`; `where` names its recipe key."""
+    try:
+        return model.fit(seqs)
+    except (MemoryError, RuntimeError) as exc:  # EASE's dense solve: a catalogue the memory cannot hold
+        if not isinstance(exc, MemoryError) and "alloc" not in str(exc):
+            raise
+        raise UserError(
+            f"{where}: fitting on {seqs.n_items:,} items ran out of memory ({type(exc).__name__}); free "
+            "memory, or keep fewer items (data.min_item_events)"
+        ) from None
 
 
 def fingerprint(seqs: data_mod.Sequences) -> str:

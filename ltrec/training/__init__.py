@@ -2,5 +2,5 @@
 user and window sampling (`sampling`) and the tail components (`transfer`); one code path for one process
 and for torchrun.
 
-May import everything below it: files, recipe, data, models, runtime, blend and evaluation.
+May import everything below it: files, recipe, data, models, runtime, ensemble and evaluation.
 """

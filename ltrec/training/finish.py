@@ -1,4 +1,4 @@
-"""The end of training: the best epoch's weights evaluated on valid and test, the blends fitted, and
+"""The end of training: the best epoch's weights evaluated on valid and test, the ensemble fitted, and
 `metrics.json` and the per-user files written."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from ltrec.evaluation.engine import Evaluator
-from ltrec.evaluation.fit import fit_blends
+from ltrec.evaluation.fit import fit_ensemble
 from ltrec.evaluation.run import format_table, write_per_user
 from ltrec.files.runs import read_epochs
 from ltrec.files.safe import atomic_write
@@ -34,9 +34,9 @@ def finish(recipe, seqs, model, evaluator: Evaluator, run_dir: Path, console: Co
         "epochs": len(history),
         "seconds_per_epoch": sum(r["seconds"] for r in history) / len(history) if history else 0.0,
     }
-    blends = fit_blends(recipe, seqs, evaluator, run_dir, dist)
+    ensemble = fit_ensemble(recipe, seqs, evaluator, run_dir, dist, console.print)
     for split in ("valid", "test"):
-        result = evaluator.run(split, None, *blends)
+        result = evaluator.run(split, None, ensemble)
         summary[split], summary["protocol"] = result.table(), result.protocol
         with dist.together():
             if dist.main:

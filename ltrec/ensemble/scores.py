@@ -1,0 +1,111 @@
+"""How an ensemble scores: z(model) + Σ_m w_{b,m}·z(member_m), with z a user's scores standardised over the
+catalogue (mean 0, sd 1) and b the bucket of the user's history length (the items the model sees).
+
+Standardising puts a log count, a transition sum and an EASE score on one scale, so one grid of candidate
+weights serves every member, and a bucket's weights say how far it leans on each. z is a positive affine map
+per user, so the model alone (weights 0) ranks exactly as without the ensemble. Written in plain tensor ops
+(ReduceMean, Sqrt, a comparison count for the bucket), so the exported graph computes what evaluation does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+import torch.nn as nn
+
+from ltrec.ensemble.records import fitted_record, read
+from ltrec.files.errors import UserError
+from ltrec.models import BACKBONES
+from ltrec.runtime.build import fit_fitted
+
+EPS = 1e-6  # a member with one score for every item (no transitions from this history) contributes 0
+
+
+def standardize(scores: torch.Tensor) -> torch.Tensor:
+    """(B, N) → (B, N), each row mean 0 and sd 1 (a constant row: all 0)."""
+    centred = scores - scores.mean(dim=1, keepdim=True)
+    return centred / (centred.square().mean(dim=1, keepdim=True).sqrt() + EPS)
+
+
+def bucket_weights(history: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B, M + 1) the weights of each left-padded history's length bucket: the bucket is how many `edges` (E,)
+    the length reaches; `weights` is (E + 1, M + 1), column 0 the model's."""
+    lengths = (history > 0).sum(dim=1, keepdim=True)  # (B, 1)
+    return weights[(lengths >= edges.unsqueeze(0)).sum(dim=1)]
+
+
+def member_scores(members, history: torch.Tensor) -> list[torch.Tensor]:
+    """Each fitted member's (B, N) scores of `history` (B, L), standardised."""
+    return [standardize(m(history).float()) for m in members]
+
+
+def combine(
+    model: torch.Tensor, members: list[torch.Tensor], history: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """(B, N) the ensemble's scores from the model's (B, N) scores and each member's standardised (B, N) ones."""
+    w = bucket_weights(history, edges, weights)  # (B, M + 1)
+    out = w[:, :1] * standardize(model)
+    for j, member in enumerate(members, start=1):
+        out = out + w[:, j : j + 1] * member
+    return out
+
+
+@dataclass
+class Ensemble:
+    members: list[nn.Module]  # fitted, each (B, L) history → (B, N) scores
+    kinds: list[str]  # the members' kinds, in order
+    edges: torch.Tensor  # (E,) int64, history lengths where a bucket starts
+    weights: torch.Tensor  # (E + 1, M + 1) float32, one row per bucket, column 0 the model's
+    settings: dict | None = None  # what it was fitted with (ltrec.ensemble.records.fit_settings)
+    valid: float = 0.0  # the mean validation metric of the fitted weights
+
+    def member_scores(self, history: torch.Tensor) -> list[torch.Tensor]:
+        """Each member's standardised (B, N) scores: shared by every candidate weighting of one batch."""
+        return member_scores(self.members, history)
+
+    def scores(self, model: torch.Tensor, history: torch.Tensor, members: list[torch.Tensor] | None = None):
+        """(B, N) the ensemble's scores given the model's; `members` as `member_scores` gave them, if at hand."""
+        members = self.member_scores(history) if members is None else members
+        w = self.weights.to(history.device)
+        return combine(model.float(), members, history, self.edges.to(history.device), w)
+
+    def with_weights(self, weights: torch.Tensor) -> Ensemble:
+        return replace(self, weights=weights)
+
+
+def fit_members(cfg, seqs, max_len: int) -> list[nn.Module]:
+    """The recipe's `eval.ensemble.members`, each fitted on the training split of `seqs`."""
+    models = []
+    for member in cfg.members:
+        where = f"eval.ensemble.members: {member.kind}"
+        try:
+            model = BACKBONES[member.kind](seqs.n_items, max_len, **member.model_dump(exclude={"kind"}))
+        except ValueError as exc:  # EASE's catalogue bound
+            raise UserError(f"{where}: {exc}") from None
+        models.append(fit_fitted(model, where, seqs).eval())
+    return models
+
+
+def start(cfg, members: list[nn.Module]) -> Ensemble:
+    """The model alone (weight 1, members 0) in every bucket: where coordinate ascent begins."""
+    weights = torch.zeros(len(cfg.edges) + 1, len(members) + 1)
+    weights[:, 0] = 1.0
+    return Ensemble(members, [m.kind for m in cfg.members], torch.tensor(cfg.edges), weights)
+
+
+def load(run_dir, recipe, seqs, overrides=()) -> Ensemble:
+    """The ensemble fitted for a run (by training or `ltrec eval`) under the run's recipe with `overrides`: its
+    weights read and checked, its members fitted again on the training split (deterministic)."""
+    fitted = read(run_dir, recipe, overrides)
+    cfg = fitted.section
+    ensemble = start(cfg, fit_members(cfg, seqs, recipe.data.max_len))
+    weights = torch.tensor(fitted.weights, dtype=torch.float32)
+    return replace(ensemble, weights=weights, settings=fitted.settings.model_dump(), valid=fitted.valid)
+
+
+def record(ensemble: Ensemble) -> dict:
+    """ensemble.json's content (the bundle records it too)."""
+    members = ["model", *ensemble.kinds]
+    weights = ensemble.weights.tolist()
+    return fitted_record(ensemble.settings, members, ensemble.edges.tolist(), weights, ensemble.valid)
