@@ -70,17 +70,17 @@ def evaluate(
         run = find_run(run_dir)
         overrides, cuts = _eval_overrides(set_ or [], cuts)
         load_recipe(run / "recipe.yaml", overrides)  # a bad --set answers before torch loads
-        from ltrec.evaluation.run import evaluate_run, format_table
-        from ltrec.files.lock import locked
+        from ltrec.api import Run
+        from ltrec.evaluation.run import format_table
 
-        with locked(run, "ltrec train or eval"):  # eval rewrites users_*.csv and the fitted ensemble
-            result, table = evaluate_run(run, split, slices, cuts, overrides)
+        result = Run(run).evaluate(split, slices, cuts, overrides)
     except UserError as exc:
         fail(exc)
+    table = result.slices
     if as_json:
         typer.echo(json.dumps({"run": str(run), "split": split, "protocol": result.protocol, "slices": table}))
         return
-    typer.echo(format_table(table, result.protocol, split, cuts or result.ks))
+    typer.echo(format_table(table, result.protocol, split, result.ks))
     missing = [s for s in slices if s not in table]
     if missing:
         typer.echo(

@@ -10,3 +10,13 @@ class UserError(Exception):
 
     exit_code = 2
     echo = True  # False on the ranks of a distributed run whose error rank 0 already prints
+
+
+def optional(module: str, extra: str):
+    """An optional dependency, imported; a UserError naming the extra that installs it if it is missing."""
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{module} is not installed; pip install 'ltrec[{extra}]'") from None
