@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from conftest import cli_ok
+from typer.testing import CliRunner
 
 import ltrec
+from ltrec.cli import app
 
 pd = pytest.importorskip("pandas")
 ML100K = Path(__file__).resolve().parents[2] / "shared" / "data" / "movielens-100k" / "interactions.csv"
@@ -39,7 +41,9 @@ def test_dataframe_to_tail_metrics_to_top_k_equals_the_cli(tiny_csv, tmp_path, m
     assert run.metrics["test"] == json.loads((tmp_path / "cli-run" / "metrics.json").read_text())["test"]
 
     evaluation = run.evaluate(slices=["all", "tail"])
-    cli = json.loads(cli_ok(["eval", "cli-run", "--slice", "all", "--slice", "tail", "--json"]))
+    r = CliRunner().invoke(app, ["eval", "cli-run", "--slice", "all", "--slice", "tail", "--json"])
+    assert r.exit_code == 0, r.output
+    cli = json.loads(r.stdout)  # the ensemble's progress goes to standard error
     assert evaluation.slices == cli["slices"] and evaluation.protocol == cli["protocol"]
     assert "ensemble of the model and pop, transitions" in evaluation.protocol
     table = evaluation.to_pandas()

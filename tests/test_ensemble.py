@@ -170,7 +170,7 @@ def test_eval_fits_the_ensemble_and_compare_pairs_it_with_the_run_alone(tiny_csv
     shutil.copytree(tmp_path / "runs/b", tmp_path / "runs/alone")
     r = runner.invoke(app, ["eval", "runs/b", "--set", "eval.ensemble={weights: [0.0, 1.0]}", "--json"])
     assert r.exit_code == 0, r.output
-    assert "ensemble of the model and pop, transitions" in json.loads(r.output)["protocol"]
+    assert "ensemble of the model and pop, transitions" in json.loads(r.stdout)["protocol"]
     saved = json.loads((tmp_path / "runs/b/ensemble.json").read_text())
     assert saved["members"] == ["model", "pop", "transitions"] and saved["edges"] == [2, 3, 5, 8, 13, 21]
     assert len(saved["weights"]) == 7 and {w for row in saved["weights"] for w in row} <= {0.0, 1.0}

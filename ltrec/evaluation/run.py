@@ -22,7 +22,10 @@ def evaluate_run(run: Path, split: str, slices: list[str], ks: list[int] | None,
     model = build_model(recipe, seqs, fit=False)
     load_weights(model, run / "best.pt")
     evaluator = Evaluator(model, seqs, recipe.eval, recipe.data.max_len, "cpu", run, recipe.seed)
-    result = evaluator.run(split, ks, fit_ensemble(recipe, seqs, evaluator, run))
+    from rich.console import Console
+
+    progress = Console(stderr=True, soft_wrap=True).print  # fitting an ensemble takes minutes on a large log
+    result = evaluator.run(split, ks, fit_ensemble(recipe, seqs, evaluator, run, progress=progress))
     write_per_user(result, seqs, run / f"users_{split}.csv")
     return result, {k: v for k, v in result.table(slices).items() if k in slices}
 
