@@ -252,7 +252,8 @@ def read_events(data: Data, con: duckdb.DuckDBPyConnection, source: str) -> None
         0
         if numeric_ids
         else con.execute(  # the text of a number holds no NUL: skip a scan of every id
-            "SELECT count(*) FROM events WHERE contains(u, chr(0)) OR contains(i, chr(0))"
+            # TRIM takes only spaces, so the raw text holds a NUL exactly when the id does, and costs no TRIM
+            "SELECT count(*) FROM events WHERE contains(u_raw::VARCHAR, chr(0)) OR contains(i_raw::VARCHAR, chr(0))"
         ).fetchone()[0]
     )
     if nul:

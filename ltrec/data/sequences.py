@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 EVAL, TRAIN_ONLY, COLD = 0, 1, 2  # user roles
+GATHER_BLOCK = 1 << 20  # index entries per block of a gathered (B, width) tensor
 
 
 @dataclass
@@ -82,14 +83,20 @@ class Sequences:
         return distinct_items(self.items, self.offsets[users], end, self.n_items)
 
     def _gather(self, end: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
-        # (B, width) tensors of a long-tailed log are mostly padding and can run to gigabytes: one index matrix
-        # (int32 where it fits), one output, masked in place; no further full-size temporaries
+        """(B, width) int64: row b holds items[end[b] - width:end[b]], 0 before start[b]."""
+        # Such tensors of a long-tailed log are mostly padding and can run to gigabytes: the output is filled in
+        # blocks of rows, so the index and mask temporaries stay a few MB whatever B is.
+        out = np.empty((len(end), width), np.int64)
         dtype = np.int32 if len(self.items) < 2**31 else np.int64
-        idx = (end - width).astype(dtype)[:, None] + np.arange(width, dtype=dtype)  # (B, width)
-        pad = idx < start.astype(dtype)[:, None]  # (B, width)
-        np.putmask(idx, pad, 0)
-        out = self.items.astype(np.int64, copy=False).take(idx)  # (B, width)
-        np.putmask(out, pad, 0)
+        items = self.items.astype(np.int64, copy=False)
+        step = max(1, GATHER_BLOCK // width)
+        for lo in range(0, len(end), step):
+            idx = (end[lo : lo + step] - width).astype(dtype)[:, None] + np.arange(width, dtype=dtype)  # (b, width)
+            pad = idx < start[lo : lo + step].astype(dtype)[:, None]  # (b, width)
+            np.putmask(idx, pad, 0)
+            block = out[lo : lo + step]
+            items.take(idx, out=block, mode="clip")  # idx is in range; "clip" writes straight into the block
+            np.putmask(block, pad, 0)
         return out
 
     def describe(self) -> str:
