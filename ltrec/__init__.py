@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from ltrec.files.version import __version__
 
 _WHERE = {
     "load_recipe": "ltrec.api",

@@ -18,7 +18,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 from rich.console import Console
 
-from ltrec import __version__
 from ltrec.deploy.bundle import length_batches, ort_session, write_bundle
 from ltrec.deploy.meta import BUNDLE_FORMAT, read_meta
 from ltrec.ensemble import scores as ensemble_scores
@@ -27,6 +26,7 @@ from ltrec.ensemble.scores import Ensemble
 from ltrec.files.errors import UserError
 from ltrec.files.runs import Summary, read_json
 from ltrec.files.safe import read_bytes
+from ltrec.files.version import __version__
 from ltrec.runtime.build import build_model, load_run
 from ltrec.runtime.checkpoint import load_weights
 

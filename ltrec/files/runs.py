@@ -22,11 +22,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, ValidationError, model_validator
 
-from ltrec import __version__
 from ltrec.files.errors import UserError
 from ltrec.files.lock import LOCK, locked
 from ltrec.files.records import problem
 from ltrec.files.safe import atomic_write, read_bytes, read_text, remove_stale_temps, same_or_inside
+from ltrec.files.version import __version__
 
 MARKER = ".ltrec-run.json"
 RUN_FORMAT = 2  # runs without the marker, or of another format, are refused: retrain them

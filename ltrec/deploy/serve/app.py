@@ -15,13 +15,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from ltrec import __version__
 from ltrec.deploy.bundle import Bundle, load_bundle
 from ltrec.deploy.serve.batcher import Batcher, QueueFull, Recommender
 from ltrec.deploy.serve.connections import STATE, Connections, Limits
 from ltrec.deploy.serve.guard import RETRY_AFTER, Guard
 from ltrec.deploy.serve.prometheus import CONTENT_TYPE, Metrics
 from ltrec.deploy.serve.queries import MAX_BODY, MAX_USERS, BadRequest, Query, QueryReader
+from ltrec.files.version import __version__
 
 
 @dataclass(frozen=True)
