@@ -66,6 +66,17 @@ def test_dataframe_to_tail_metrics_to_top_k_equals_the_cli(tiny_csv, tmp_path, m
     assert (frame_rows["cli-run Δ"] == 0).all() and (frame_rows["api-run"] == frame_rows["cli-run"]).all()
 
 
+def test_an_arrow_table_trains_as_its_dataframe_does(tiny_csv, tmp_path, monkeypatch):
+    pa = pytest.importorskip("pyarrow")
+    monkeypatch.chdir(tmp_path)
+    frame = pd.read_csv(tiny_csv)
+    recipe = {**RECIPE, "eval": {}, "train": {**RECIPE["train"], "epochs": 1}}
+    from_frame = ltrec.train(recipe, data=frame, out="frame", quiet=True)
+    from_arrow = ltrec.train(recipe, data=pa.Table.from_pandas(frame, preserve_index=False), out="arrow", quiet=True)
+    assert from_arrow.recipe.data.source == from_frame.recipe.data.source  # the same events, the same snapshot
+    assert from_arrow.metrics["test"] == from_frame.metrics["test"]
+
+
 def test_a_bad_frame_is_a_user_error(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ltrec.UserError, match="data: a list is not a table DuckDB can read"):
