@@ -62,11 +62,11 @@ class Result:
 
 
 def protocol(cfg: Eval, ensemble: Ensemble | None = None) -> str:
-    blend = ensemble_note(ensemble.kinds) if ensemble is not None else ""
+    note = ensemble_note(ensemble.kinds) if ensemble is not None else ""
     if cfg.mode == "sampled":
-        return f"sampled: target vs {cfg.negatives} stored random negatives, pessimistic ties{blend}"
+        return f"sampled: target vs {cfg.negatives} stored random negatives, pessimistic ties{note}"
     masked = "history masked" if cfg.mask_seen else "history not masked"
-    return f"full ranking over all items, {masked}, pessimistic ties, leave-one-out{blend}"
+    return f"full ranking over all items, {masked}, pessimistic ties, leave-one-out{note}"
 
 
 class Evaluator:
