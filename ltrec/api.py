@@ -77,6 +77,19 @@ def _with_snapshot(recipe: Recipe, frame: Any) -> Recipe:
     return out
 
 
+def check_eval_override(text: str) -> tuple[str, str]:
+    """(key, value) of an override of a finished run, which may change evaluation settings only: anything
+    else would not match the trained weights."""
+    key, _, value = text.partition("=")
+    key = key.strip()
+    if not key.startswith("eval."):
+        raise UserError(
+            f"--set {key}: only eval.* keys can change after training (the run was trained with the rest); "
+            "train a new run to change it"
+        )
+    return key, value
+
+
 @dataclass(frozen=True)
 class Evaluation:
     run: Path
@@ -134,12 +147,7 @@ class Run:
         if split not in ("valid", "test"):
             raise UserError(f"split {split}: expected valid or test")
         for text in overrides:
-            key = text.partition("=")[0].strip()
-            if not key.startswith("eval."):
-                raise UserError(
-                    f"--set {key}: only eval.* keys can change after training (the run was trained with the "
-                    "rest); train a new run to change it"
-                )
+            check_eval_override(text)
         from_file(self.path / "recipe.yaml", list(overrides))  # a bad override answers before torch loads
         with locked(self.path, "ltrec train or eval"):  # eval rewrites users_*.csv and the fitted ensemble
             result, table = evaluate_run(self.path, split, chosen, list(ks) if ks else None, list(overrides))

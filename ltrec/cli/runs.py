@@ -110,13 +110,9 @@ def _eval_overrides(sets: list[str], cuts: list[int] | None) -> tuple[list[str],
     `eval.ks` is taken as --ks (the monitored metric only mattered while training)."""
     kept = []
     for text in sets:
-        key, _, value = text.partition("=")
-        key = key.strip()
-        if not key.startswith("eval."):
-            raise UserError(
-                f"--set {key}: only eval.* keys can change after training (the run was trained with the "
-                "rest); train a new run to change it"
-            )
+        from ltrec.api import check_eval_override
+
+        key, value = check_eval_override(text)
         if key == "eval.ks":
             cuts = _parse_ks(value.strip().strip("[]"), f"--set {text}")
         else:

@@ -61,7 +61,8 @@ class TopKScorer(nn.Module):
             scores = F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # (B, N+1)
         if self.members is not None:  # evaluation's arithmetic (ltrec.ensemble.scores), on items 1..N
             members = ensemble_scores.member_scores(self.members, history)
-            ensemble = ensemble_scores.combine(scores[:, 1:], members, history, self.edges, self.weights)
+            z = ensemble_scores.standardize(scores[:, 1:])
+            ensemble = ensemble_scores.combine(z, members, history, self.edges, self.weights)
             scores = F.pad(ensemble, (1, 0), value=float("-inf"))
         return scores
 

@@ -43,9 +43,9 @@ def member_scores(members, history: torch.Tensor) -> list[torch.Tensor]:
 def combine(
     model: torch.Tensor, members: list[torch.Tensor], history: torch.Tensor, edges: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
-    """(B, N) the ensemble's scores from the model's (B, N) scores and each member's standardised (B, N) ones."""
+    """(B, N) the ensemble's scores from the model's and each member's standardised (B, N) scores."""
     w = bucket_weights(history, edges, weights)  # (B, M + 1)
-    out = w[:, :1] * standardize(model)
+    out = w[:, :1] * model
     for j, member in enumerate(members, start=1):
         out = out + w[:, j : j + 1] * member
     return out
@@ -60,15 +60,15 @@ class Ensemble:
     settings: dict | None = None  # what it was fitted with (ltrec.ensemble.records.fit_settings)
     valid: float = 0.0  # the mean validation metric of the fitted weights
 
-    def member_scores(self, history: torch.Tensor) -> list[torch.Tensor]:
-        """Each member's standardised (B, N) scores: shared by every candidate weighting of one batch."""
-        return member_scores(self.members, history)
+    def parts(self, model: torch.Tensor, history: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The model's and each member's standardised (B, N) scores: shared by every weighting of one batch."""
+        return standardize(model.float()), member_scores(self.members, history)
 
-    def scores(self, model: torch.Tensor, history: torch.Tensor, members: list[torch.Tensor] | None = None):
-        """(B, N) the ensemble's scores given the model's; `members` as `member_scores` gave them, if at hand."""
-        members = self.member_scores(history) if members is None else members
+    def scores(self, model: torch.Tensor, history: torch.Tensor, parts=None) -> torch.Tensor:
+        """(B, N) the ensemble's scores given the model's; `parts` as `parts` gave them, if at hand."""
+        z, members = self.parts(model, history) if parts is None else parts
         w = self.weights.to(history.device)
-        return combine(model.float(), members, history, self.edges.to(history.device), w)
+        return combine(z, members, history, self.edges.to(history.device), w)
 
     def with_weights(self, weights: torch.Tensor) -> Ensemble:
         return replace(self, weights=weights)

@@ -141,13 +141,13 @@ class Evaluator:
                 model_scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
                     model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params
                 )
-            members = {}  # each member's standardised scores for this batch, whatever the variants' weights
+            parts = {}  # the standardised scores of this batch, whatever the variants' weights
             for out, variant in zip(mine, variants):
                 scores = model_scores
                 if variant is not None:
-                    if id(variant.members) not in members:
-                        members[id(variant.members)] = variant.member_scores(hist)
-                    scores = variant.scores(model_scores, hist, members[id(variant.members)])
+                    if id(variant.members) not in parts:
+                        parts[id(variant.members)] = variant.parts(model_scores, hist)
+                    scores = variant.scores(model_scores, hist, parts[id(variant.members)])
                 if negs is None:
                     out.append(target_ranks(scores, tgt, seen).cpu())
                 else:
