@@ -125,3 +125,10 @@ def test_the_notebook_example_runs(tmp_path, monkeypatch):
     notebook = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "notebook.py"))
     assert set(notebook["evaluation"].slices) == {"all", "head", "tail"}
     assert notebook["recommendations"].source == ["model", "popularity"]
+
+
+def test_to_pandas_without_pandas_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pandas", None)  # `import pandas` now raises ImportError
+    evaluation = ltrec.Evaluation(Path("run"), "test", "protocol", [10], {"all": {"users": 1, "ndcg@10": 0.5}})
+    with pytest.raises(ltrec.UserError, match=r"pandas is not installed; pip install 'ltrec\[pandas\]'"):
+        evaluation.to_pandas()
