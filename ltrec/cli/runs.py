@@ -170,7 +170,7 @@ def predict(
         str, typer.Option(help="file to write: Parquet where it ends in .parquet, else CSV (- for standard output)")
     ] = "predictions.csv",
     k: Annotated[int | None, typer.Option(min=1, help="items per user (default: the bundle's K)")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 1024,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="users per onnxruntime call [default: 256]")] = None,
     user_col: Annotated[str | None, typer.Option(help="user column (default: the recipe's)")] = None,
     item_col: Annotated[str | None, typer.Option(help="item column (default: the recipe's)")] = None,
     time_col: Annotated[str | None, typer.Option(help="time column (default: the recipe's)")] = None,
@@ -184,14 +184,14 @@ def predict(
 ) -> None:
     """Top-K next items for each user of an events file, with onnxruntime on CPU (no torch)."""
     try:
-        from ltrec.deploy.predict import run_predict
+        from ltrec.deploy.predict import PREDICT_BATCH, run_predict
 
         summary = run_predict(
             bundle,
             input_,
             output,
             k=k,
-            batch_size=batch_size,
+            batch_size=batch_size or PREDICT_BATCH,
             columns={"user": user_col, "item": item_col, "time": time_col},
             exclude_seen=exclude_seen,
         )

@@ -53,6 +53,8 @@ class Sequences:
         where a newer window already trains that target), and the user index of each window (W,), windows
         grouped by user. Every training event after a user's first is a target exactly once: in window j of
         a user (0 = newest) at its newest `stride` positions, in the user's oldest window at all of them.
+        Inputs and targets are int32, half the memory of int64 (a 30M-event log: 1.2 GB of windows instead of
+        2.4 GB); training widens each batch to int64.
         """
         s = max_len if stride is None else stride
         tl = self.train_lengths
@@ -61,7 +63,7 @@ class Sequences:
         user = np.repeat(np.arange(len(tl)), per_user)  # (W,)
         j = np.arange(len(user)) - np.repeat(np.cumsum(per_user) - per_user, per_user)  # window 0 = latest
         end = self.offsets[user] + tl[user] - j * s  # (W,) exclusive
-        seq = self._gather(end, self.offsets[user], max_len + 1)  # (W, L + 1)
+        seq = self._gather(end, self.offsets[user], max_len + 1, np.int32)  # (W, L + 1)
         inputs = seq[:, :-1]
         targets = np.where(inputs == 0, 0, seq[:, 1:])
         if s < max_len:  # overlapping windows: a target older than the newest s is trained by an older window
@@ -82,11 +84,11 @@ class Sequences:
         end = self.offsets[users] + self.lengths[users] - (2 if split == "valid" else 1)
         return distinct_items(self.items, self.offsets[users], end, self.n_items)
 
-    def _gather(self, end: np.ndarray, start: np.ndarray, width: int) -> np.ndarray:
-        """(B, width) int64: row b holds items[end[b] - width:end[b]], 0 before start[b]."""
+    def _gather(self, end: np.ndarray, start: np.ndarray, width: int, out_dtype: type = np.int64) -> np.ndarray:
+        """(B, width) `out_dtype`: row b holds items[end[b] - width:end[b]], 0 before start[b]."""
         # Such tensors of a long-tailed log are mostly padding and can run to gigabytes: the output is filled in
         # blocks of rows, so the index and mask temporaries stay a few MB whatever B is.
-        out = np.empty((len(end), width), np.int64)
+        out = np.empty((len(end), width), out_dtype)
         dtype = np.int32 if len(self.items) < 2**31 else np.int64
         items = self.items.astype(np.int64, copy=False)
         step = max(1, GATHER_BLOCK // width)

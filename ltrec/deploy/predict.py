@@ -24,7 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from ltrec.data import connect, distinct_items, duckdb_errors, read_events, source_files
-from ltrec.deploy.bundle import Bundle, length_batches, load_bundle
+from ltrec.deploy.bundle import PREDICT_BATCH, Bundle, length_batches, load_bundle
 from ltrec.files.errors import UserError
 from ltrec.files.safe import open_output, refuse_inputs
 from ltrec.recipe import Columns, Data
@@ -140,7 +140,7 @@ def run_predict(
     input_path: Path,
     output: str | Path,
     k: int | None = None,
-    batch_size: int = 1024,
+    batch_size: int = PREDICT_BATCH,
     columns: dict | None = None,
     exclude_seen: bool | None = None,
 ) -> str:

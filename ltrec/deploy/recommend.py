@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ltrec.deploy.bundle import length_batches, load_bundle
+from ltrec.deploy.bundle import PREDICT_BATCH, length_batches, load_bundle
 from ltrec.deploy.predict import Histories, model_top_k, popular_items
 from ltrec.files.errors import UserError, optional
 
@@ -65,7 +65,7 @@ class Bundle:
         histories: Mapping[str, Sequence[str]] | Sequence[Sequence[str]],
         k: int | None = None,
         exclude_seen: bool | None = None,
-        batch_size: int = 1024,
+        batch_size: int = PREDICT_BATCH,
     ) -> Recommendations:
         """Top-`k` item ids per history (oldest item first; a list of histories is keyed "0", "1", ...)."""
         meta = self._bundle.meta

@@ -19,7 +19,7 @@ class ContrastiveLoss:
 
     def __init__(self, cfg, inputs: torch.Tensor, targets: torch.Tensor, gen: torch.Generator):
         self.weight, self.tau, self.gen, self.inputs = cfg.weight, cfg.temperature, gen, inputs
-        self.last = targets[:, -1]  # (W,) the target each window's newest state predicts
+        self.last = targets[:, -1].long()  # (W,) the target each window's newest state predicts
         self.order = torch.argsort(self.last, stable=True)  # windows grouped by that target
         _, counts = torch.unique_consecutive(self.last[self.order], return_counts=True)
         starts = torch.cumsum(counts, 0) - counts
@@ -35,7 +35,7 @@ class ContrastiveLoss:
     def __call__(self, model, states: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         pos = self.positives(idx)
         width = int((self.inputs[pos] > 0).sum(1).max())
-        other = model.encoder.encode(self.inputs[pos, -width:].to(states.device))  # (B, D), its own dropout
+        other = model.encoder.encode(self.inputs[pos, -width:].to(states.device, torch.long))  # (B, D), its own dropout
         h = states[:, -1]  # (B, D)
         logits = F.normalize(h, dim=1) @ F.normalize(other, dim=1).T / self.tau  # (B, B)
         last = self.last[idx].to(states.device)

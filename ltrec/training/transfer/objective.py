@@ -61,7 +61,7 @@ class Objective:
 
     def loss(self, idx: torch.Tensor) -> torch.Tensor | None:
         width = int(self.lengths[idx].max())  # drop leading all-pad columns: backbones are pad-invariant
-        inputs = self.inputs[idx, -width:].to(self.device)
+        inputs = self.inputs[idx, -width:].to(self.device, torch.long)
         is_head = self.owner_head[idx].to(self.device)  # (B,)
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
             loss, states = self._objective(idx, inputs, width)
@@ -90,7 +90,7 @@ class Objective:
         """The backbone's own objective (next-item at every position by default, BERT4Rec's cloze): its mean
         over the batch's targets (weighted by user, for a balanced objective), or the robust objective over the
         users they belong to."""
-        targets = self.targets[idx, -width:].to(self.device)
+        targets = self.targets[idx, -width:].to(self.device, torch.long)
         if self.robust is None or self.robust.fixed_weights:  # the fused mean takes fixed weights
             weights = None if self.robust is None else self.robust.weights(self.owner[idx].to(self.device))
             return self.model.training_loss(
