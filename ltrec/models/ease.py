@@ -2,8 +2,8 @@
 (binary, users × items), P = (XᵀX + λI)⁻¹ and B = I − P·diag(1/diag(P)), the diagonal of B zero; a user's
 scores are x_u·B. No training loop: `fit` solves it once.
 
-Memory: the solve holds dense items × items float32 matrices (4·N² bytes each, about three at the peak), so
-the catalogue is bounded by `max_items`. What is kept, scored and exported is each item's `neighbours`
+Memory: the solve holds dense items × items float32 matrices (4·N² bytes each, two at the peak: the factor
+overwrites the Gram matrix and the inverse the factor), so the catalogue is bounded by `max_items`. What is kept, scored and exported is each item's `neighbours`
 largest-magnitude entries of B (`ltrec.models.neighbours`), never the dense matrix. A history counts each
 item once, as x_u is a set: repeats past the newest are dropped before the rows are summed."""
 
@@ -20,12 +20,12 @@ GB = 1024**3
 
 
 class EASE(TableModel):
-    def __init__(self, n_items: int, max_len: int, l2=500.0, neighbours=200, max_items=20_000):
+    def __init__(self, n_items: int, max_len: int, l2=500.0, neighbours=200, max_items=25_000):
         super().__init__(n_items, max_len)
         if n_items > max_items:
             raise ValueError(
                 f"EASE solves a dense items × items system, and the data has {n_items:,} items, more than "
-                f"max_items ({max_items:,}); the solve needs about {3 * 4 * n_items**2 / GB:.2g} GB: "
+                f"max_items ({max_items:,}); the solve needs about {2 * 4 * n_items**2 / GB:.2g} GB: "
                 f"raise max_items to at least {n_items} if the memory is there, or use kind: transitions"
             )
         self.l2, self.neighbours = l2, neighbours
@@ -60,10 +60,10 @@ def gram(seqs) -> torch.Tensor:
 
 
 def solve(g: torch.Tensor, l2: float) -> torch.Tensor:
-    """B = I − P·diag(1/diag(P)), P = (G + λI)⁻¹, diagonal zeroed; in place of `g` where it can be."""
+    """B = I − P·diag(1/diag(P)), P = (G + λI)⁻¹, diagonal zeroed, written over `g` (G is not needed after)."""
     g.diagonal().add_(l2)
-    p = torch.cholesky_inverse(torch.linalg.cholesky(g))  # G + λI is symmetric positive definite
-    del g
+    torch.linalg.cholesky(g, out=g)  # G + λI is symmetric positive definite
+    p = torch.cholesky_inverse(g, out=g)  # LAPACK's potri works in place: no third N² matrix
     b = p.div_(-p.diagonal().clone())  # column j divided by -P_jj
     b.diagonal().zero_()
     return b

@@ -117,11 +117,11 @@ class EASEConfig(Strict):
         200, ge=1, le=10_000, description="weights kept per item (largest magnitude); scored and exported"
     )
     max_items: int = Field(
-        20_000,
+        25_000,
         ge=1,
         le=200_000,
-        description="the largest catalogue accepted: the solve holds about three items² float32 matrices "
-        "(20,000 items: 4.5 GB)",
+        description="the largest catalogue accepted: the solve holds two items² float32 matrices "
+        "(25,000 items: 4.7 GB)",
     )
 
 
