@@ -52,19 +52,25 @@ class TopKScorer(nn.Module):
         if ensemble is not None:
             self.register_buffer("edges", ensemble.edges.clone(), persistent=False)
             self.register_buffer("weights", ensemble.weights.clone(), persistent=False)
+            if backbone.tied:  # the model's scores are made standardised, as evaluation makes them
+                mean_row, second = ensemble_scores.item_moments(backbone.item_table[1:].detach().float())
+                self.register_buffer("item_mean", mean_row, persistent=False)
+                self.register_buffer("item_second", second, persistent=False)
 
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1): column j is item j, column 0 (padding) -inf."""
-        if self.backbone.tied:
-            scores = F.linear(self.backbone.encode(history), self.backbone.item_table, self.pad_bias)
-        else:  # scores that do not come from a user state times the item table (pop)
-            scores = F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # (B, N+1)
         if self.members is not None:  # evaluation's arithmetic (ltrec.ensemble.scores), on items 1..N
+            if self.backbone.tied:
+                items, moments = self.backbone.item_table[1:], (self.item_mean, self.item_second)
+                z = ensemble_scores.standardized_scores(self.backbone.encode(history), items, moments)
+            else:
+                z = ensemble_scores.standardize(self.backbone(history).float())
             members = ensemble_scores.member_scores(self.members, history)
-            z = ensemble_scores.standardize(scores[:, 1:])
             ensemble = ensemble_scores.combine(z, members, history, self.edges, self.weights)
-            scores = F.pad(ensemble, (1, 0), value=float("-inf"))
-        return scores
+            return F.pad(ensemble, (1, 0), value=float("-inf"))
+        if self.backbone.tied:
+            return F.linear(self.backbone.encode(history), self.backbone.item_table, self.pad_bias)
+        return F.pad(self.backbone(history), (1, 0), value=float("-inf"))  # not a state × item table (pop)
 
     def forward(self, history: torch.Tensor, exclude: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         scores = self.scores(history)

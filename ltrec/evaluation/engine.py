@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from ltrec.data import Sequences
-from ltrec.ensemble.scores import Ensemble
+from ltrec.ensemble.scores import Ensemble, item_moments, standardized_scores
 from ltrec.evaluation.adapt import adapted_scores
 from ltrec.evaluation.metrics import metrics_from_ranks, summarize
 from ltrec.evaluation.ranks import (
@@ -42,6 +42,7 @@ from ltrec.recipe import Eval
 from ltrec.runtime.distributed import LOCAL, Dist
 
 WARM = ("head", "tail")  # `all` = the evaluated users who trained; cold users are reported apart
+FULL_SCORES_BATCH = 256  # users per batch where every item is scored at once (ensembles, sampled mode, pop)
 
 
 @dataclass
@@ -113,9 +114,16 @@ class Evaluator:
         # skips the all-pad columns.
         lengths = (history > 0).sum(axis=1)
         order = np.argsort(seqs.lengths[users], kind="stable")
-        batches = [order[lo : lo + cfg.batch_size] for lo in range(0, len(users), cfg.batch_size)]
         # an ensemble standardises each user's scores over the catalogue: they are no longer made block by block
         blocks = negs is None and model.tied and all(v is None for v in variants)
+        # a whole (batch × items) score matrix is then read several times over: small batches keep it near the
+        # cache (Amazon Music with the popularity member: 256 users 2.4× faster than 1024)
+        size = cfg.batch_size if blocks else min(cfg.batch_size, FULL_SCORES_BATCH)
+        batches = [order[lo : lo + size] for lo in range(0, len(users), size)]
+        # an ensemble over a state × item-table model: the scores' statistics come from the table's moments
+        ensembles = negs is None and model.tied and any(v is not None for v in variants)
+        items = model.item_table[1:].float() if ensembles else None  # (N, D)
+        moments = item_moments(items) if items is not None else None
         mine = [[] for _ in variants]
         for b, sel in enumerate(batches):
             if b % dist.world != dist.rank:  # under torchrun batch b is rank b mod world's
@@ -136,7 +144,11 @@ class Evaluator:
                 for out in mine:  # every variant is the model alone
                     out.append(ranks)
                 continue
-            model_scores = model(hist).float()  # (B, N)
+            standardized = moments is not None and not adapt.any()
+            if standardized:  # made standardised: they rank as the raw scores do (a positive affine map per user)
+                model_scores = standardized_scores(model.encode(hist).float(), items, moments)  # (B, N)
+            else:
+                model_scores = model(hist).float()  # (B, N)
             if adapt.any():
                 model_scores[torch.from_numpy(adapt).to(device)] = adapted_scores(
                     model, history[sel[adapt]], cfg.adapt.steps, cfg.adapt.lr, device, cfg.adapt.params
@@ -146,7 +158,7 @@ class Evaluator:
                 scores = model_scores
                 if variant is not None:
                     if id(variant.members) not in parts:
-                        parts[id(variant.members)] = variant.parts(model_scores, hist)
+                        parts[id(variant.members)] = variant.parts(model_scores, hist, standardized)
                     scores = variant.scores(model_scores, hist, parts[id(variant.members)])
                 if negs is None:
                     out.append(target_ranks(scores, tgt, seen).cpu())

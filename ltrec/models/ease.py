@@ -3,9 +3,10 @@
 scores are x_u·B. No training loop: `fit` solves it once.
 
 Memory: the solve holds dense items × items float32 matrices (4·N² bytes each, two at the peak: the factor
-overwrites the Gram matrix and the inverse the factor), so the catalogue is bounded by `max_items`. What is kept, scored and exported is each item's `neighbours`
-largest-magnitude entries of B (`ltrec.models.neighbours`), never the dense matrix. A history counts each
-item once, as x_u is a set: repeats past the newest are dropped before the rows are summed."""
+overwrites the Gram matrix and the inverse the factor), so the catalogue is bounded by `max_items`. What is
+kept, scored and exported is each item's `neighbours` largest-magnitude entries of B
+(`ltrec.models.neighbours`), never the dense matrix. A history counts each item once, as x_u is a set:
+repeats past the newest are dropped before the rows are summed."""
 
 from __future__ import annotations
 

@@ -19,9 +19,12 @@ class Table:
     ids: torch.Tensor  # (N + 1, K) int32 (half an int64 table, in memory and in the graph); 0 = none
     strength: torch.Tensor  # (N + 1, K) float32
 
-    def summed(self, history: torch.Tensor, last: int | None = None, decay: float = 1.0) -> torch.Tensor:
+    def summed(
+        self, history: torch.Tensor, last: int | None = None, decay: float = 1.0, log1p: bool = False
+    ) -> torch.Tensor:
         """(B, N + 1) Σ_j decay^j·T[h_j, i] over the newest `last` items (all when None) of left-padded
-        histories, h_0 the newest; padding rows are zeros, so pads add nothing, and column 0 stays 0."""
+        histories, h_0 the newest; padding rows are zeros, so pads add nothing, and column 0 stays 0.
+        `log1p`: log(1 + sum) instead, taken only where a sum was added (log1p(0) = 0 everywhere else)."""
         newest = history if last is None else history[:, -last:]  # (B, m)
         strength = self.strength.to(history.device)[newest]  # (B, m, K)
         if decay != 1.0:
@@ -29,7 +32,10 @@ class Table:
             strength = strength * (decay**steps)[None, :, None]
         ids = self.ids.to(history.device)[newest].flatten(1).long()  # (B, m·K); scatter indices are int64
         out = torch.zeros(history.shape[0], self.ids.shape[0], device=history.device)
-        return out.scatter_add(1, ids, strength.flatten(1))
+        out.scatter_add_(1, ids, strength.flatten(1))  # in place: no second (B, N + 1) matrix
+        if log1p:  # a row holds at most m·K sums among N + 1 columns; a repeated id writes one value twice
+            out.scatter_(1, ids, out.gather(1, ids).log1p())
+        return out
 
 
 def _sparse_rows(rows: np.ndarray, cols: np.ndarray, values: np.ndarray, stride: int, k: int) -> Table:

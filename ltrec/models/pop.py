@@ -11,6 +11,7 @@ class Pop(nn.Module):
 
     trainable: ClassVar[bool] = False
     tied = False  # one row of scores for every user, not a user state times an item table
+    per_user: ClassVar[bool] = False  # the scores do not depend on the history: an ensemble scores one row
 
     def __init__(self, n_items: int, max_len: int, **_):
         super().__init__()

@@ -28,4 +28,4 @@ class Transitions(TableModel):
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N) scores of items 1..N."""
-        return torch.log1p(self.table.summed(history, self.last, DECAY))[:, 1:]
+        return self.table.summed(history, self.last, DECAY, log1p=True)[:, 1:]
