@@ -55,6 +55,7 @@ def test_twelve_rows_by_hand(tmp_path):
     # a trains on [1, 2, 3]: one window [1, 2 | 2, 3]; c trains on [5, 4]: window [0, 5 | 0, 4]
     assert owner.tolist() == [0, 2]
     assert inputs.tolist() == [[1, 2], [0, 5]] and targets.tolist() == [[2, 3], [0, 4]]
+    assert inputs.dtype == targets.dtype == np.int32  # half of int64's memory; training widens each batch
     users, hist, tgt = s.eval_inputs("valid", max_len=3)
     assert users.tolist() == [0, 1, 3] and tgt.tolist() == [4, 1, 2]
     assert hist.tolist() == [[1, 2, 3], [0, 0, 3], [0, 0, 2]]

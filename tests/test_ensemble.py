@@ -17,7 +17,18 @@ from typer.testing import CliRunner
 from ltrec.cli import app
 from ltrec.data import load
 from ltrec.ensemble.fit import coordinate_ascent
-from ltrec.ensemble.scores import Ensemble, bucket_weights, fit_members, standardize, start
+from ltrec.ensemble.scores import (
+    Ensemble,
+    bucket_weights,
+    combine,
+    fit_members,
+    item_moments,
+    member_scores,
+    standardize,
+    standardized_scores,
+    standardizer,
+    start,
+)
 from ltrec.evaluation.engine import Evaluator
 from ltrec.evaluation.ranks import Seen, target_ranks
 from ltrec.files.errors import UserError
@@ -47,6 +58,30 @@ def test_standardised_rows_have_mean_zero_and_unit_sd_and_a_constant_row_is_zero
     torch.testing.assert_close(z[[0, 2]].square().mean(dim=1), torch.ones(2), atol=1e-4, rtol=0)
     assert z[1].abs().max() == 0  # no information, no contribution
     assert torch.equal(z[0].argsort(), scores[0].argsort())  # a positive affine map: the order is the model's
+
+
+def test_scores_made_standardised_from_the_item_moments_equal_the_standardised_scores():
+    torch.manual_seed(0)
+    items = torch.randn(500, 16) + 0.3  # a non-zero mean row, as trained tables have
+    state = torch.cat([torch.randn(7, 16) * 3, torch.zeros(1, 16)])  # the last state scores every item 0
+    got = standardized_scores(state, items, item_moments(items))
+    torch.testing.assert_close(got, standardize(state @ items.T), atol=2e-4, rtol=0)
+    assert got[-1].abs().max() == 0
+
+
+def test_a_member_that_ignores_the_history_is_scored_once_and_broadcasts(tmp_path):
+    seqs = load(Data(source=str(chain_csv(tmp_path))), Split(), Head())
+    pop, transitions = fit_members(EnsembleConfig(members=MEMBERS), seqs, 20)
+    history = torch.from_numpy(seqs.eval_inputs("test", 20)[1])
+    (scores, scale, shift), _ = member_scores([pop, transitions], history)
+    assert scores.shape == (1, seqs.n_items)
+    z = torch.randn(len(history), seqs.n_items)
+    weights = torch.tensor([[1.0, 2.0, 0.5]])
+    full = [(m(history), *standardizer(m(history))) for m in (pop, transitions)]  # (B, N) each
+    want = combine(z, full, history, torch.tensor([], dtype=torch.long), weights)
+    got = combine(z, member_scores([pop, transitions], history), history, torch.tensor([], dtype=torch.long), weights)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got, z + 2.0 * standardize(pop(history)) + 0.5 * standardize(transitions(history)))
 
 
 def test_the_weights_follow_the_history_length_bucket():
