@@ -34,7 +34,7 @@ def standardizer(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def standardize(scores: torch.Tensor) -> torch.Tensor:
-    """(B, N) → (B, N), each row mean 0 and sd 1 (a constant row: all 0)."""
+    """(B, N) → (B, N), each row mean 0 and sd 1 (an all-zero row: all 0)."""
     scale, shift = standardizer(scores)
     return torch.addcmul(shift, scale, scores)
 
@@ -100,9 +100,10 @@ class Ensemble:
 
     def parts(
         self, model: torch.Tensor, history: torch.Tensor, standardized: bool = False
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    ) -> tuple[torch.Tensor, list]:
         """The model's and each member's standardised scores, shared by every weighting of one batch; `model`
-        is the model's (B, N) scores, already standardised where `standardized`."""
+        is the model's (B, N) scores, already standardised where `standardized`; the members as `member_scores`
+        gives them."""
         return (model if standardized else standardize(model.float())), member_scores(self.members, history)
 
     def scores(self, model: torch.Tensor, history: torch.Tensor, parts=None) -> torch.Tensor:
