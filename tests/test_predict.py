@@ -81,6 +81,17 @@ def test_predict_agrees_with_eval(setup, tmp_path):
     assert abs(np.mean(list(ndcg.values())) - result["slices"]["all"]["ndcg@10"]) < 1e-6
 
 
+def test_many_batches_in_flight_keep_user_order(setup, tmp_path):
+    """Batches of 7 users, two onnxruntime calls at a time, finishing in any order: the rows of one batch."""
+    predict(setup, setup["events"], tmp_path / "one.csv")
+    predict(setup, setup["events"], tmp_path / "many.csv", "--batch-size", 7)
+    one, many = read_rows(tmp_path / "one.csv"), read_rows(tmp_path / "many.csv")
+    assert len(one) == 2000 and [r["user_id"] for r in one] == sorted(r["user_id"] for r in one)
+    key = ("user_id", "rank", "item_id", "source")
+    assert [[r[c] for c in key] for r in many] == [[r[c] for c in key] for r in one]
+    np.testing.assert_allclose([float(r["score"]) for r in many], [float(r["score"]) for r in one], rtol=1e-5)
+
+
 def test_unknown_items_and_fallback(setup, tmp_path):
     events = write_csv(
         tmp_path / "e.csv",
