@@ -13,6 +13,7 @@ import pytest
 from test_export import MAX_LEN, ok, train_run, write_events
 from typer.testing import CliRunner
 
+import ltrec.deploy.predict as predict_module
 from ltrec.cli import app
 
 runner = CliRunner()
@@ -81,9 +82,11 @@ def test_predict_agrees_with_eval(setup, tmp_path):
     assert abs(np.mean(list(ndcg.values())) - result["slices"]["all"]["ndcg@10"]) < 1e-6
 
 
-def test_many_batches_in_flight_keep_user_order(setup, tmp_path):
-    """Batches of 7 users, two onnxruntime calls at a time, finishing in any order: the rows of one batch."""
+def test_many_batches_in_flight_keep_user_order(setup, tmp_path, monkeypatch):
+    """Chunks of 37 users in batches of 7, two onnxruntime calls at a time and the next chunk's queued while one
+    is written: the rows of one batch, in user order."""
     predict(setup, setup["events"], tmp_path / "one.csv")
+    monkeypatch.setattr(predict_module, "CHUNK", 37)
     predict(setup, setup["events"], tmp_path / "many.csv", "--batch-size", 7)
     one, many = read_rows(tmp_path / "one.csv"), read_rows(tmp_path / "many.csv")
     assert len(one) == 2000 and [r["user_id"] for r in one] == sorted(r["user_id"] for r in one)

@@ -30,7 +30,7 @@ from ltrec.files.errors import UserError
 from ltrec.files.safe import open_output, refuse_inputs
 from ltrec.recipe import Columns, Data
 
-CHUNK = 65536  # users per output chunk
+CHUNK = 4096  # users per output chunk: small enough that writing one overlaps the next one's calls
 # onnxruntime calls in flight at once. Its Gemm uses every core, but its TopK and the exclusion scatter run on
 # one thread, so a second call fills the cores those leave idle (BENCHMARKS.md, `ltrec predict` end to end).
 IN_FLIGHT = 2
@@ -193,15 +193,25 @@ def run_predict(
         f.write(f"{csv_field(np.array([columns['user']]))[0]},rank,item_id,score,source\n")
         user_ids, item_ids = csv_field(h.users), csv_field(b.vocab)  # quoted once, not once per row
         task = progress.add_task("predict", total=n_users)
-        for lo in range(0, n_users, CHUNK):  # chunks bound memory; the output stays in user order
+
+        def submit(lo: int) -> tuple:
+            """Chunk `lo`'s users, and its onnxruntime calls queued on the pool (users with a known item)."""
             users = np.arange(lo, min(lo + CHUNK, n_users))
+            run = users[known[users]]
+            batches = [run[batch] for batch in length_batches(lengths[run], batch_size)]
+            calls = [pool.submit(model_top_k, b, h, who, np.full(len(who), exclude_seen)) for who in batches]
+            return users, batches, calls
+
+        queued = submit(0)
+        for lo in range(0, n_users, CHUNK):  # chunks bound memory; the output stays in user order
+            users, batches, calls = queued
+            # the next chunk's calls run while this one's rows are formatted and written
+            queued = submit(lo + CHUNK) if lo + CHUNK < n_users else queued
             items = np.broadcast_to(popular, (len(users), k)).copy()  # (C, k), fallback users keep these
             scores = np.broadcast_to(share, (len(users), k)).copy()  # (C, k)
             progress.advance(task, int((~known[users]).sum()))
-            run = users[known[users]]
-            batches = [run[batch] for batch in length_batches(lengths[run], batch_size)]
-            top = pool.map(lambda who: model_top_k(b, h, who, np.full(len(who), exclude_seen)), batches)
-            for who, (got_items, got_scores) in zip(batches, top):  # in order; a failed call raises here
+            for who, call in zip(batches, calls):  # a failed call raises here
+                got_items, got_scores = call.result()
                 items[who - lo], scores[who - lo] = got_items[:, :k], got_scores[:, :k]
                 progress.advance(task, len(who))
             rows += _write_rows(f, user_ids[users], items, scores, ~known[users], item_ids)
