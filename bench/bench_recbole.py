@@ -62,7 +62,9 @@ from recbole.trainer import Trainer
 from recbole.utils import init_seed
 
 model_name, data_path, epochs, workdir, seed, name = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], int(sys.argv[5]), sys.argv[6]
-curve = sys.argv[7:] == ["curve"]  # also score test after every epoch (bench_ttq.py), outside the timed part
+curve = "curve" in sys.argv[7:]  # also score test after every epoch (bench_ttq.py), outside the timed part
+# stop=N: RecBole's own early stopping (N epochs without a better validation score); default: none
+stop = next((int(a[5:]) for a in sys.argv[7:] if a.startswith("stop=")), 1000)
 common = {
     "data_path": data_path, "dataset": name, "checkpoint_dir": workdir + "/saved",
     "USER_ID_FIELD": "user_id", "ITEM_ID_FIELD": "item_id", "TIME_FIELD": "timestamp",
@@ -71,7 +73,7 @@ common = {
     "MAX_ITEM_LIST_LENGTH": 50, "train_neg_sample_args": None, "loss_type": "CE",
     "eval_args": {"split": {"LS": "valid_and_test"}, "order": "TO", "mode": "full", "group_by": "user"},
     "topk": [10], "metrics": ["NDCG", "Hit"], "valid_metric": "NDCG@10",
-    "epochs": epochs, "stopping_step": 1000, "eval_step": 1, "train_batch_size": 256, "eval_batch_size": 4096,
+    "epochs": epochs, "stopping_step": stop, "eval_step": 1, "train_batch_size": 256, "eval_batch_size": 4096,
     "learning_rate": 1e-3, "weight_decay": 0.0, "seed": seed, "reproducibility": True, "show_progress": False,
     "use_gpu": False, "gpu_id": "", "worker": 0, "save_dataset": False, "save_dataloaders": False,
 }
@@ -102,9 +104,15 @@ def timed(*a, **k):  # training time only, as ltrec's seconds per epoch (validat
         tests.append([float(r["ndcg@10"]), float(r["hit@10"])])
     return out
 trainer._train_epoch = timed
+valids, inner_valid = [], trainer._valid_epoch
+def valid(*a, **k):  # the validation score per epoch, to know which epoch RecBole keeps
+    score, result = inner_valid(*a, **k)
+    valids.append(float(score))
+    return score, result
+trainer._valid_epoch = valid
 trainer.fit(train_data, valid_data, saved=True, show_progress=False)
 test = trainer.evaluate(test_data, load_best_model=True, show_progress=False)
-print(json.dumps({"seconds": seconds, "test_curve": tests, "train_sequences": len(train_data.dataset), "test_users": len(test_data.dataset),
+print(json.dumps({"seconds": seconds, "test_curve": tests, "valid_curve": valids, "train_sequences": len(train_data.dataset), "test_users": len(test_data.dataset),
                   "valid_users": len(valid_data.dataset), "ndcg@10": float(test["ndcg@10"]),
                   "hr@10": float(test["hit@10"]), "params": sum(p.numel() for p in model.parameters())}))
 """
