@@ -5,11 +5,11 @@
 
 The target, per model: RecBole's converged test NDCG@10 at bench_recbole.py's settings (RecBole's default
 Adam lr 1e-3; batch 256, d 64, dropout 0.2 and layer sizes set to ltrec's): trained to its own early stop
-(--recbole-stop 10 epochs without a better validation score, RecBole's default, at most --recbole-epochs
+(--recbole-stop=10 epochs without a better validation score, RecBole's default, at most --recbole-epochs
 300), its best-validation epoch tested. RecBole's time is the training seconds until its own test curve first
-reached that score. `--recbole-stop 0 --recbole-epochs 3` gives the cheaper target of RecBole after 3 epochs. ltrec trains the shipped
-recipe (`recipes/<model>-<dataset>.yaml`) and every --ltrec setting, as a user would (early stopping on
-validation); after each epoch the same weights are also scored on test, only to find when the target was
+reached that score; `--recbole-stop=0 --recbole-epochs 3` gives the weaker target of RecBole after 3 epochs.
+ltrec trains the shipped recipe (`recipes/<model>-<dataset>.yaml`) and every --ltrec setting, as a user would
+(early stopping on validation); after each epoch the same weights are also scored on test, only to find when the target was
 first reached (nothing is chosen on test). Time to quality = training seconds up to that epoch; validation
 and the test passes are excluded on both sides. Same protocol on both: history not masked (RecBole's), full
 ranking, the same test users and targets (see bench_recbole.py). Every run is a process of its own with one
