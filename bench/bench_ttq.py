@@ -9,11 +9,11 @@ Adam lr 1e-3; batch 256, d 64, dropout 0.2 and layer sizes set to ltrec's): trai
 300), its best-validation epoch tested. RecBole's time is the training seconds until its own test curve first
 reached that score; `--recbole-stop=0 --recbole-epochs 3` gives the weaker target of RecBole after 3 epochs.
 ltrec trains the shipped recipe (`recipes/<model>-<dataset>.yaml`) and every --ltrec setting, as a user would
-(early stopping on validation); after each epoch the same weights are also scored on test, only to find when the target was
-first reached (nothing is chosen on test). Time to quality = training seconds up to that epoch; validation
-and the test passes are excluded on both sides. Same protocol on both: history not masked (RecBole's), full
-ranking, the same test users and targets (see bench_recbole.py). Every run is a process of its own with one
-thread; a finished run is kept in --work and reused (delete it to measure again). The plot shows test
+(early stopping on validation); after each epoch the same weights are also scored on test, only to find when
+the target was first reached (nothing is chosen on test). Time to quality = training seconds up to that epoch;
+validation and the test passes are excluded on both sides. Same protocol on both: history not masked
+(RecBole's), full ranking, the same test users and targets (see bench_recbole.py). Every run is a process of
+its own with one thread; a finished run is kept in --work and reused (delete it to measure again). The plot shows test
 NDCG@10 against training seconds for every run. `--only ltrec` / `--only recbole` run one side (two
 invocations, one per core, put the frameworks side by side under the same load); a last invocation without
 it reuses both and prints the table.

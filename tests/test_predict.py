@@ -82,9 +82,9 @@ def test_predict_agrees_with_eval(setup, tmp_path):
     assert abs(np.mean(list(ndcg.values())) - result["slices"]["all"]["ndcg@10"]) < 1e-6
 
 
-def test_many_batches_in_flight_keep_user_order(setup, tmp_path, monkeypatch):
-    """Chunks of 37 users in batches of 7, two onnxruntime calls at a time and the next chunk's queued while one
-    is written: the rows of one batch, in user order."""
+def test_many_chunks_and_batches_keep_user_order(setup, tmp_path, monkeypatch):
+    """Chunks of 37 users in batches of 7 (batches sorted by history length inside each chunk): the rows of one
+    batch, in user order."""
     predict(setup, setup["events"], tmp_path / "one.csv")
     monkeypatch.setattr(predict_module, "CHUNK", 37)
     predict(setup, setup["events"], tmp_path / "many.csv", "--batch-size", 7)

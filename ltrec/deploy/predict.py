@@ -13,7 +13,6 @@ from __future__ import annotations
 import shutil
 import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +29,7 @@ from ltrec.files.errors import UserError
 from ltrec.files.safe import open_output, refuse_inputs
 from ltrec.recipe import Columns, Data
 
-CHUNK = 4096  # users per output chunk: small enough that writing one overlaps the next one's calls
-# onnxruntime calls in flight at once. Its Gemm uses every core, but its TopK and the exclusion scatter run on
-# one thread, so a second call fills the cores those leave idle (BENCHMARKS.md, `ltrec predict` end to end).
-IN_FLIGHT = 2
+CHUNK = 65536  # users per output chunk
 
 
 @dataclass
@@ -184,34 +180,19 @@ def run_predict(
         disable=not console.is_terminal,
     )
     parquet = str(output).lower().endswith(".parquet")
-    with (
-        in_flight(IN_FLIGHT) as pool,
-        progress,
-        open_output(output, "--output", binary=parquet) as final,
-        rows_file(final, parquet) as f,
-    ):
+    with progress, open_output(output, "--output", binary=parquet) as final, rows_file(final, parquet) as f:
         f.write(f"{csv_field(np.array([columns['user']]))[0]},rank,item_id,score,source\n")
         user_ids, item_ids = csv_field(h.users), csv_field(b.vocab)  # quoted once, not once per row
         task = progress.add_task("predict", total=n_users)
-
-        def submit(lo: int) -> tuple:
-            """Chunk `lo`'s users, and its onnxruntime calls queued on the pool (users with a known item)."""
-            users = np.arange(lo, min(lo + CHUNK, n_users))
-            run = users[known[users]]
-            batches = [run[batch] for batch in length_batches(lengths[run], batch_size)]
-            calls = [pool.submit(model_top_k, b, h, who, np.full(len(who), exclude_seen)) for who in batches]
-            return users, batches, calls
-
-        queued = submit(0)
         for lo in range(0, n_users, CHUNK):  # chunks bound memory; the output stays in user order
-            users, batches, calls = queued
-            # the next chunk's calls run while this one's rows are formatted and written
-            queued = submit(lo + CHUNK) if lo + CHUNK < n_users else queued
+            users = np.arange(lo, min(lo + CHUNK, n_users))
             items = np.broadcast_to(popular, (len(users), k)).copy()  # (C, k), fallback users keep these
             scores = np.broadcast_to(share, (len(users), k)).copy()  # (C, k)
             progress.advance(task, int((~known[users]).sum()))
-            for who, call in zip(batches, calls):  # a failed call raises here
-                got_items, got_scores = call.result()
+            run = users[known[users]]
+            for batch in length_batches(lengths[run], batch_size):
+                who = run[batch]
+                got_items, got_scores = model_top_k(b, h, who, np.full(len(who), exclude_seen))
                 items[who - lo], scores[who - lo] = got_items[:, :k], got_scores[:, :k]
                 progress.advance(task, len(who))
             rows += _write_rows(f, user_ids[users], items, scores, ~known[users], item_ids)
@@ -224,15 +205,6 @@ def run_predict(
         + (f"{plural(h.null_rows, 'row')} with an empty user, item or time ignored; " if h.null_rows else "")
         + f"{seconds:.2f}s, {n_users / seconds:,.0f} users/s"
     )
-
-
-@contextmanager
-def in_flight(calls: int):
-    pool = ThreadPoolExecutor(calls, thread_name_prefix="ltrec-predict")
-    try:
-        yield pool
-    finally:  # on an error or Ctrl-C the calls not started yet are dropped, not waited for
-        pool.shutdown(cancel_futures=True)
 
 
 @contextmanager
