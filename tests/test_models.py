@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from conftest import next_item_loss, sequences_of
 
 from ltrec.models import BACKBONES, BERT4Rec, SASRec, loss_from_states
+from ltrec.models.base import Dropout
 from ltrec.models.neighbours import check_table
 from ltrec.recipe import BACKBONE_KINDS, Backbone
 from ltrec.recipe.backbones import FITTED_KINDS
@@ -426,6 +427,23 @@ def test_mean_cross_entropy_gradients_from_the_forward_equal_autograd(shape, wei
             torch.testing.assert_close(losses.mean_ce(h, W, t, w) * 2.5, want)
 
 
+def test_mean_cross_entropy_of_an_underflowing_target_is_floored_and_its_gradient_exact():
+    """A float32 target whose softmax probability underflows to 0 counts −log of the smallest normal float
+    (87.3 nats) instead of inf, so the step is kept; its gradient is still autograd's through F.cross_entropy."""
+    import ltrec.models.losses as losses
+
+    h = torch.tensor([[30.0, 0.0], [0.1, 0.2]], requires_grad=True)
+    W = torch.tensor([[5.0, 0.0], [-5.0, 0.0], [0.0, 1.0]], requires_grad=True)
+    t = torch.tensor([1, 2])  # row 0: logit 150 on item 0, −150 on its target: p ≈ e^−300
+    got = losses.mean_ce(h, W, t)
+    floor = -torch.log(torch.tensor(torch.finfo(torch.float32).tiny))
+    want_second = torch.nn.functional.cross_entropy(h[1:] @ W.T, t[1:])
+    torch.testing.assert_close(got, (floor + want_second) / 2)
+    want = torch.nn.functional.cross_entropy(h @ W.T, t)
+    for a, b in zip(torch.autograd.grad(got, [h, W]), torch.autograd.grad(want, [h, W])):
+        torch.testing.assert_close(a, b)
+
+
 @pytest.mark.parametrize("loss", ["ce", "bce", "sampled"])
 def test_row_weights_weigh_each_window_s_targets(loss):
     """loss_from_states with weights (B,): the mean over targets in which each target weighs its window's
@@ -458,3 +476,21 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_is_off_in_eval():
     assert abs((y == 0).float().mean().item() - 0.2) < 0.005  # the rate asked for
     assert abs(y.mean().item() - 1.0) < 0.01 and set(y.unique().tolist()) == {0.0, 1.25}  # survivors scaled by 1/(1-p)
     assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.2, 0.5, 0.9])
+def test_dropout_rate_scale_and_shape(p):
+    """The rate is p within sampling noise, in both 16-bit halves of the random draws too, kept values are
+    scaled by 1/(1 - p) so the mean is kept, an odd-sized input keeps its shape, each call draws a fresh mask,
+    and eval is the identity."""
+    torch.manual_seed(0)
+    d = Dropout(p).train()
+    x = torch.ones(3, 333_333)  # odd: the last draw's second half goes unused
+    y = d(x)
+    assert y.shape == x.shape
+    dropped = y == 0
+    for part in (dropped.view(-1), dropped.view(-1)[0::2], dropped.view(-1)[1::2]):
+        assert abs(part.float().mean().item() - p) < 5 * (p * (1 - p) / len(part)) ** 0.5
+    assert torch.allclose(y[~dropped], torch.full_like(y[~dropped], 1 / (1 - p)))
+    assert not d(torch.ones(1000)).equal(d(torch.ones(1000)))
+    assert d.eval()(x) is x
