@@ -10,18 +10,24 @@ from ltrec.models.losses import loss_from_states
 
 
 class Dropout(nn.Module):
-    """nn.Dropout with the mask drawn by torch.rand_like: on CPU nn.Dropout's bernoulli_ draws one element at
-    a time and took a fifth of a SASRec epoch; a uniform draw and a compare is 1.8x faster. Identity in eval,
-    so exported graphs hold nothing of it."""
+    """Dropout drawing two masks from each 32-bit random number, each half compared with p at a resolution of
+    1/65536. On CPU the draws are serial: nn.Dropout's bernoulli_ draws one element at a time, and one uniform
+    float per element still cost a SASRec epoch on ML-1M about a quarter of its output layer's time at two
+    threads; two masks per number took nearly a third of that away (BENCHMARKS.md). Identity in eval, so
+    exported graphs hold nothing of it."""
 
     def __init__(self, p: float):
         super().__init__()
         self.p = p
+        self.cut = round(p * 65536) - 32768  # an int16 half below this is dropped: P = p to within 1/65536
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p)))
+        n = x.numel()
+        bits = torch.empty((n + 1) // 2, dtype=torch.int32, device=x.device).random_(-(2**31), None)  # 32 bits
+        keep = bits.view(torch.int16)[:n].view(x.shape) >= self.cut
+        return x * (keep * (1.0 / (1.0 - self.p)))
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
