@@ -2,12 +2,14 @@
 
     python bench/bench_epoch.py recipes/sasrec-ml1m.yaml [--fraction 0.3] [--threads 2]
 
-Times, on the same first `fraction` of the training windows (scaled to an epoch): (1) the output layer alone
-— for every batch's targets, logits = h·Wᵀ over all items, softmax, and both backward matmuls, with random
-states, in chunks: the work no implementation of full-softmax training avoids; (2) a plain epoch with the cross-entropy
-computed in chunks of targets (ltrec's); (3) the same epoch with the (targets × items) logits held whole.
-Beside wall seconds: user and system CPU seconds and minor page faults of the process, which show the cost of
-allocating and freeing large logits every step.
+Times, on the batches of the same first `fraction` of the training windows (scaled to an epoch): (1) the output
+layer alone — for the batch's targets, logits = h·Wᵀ over all items, softmax, and both backward matmuls, with
+random states, in chunks: the work no implementation of full-softmax training avoids; (2) a training step with
+the cross-entropy computed in chunks of targets (ltrec's); (3) the same step, on a second model, with the
+(targets × items) logits held whole. The three take turns batch by batch, so a shared machine that slows for a
+while slows all three alike and the ratios stay side by side; the range is the ratio over each fifth of the
+batches. Beside wall seconds: user and system CPU seconds and minor page faults of the process, which show the
+cost of allocating and freeing large logits every step.
 """
 
 from __future__ import annotations
@@ -29,30 +31,28 @@ from ltrec.runtime.allocator import keep_freed_memory  # noqa: E402
 from ltrec.runtime.build import build_model  # noqa: E402
 from ltrec.training.transfer import make_runner  # noqa: E402
 
+NAMES = ("output layer alone (the bound)", "epoch, chunked cross-entropy", "epoch, whole logits")
 
-def usage():
+
+def usage() -> list[float]:
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt
+    return [time.perf_counter(), r.ru_utime, r.ru_stime, r.ru_minflt]
 
 
-def delta(a, b, scale):
-    return [(y - x) * scale for x, y in zip(a, b)]
-
-
-def bound(runner, W: torch.Tensor) -> None:
-    """The output layer's forward and backward for each batch of the epoch, on random states: the logits, the
+class Bound:
+    """The output layer's forward and backward for one batch's targets, on random states: the logits, the
     softmax and both gradient matmuls, in cache-sized chunks of targets (no allocation churn of its own)."""
-    rows = max(1, losses.CHUNK_BYTES // (4 * W.shape[0]))
-    grad_W = torch.zeros_like(W)
-    count, groups = runner.plan()
-    for group in groups:
-        idx = group[0]
-        m = int((runner.objective.targets[idx] > 0).sum())
+
+    def __init__(self, W: torch.Tensor):
+        self.W, self.grad_W = W, torch.zeros_like(W)
+
+    def __call__(self, m: int) -> None:
+        W, rows = self.W, max(1, losses.CHUNK_BYTES // (4 * self.W.shape[0]))
         h = torch.randn(m, W.shape[1])
         for lo in range(0, m, rows):
             p = torch.softmax(h[lo : lo + rows] @ W.T, dim=1)  # (c, N)
             p @ W  # grad wrt h
-            grad_W.addmm_(p.T, h[lo : lo + rows])  # grad wrt W
+            self.grad_W.addmm_(p.T, h[lo : lo + rows])  # grad wrt W
 
 
 def main() -> None:
@@ -68,33 +68,48 @@ def main() -> None:
     windows = seqs.train_windows(recipe.data.max_len, recipe.data.stride)
     n = int(len(windows[0]) * args.fraction)
     sub = tuple(a[:n] for a in windows)
-    scale = 1 / args.fraction
-    rows = []
 
     def runner():
         torch.manual_seed(0)
         model = build_model(recipe, seqs)
-        return make_runner(recipe, model, seqs, sub, "cpu", torch.Generator().manual_seed(0)), model
+        r = make_runner(recipe, model, seqs, sub, "cpu", torch.Generator().manual_seed(0))
+        r.objective.start_epoch(1)
+        return r, model
 
-    r, model = runner()
-    a = usage()
-    bound(r, model.item_emb.weight.detach()[1:])
-    rows.append(("output layer alone (the bound)", *delta(a, usage(), scale)))
-    for name, chunk in (("epoch, chunked cross-entropy", losses.CHUNK_BYTES), ("epoch, whole logits", 1 << 62)):
+    (chunked, model), (whole, _) = runner(), runner()
+    bound = Bound(model.item_emb.weight.detach()[1:].clone())
+    chunk = losses.CHUNK_BYTES
+    steps: list[list[list[float]]] = []  # batch → what → (wall, user, system, faults)
+    _, groups = chunked.plan()
+    for group in groups:
+        m = int((chunked.objective.targets[group[0]] > 0).sum())
+        marks = [usage()]
+        bound(m)
+        marks.append(usage())
+        chunked.update(group, lambda n, loss: None)
+        marks.append(usage())
+        losses.CHUNK_BYTES = 1 << 62
+        whole.update(group, lambda n, loss: None)
         losses.CHUNK_BYTES = chunk
-        r, _ = runner()
-        a = usage()
-        r(lambda n, loss: None)
-        rows.append((name, *delta(a, usage(), scale)))
+        marks.append(usage())
+        steps.append([[b - a for a, b in zip(marks[i], marks[i + 1])] for i in range(3)])
+    scale = 1 / args.fraction
+    total = [[sum(s[i][j] for s in steps) * scale for j in range(4)] for i in range(3)]
+    fifths = [steps[k * len(steps) // 5 : (k + 1) * len(steps) // 5] for k in range(5)]
     print(
         f"{machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` — "
-        f"{len(windows[0]):,} windows, {seqs.n_items:,} items; {args.fraction:.0%} of an epoch, scaled\n"
+        f"{len(windows[0]):,} windows, {seqs.n_items:,} items; the batches of {args.fraction:.0%} of an epoch, "
+        "scaled\n"
     )
     print(
-        "| what | wall s/epoch | × the bound | user CPU s | system CPU s | minor page faults |\n|---|---|---|---|---|---|"
+        "| what | wall s/epoch | × the bound (over each fifth) | user CPU s | system CPU s | minor page faults |\n"
+        "|---|---|---|---|---|---|"
     )
-    for name, wall, user, sys_, faults in rows:
-        print(f"| {name} | {wall:.1f} | {wall / rows[0][1]:.2f} | {user:.1f} | {sys_:.1f} | {faults:,.0f} |")
+    for i, name in enumerate(NAMES):
+        parts = [sum(s[i][0] for s in f) / sum(s[0][0] for s in f) for f in fifths if f]
+        wall, user, sys_, faults = total[i]
+        spread = f"{wall / total[0][0]:.2f} ({min(parts):.2f}–{max(parts):.2f})"
+        print(f"| {name} | {wall:.1f} | {spread} | {user:.1f} | {sys_:.1f} | {faults:,.0f} |")
 
 
 if __name__ == "__main__":
