@@ -13,7 +13,7 @@ class Dropout(nn.Module):
     """Dropout drawing two masks from each 32-bit random number, each half compared with p at a resolution of
     1/65536. On CPU the draws are serial: nn.Dropout's bernoulli_ draws one element at a time, and one uniform
     float per element still cost a SASRec epoch on ML-1M about a quarter of its output layer's time at two
-    threads; two masks per number took nearly a third of that away (BENCHMARKS.md). Identity in eval, so
+    threads; two masks per number took about a quarter of that away (BENCHMARKS.md). Identity in eval, so
     exported graphs hold nothing of it."""
 
     def __init__(self, p: float):

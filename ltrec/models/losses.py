@@ -70,10 +70,13 @@ class _MeanCE(torch.autograd.Function):
             torch.softmax(lg, 1, out=p)
             picked = torch.arange(len(tc), device=p.device), tc
             nll = -p[picked].clamp(min=tiny).log()  # (c,)
-            total += nll.sum() if w is None else (w[lo : lo + rows].to(dtype) * nll).sum()
             p[picked] -= 1.0
-            if w is not None:
-                p.mul_(w[lo : lo + rows].to(dtype)[:, None])
+            if w is None:
+                total += nll.sum()
+            else:
+                wc = w[lo : lo + rows].to(dtype)  # (c,)
+                total += (wc * nll).sum()
+                p.mul_(wc[:, None])
             torch.mm(p, W, out=grad_h[lo : lo + rows])
             grad_W.addmm_(p.T, hc)
         n = max(1, h.shape[0]) if w is None else 1  # weights summing to 1 are already the mean's scale
