@@ -189,9 +189,11 @@ def test_a_killed_sweep_stops_the_runs_it_started(project, tmp_path):
 )
 def test_bad_plans_are_one_line_errors(project, plan, message):
     (project / "demo" / "bad.yaml").write_text(plan)
-    r = runner.invoke(app, ["sweep", str(project / "demo" / "bad.yaml"), "--out", str(project / "unused")])
-    assert r.exit_code == 2 and message.replace("plan.yaml", "bad.yaml") in r.output, r.output
-    assert "Traceback" not in r.output and not (project / "unused").exists()
+    bad = str(project / "demo" / "bad.yaml")
+    for args in (["sweep", bad, "--out", str(project / "unused")], ["validate", bad]):
+        r = runner.invoke(app, args)
+        assert r.exit_code == 2 and message.replace("plan.yaml", "bad.yaml") in r.output, (args[0], r.output)
+        assert "Traceback" not in r.output and not (project / "unused").exists()
 
 
 def test_the_starter_plan_validates(project):
@@ -199,6 +201,10 @@ def test_the_starter_plan_validates(project):
 
     plan, base = load_plan(project / "demo" / "sweep.yaml")
     assert plan.baseline == "plain"
+    r = runner.invoke(app, ["validate", str(project / "demo" / "sweep.yaml"), str(base)])
+    assert r.exit_code == 0 and r.output.count(": ok") == 2, r.output
+    r = runner.invoke(app, ["validate", str(project / "demo" / "sweep.yaml"), "--set", "train.lr=1"])
+    assert r.exit_code == 2 and "is a sweep plan; --set applies to recipes" in r.output, r.output
     wanted = {"plain", "ensemble", "cvar", "group-dro", "balanced", "user-branch"}
     assert {a.name for a in plan.arms} >= wanted
 

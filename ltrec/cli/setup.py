@@ -54,21 +54,45 @@ def init(
 
 @app.command()
 def validate(
-    recipes: Annotated[list[Path], typer.Argument(help="recipe files")],
+    recipes: Annotated[list[Path], typer.Argument(help="recipe files or sweep plans")],
     set_: Sets = None,
     data: Annotated[bool, typer.Option(help="also check the data source and its columns")] = True,
 ) -> None:
-    """Check recipes: every problem in each file is reported at once, as `file: key: message`."""
+    """Check recipes and sweep plans: every problem in each file is reported at once, as `file: key: message`."""
     problems = []
     for path in recipes:
         try:
-            checked_recipe(path, set_ or [], data)
+            if _is_plan(path):
+                _checked_plan(path, set_ or [], data)
+            else:
+                checked_recipe(path, set_ or [], data)
             typer.echo(f"{path}: ok")
         except UserError as exc:
             problems.append(str(exc) if str(exc).startswith(str(path)) else f"{path}: {exc}")
     if problems:
         typer.echo("\n".join(problems), err=True)
         raise typer.Exit(2)
+
+
+def _is_plan(path: Path) -> bool:
+    """A sweep plan is a mapping with `arms`; anything unreadable is left to the recipe check to explain."""
+    from ltrec.recipe.load import read_yaml
+
+    try:
+        return "arms" in read_yaml(path, "sweep plan")
+    except UserError:
+        return False
+
+
+def _checked_plan(path: Path, sets: list[str], data: bool) -> None:
+    """The plan and every arm × grid point's recipe (load_plan checks them), and the base recipe's data."""
+    from ltrec.sweep.plan import load_plan
+
+    if sets:
+        raise UserError(f"{path}: is a sweep plan; --set applies to recipes (a plan's overrides go in its `set:` list)")
+    _, base = load_plan(path)
+    if data:
+        checked_recipe(base, [], data=True)
 
 
 @app.command()
