@@ -243,6 +243,8 @@ def test_an_ensemble_fitted_on_a_finished_run_exports_with_set(tiny_csv, tmp_pat
         ({"weights": [0.0, -1.0]}, "greater than or equal to 0"),
         ({"members": [{"kind": "transitions", "window": 0}]}, "greater than or equal to 1"),
         ({"rounds": 0}, "greater than or equal to 1"),
+        ({"members": [{"kind": "run", "path": "runs/a"}, {"kind": "run", "path": "runs/a"}]}, "each run at most once"),
+        ({"members": [{"kind": "run"}]}, "path"),
     ],
 )
 def test_bad_ensembles_are_recipe_errors(cfg, message):
@@ -267,3 +269,46 @@ def test_an_ease_member_above_its_catalogue_bound_is_a_user_error(tiny_csv, tmp_
     cli_fails(
         ["train", "r.yaml"], "eval.ensemble.members: ease: EASE solves a dense items × items system", "max_items (3)"
     )
+
+
+def test_another_run_is_a_member_in_eval_and_in_the_exported_graph_and_a_retrained_one_is_refused(
+    tiny_csv, tmp_path, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    # the member sees 5 items, the ensemble's run 10: the member is given the newest 5 of each history
+    (tmp_path / "g.yaml").write_text(
+        recipe_text(tiny_csv).replace("name: b", "name: g").replace("max_len: 10", "max_len: 5")
+    )
+    cli_ok(["train", "g.yaml"])
+    members = "{members: [{kind: run, path: runs/g}, {kind: pop}], weights: [0.0, 1.0, 4.0]}"
+    (tmp_path / "r.yaml").write_text(recipe_text(tiny_csv, "sasrec", evaluation=f"{{ensemble: {members}}}"))
+    out = cli_ok(["train", "r.yaml"])
+    assert "ensemble of the model and run, pop" in out
+    saved = json.loads((tmp_path / "runs/b/ensemble.json").read_text())
+    assert saved["members"] == ["model", "run", "pop"] and len(saved["checkpoints"]) == 1
+    out = cli_ok(["export", "runs/b"])
+    assert "identical top-10 lists" in out
+    meta = json.loads((tmp_path / "runs/b/bundle/bundle.json").read_text())
+    assert meta["ensemble"]["checkpoints"] == saved["checkpoints"]
+    assert meta["parity"]["topk_agreement"] >= 0.99 and meta["parity"]["max_score_diff"] <= 1e-4
+    # the member retrained: the fitted weights were chosen for another model, so they are refused, not reused
+    cli_ok(["train", "g.yaml", "--overwrite", "--set", "seed=1"])
+    cli_fails(["export", "runs/b", "--out", "again"], "members: run runs/g: its best.pt changed", "ltrec eval runs/b")
+    assert not (tmp_path / "again").exists()
+    cli_ok(["eval", "runs/b"])  # refits it
+    assert "identical top-10 lists" in cli_ok(["export", "runs/b", "--out", "again"])
+
+
+def test_a_run_member_that_cannot_serve_is_refused_before_training(tiny_csv, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.yaml").write_text(recipe_text(tiny_csv).replace("name: b", "name: g"))
+    cli_ok(["train", "g.yaml", "--set", "head.fraction=0.5"])  # other head settings: another fingerprint
+    for path, message in [
+        ("runs/g", "members: run runs/g: was trained on other data, another split or other head settings"),
+        ("runs/none", "members: run runs/none: no such run directory"),
+        ("runs/b", "members: run runs/b: is this run itself"),
+    ]:
+        ensemble = f"{{ensemble: {{members: [{{kind: run, path: {path}}}]}}}}"
+        (tmp_path / "r.yaml").write_text(recipe_text(tiny_csv, evaluation=ensemble))
+        out = cli_fails(["train", "r.yaml", "--overwrite"], message)
+        assert "epoch 1" not in out

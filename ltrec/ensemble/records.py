@@ -53,6 +53,8 @@ class FittedEnsemble(Record):
     edges: list[Annotated[int, Field(ge=1, le=4096)]]
     weights: list[list[Weight]]  # one row per bucket, one column per entry of `members`
     valid: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]  # the fitted weights' validation metric
+    # each run member's best.pt sha256 (16 hex digits) when fitted, in the members' order
+    checkpoints: list[Annotated[str, Field(pattern=r"^[0-9a-f]{16}$")]] = []
 
     @model_validator(mode="before")
     @classmethod
@@ -71,6 +73,9 @@ class FittedEnsemble(Record):
             raise ValueError(f"members {self.members} differ from the settings' {kinds}")
         if self.edges != section.edges:
             raise ValueError(f"edges {self.edges} differ from the settings' {section.edges}")
+        runs = sum(1 for m in section.members if m.kind == "run")
+        if len(self.checkpoints) != runs:
+            raise ValueError(f"checkpoints: expected {runs} (one per run member), got {len(self.checkpoints)}")
         if len(self.weights) != len(self.edges) + 1 or any(len(row) != len(kinds) for row in self.weights):
             raise ValueError(
                 f"weights: expected {len(self.edges) + 1} rows (one per bucket) of {len(kinds)} (one per member)"
@@ -100,7 +105,14 @@ def fit_settings(recipe) -> dict:
     return {"eval": out, "train": {"monitor": {"metric": recipe.train.monitor.metric}}}
 
 
-def fitted_record(settings: dict, members: list[str], edges: list[int], weights: list[list[float]], valid: float):
+def fitted_record(
+    settings: dict,
+    members: list[str],
+    edges: list[int],
+    weights: list[list[float]],
+    valid: float,
+    checkpoints: list[str] | None = None,
+):
     """The content of ensemble.json (and of the bundle's record of it), validated as it will be read."""
     record = {
         "format": FITTED_FORMAT,
@@ -109,6 +121,7 @@ def fitted_record(settings: dict, members: list[str], edges: list[int], weights:
         "edges": edges,
         "weights": [[rounded(w) for w in row] for row in weights],
         "valid": round(float(valid), 6),
+        "checkpoints": list(checkpoints or []),
     }
     FittedEnsemble.model_validate(record)  # what is written must read back
     return record

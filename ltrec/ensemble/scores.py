@@ -14,7 +14,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn as nn
 
-from ltrec.ensemble.records import fitted_record, read
+from ltrec.ensemble.records import FILE, fitted_record, read, refit_command
+from ltrec.ensemble.runs import RunMember, load_member
 from ltrec.files.errors import UserError
 from ltrec.models import BACKBONES
 from ltrec.runtime.build import fit_fitted
@@ -116,10 +117,14 @@ class Ensemble:
         return replace(self, weights=weights)
 
 
-def fit_members(cfg, seqs, max_len: int) -> list[nn.Module]:
-    """The recipe's `eval.ensemble.members`, each fitted on the training split of `seqs`."""
-    models = []
+def fit_members(cfg, seqs, max_len: int, run_dir=None) -> list[nn.Module]:
+    """The recipe's `eval.ensemble.members`, each fitted on the training split of `seqs`, or for a run member,
+    that run's model (`run_dir`: the ensemble's own run, which cannot be one)."""
+    models: list[nn.Module] = []
     for member in cfg.members:
+        if member.kind == "run":
+            models.append(load_member(member.path, seqs, run_dir))
+            continue
         where = f"eval.ensemble.members: {member.kind}"
         try:
             model = BACKBONES[member.kind](seqs.n_items, max_len, **member.model_dump(exclude={"kind"}))
@@ -141,7 +146,15 @@ def load(run_dir, recipe, seqs, overrides=()) -> Ensemble:
     weights read and checked, its members fitted again on the training split (deterministic)."""
     fitted = read(run_dir, recipe, overrides)
     cfg = fitted.section
-    ensemble = start(cfg, fit_members(cfg, seqs, recipe.data.max_len))
+    ensemble = start(cfg, fit_members(cfg, seqs, recipe.data.max_len, run_dir))
+    for path, was, now in zip(
+        (m.path for m in cfg.members if m.kind == "run"), fitted.checkpoints, checkpoints(ensemble.members)
+    ):
+        if was != now:
+            raise UserError(
+                f"{run_dir / FILE}: eval.ensemble.members: run {path}: its best.pt changed since the ensemble was "
+                f"fitted (sha256 {now}, fitted with {was}); refit it with `{refit_command(run_dir, overrides)}`"
+            )
     weights = torch.tensor(fitted.weights, dtype=torch.float32)
     return replace(ensemble, weights=weights, settings=fitted.settings.model_dump(), valid=fitted.valid)
 
@@ -150,4 +163,11 @@ def record(ensemble: Ensemble) -> dict:
     """ensemble.json's content (the bundle records it too)."""
     members = ["model", *ensemble.kinds]
     weights = ensemble.weights.tolist()
-    return fitted_record(ensemble.settings, members, ensemble.edges.tolist(), weights, ensemble.valid)
+    return fitted_record(
+        ensemble.settings, members, ensemble.edges.tolist(), weights, ensemble.valid, checkpoints(ensemble.members)
+    )
+
+
+def checkpoints(members: list[nn.Module]) -> list[str]:
+    """The checkpoint digest of each run member, in the members' order."""
+    return [m.digest for m in members if isinstance(m, RunMember)]

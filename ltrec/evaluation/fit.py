@@ -29,7 +29,7 @@ def fit_ensemble(
     cfg, metric = recipe.eval.ensemble, recipe.train.monitor.metric
     if cfg is None:
         return None
-    members = fit_members(cfg, seqs, recipe.data.max_len)
+    members = fit_members(cfg, seqs, recipe.data.max_len, run_dir)
 
     def evaluate(variants: list[Ensemble]) -> tuple[np.ndarray, np.ndarray]:
         results = evaluator.run_many("valid", variants)

@@ -21,7 +21,19 @@ class Adapt(Strict):
     )
 
 
-Member = Annotated[PopConfig | TransitionsConfig | EASEConfig, Field(discriminator="kind")]
+class RunConfig(Strict):
+    """Another finished run's model: its best checkpoint, scored alone (not with that run's own ensemble)."""
+
+    kind: Literal["run"] = Field(description="selects this member")
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="the run's folder, relative to the current directory; trained on this run's data, split and "
+        "head settings (its data.json fingerprint must match)",
+    )
+
+
+Member = Annotated[PopConfig | TransitionsConfig | EASEConfig | RunConfig, Field(discriminator="kind")]
 
 
 class Ensemble(Strict):
@@ -34,7 +46,8 @@ class Ensemble(Strict):
         [{"kind": "pop"}, {"kind": "transitions"}],
         min_length=1,
         description="what is added to the model's scores: pop, transitions and ease, each with its backbone keys "
-        "(see backbone), fitted on the run's training split; each kind at most once",
+        "(see backbone), fitted on the run's training split, each kind at most once; and other finished runs "
+        "({kind: run, path: runs/x}), each path at most once",
     )
     edges: list[Annotated[int, Field(ge=1, le=4096)]] = Field(
         [2, 3, 5, 8, 13, 21],
@@ -55,9 +68,12 @@ class Ensemble(Strict):
     def _well_formed(self) -> Ensemble:
         if any(b <= a for a, b in zip(self.edges, self.edges[1:])):
             raise ValueError(f"edges must increase (got {self.edges})")
-        kinds = [m.kind for m in self.members]
+        kinds = [m.kind for m in self.members if m.kind != "run"]
         if len(set(kinds)) != len(kinds):
             raise ValueError(f"members: each kind at most once (got {kinds})")
+        paths = [m.path for m in self.members if isinstance(m, RunConfig)]
+        if len(set(paths)) != len(paths):
+            raise ValueError(f"members: each run at most once (got {paths})")
         if len(set(self.weights)) != len(self.weights):
             raise ValueError(f"weights: each candidate once (got {self.weights})")
         return self
@@ -83,8 +99,8 @@ class Eval(Strict):
     )
     ensemble: Ensemble | None = Field(
         None,
-        description="add popularity, transitions and EASE to the model's scores per history-length bucket, "
-        "weights fitted on validation; in the exported graph too",
+        description="add popularity, transitions, EASE and other runs' models to the model's scores per "
+        "history-length bucket, weights fitted on validation; in the exported graph too",
     )
 
     @model_validator(mode="before")

@@ -18,6 +18,7 @@ import torch
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from ltrec.ensemble.runs import check_members
 from ltrec.evaluation.engine import Evaluator
 from ltrec.files.errors import UserError
 from ltrec.files.runs import append_epoch
@@ -61,6 +62,7 @@ def _train(recipe: Recipe, run_dir: Path, device, resume: bool, console: Console
     with dist.together():
         seqs = load_data(recipe)
         check_eval(recipe, seqs)
+        check_members(recipe.eval.ensemble, seqs, run_dir)
     console.print(f"data: {seqs.describe()}")
     with dist.together():
         if dist.main:
