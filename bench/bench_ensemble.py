@@ -1,5 +1,6 @@
 """What the ensemble costs: fitting each member, a full-ranking evaluation pass with each member and with all,
 the exported graph (size, onnxruntime latency), each against the model alone; and the whole validation fit.
+The run member is another run's network: an untrained GRU4Rec (d 64) stands for it.
 
     python bench/bench_ensemble.py [--data ../shared/data/amazon-beauty/interactions.csv] [--threads 1] [--rounds 2]
 
@@ -31,9 +32,10 @@ from machine import cpu_model  # bench/ is on sys.path when a script runs
 from ltrec.data import load  # noqa: E402
 from ltrec.deploy.export import TopKScorer, to_onnx  # noqa: E402
 from ltrec.ensemble.fit import coordinate_ascent  # noqa: E402
+from ltrec.ensemble.runs import RunMember  # noqa: E402
 from ltrec.ensemble.scores import fit_members, start  # noqa: E402
 from ltrec.evaluation.engine import Evaluator  # noqa: E402
-from ltrec.models import SASRec  # noqa: E402
+from ltrec.models import GRU4Rec, SASRec  # noqa: E402
 from ltrec.recipe import Data, Ensemble, Eval, Head, Split  # noqa: E402
 
 MEMBERS = [{"kind": "pop"}, {"kind": "transitions"}, {"kind": "ease"}]
@@ -60,10 +62,11 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = SASRec(n, 50, dim=64).eval()
+    others = {**members, "run": RunMember(GRU4Rec(n, 50, dim=64), 50, "0" * 16)}
     cases = {"model alone": None}
-    for kinds in (["pop"], ["transitions"], ["ease"], ["pop", "transitions", "ease"]):
-        cfg = Ensemble(members=[{"kind": k} for k in kinds])
-        ensemble = start(cfg, [members[k] for k in kinds])
+    for kinds in (["pop"], ["transitions"], ["ease"], ["run"], ["pop", "transitions", "ease"]):
+        cfg = Ensemble(members=[{"kind": k, "path": "-"} if k == "run" else {"kind": k} for k in kinds])
+        ensemble = start(cfg, [others[k] for k in kinds])
         cases["+ " + ", ".join(kinds)] = ensemble.with_weights(torch.ones_like(ensemble.weights))
     evaluator = Evaluator(model, seqs, Eval(), 50)
     times = {name: float("inf") for name in cases}
@@ -100,7 +103,7 @@ def main() -> None:
     _, history, _ = seqs.eval_inputs("test", 50)
     rng = np.random.default_rng(0)
     sessions = {}
-    for name in ("model alone", "+ transitions", "+ pop, transitions, ease"):
+    for name in ("model alone", "+ transitions", "+ run", "+ pop, transitions, ease"):
         graph = to_onnx(TopKScorer(model, 10, cases[name]).eval(), 50, {})
         sessions[name] = ort.InferenceSession(graph, opts, providers=["CPUExecutionProvider"])
         rows.append(f"| exported graph, {name} | | {len(graph) / 2**20:.1f} MB |")

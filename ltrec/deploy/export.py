@@ -60,9 +60,10 @@ class TopKScorer(nn.Module):
     def scores(self, history: torch.Tensor) -> torch.Tensor:
         """(B, N+1): column j is item j, column 0 (padding) -inf."""
         if self.members is not None:  # evaluation's arithmetic (ltrec.ensemble.scores), on items 1..N
-            if self.backbone.tied:
-                items, moments = self.backbone.item_table[1:], (self.item_mean, self.item_second)
-                z = ensemble_scores.standardized_scores(self.backbone.encode(history), items, moments)
+            if self.backbone.tied:  # against the whole table, as above: the moments are those of items 1..N
+                moments = (self.item_mean, self.item_second)
+                table = self.backbone.item_table
+                z = ensemble_scores.standardized_scores(self.backbone.encode(history), table, moments)[:, 1:]
             else:
                 z = ensemble_scores.standardize(self.backbone(history).float())
             members = ensemble_scores.member_scores(self.members, history)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ltrec.files.errors import UserError
 from ltrec.files.runs import DataInfo, check_run, read_json
@@ -29,7 +30,10 @@ class RunMember(nn.Module):
         self.model, self.max_len, self.digest = model.eval(), max_len, digest
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
-        return self.model(history[:, -self.max_len :]).float()
+        history = history[:, -self.max_len :]
+        if self.model.tied:  # the whole table, which the input lookup holds: `[1:]` would put a copy in a graph
+            return F.linear(self.model.encode(history), self.model.item_table)[:, 1:].float()
+        return self.model(history).float()
 
 
 def digest(path: Path) -> str:
