@@ -28,11 +28,14 @@ class RunMember(nn.Module):
     def __init__(self, model: nn.Module, max_len: int, digest: str):
         super().__init__()
         self.model, self.max_len, self.digest = model.eval(), max_len, digest
+        # with a bias, F.linear exports as one Gemm on the table itself; without, as a MatMul whose transposed
+        # table constant folding stores as a second copy
+        self.register_buffer("bias", torch.zeros(model.n_items + 1), persistent=False)
 
     def forward(self, history: torch.Tensor) -> torch.Tensor:
         history = history[:, -self.max_len :]
         if self.model.tied:  # the whole table, which the input lookup holds: `[1:]` would put a copy in a graph
-            return F.linear(self.model.encode(history), self.model.item_table)[:, 1:].float()
+            return F.linear(self.model.encode(history), self.model.item_table, self.bias)[:, 1:].float()
         return self.model(history).float()
 
 
