@@ -179,6 +179,8 @@ def ltrec_run(model: str, seed: int, args, env: dict) -> tuple:
             "train.lr=1e-3",
             "--set",
             "train.batch_size=256",  # RecBole's settings, whatever the recipe's
+            "--set",
+            "backbone.dim=64",  # RecBole's sizes (`sizes` above)
             *[a for kv in args.ltrec_set for a in ("--set", kv)],
         ]
         _, wall, rss, rc = run(cmd, env, ROOT, args.work / f"ltrec-{model}-s{seed}.log")
