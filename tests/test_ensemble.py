@@ -303,7 +303,10 @@ def test_a_run_member_that_cannot_serve_is_refused_before_training(tiny_csv, tmp
     monkeypatch.chdir(tmp_path)
     (tmp_path / "g.yaml").write_text(recipe_text(tiny_csv).replace("name: b", "name: g"))
     cli_ok(["train", "g.yaml", "--set", "head.fraction=0.5"])  # other head settings: another fingerprint
+    shutil.copytree(tmp_path / "runs/g", tmp_path / "runs/unfinished")
+    (tmp_path / "runs/unfinished/best.pt").unlink()
     for path, message in [
+        ("runs/unfinished", "members: run runs/unfinished: has no best.pt: it is not finished"),
         ("runs/g", "members: run runs/g: was trained on other data, another split or other head settings"),
         ("runs/none", "members: run runs/none: no such run directory"),
         ("runs/b", "members: run runs/b: is this run itself"),

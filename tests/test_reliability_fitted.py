@@ -166,6 +166,12 @@ DAMAGE = [  # (id, file, edit, message)
         "settings.train.monitor.metric: String should match pattern",
     ),
     ("valid-above-one", ENS, edited(put("valid", value=2.0)), "valid: Input should be less than or equal to 1"),
+    (
+        "checkpoint-without-a-run-member",
+        ENS,
+        edited(put("checkpoints", value=["0123456789abcdef"])),
+        "checkpoints: expected 0 (one per run member), got 1",
+    ),
     ("unknown-key", ENS, edited(put("note", value=1)), "note: Extra inputs are not permitted"),
     (
         "no-format",

@@ -10,6 +10,7 @@ per user, so the model alone (weights 0) ranks exactly as without the ensemble. 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -117,7 +118,7 @@ class Ensemble:
         return replace(self, weights=weights)
 
 
-def fit_members(cfg, seqs, max_len: int, run_dir=None) -> list[nn.Module]:
+def fit_members(cfg, seqs, max_len: int, run_dir: Path | None = None) -> list[nn.Module]:
     """The recipe's `eval.ensemble.members`, each fitted on the training split of `seqs`, or for a run member,
     that run's model (`run_dir`: the ensemble's own run, which cannot be one)."""
     models: list[nn.Module] = []
