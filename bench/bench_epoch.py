@@ -1,6 +1,6 @@
 """A training epoch against its bound: the output layer's unavoidable work, side by side in one process.
 
-    python bench/bench_epoch.py recipes/sasrec-ml1m.yaml [--fraction 0.3] [--threads 2]
+    python bench/bench_epoch.py recipes/sasrec-ml1m.yaml [--fraction 0.3] [--threads 2] [--set KEY=VALUE]
 
 Times, on the batches of the same first `fraction` of the training windows (scaled to an epoch): (1) the output
 layer alone — for the batch's targets, logits = h·Wᵀ over all items, softmax, and both backward matmuls, with
@@ -60,10 +60,11 @@ def main() -> None:
     ap.add_argument("recipe")
     ap.add_argument("--fraction", type=float, default=0.3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a recipe override (repeatable)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     keep_freed_memory()  # as `ltrec train` does
-    recipe = load_recipe(args.recipe)
+    recipe = load_recipe(args.recipe, args.set)
     seqs = load(recipe.data, recipe.split, recipe.head, recipe.seed)
     windows = seqs.train_windows(recipe.data.max_len, recipe.data.stride)
     n = int(len(windows[0]) * args.fraction)
