@@ -266,13 +266,15 @@ def test_default_objective_is_next_item(name):
         assert torch.equal(states, m.encode_all(inputs))
 
 
-@pytest.mark.parametrize("name", ["caser", "narm"])
+@pytest.mark.parametrize("name", ["caser", "narm", "sasrec", "sasrec-relative", "sasrec-legacy"])
 def test_encode_is_the_last_position(name):
-    """Caser and NARM compute `encode` more cheaply than encode_all; the numbers must be the same."""
-    m = make(name)
-    with torch.no_grad():
-        x = left_pad(SEQS, 10)
-        torch.testing.assert_close(m.encode(x), m.encode_all(x)[:, -1], atol=1e-6, rtol=0)
+    """Caser, NARM and SASRec compute `encode` more cheaply than encode_all (SASRec: its last block makes only
+    the newest position's state); the numbers must be the same, for an all-padding row too."""
+    for layers in (1, 3) if name.startswith("sasrec") else (None,):
+        m = make(name, **({"layers": layers} if layers else {}))
+        with torch.no_grad():
+            x = torch.cat([left_pad(SEQS, 10), torch.zeros(1, 10, dtype=torch.long)])
+            torch.testing.assert_close(m.encode(x), m.encode_all(x)[:, -1], atol=1e-6, rtol=0)
 
 
 def test_caser_sees_only_its_window():

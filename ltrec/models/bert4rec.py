@@ -32,6 +32,9 @@ class BERT4Rec(Transformer):
 
     def encode_all(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, L): items 1..N, 0 = padding, N+1 = [MASK] → states (B, L, D), each seeing both sides."""
+        return self.states(ids, last=False)
+
+    def states(self, ids: torch.Tensor, last: bool) -> torch.Tensor:
         L = ids.shape[1]
         is_mask = (ids == self.mask_id).unsqueeze(-1)  # (B, L, 1)
         valid = ids > 0  # (B, L), a [MASK] is a real position
@@ -45,14 +48,12 @@ class BERT4Rec(Transformer):
         # allowed so an all-pad row has one visible key (no NaN), as in SASRec
         diag = t.unsqueeze(1) == t.unsqueeze(0)  # (L, L)
         allowed = valid[:, None, None, :] | diag  # (B, 1, L, L), broadcast over heads and queries
-        for block in self.blocks:
-            x = block(x, allowed) * keep  # (B, L, D)
-        return self.ln_f(x) * keep  # (B, L, D)
+        return self.run_blocks(x, allowed, keep, last=last)  # (B, L, D), or (B, 1, D) with `last`
 
     def encode(self, history: torch.Tensor) -> torch.Tensor:
         mask = torch.full_like(history[:, :1], self.mask_id)  # (B, 1); full_like keeps ONNX batch-dynamic
         ids = torch.cat([history, mask], dim=1)[:, -self.max_len :]  # (B, ≤ max_len): the oldest may drop out
-        return self.encode_all(ids)[:, -1]  # (B, D): the state at the [MASK] asks "what comes next?"
+        return self.states(ids, last=True)[:, -1]  # (B, D): the state at the [MASK] asks "what comes next?"
 
     def training_loss(self, inputs, targets, loss="ce", negatives=1, generator=None, per_target=False, weights=None):
         """Cloze objective on the window; returns (loss, states (B, L, D), each seeing the whole window)."""

@@ -26,21 +26,33 @@ class Block(nn.Module):
             nn.Linear(dim, dim), nn.GELU(), Dropout(dropout), nn.Linear(dim, dim), Dropout(dropout)
         )
 
-    def forward(self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-        """x (B, L, D); allowed (B, 1, L, L) [query, key]; bias (H, L, L) added to the attention scores."""
+    def forward(
+        self, x: torch.Tensor, allowed: torch.Tensor, bias: torch.Tensor | None = None, last: bool = False
+    ) -> torch.Tensor:
+        """x (B, L, D); allowed (B, 1, L, L) [query, key]; bias (H, L, L) added to the attention scores. With
+        `last`, the newest position is the only query: out (B, 1, D), equal to the full pass's newest row."""
         B, L, D = x.shape
-        q, k, v = self.qkv(self.ln1(x)).chunk(3, dim=-1)  # 3 x (B, L, D)
-        q = q.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
+        h = self.ln1(x)  # (B, L, D)
+        if last:  # keys and values still cover every position; the query, projection and FFN only the newest
+            (w_q, w_kv), (b_q, b_kv) = self.qkv.weight.split([D, 2 * D]), self.qkv.bias.split([D, 2 * D])
+            q = F.linear(h[:, -1:], w_q, b_q)  # (B, 1, D)
+            k, v = F.linear(h, w_kv, b_kv).chunk(2, dim=-1)  # 2 x (B, L, D)
+            x, allowed = x[:, -1:], allowed[:, :, -1:]
+            bias = None if bias is None else bias[:, -1:]
+        else:
+            q, k, v = self.qkv(h).chunk(3, dim=-1)  # 3 x (B, L, D)
+        Q = q.shape[1]  # L, or 1 with `last`
+        q = q.reshape(B, Q, self.heads, -1).transpose(1, 2)  # (B, H, Q, Dh)
         k = k.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
         v = v.reshape(B, L, self.heads, -1).transpose(1, 2)  # (B, H, L, Dh)
-        att = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, L, L)
+        att = (q @ k.transpose(-2, -1)) * self.scale  # (B, H, Q, L)
         if bias is not None:
             att = att + bias
         att = att.masked_fill(~allowed, float("-inf"))  # every row keeps its diagonal, so never all -inf
-        att = self.attn_drop(F.softmax(att, dim=-1))  # (B, H, L, L)
-        y = (att @ v).transpose(1, 2).reshape(B, L, D)  # (B, L, D)
-        x = x + self.resid_drop(self.proj(y))  # (B, L, D)
-        return x + self.ffn(self.ln2(x))  # (B, L, D)
+        att = self.attn_drop(F.softmax(att, dim=-1))  # (B, H, Q, L)
+        y = (att @ v).transpose(1, 2).reshape(B, Q, D)  # (B, Q, D)
+        x = x + self.resid_drop(self.proj(y))  # (B, Q, D)
+        return x + self.ffn(self.ln2(x))  # (B, Q, D)
 
 
 class Transformer(NeuralBackbone):
@@ -58,6 +70,17 @@ class Transformer(NeuralBackbone):
         self.drop = Dropout(dropout)
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
+
+    def run_blocks(self, x, allowed, keep, bias=None, last=False) -> torch.Tensor:
+        """x (B, L, D) through the blocks and the final LayerNorm, pads zeroed after each → (B, L, D). With
+        `last`, only the newest position's state (B, 1, D): what `encode` needs, at about half the blocks' work."""
+        for i, block in enumerate(self.blocks):
+            if last and i == len(self.blocks) - 1:
+                x, keep = block(x, allowed, bias, last=True), keep[:, -1:]
+            else:
+                x = block(x, allowed, bias)
+            x = x * keep  # zero pads so they stay inert
+        return self.ln_f(x) * keep
 
 
 class SASRec(Transformer):
@@ -84,6 +107,12 @@ class SASRec(Transformer):
             nn.init.normal_(self.pos_emb.weight, std=0.02)
 
     def encode_all(self, history: torch.Tensor) -> torch.Tensor:
+        return self.states(history, last=False)
+
+    def encode(self, history: torch.Tensor) -> torch.Tensor:
+        return self.states(history, last=True)[:, -1]  # (B, D): left padding puts the newest item last
+
+    def states(self, history: torch.Tensor, last: bool) -> torch.Tensor:
         L = history.shape[1]
         valid = history > 0  # (B, L)
         keep = valid.unsqueeze(-1).to(self.item_emb.weight.dtype)  # (B, L, 1)
@@ -101,6 +130,4 @@ class SASRec(Transformer):
         causal = t.unsqueeze(1) >= t.unsqueeze(0)  # (L, L), [query, key]
         diag = t.unsqueeze(1) == t.unsqueeze(0)  # (L, L)
         allowed = (causal & valid[:, None, None, :]) | diag  # (B, 1, L, L), broadcast over heads
-        for block in self.blocks:
-            x = block(x, allowed, bias) * keep  # (B, L, D); zero pads so they stay inert
-        return self.ln_f(x) * keep  # (B, L, D)
+        return self.run_blocks(x, allowed, keep, bias, last)  # (B, L, D), or (B, 1, D) with `last`
