@@ -71,7 +71,14 @@ class Transformer(NeuralBackbone):
         self.blocks = nn.ModuleList(Block(dim, heads, dropout) for _ in range(layers))
         self.ln_f = nn.LayerNorm(dim)
 
-    def run_blocks(self, x, allowed, keep, bias=None, last=False) -> torch.Tensor:
+    def run_blocks(
+        self,
+        x: torch.Tensor,
+        allowed: torch.Tensor,
+        keep: torch.Tensor,
+        bias: torch.Tensor | None = None,
+        last: bool = False,
+    ) -> torch.Tensor:
         """x (B, L, D) through the blocks and the final LayerNorm, pads zeroed after each → (B, L, D). With
         `last`, only the newest position's state (B, 1, D): what `encode` needs, at about half the blocks' work."""
         for i, block in enumerate(self.blocks):
