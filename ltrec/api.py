@@ -154,12 +154,15 @@ class Run:
         kept = {k: v for k, v in table.items() if k in chosen}
         return Evaluation(self.path, split, result.protocol, list(ks or result.ks), kept)
 
-    def export(self, out: str | Path | None = None, k: int = 10, overrides: Sequence[str] = ()) -> Bundle:
-        """`ltrec export`: the ONNX bundle (default: RUN/bundle), checked against torch; opened."""
+    def export(
+        self, out: str | Path | None = None, k: int = 10, overrides: Sequence[str] = (), int8: bool = False
+    ) -> Bundle:
+        """`ltrec export`: the ONNX bundle (default: RUN/bundle), checked against torch; opened. `int8`: as
+        `ltrec export --int8`."""
         from ltrec.deploy.export import export_bundle
         from ltrec.deploy.recommend import Bundle
 
-        folder = export_bundle(self.path, Path(out) if out else self.path / "bundle", k, list(overrides))
+        folder = export_bundle(self.path, Path(out) if out else self.path / "bundle", k, list(overrides), int8)
         return Bundle.open(folder)
 
 

@@ -143,7 +143,7 @@ def test_export_parity_and_bundle_json(runs, kind, tmp_path):
 
     meta = json.loads((bundle / "bundle.json").read_text())
     recipe, seqs = load_run(run)
-    assert meta["format_version"] == 4 and meta["pad_id"] == 0 and meta["k"] == 10
+    assert meta["format_version"] == 5 and meta["quantized"] is None and meta["pad_id"] == 0 and meta["k"] == 10
     assert meta["max_len"] == MAX_LEN and meta["backbone"] == kind.split("-")[0] and meta["n_items"] == seqs.n_items
     assert meta["vocab"] == seqs.vocab.tolist() and meta["vocab"][:2] == ["i1", "i10"]
     assert meta["popularity"] == seqs.item_counts().tolist()
@@ -246,6 +246,55 @@ def test_export_errors_leave_nothing(runs, tmp_path, monkeypatch):
     ok(["export", runs["sasrec"], "--out", tmp_path / "b", "--k", 4])  # replaces the old bundle
     assert json.loads((tmp_path / "b" / "bundle.json").read_text())["k"] == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "other"]
+
+
+@pytest.mark.parametrize("kind", ["sasrec", "gru4rec", "sasrec-ensemble"])
+def test_int8_export(runs, kind, tmp_path):
+    """--int8: the item-table product runs on int8 weights, everything else as before; the ranking it gives is
+    measured at export and is nearly the float graph's on every test user."""
+    import onnx
+
+    run, flt, q = runs[kind], tmp_path / "f32", tmp_path / "int8"
+    ok(["export", run, "--out", flt])
+    out = ok(["export", run, "--out", q, "--int8"])
+    assert "item-table product in int8" in out and "top-10 items shared" in out
+    meta = json.loads((q / "bundle.json").read_text())
+    assert meta["quantized"] == "int8" and meta["parity"]["topk_overlap"] >= 0.95
+    assert 0 < meta["parity"]["max_score_diff"] < 0.1  # quantised, so not the float graph's 1e-6
+    graph = onnx.load(str(q / "model.onnx")).graph
+    ops = [n.op_type for n in graph.node]
+    assert ops.count("DynamicQuantizeMatMul") == 1 and "Gemm" not in ops
+    table = next(i for i in graph.initializer if i.name.startswith("ltrec_int8_table"))
+    assert table.data_type == onnx.TensorProto.INT8 and table.dims[1] in (n_items(run), n_items(run) + 1)
+
+    _, history, _ = load_run(run)[1].eval_inputs("test", MAX_LEN)
+    feed = {"history": history, "exclude": history}
+    (want, want_scores), (got, got_scores) = (session(b).run(None, feed) for b in (flt, q))
+    shared = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(want.tolist(), got.tolist())])
+    assert shared >= 0.9, shared
+    assert np.abs(got_scores - want_scores).max() < 0.05 * max(1.0, np.abs(want_scores).max())
+    ok(["predict", q, "--input", run.parent / "events.csv", "--output", tmp_path / "p.csv"])
+    assert len((tmp_path / "p.csv").read_text().splitlines()) > 1
+
+
+def test_int8_errors_leave_nothing(runs, tmp_path, monkeypatch):
+    r = runner.invoke(app, ["export", str(runs["pop"]), "--out", str(tmp_path / "b"), "--int8"])
+    assert r.exit_code == 2 and "nothing to quantise; export it without --int8" in r.output
+    monkeypatch.setattr(ltrec.deploy.export, "MIN_INT8_OVERLAP", 1.01)
+    r = runner.invoke(app, ["export", str(runs["sasrec"]), "--out", str(tmp_path / "b"), "--int8"])
+    assert r.exit_code == 2 and "int8 scoring keeps" in r.output and "nothing was written" in r.output
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_quantize_table_rows():
+    from ltrec.deploy.quantize import quantize_table
+
+    table = np.random.default_rng(0).normal(size=(50, 8)).astype(np.float32)
+    table[0] = 0.0  # padding
+    q, scale = quantize_table(table)
+    assert q.shape == (8, 50) and q.dtype == np.int8 and scale[0] == 1.0 and not q[:, 0].any()
+    assert np.abs(q.T * scale[:, None] - table).max() <= scale.max() / 2 + 1e-7
+    assert (np.abs(q).max(axis=0)[1:] == 127).all()  # each row uses the whole range
 
 
 @pytest.mark.slow

@@ -255,7 +255,7 @@ def test_parity_sees_nan():
     for weights, finite in (([[1.0, 0.5], [1.0, 0.5]], True), ([[1.0, float("nan")], [1.0, 0.5]], False)):
         ensemble = Ensemble([pop], ["pop"], torch.tensor([3]), torch.tensor(weights))
         scorer = TopKScorer(backbone, 3, ensemble).eval()
-        parity = check_parity(to_onnx(scorer, 4, {}), scorer, history, 3)
+        parity = check_parity(to_onnx(scorer, 4, {}), scorer, history, np.array([7, 8]), 3)
         assert np.isfinite(parity["max_score_diff"]) == finite, parity
 
 

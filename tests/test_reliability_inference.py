@@ -173,12 +173,12 @@ BAD_BUNDLES = [
     (
         "format-version-1",
         edit_meta(format_version=1),
-        "bundle.json: written by an older ltrec (format 1, this ltrec reads 4); re-export the run",
+        "bundle.json: written by an older ltrec (format 1, this ltrec reads 5); re-export the run",
     ),
     (
         "format-version-newer",
-        edit_meta(format_version=5),
-        "bundle.json: written by a newer ltrec (format 5, this ltrec reads 4); upgrade ltrec or re-export the run",
+        edit_meta(format_version=6),
+        "bundle.json: written by a newer ltrec (format 6, this ltrec reads 5); upgrade ltrec or re-export the run",
     ),
     ("format-version-missing", edit_meta(format_version=None), "bundle.json: no format_version; re-export the run"),
     ("unknown-key", edit_meta(note="mine"), "bundle.json: note: Extra inputs are not permitted"),

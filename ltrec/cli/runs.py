@@ -137,6 +137,14 @@ def export(
     run_dir: RunDir = None,
     out: Annotated[Path | None, typer.Option(help="bundle directory (default: RUN_DIR/bundle)")] = None,
     k: Annotated[int, typer.Option(min=1, help="top-K computed inside the graph")] = 10,
+    int8: Annotated[
+        bool,
+        typer.Option(
+            "--int8",
+            help="score items with an int8 copy of the item table: faster predict and serve, the top-K "
+            "measured against torch at export (BENCHMARKS.md)",
+        ),
+    ] = False,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -156,7 +164,7 @@ def export(
         load_recipe(run / "recipe.yaml", overrides)  # a bad --set answers before torch loads
         from ltrec.deploy.export import export_bundle
 
-        bundle = export_bundle(run, out or run / "bundle", k, overrides)
+        bundle = export_bundle(run, out or run / "bundle", k, overrides, int8)
     except UserError as exc:
         fail(exc)
     typer.echo(f"bundle: {bundle}  (next: ltrec predict {bundle} --input histories.csv)")

@@ -1,7 +1,8 @@
 """The bundle format, shared by `export` (which writes it) and `predict` / `serve` (which read it): a folder
 with `model.onnx` and `bundle.json`. Reading needs onnxruntime and numpy only, never torch.
 
-The graph (opset 17, one file):
+The graph (opset 17, one file; `ltrec export --int8` adds onnxruntime's DynamicQuantizeMatMul, see
+ltrec/deploy/quantize.py):
   inputs   history  int64 (B, L)        left-padded item ids 1..N, 0 = padding (the training convention);
                                         any L ≤ max_len: the backbones ignore left padding, so a batch of
                                         short histories can be cut to its longest one (much less work)

@@ -20,6 +20,7 @@ from rich.console import Console
 
 from ltrec.deploy.bundle import length_batches, ort_session, write_bundle
 from ltrec.deploy.meta import BUNDLE_FORMAT, read_meta
+from ltrec.deploy.quantize import quantize_scoring
 from ltrec.ensemble import scores as ensemble_scores
 from ltrec.ensemble.records import refit_command
 from ltrec.ensemble.scores import Ensemble
@@ -32,6 +33,7 @@ from ltrec.runtime.checkpoint import load_weights
 
 OPSET = 17
 TOLERANCE = 1e-4  # max |onnx - torch| / max(1, |torch|) accepted at export: float32 sums drift with size
+MIN_INT8_OVERLAP = 0.95  # share of torch's top-K an int8 graph must return (Amazon Music's d 128 SASRec: 99%)
 PARITY_USERS = 2000
 
 
@@ -127,9 +129,10 @@ def to_onnx(wrapper: TopKScorer, max_len: int, metadata: dict[str, str]) -> byte
     return proto.SerializeToString()
 
 
-def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k: int) -> dict:
+def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, target: np.ndarray, k: int) -> dict:
     """onnxruntime vs torch on real histories: once at full width with nothing excluded, once fed as
-    `ltrec predict` feeds it (batches trimmed to their longest history, the history itself excluded)."""
+    `ltrec predict` feeds it (batches trimmed to their longest history, the history itself excluded). The
+    second pass also scores both against the held-out `target` items: NDCG@k of what each returns."""
     sess = ort_session(model_bytes)
     hist = torch.from_numpy(history)
     plain = sess.run(["items", "scores"], {"history": history, "exclude": history[:, :0]})
@@ -139,11 +142,12 @@ def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k:
         width = max(int(lengths[batch].max()), 1)
         got = sess.run(["items", "scores"], {"history": history[batch, -width:], "exclude": history[batch]})
         trimmed[0][batch], trimmed[1][batch] = got
-    worst, same = 0.0, 0
+    worst, same, shared = 0.0, 0, 0
     for exclude, (got_items, got_scores) in ((hist[:, :0], plain), (hist, trimmed)):
         scores, want_items, want_scores = (t.numpy() for t in reference_topk(scorer, hist, exclude, k))
         if any(np.isnan(a).any() or np.isposinf(a).any() for a in (scores, got_scores)):
             return {"users": len(history), "max_score_diff": float("nan"), "topk_agreement": 0.0}
+        shared += sum(len(set(a) & set(b)) for a, b in zip(got_items.tolist(), want_items.tolist()))
         if got_items.min(initial=0) < 0 or got_items.max(initial=0) >= scores.shape[1]:
             worst = float("inf")
             continue
@@ -158,12 +162,27 @@ def check_parity(model_bytes: bytes, scorer: TopKScorer, history: np.ndarray, k:
             diff = diff / np.maximum(1.0, np.abs(np.where(masked, 0.0, want_scores)))
             worst = max(worst, float(diff[~masked].max(initial=0.0)))
         same += int((got_items == want_items).all(axis=1).sum())
-    return {"users": len(history), "max_score_diff": worst, "topk_agreement": same / (2 * len(history))}
+    n = 2 * len(history)
+    return {
+        "users": len(history),
+        "max_score_diff": worst,
+        "topk_agreement": same / n,
+        "topk_overlap": shared / (n * k),
+        "ndcg_torch": _ndcg(want_items, target),
+        "ndcg_onnx": _ndcg(trimmed[0], target),
+    }
 
 
-def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None = None) -> Path:
+def _ndcg(items: np.ndarray, target: np.ndarray) -> float:
+    """Mean NDCG@K of top-K lists (B, K) against one held-out item each."""
+    rank = np.argmax(items == target[:, None], axis=1)
+    hit = (items == target[:, None]).any(axis=1)
+    return float(np.where(hit, 1.0 / np.log2(rank + 2.0), 0.0).mean())
+
+
+def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None = None, int8: bool = False) -> Path:
     """Write `out/model.onnx` and `out/bundle.json` for the run's best checkpoint (its recipe with the eval.*
-    `overrides`); returns `out`."""
+    `overrides`; with `int8`, its item-table product quantised: ltrec/deploy/quantize.py); returns `out`."""
     import onnx
     import onnxruntime
 
@@ -188,23 +207,31 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
         "ltrec.max_len": str(max_len),
         "ltrec.k": str(k),
         "ltrec.backbone": recipe.backbone.kind,
+        "ltrec.quantized": "int8" if int8 else "none",
     }
     scorer = TopKScorer(backbone, k, ensemble).eval()
     try:
         model_bytes = to_onnx(scorer, max_len, metadata)
     except Exception as exc:  # an exporter or checker failure is a bug to report, but say where
         raise UserError(f"{run_dir}: ONNX export failed ({type(exc).__name__}: {exc})") from None
+    if int8:
+        model_bytes = quantize_scoring(model_bytes, seqs.n_items)
 
-    _, history, _ = seqs.eval_inputs("test", max_len)
+    _, history, target = seqs.eval_inputs("test", max_len)
     pick = np.linspace(0, len(history) - 1, min(PARITY_USERS, len(history))).round().astype(int)
-    parity = check_parity(model_bytes, scorer, history[pick], k)
+    parity = check_parity(model_bytes, scorer, history[pick], target[pick], k)
     if np.isnan(parity["max_score_diff"]):
         raise UserError(
             f"{run_dir}: the model's scores are not finite (NaN or +inf) on the parity histories; "
             "nothing was written (the checkpoint or the fitted ensemble holds non-finite numbers: retrain "
             f"the run, or refit its ensemble with `{refit_command(run_dir, overrides or ())}`)"
         )
-    if not parity["max_score_diff"] <= TOLERANCE:
+    if int8 and not (np.isfinite(parity["max_score_diff"]) and parity["topk_overlap"] >= MIN_INT8_OVERLAP):
+        raise UserError(
+            f"{run_dir}: int8 scoring keeps {parity['topk_overlap']:.1%} of torch's top-{k} items (at least "
+            f"{MIN_INT8_OVERLAP:.0%} expected); nothing was written: export without --int8"
+        )
+    if not int8 and not parity["max_score_diff"] <= TOLERANCE:
         raise UserError(
             f"{run_dir}: onnxruntime and torch disagree (max |score diff| / max(1, |score|) "
             f"{parity['max_score_diff']:.3g} > {TOLERANCE}); nothing was written"
@@ -212,7 +239,10 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
     console.print(
         f"parity on {parity['users']:,} test histories (onnxruntime vs torch; full width, then "
         f"trimmed with seen items excluded, as predict runs it): max |score diff| / max(1, |score|) "
-        f"{parity['max_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}"
+        f"{parity['max_score_diff']:.2e}, identical top-{k} lists {parity['topk_agreement']:.2%}, "
+        f"top-{k} items shared {parity['topk_overlap']:.2%}; test NDCG@{k} of these users "
+        f"{parity['ndcg_onnx']:.4f} (torch {parity['ndcg_torch']:.4f})"
+        + (", item-table product in int8" if int8 else "")
     )
 
     meta = {
@@ -235,6 +265,7 @@ def export_bundle(run_dir: Path, out: Path, k: int, overrides: list[str] | None 
             "scores": "float32 (batch, k): model scores; -inf when fewer than k items remain",
         },
         "parity": parity,
+        "quantized": "int8" if int8 else None,
         "columns": recipe.data.columns.model_dump(),  # predict reads the events file with these by default
         "exclude_seen": recipe.eval.mask_seen,  # predict excludes seen items by default exactly when eval did
         "ensemble": ensemble_scores.record(ensemble) if ensemble else None,  # in the graph; here for the record

@@ -15,7 +15,7 @@ from ltrec.files.errors import UserError
 from ltrec.files.records import Finite, Record, check_version, problem
 from ltrec.files.runs import Summary
 
-BUNDLE_FORMAT = 4  # bundle.json
+BUNDLE_FORMAT = 5  # bundle.json
 
 
 class BundleColumns(Record):
@@ -27,7 +27,10 @@ class BundleColumns(Record):
 class Parity(Record):
     users: int = Field(ge=0)
     max_score_diff: Finite = Field(ge=0)  # max |onnx - torch| / max(1, |torch|)
-    topk_agreement: Finite = Field(ge=0, le=1)
+    topk_agreement: Finite = Field(ge=0, le=1)  # share of identical top-K lists
+    topk_overlap: Finite = Field(ge=0, le=1)  # share of torch's top-K items returned, in any order
+    ndcg_torch: Finite = Field(ge=0, le=1)  # test NDCG@K of the parity users, predict's way, each side
+    ndcg_onnx: Finite = Field(ge=0, le=1)
 
 
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -47,6 +50,7 @@ class BundleMeta(Record):
     inputs: dict[str, str]
     outputs: dict[str, str]
     parity: Parity
+    quantized: Literal["int8"] | None  # the item-table product's weights (ltrec/deploy/quantize.py)
     columns: BundleColumns
     exclude_seen: bool
     ensemble: FittedEnsemble | None  # in the graph; here for the record
