@@ -248,7 +248,7 @@ def test_export_errors_leave_nothing(runs, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b", "other"]
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "gru4rec", "sasrec-ensemble"])
+@pytest.mark.parametrize("kind", ["sasrec", "gru4rec", *NEW, "sasrec-ensemble"])
 def test_int8_export(runs, kind, tmp_path):
     """--int8: the item-table product runs on int8 weights, everything else as before; the ranking it gives is
     measured at export and is nearly the float graph's on every test user."""
