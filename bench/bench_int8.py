@@ -1,6 +1,6 @@
 """What `ltrec export --int8` costs in ranking and gains in speed, for one trained run.
 
-    python bench/bench_int8.py RUN [--input EVENTS] [--rounds 3] [--batch-size 256]
+    python bench/bench_int8.py RUN [--input EVENTS] [--rounds 3] [--batch-size 256] [--profile]
 
 Exports RUN twice (float32, then --int8) into a temporary folder, then:
 - quality: both graphs rank every test user of the run's split against all items with the user's whole history
@@ -8,7 +8,9 @@ Exports RUN twice (float32, then --int8) into a temporary folder, then:
   history); test NDCG@10 and HR@10 of each, and the paired bootstrap of the per-user NDCG@10 (`ltrec compare`'s);
 - speed: `ltrec predict BUNDLE --input EVENTS` (default: the run's own data source) timed by the wall clock
   as a user times it, interpreter start-up included, the two bundles alternating for --rounds rounds; users/s
-  and each process's peak RSS.
+  and each process's peak RSS (by /usr/bin/time, which the machine needs: `apt-get install time`);
+- with --profile: each graph on one thread under onnxruntime's profiler, fed the test histories as predict
+  feeds them; kernel milliseconds in all and the share of the largest operators.
 """
 
 from __future__ import annotations
@@ -50,19 +52,40 @@ def per_user_ndcg(model: Path, history: np.ndarray, target: np.ndarray, rows: np
     return np.where(hit, 1.0 / np.log2(np.argmax(match, axis=1) + 2.0), 0.0), hit.astype(float)
 
 
+def profile(model: Path, history: np.ndarray, exclude: np.ndarray) -> tuple[float, list[tuple[str, float]]]:
+    """(kernel ms, [(operator, share)] largest first) of one pass over `history` on one thread."""
+    import json
+    from collections import Counter
+
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.enable_profiling = 1, True
+    opts.profile_file_prefix = str(model.parent / "profile")
+    sess = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+    lengths = (history > 0).sum(axis=1)
+    for batch in length_batches(lengths, 256):
+        w = max(int(lengths[batch].max()), 1)
+        sess.run(None, {"history": history[batch, -w:], "exclude": exclude[batch]})
+    events = json.loads(Path(sess.end_profiling()).read_text())
+    per_op: Counter[str] = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_op[e["args"]["op_name"]] += e["dur"]
+    total = sum(per_op.values())
+    return total / 1000, [(op, us / total) for op, us in per_op.most_common(5)]
+
+
 def time_predict(bundle: Path, events: str, batch: int, out: Path) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB) of one `ltrec predict` process."""
+    """(wall seconds, peak RSS MB) of one `ltrec predict` process. The peak comes from /usr/bin/time: a forked
+    child's own rusage starts from this process's high-water mark, which holds the data and torch."""
+    cmd = [*LTREC, "predict", str(bundle), "--input", events, "--output", str(out), "--batch-size", str(batch)]
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        [*LTREC, "predict", str(bundle), "--input", events, "--output", str(out), "--batch-size", str(batch)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(["/usr/bin/time", "-f", "%M", *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     wall = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"ltrec predict {bundle} failed: {proc.stderr.read().decode() if proc.stderr else ''}")
-    return wall, usage.ru_maxrss / 1024
+    if proc.returncode != 0:
+        raise SystemExit(f"ltrec predict {bundle} failed: {proc.stderr.decode()}")
+    return wall, int(proc.stderr.decode().split()[-1]) / 1024
 
 
 def main() -> None:
@@ -71,6 +94,7 @@ def main() -> None:
     ap.add_argument("--input", help="events file for predict (default: the run's data source)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("--profile", action="store_true", help="also profile each graph's operators on one thread")
     args = ap.parse_args()
 
     recipe, seqs = load_run(args.run)
@@ -91,6 +115,11 @@ def main() -> None:
         print(
             f"\nint8 vs float32, NDCG@10: {100 * t['rel_diff']:+.2f}% (p = {t['p_value']:.3g}, paired bootstrap over users)"
         )
+        if args.profile:
+            print("\nonnxruntime's profiler, one thread, the test histories with the history excluded:\n")
+            for name, path in bundles.items():
+                ms, ops = profile(path / "model.onnx", history, history)
+                print(f"- {name}: {ms:,.0f} ms of kernels; " + ", ".join(f"{op} {share:.0%}" for op, share in ops))
 
         print(f"\n`ltrec predict --input {events} --batch-size {args.batch_size}`, wall clock, bundles alternating:")
         print("\n| round | graph | wall s | users/s | peak RSS MB |\n|---|---|---:|---:|---:|")
