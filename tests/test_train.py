@@ -28,8 +28,9 @@ def recipe(tmp_path, tiny_csv, monkeypatch):
     return tmp_path / "proj" / "recipe.yaml"
 
 
-@pytest.mark.parametrize("kind", ["sasrec", "bert4rec"])  # bert4rec: its masks come from the saved generator
-def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch, kind):
+# bert4rec: its masks come from the saved generator; lr_decay: the rate of epoch 3 comes from the epoch alone
+@pytest.mark.parametrize("kind,decay", [("sasrec", "none"), ("bert4rec", "none"), ("gru4rec", "linear")])
+def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch, kind, decay):
     args = [
         "train",
         recipe,
@@ -40,6 +41,8 @@ def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch,
         "train.patience=10",
         "--set",
         f"backbone.kind={kind}",
+        "--set",
+        f"train.lr_decay={decay}",
     ]
     ok(args + ["--out", "runs/full"])
     full = json.loads((tmp_path / "runs/full/metrics.json").read_text())
@@ -64,6 +67,26 @@ def test_resume_after_crash_matches_uninterrupted(recipe, tmp_path, monkeypatch,
     assert "resuming" in out and "after epoch 2" in out
     cut = json.loads((tmp_path / "runs/cut/metrics.json").read_text())
     assert cut["test"] == full["test"] and cut["epochs"] == full["epochs"] == 4
+
+
+def test_lr_decay_linear_lowers_the_rate_each_epoch(recipe, tmp_path, monkeypatch):
+    from ltrec.training.transfer.grad_align import AdamSteps
+
+    real_call, rates = AdamSteps.__call__, []
+
+    def record(self, group, on_batch):
+        rates.append(self.opt.param_groups[0]["lr"])
+        return real_call(self, group, on_batch)
+
+    monkeypatch.setattr(AdamSteps, "__call__", record)
+    sets = ["train.epochs=3", "train.patience=10", "train.lr=0.006", "train.lr_decay=linear"]
+    ok(["train", recipe, *TINY, *[a for s in sets for a in ("--set", s)], "--out", "runs/decay"])
+    assert sorted(set(rates), reverse=True) == pytest.approx([0.006, 0.004, 0.002])
+    assert rates[0] == pytest.approx(0.006) and rates[-1] == pytest.approx(0.002)
+    fails(
+        ["train", recipe, "--set", "train.lr_decay=linear", "--set", "transfer.grad_align={k: 2}"],
+        "train.lr_decay: applies to plain training",
+    )
 
 
 EARLY = [

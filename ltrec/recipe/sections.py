@@ -101,6 +101,11 @@ class Train(Strict):
     batch_size: Count = Field(256, description="training windows per step")
     lr: float = Field(1.0e-3, gt=0, description="Adam's learning rate")
     weight_decay: float = Field(0.0, ge=0, description="Adam's weight decay")
+    lr_decay: Literal["none", "linear"] = Field(
+        "none",
+        description="linear: the learning rate falls by lr / epochs after each epoch, from lr in the first to "
+        "lr / epochs in the last (epochs sets the horizon); plain training only",
+    )
     sampling: Literal["windows", "users"] = Field(
         "windows",
         description="windows: every training window once per epoch, shuffled; users: each step "
@@ -190,6 +195,11 @@ class Recipe(Strict):
             raise ValueError(
                 "transfer.contrastive pairs the states that predict the same next item; bert4rec's "
                 "cloze states see their own targets; set contrastive: null for bert4rec"
+            )
+        if ga is not None and self.train.lr_decay != "none":
+            raise ValueError(
+                "train.lr_decay: applies to plain training; gradient alignment keeps its own inner and outer "
+                "rates (transfer.grad_align); set lr_decay: none"
             )
         if ga is not None and self.train.sampling == "users":
             raise ValueError(

@@ -37,10 +37,13 @@ class Runner:
     def __init__(self, objective: Objective, plan, update, dist: Dist = LOCAL, sampler: UserSampler | None = None):
         self.objective, self.plan, self.update, self.dist, self.epoch = objective, plan, update, dist, 0
         self.sampler = sampler  # the users the plan draws from, where it draws users
+        self.decay = None  # epoch → the factor on the learning rate (train.lr_decay), plain training only
 
     def __call__(self, on_batch) -> dict:
         self.epoch += 1
         self.objective.start_epoch(self.epoch)
+        if self.decay is not None:  # a function of the epoch alone, so a resumed run continues it
+            self.update.scale_lr(self.decay(self.epoch))
         count, groups = self.plan()
         for _ in range(self.dist.sum_ints([count], "max")[0]):  # the same count on every rank
             self.update(next(groups, None), on_batch)  # None: this rank has run out, it joins with weight 0
@@ -99,16 +102,20 @@ def make_runner(recipe, model, seqs, windows, device, gen: torch.Generator, dist
             sampler = UserSampler(owner, user_head, "uniform", max(1, cfg.batch_size // cfg.users_per_step), gen)
             steps = math.ceil(dist.sum_ints([len(sampler.users)])[0] / cfg.users_per_step)
             per_rank = math.ceil(cfg.users_per_step / dist.world)
-            return Runner(
+            runner = Runner(
                 objective, lambda: (steps, ([b] for b in sampler.batches(per_rank, steps))), update, dist, sampler
             )
-        size = math.ceil(cfg.batch_size / dist.world)  # one step still sees batch_size windows over all ranks
+        else:
+            size = math.ceil(cfg.batch_size / dist.world)  # one step still sees batch_size windows over all ranks
 
-        def plain():
-            batches = window_batches(objective.lengths, size, gen)
-            return len(batches), ([b] for b in batches)
+            def plain():
+                batches = window_batches(objective.lengths, size, gen)
+                return len(batches), ([b] for b in batches)
 
-        return Runner(objective, plain, update, dist)
+            runner = Runner(objective, plain, update, dist)
+        if cfg.lr_decay == "linear":
+            runner.decay = lambda epoch: max(1, cfg.epochs - epoch + 1) / cfg.epochs
+        return runner
     update = (Chains if ga.chains > 1 else Reptile)(objective, ga, cfg.lr, dist)
     parts = ga.chains * ga.k
     if ga.sampling == "windows":

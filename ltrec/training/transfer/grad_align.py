@@ -30,6 +30,12 @@ class AdamSteps:
             groups.append({"params": list(objective.adversary.parameters()), "lr": disc_lr})
         # fused: one kernel per tensor instead of about ten small ops, a sixth of Adam's time on CPU
         self.opt = torch.optim.Adam(groups, weight_decay=weight_decay, fused=True)
+        self.base_lrs = [g["lr"] for g in self.opt.param_groups]
+
+    def scale_lr(self, factor: float) -> None:
+        """Every group's rate at `factor` times its configured one (the discriminator's too)."""
+        for group, base in zip(self.opt.param_groups, self.base_lrs):
+            group["lr"] = base * factor
 
     def __call__(self, group, on_batch) -> None:
         idx = group[0] if group else None
