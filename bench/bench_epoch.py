@@ -6,7 +6,9 @@ Times, on the batches of the same first `fraction` of the training windows (scal
 layer alone — for the batch's targets, logits = h·Wᵀ over all items, softmax, and both backward matmuls, with
 random states, in chunks: the work no implementation of full-softmax training avoids; (2) a training step with
 the cross-entropy computed in chunks of targets (ltrec's); (3) the same step, on a second model, with the
-(targets × items) logits held whole. The three take turns batch by batch, so a shared machine that slows for a
+(targets × items) logits held whole; (4) the same step, on a third model, with each batch encoded at its
+longest window's width rather than in groups of similar length (`ltrec.models.base.encode_by_length`). The
+four take turns batch by batch, so a shared machine that slows for a
 while slows all three alike and the ratios stay side by side; the range is the ratio over each fifth of the
 batches. Beside wall seconds: user and system CPU seconds and minor page faults of the process, which show the
 cost of allocating and freeing large logits every step.
@@ -23,6 +25,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import ltrec.models.base as base  # noqa: E402
 import ltrec.models.losses as losses  # noqa: E402
 from bench.bench_ingest import machine  # noqa: E402
 from ltrec.data import load  # noqa: E402
@@ -31,7 +34,12 @@ from ltrec.runtime.allocator import keep_freed_memory  # noqa: E402
 from ltrec.runtime.build import build_model  # noqa: E402
 from ltrec.training.transfer import make_runner  # noqa: E402
 
-NAMES = ("output layer alone (the bound)", "epoch, chunked cross-entropy", "epoch, whole logits")
+NAMES = (
+    "output layer alone (the bound)",
+    "epoch, chunked cross-entropy",
+    "epoch, whole logits",
+    "epoch, one width per batch",
+)
 
 
 def usage() -> list[float]:
@@ -77,7 +85,7 @@ def main() -> None:
         r.objective.start_epoch(1)
         return r, model
 
-    (chunked, model), (whole, _) = runner(), runner()
+    (chunked, model), (whole, _), (wide, _) = runner(), runner(), runner()
     bound = Bound(model.item_emb.weight.detach()[1:].clone())
     chunk = losses.CHUNK_BYTES
     steps: list[list[list[float]]] = []  # batch → what → (wall, user, system, faults)
@@ -93,9 +101,13 @@ def main() -> None:
         whole.update(group, lambda n, loss: None)
         losses.CHUNK_BYTES = chunk
         marks.append(usage())
-        steps.append([[b - a for a, b in zip(marks[i], marks[i + 1])] for i in range(3)])
+        rows, base.GROUP_ROWS = base.GROUP_ROWS, 1 << 30
+        wide.update(group, lambda n, loss: None)
+        base.GROUP_ROWS = rows
+        marks.append(usage())
+        steps.append([[b - a for a, b in zip(marks[i], marks[i + 1])] for i in range(len(NAMES))])
     scale = 1 / args.fraction
-    total = [[sum(s[i][j] for s in steps) * scale for j in range(4)] for i in range(3)]
+    total = [[sum(s[i][j] for s in steps) * scale for j in range(4)] for i in range(len(NAMES))]
     fifths = [steps[k * len(steps) // 5 : (k + 1) * len(steps) // 5] for k in range(5)]
     print(
         f"{machine()}; torch threads {args.threads}\n\n**Command**: `python {' '.join(sys.argv)}` — "

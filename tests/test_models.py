@@ -1,3 +1,4 @@
+import itertools
 from types import SimpleNamespace
 
 import numpy as np
@@ -6,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import next_item_loss, sequences_of
 
-from ltrec.models import BACKBONES, BERT4Rec, SASRec, loss_from_states
+from ltrec.models import BACKBONES, BERT4Rec, SASRec, base, bert4rec, loss_from_states
 from ltrec.models.base import Dropout
 from ltrec.models.neighbours import check_table
 from ltrec.recipe import BACKBONE_KINDS, Backbone
@@ -302,12 +303,12 @@ def test_narm_pads_get_no_attention():
 def capture_cloze(m, inputs, targets, seed=0):
     """Run BERT4Rec's training loss, returning (loss, the ids it encoded, the window it masked)."""
     seen = []
-    real = m.encode_all
-    m.encode_all = lambda ids: seen.append(ids.clone()) or real(ids)
+    real = bert4rec.encode_by_length
+    bert4rec.encode_by_length = lambda encode_all, ids: seen.append(ids.clone()) or real(encode_all, ids)
     try:
         loss, state = m.training_loss(inputs, targets, generator=torch.Generator().manual_seed(seed))
     finally:
-        del m.encode_all
+        bert4rec.encode_by_length = real
     seq = torch.cat([inputs, targets[:, -1:]], dim=1)[:, 1:]  # the window's newest L items
     return loss, state, seen[0], seq
 
@@ -327,7 +328,7 @@ def test_bert4rec_masking_hides_the_targets():
         logits = m.score(states)  # (B, L, N): N columns, the mask id N+1 has none
         assert logits.shape[-1] == N and m.item_emb.num_embeddings == N + 1
         torch.testing.assert_close(loss, F.cross_entropy(logits[masked], seq[masked] - 1))
-        torch.testing.assert_close(state, states)
+        torch.testing.assert_close(state[ids > 0], states[ids > 0])  # pads' states: see encode_by_length
         # the hidden items themselves cannot change the loss: only their positions do
         other = seq.masked_fill(masked, 17)
         inputs2, targets2 = torch.cat([inputs[:, :1], other[:, :-1]], 1), targets.clone()
@@ -485,3 +486,51 @@ def test_dropout_drops_at_its_rate_keeps_the_mean_and_is_off_in_eval(p):
     assert set(y.unique().tolist()) == {0.0, torch.tensor(1 / (1 - p)).item()}  # survivors scaled by 1/(1-p)
     assert not drop(torch.ones(1000)).equal(drop(torch.ones(1000)))
     assert torch.equal(drop.eval()(x), x) and torch.equal(Dropout(0.0)(x), x)
+
+
+def _cost(groups):
+    return sum((b - a + base.GROUP_ROWS) * w for a, b, w in groups)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_length_groups_are_the_cheapest_split(seed):
+    """The exact search equals a brute force over every split of the sorted rows into contiguous groups."""
+    rng = np.random.default_rng(seed)
+    lengths = sorted(int(x) for x in rng.choice([0, 1, 2, 3, 5, 9, 30], size=int(rng.integers(1, 11))))
+    groups = base.length_groups(lengths)
+    assert [g[0] for g in groups][0] == 0 and groups[-1][1] == len(lengths)
+    assert all(a < b and w == max(1, lengths[b - 1]) for a, b, w in groups)
+    assert all(groups[i][1] == groups[i + 1][0] for i in range(len(groups) - 1))
+    best = min(
+        _cost([(a, b, max(1, lengths[b - 1])) for a, b in zip((0, *cuts), (*cuts, len(lengths)))])
+        for r in range(len(lengths))
+        for cuts in itertools.combinations(range(1, len(lengths)), r)
+    )
+    assert _cost(groups) == best
+
+
+@pytest.mark.parametrize("name", NEURAL)
+def test_encoding_by_length_changes_nothing(name, monkeypatch):
+    """Training in groups of similar length gives the loss, the gradients and the real positions' states of
+    one encoder call at the batch's width (rows out of length order and an empty row included)."""
+    seqs = [[3, 7, 1, 4], [5], [], [2, 4, 6, 8, 10, 12, 14, 16, 18, 2, 3], [9, 9], [1, 2, 3, 4, 5, 6, 7]]
+    inputs = left_pad([s[:-1] for s in seqs], 11)
+    targets = left_pad([s[1:] for s in seqs], 11)
+    monkeypatch.setattr(base, "GROUP_ROWS", 0)  # every distinct length its own group
+    assert len(base.length_groups(sorted((inputs > 0).sum(1).tolist()))) == 4
+    runs = []
+    for grouped in (True, False):
+        if not grouped:  # the reference: one call of the backbone's encoder
+            monkeypatch.setattr(base, "encode_by_length", lambda encode_all, history: encode_all(history))
+            monkeypatch.setattr(bert4rec, "encode_by_length", base.encode_by_length)
+        m = make(name)  # eval mode: no dropout, so both runs see the same function
+        loss, states = m.training_loss(inputs, targets, generator=torch.Generator().manual_seed(0))
+        loss.backward()
+        grads = [p.grad.clone() for p in m.parameters() if p.grad is not None]
+        runs.append((loss.detach(), states.detach()[inputs > 0], grads))
+    (l0, s0, g0), (l1, s1, g1) = runs
+    torch.testing.assert_close(l0, l1, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(s0, s1, atol=1e-5, rtol=1e-5)
+    assert len(g0) == len(g1) > 0
+    for a, b in zip(g0, g1):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)

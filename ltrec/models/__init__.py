@@ -7,6 +7,8 @@ Conventions shared by every backbone:
 - item embeddings are tied: scores = state @ item_emb.weight[1:].T, score column j is item j+1;
 - `training_loss(inputs, targets, ...)` → (loss, states (B, L, D)): next-item loss at every position by default,
   BERT4Rec's own cloze objective; the trainer and the transfer components only call this.
+- training encodes a batch in groups of similar length, each cut to its longest row (`base.encode_by_length`):
+  pad invariance makes that exact, and a long-tailed log's batches are mostly padding otherwise.
 
 `BACKBONES` maps the recipe's `backbone.kind` tags to the classes (a test checks they are the same set).
 """

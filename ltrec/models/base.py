@@ -1,10 +1,12 @@
 """What every backbone offers (`Recommender`), and what the neural ones share (`NeuralBackbone`): tied item
 scoring, the (B, L) → (B, D) API, the default objective."""
 
+from collections.abc import Callable
 from typing import ClassVar, Protocol
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ltrec.models.losses import loss_from_states
 
@@ -99,5 +101,54 @@ class NeuralBackbone(nn.Module):
         see the returned loss and the states, of which the adversarial discriminator reads one per window
         (the newest, states[:, -1], by default).
         """
-        states = self.encode_all(inputs)  # (B, L, D)
+        states = encode_by_length(self.encode_all, inputs)  # (B, L, D)
         return loss_from_states(self, states, targets, loss, negatives, generator, per_target, weights), states
+
+
+# A group costs as if it had this many more rows: one more encoder call's fixed cost (a GRU pays it per step,
+# so it is counted per column). bench/bench_epoch.py sets it huge to time one group per batch.
+GROUP_ROWS = 16
+
+
+def length_groups(lengths: list[int]) -> list[tuple[int, int, int]]:
+    """Contiguous groups (start, stop, width) of rows sorted by length that minimise Σ (rows + GROUP_ROWS) ·
+    width, a group's width being its longest row's: an exact search over the cuts between distinct lengths."""
+    cuts = [i for i in range(1, len(lengths)) if lengths[i] != lengths[i - 1]] + [len(lengths)]
+    best, back = [0.0], [0]  # best[j]: cost of rows before cuts[j - 1] (cut 0 is row 0)
+    starts = [0, *cuts]
+    for j, stop in enumerate(cuts, 1):
+        width = max(1, lengths[stop - 1])
+        cost, arg = min((best[i] + (stop - starts[i] + GROUP_ROWS) * width, i) for i in range(j))
+        best.append(cost)
+        back.append(arg)
+    groups, j = [], len(cuts)
+    while j:
+        i = back[j]
+        groups.append((starts[i], starts[j], max(1, lengths[starts[j] - 1])))
+        j = i
+    return groups[::-1]
+
+
+def encode_by_length(encode_all: Callable[[torch.Tensor], torch.Tensor], history: torch.Tensor) -> torch.Tensor:
+    """encode_all(history) (B, L, D) at every real position, computed on groups of rows of similar length,
+    each cut to its own longest row (a pad position's state is zero or the backbone's: no loss reads it). A
+    random batch of a long-tailed log is mostly short histories padded to one long one (on Amazon Music 89% of
+    a batch's positions are padding), and the encoder's cost follows the padded width. Backbones are
+    pad-invariant, so real positions get the states a single call would give them. On CPU only: GROUP_ROWS is
+    a CPU call's fixed cost, and a GPU's (kernel launches against far faster arithmetic) is another, unmeasured
+    one."""
+    if history.device.type != "cpu":
+        return encode_all(history)
+    lengths = (history > 0).sum(1)
+    order = None
+    if bool((lengths[1:] < lengths[:-1]).any()):
+        order = torch.argsort(lengths, stable=True)
+        history, lengths = history[order], lengths[order]
+    groups = length_groups(lengths.tolist())
+    if len(groups) == 1:
+        states = encode_all(history)
+    else:
+        width = history.shape[1]
+        parts = [F.pad(encode_all(history[a:b, -w:]), (0, 0, width - w, 0)) for a, b, w in groups]
+        states = torch.cat(parts)
+    return states if order is None else states[torch.argsort(order)]

@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn as nn
 
+from ltrec.models.base import encode_by_length
 from ltrec.models.losses import loss_from_states
 from ltrec.models.sasrec import Transformer
 
@@ -69,6 +70,6 @@ class BERT4Rec(Transformer):
         newest[:, -1] = True
         masked = torch.where(only_last, newest, draw < self.mask_prob) & real  # (B, L)
         masked |= newest & real & ~masked.any(dim=1, keepdim=True)  # no window without a target
-        states = self.encode_all(seq.masked_fill(masked, self.mask_id))  # (B, L, D)
+        states = encode_by_length(self.encode_all, seq.masked_fill(masked, self.mask_id))  # (B, L, D)
         cloze = torch.where(masked, seq, torch.zeros_like(seq))  # (B, L): targets only where masked
         return loss_from_states(self, states, cloze, loss, negatives, generator, per_target, weights), states

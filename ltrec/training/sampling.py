@@ -19,7 +19,8 @@ import torch
 def window_batches(lengths: torch.Tensor, batch_size: int, gen: torch.Generator) -> list:
     """Every window once, in random batches (each batch in length order). A batch is a uniform random sample:
     batching windows of similar length would be faster on a long-tailed log, but each step would then see
-    only short-history (tail) or only long-history (head) users, which trains far worse."""
+    only short-history (tail) or only long-history (head) users, which trains far worse. The length order lets
+    the step encode the batch in groups of similar length instead (`ltrec.models.base.encode_by_length`)."""
     perm = torch.randperm(len(lengths), generator=gen)
     batches = [chunk[torch.argsort(lengths[chunk], stable=True)] for chunk in perm.split(batch_size)]
     order = torch.randperm(len(batches), generator=gen)
