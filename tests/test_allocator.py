@@ -30,3 +30,29 @@ def faults(mode: str) -> int:
 def test_freed_blocks_are_reused_instead_of_faulted_in_again():
     # each 32 MB block fresh from mmap is 8,192 faults, 80 of them here; reused heap memory faults in once
     assert faults("kept") * 4 < faults("default")
+
+
+HELD = """
+import sys, torch
+from ltrec.runtime.allocator import keep_freed_memory, release_freed_memory
+assert keep_freed_memory()
+blocks = [torch.ones(1 << 20) for _ in range(200)]  # 800 MB of 4 MB blocks from the heap
+del blocks[:-1]  # all but the newest freed: the heap keeps them (below the trim threshold)
+rss = lambda: int(open("/proc/self/statm").read().split()[1]) * 4096 >> 20
+held = rss()
+if sys.argv[1] == "release":
+    release_freed_memory()
+print(held, rss())
+"""
+
+
+@pytest.mark.skipif(not keep_freed_memory(), reason="glibc's mallopt is not available here")
+def test_freed_memory_goes_back_after_an_epoch():
+    def run(mode):
+        out = subprocess.run([sys.executable, "-c", HELD, mode], capture_output=True, text=True, check=True)
+        return [int(x) for x in out.stdout.split()]
+
+    held, kept = run("keep")
+    _, released = run("release")
+    assert held > 700 and kept > 700  # kept for reuse
+    assert released < 300  # handed back

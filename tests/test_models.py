@@ -534,3 +534,21 @@ def test_encoding_by_length_changes_nothing(name, monkeypatch):
     assert len(g0) == len(g1) > 0
     for a, b in zip(g0, g1):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_encoding_by_length_splits_only_where_it_saves():
+    """A long-tailed batch is encoded in several calls; one of nearly full windows in one (small calls are
+    slower per row, so a small saving is none)."""
+    calls = []
+
+    def encode_all(history):
+        calls.append(history.shape)
+        return history[..., None].float()
+
+    tailed = left_pad([[1] * n for n in [1] * 40 + [2] * 20 + [5] * 10 + [30] * 2], 30)
+    full = left_pad([[1] * n for n in [3] + [30] * 60], 30)
+    for batch, n_calls in ((tailed, 4), (full, 1)):
+        calls.clear()
+        states = base.encode_by_length(encode_all, batch)
+        assert len(calls) == n_calls
+        assert torch.equal(states[..., 0], batch.float())

@@ -25,7 +25,7 @@ from ltrec.files.runs import append_epoch
 from ltrec.files.safe import atomic_write
 from ltrec.recipe import Recipe
 from ltrec.runtime import checkpoint
-from ltrec.runtime.allocator import keep_freed_memory
+from ltrec.runtime.allocator import keep_freed_memory, release_freed_memory
 from ltrec.runtime.build import build_model, check_precision, fingerprint, load_data, pick_device
 from ltrec.runtime.distributed import LOCAL, Dist, rank_seed, shard_users
 from ltrec.training.checks import check_eval
@@ -115,6 +115,7 @@ def fit(
                 progress.update(task, advance=n, status=f"loss {loss:.4f}, {rate:,.0f} seq/s")
 
             stats = runner(on_batch)
+            release_freed_memory()
             seconds = time.perf_counter() - t0
             adv = recipe.transfer.adversarial
             if adv is not None:  # a discriminator that is always right: the states still tell head from tail
