@@ -55,7 +55,7 @@ class Bound:
         self.W, self.grad_W = W, torch.zeros_like(W)
 
     def __call__(self, m: int) -> None:
-        W, rows = self.W, max(1, losses.CHUNK_BYTES // (4 * self.W.shape[0]))
+        W, rows = self.W, losses.chunk_rows(self.W.shape[0])
         h = torch.randn(m, W.shape[1])
         for lo in range(0, m, rows):
             p = torch.softmax(h[lo : lo + rows] @ W.T, dim=1)  # (c, N)
@@ -87,7 +87,7 @@ def main() -> None:
 
     (chunked, model), (whole, _), (wide, _) = runner(), runner(), runner()
     bound = Bound(model.item_emb.weight.detach()[1:].clone())
-    chunk = losses.CHUNK_BYTES
+    chunk = losses.CHUNK_BYTES, losses.THREAD_ROWS
     steps: list[list[list[float]]] = []  # batch → what → (wall, user, system, faults)
     _, groups = chunked.plan()
     for group in groups:
@@ -97,9 +97,9 @@ def main() -> None:
         marks.append(usage())
         chunked.update(group, lambda n, loss: None)
         marks.append(usage())
-        losses.CHUNK_BYTES = 1 << 62
+        losses.CHUNK_BYTES, losses.THREAD_ROWS = 1 << 62, 1 << 62
         whole.update(group, lambda n, loss: None)
-        losses.CHUNK_BYTES = chunk
+        losses.CHUNK_BYTES, losses.THREAD_ROWS = chunk
         marks.append(usage())
         rows, base.GROUP_ROWS = base.GROUP_ROWS, 1 << 30
         wide.update(group, lambda n, loss: None)

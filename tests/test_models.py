@@ -396,6 +396,7 @@ def test_chunked_cross_entropy_equals_the_whole_logits(shape, monkeypatch):
     want_grads = torch.autograd.grad(want, [h, W])
     for chunk in (8 * 4 * N, 1 << 40):  # 8 targets a chunk, then all at once
         monkeypatch.setattr(losses, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(losses, "THREAD_ROWS", chunk)
         got = (losses.chunked_ce(h, W, t) * w).sum()
         grads = torch.autograd.grad(got, [h, W])
         torch.testing.assert_close(got, want)
@@ -422,6 +423,7 @@ def test_mean_cross_entropy_gradients_from_the_forward_equal_autograd(shape, wei
     want_grads = torch.autograd.grad(want, [h, W])
     for chunk in (8 * 4 * N, 1 << 40):
         monkeypatch.setattr(losses, "CHUNK_BYTES", chunk)
+        monkeypatch.setattr(losses, "THREAD_ROWS", chunk)
         got = losses.mean_ce(h, W, t, w) * 2.5
         torch.testing.assert_close(got, want)
         for a, b in zip(torch.autograd.grad(got, [h, W]), want_grads):
@@ -552,3 +554,17 @@ def test_encoding_by_length_splits_only_where_it_saves():
         states = base.encode_by_length(encode_all, batch)
         assert len(calls) == n_calls
         assert torch.equal(states[..., 0], batch.float())
+
+
+def test_chunk_rows_follow_the_threads():
+    """One thread: at most 256 targets a chunk (cache-sized); several: 32 MB of logits a chunk."""
+    import ltrec.models.losses as losses
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert losses.chunk_rows(20_000) == 256 and losses.chunk_rows(100_000) == 83
+        torch.set_num_threads(2)
+        assert losses.chunk_rows(20_000) == 419 and losses.chunk_rows(3_706) == 2263
+    finally:
+        torch.set_num_threads(threads)
