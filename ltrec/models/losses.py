@@ -7,7 +7,7 @@ LOSSES = ("ce", "bce", "sampled")
 # Targets per chunk of logits (buffers reused from the heap, never mapped afresh each step). One thread runs
 # fastest with chunks that stay in cache, 256 targets; several threads split a matmul's rows among them and
 # want large ones, 32 MB of logits. Measured side by side on SASRec, Amazon Music and MovieLens-1M: at one
-# thread 256 targets are 5-8% faster than 8 MB; at two, 32 MB is 10-11% faster (BENCHMARKS.md).
+# thread 256 targets are 4-8% faster than 8 MB; at two, 32 MB is 10-11% faster (BENCHMARKS.md).
 CHUNK_BYTES = 32 << 20
 THREAD_ROWS = 256
 
