@@ -56,3 +56,17 @@ def test_freed_memory_goes_back_after_an_epoch():
     _, released = run("release")
     assert held > 700 and kept > 700  # kept for reuse
     assert released < 300  # handed back
+
+
+def test_releasing_every_epoch_starts_no_process(monkeypatch):
+    """find_library runs ldconfig in a child; once per process, not once per epoch (a forked child bears its
+    parent's command line until it execs, which a sweep's process checks would count as another trainer)."""
+    from ltrec.runtime.allocator import release_freed_memory
+
+    release_freed_memory()
+    started = []
+    real = subprocess.Popen.__init__
+    monkeypatch.setattr(subprocess.Popen, "__init__", lambda self, *a, **k: started.append(a) or real(self, *a, **k))
+    for _ in range(3):
+        release_freed_memory()
+    assert started == []

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import sys
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc's mallopt parameters (malloc.h)
@@ -26,7 +27,10 @@ MMAP_BYTES = 64 << 20  # blocks below this come from the heap
 TRIM_BYTES = 1 << 30  # free heap kept before memory goes back to the system
 
 
+@functools.cache
 def _libc():
+    # once per process: find_library runs ldconfig in a child process, and a forked child bears its parent's
+    # command line until it execs (a sweep's process checks would see a third trainer)
     return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
 
 
