@@ -8,10 +8,10 @@ random states, in chunks: the work no implementation of full-softmax training av
 the cross-entropy computed in chunks of targets (ltrec's); (3) the same step, on a second model, with the
 (targets × items) logits held whole; (4) the same step, on a third model, with each batch encoded at its
 longest window's width rather than in groups of similar length (`ltrec.models.base.encode_by_length`). The
-four take turns batch by batch, so a shared machine that slows for a
-while slows all three alike and the ratios stay side by side; the range is the ratio over each fifth of the
-batches. Beside wall seconds: user and system CPU seconds and minor page faults of the process, which show the
-cost of allocating and freeing large logits every step.
+four take turns batch by batch, so a shared machine that slows for a while slows all four alike and the ratios
+stay side by side; the range is the ratio over each fifth of the batches. Beside wall seconds: user and system
+CPU seconds and minor page faults of the process, which show the cost of allocating and freeing large logits
+every step.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class Bound:
         self.W, self.grad_W = W, torch.zeros_like(W)
 
     def __call__(self, m: int) -> None:
-        W, rows = self.W, losses.chunk_rows(self.W.shape[0])
+        W, rows = self.W, losses.chunk_rows(self.W.shape[0], self.W.device)
         h = torch.randn(m, W.shape[1])
         for lo in range(0, m, rows):
             p = torch.softmax(h[lo : lo + rows] @ W.T, dim=1)  # (c, N)

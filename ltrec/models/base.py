@@ -113,6 +113,10 @@ GROUP_ROWS = 16
 MIN_SAVING = 0.25
 
 
+def group_cost(rows: int, width: int) -> int:
+    return (rows + GROUP_ROWS) * width
+
+
 def length_groups(lengths: list[int]) -> list[tuple[int, int, int]]:
     """Contiguous groups (start, stop, width) of rows sorted by length that minimise Σ (rows + GROUP_ROWS) ·
     width, a group's width being its longest row's: an exact search over the cuts between distinct lengths."""
@@ -121,7 +125,7 @@ def length_groups(lengths: list[int]) -> list[tuple[int, int, int]]:
     starts = [0, *cuts]
     for j, stop in enumerate(cuts, 1):
         width = max(1, lengths[stop - 1])
-        cost, arg = min((best[i] + (stop - starts[i] + GROUP_ROWS) * width, i) for i in range(j))
+        cost, arg = min((best[i] + group_cost(stop - starts[i], width), i) for i in range(j))
         best.append(cost)
         back.append(arg)
     groups, j = [], len(cuts)
@@ -148,8 +152,8 @@ def encode_by_length(encode_all: Callable[[torch.Tensor], torch.Tensor], history
         order = torch.argsort(lengths, stable=True)
         history, lengths = history[order], lengths[order]
     groups = length_groups(lengths.tolist())
-    one = (len(history) + GROUP_ROWS) * groups[-1][2]
-    if sum((b - a + GROUP_ROWS) * w for a, b, w in groups) > (1 - MIN_SAVING) * one:
+    one = group_cost(len(history), groups[-1][2])
+    if sum(group_cost(b - a, w) for a, b, w in groups) > (1 - MIN_SAVING) * one:
         states = encode_all(history)
     else:
         width = history.shape[1]

@@ -12,9 +12,10 @@ CHUNK_BYTES = 32 << 20
 THREAD_ROWS = 256
 
 
-def chunk_rows(n_items: int) -> int:
+def chunk_rows(n_items: int, device: torch.device | str = "cpu") -> int:
     rows = max(1, CHUNK_BYTES // (4 * n_items))
-    return min(rows, THREAD_ROWS) if torch.get_num_threads() == 1 else rows
+    one_thread = torch.device(device).type == "cpu" and torch.get_num_threads() == 1
+    return min(rows, THREAD_ROWS) if one_thread else rows
 
 
 class _ChunkedCE(torch.autograd.Function):
@@ -28,7 +29,7 @@ class _ChunkedCE(torch.autograd.Function):
         ctx.dtypes = h.dtype, W.dtype  # under autocast h may be bf16: the softmax is done in fp32 at least
         dtype = torch.promote_types(torch.promote_types(h.dtype, W.dtype), torch.float32)
         h, W = h.to(dtype), W.to(dtype)
-        rows = chunk_rows(W.shape[0])
+        rows = chunk_rows(W.shape[0], W.device)
         lse = torch.empty(h.shape[0], dtype=h.dtype, device=h.device)
         losses = torch.empty_like(lse)
         for lo in range(0, h.shape[0], rows):
@@ -64,7 +65,7 @@ class _MeanCE(torch.autograd.Function):
         ctx.dtypes = h.dtype, W.dtype
         dtype = torch.promote_types(torch.promote_types(h.dtype, W.dtype), torch.float32)
         h, W = h.to(dtype), W.to(dtype)
-        rows = chunk_rows(W.shape[0])
+        rows = chunk_rows(W.shape[0], W.device)
         grad_h, grad_W = torch.empty_like(h), torch.zeros_like(W)
         logits = h.new_empty(min(rows, h.shape[0]), W.shape[0])  # (c, N)
         probs = torch.empty_like(logits)
